@@ -1,0 +1,42 @@
+import math
+
+import pytest
+import torch
+
+from unigen.diffusion.schedules import SCHEDULES, build_schedule
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_schedule_endpoints_and_monotone(name):
+    s = build_schedule(name)
+    t = torch.linspace(0, 1, 101)
+    rate = s.mask_rate(t)
+    assert rate[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert rate[-1].item() == pytest.approx(1.0, abs=1e-6)
+    assert bool((rate[1:] >= rate[:-1] - 1e-7).all())
+
+
+def test_linear_elbo_weight_is_one_over_t():
+    s = build_schedule("linear")
+    t = torch.tensor([0.1, 0.25, 0.5, 1.0])
+    assert torch.allclose(s.loss_weight(t), 1 / t, rtol=1e-4)
+
+
+def test_cosine_matches_maskgit_form():
+    s = build_schedule("cosine")
+    t = torch.tensor([0.3])
+    assert s.mask_rate(t).item() == pytest.approx(math.sin(0.3 * math.pi / 2), rel=1e-6)
+
+
+def test_shift_spends_more_time_masked():
+    plain, shifted = build_schedule("linear"), build_schedule("linear", shift=3.0)
+    t = torch.tensor([0.2, 0.5, 0.8])
+    assert bool((shifted.mask_rate(t) > plain.mask_rate(t)).all())
+    assert shifted.mask_rate(torch.tensor([1.0])).item() == pytest.approx(1.0)
+
+
+def test_bad_schedule_arguments():
+    with pytest.raises(ValueError, match="shift"):
+        build_schedule("linear", shift=0)
+    with pytest.raises(KeyError, match="unknown noise schedule"):
+        build_schedule("nope")

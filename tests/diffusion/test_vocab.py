@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from unigen.diffusion.vocab import IMAGE, STRUCTURE, TEXT, SequenceLayout, VocabLayout
+from unigen.tokenizers.text import SPECIAL_TOKENS
+
+SPECIALS = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+
+
+def test_image_codes_round_trip_through_vocab_ids():
+    v = VocabLayout(text_size=100, image_size=64, specials=SPECIALS)
+    codes = torch.randint(0, 64, (3, 4, 4))
+    ids = v.image_to_vocab(codes)
+    assert int(ids.min()) >= 100 and int(ids.max()) < v.total_size
+    assert torch.equal(v.vocab_to_image(ids), codes)
+    with pytest.raises(ValueError, match="image code range"):
+        v.vocab_to_image(torch.tensor([5]))
+
+
+def test_legal_bias_restricts_each_modality():
+    v = VocabLayout(text_size=100, image_size=64, specials=SPECIALS)
+    bias = v.legal_bias()
+    assert torch.isinf(bias[TEXT, 100:]).all() and torch.isinf(bias[IMAGE, :100]).all()
+    assert (bias[IMAGE, 100:] == 0).all()
+    assert torch.isinf(bias[TEXT, SPECIALS["<mask>"]]) and torch.isinf(bias[TEXT, SPECIALS["<t2i>"]])
+    assert bias[TEXT, SPECIALS["<eos>"]] == 0 and bias[TEXT, SPECIALS["<pad>"]] == 0
+    assert bias[TEXT, 50] == 0 and torch.isfinite(bias[STRUCTURE]).all()
+
+
+def test_layout_validation_errors():
+    with pytest.raises(ValueError, match="missing special"):
+        VocabLayout(10, 5, {"<pad>": 0})
+    with pytest.raises(ValueError, match="outside the text vocabulary"):
+        VocabLayout(5, 5, {**SPECIALS})
+
+
+def test_sequence_layout_positions():
+    s = SequenceLayout(max_text_len=6, grid=(3, 4))
+    assert s.length == 2 + 6 + 1 + 12 + 1
+    mod = s.modality()
+    assert (mod[s.text] == TEXT).all() and (mod[s.image] == IMAGE).all()
+    assert (mod == STRUCTURE).sum() == 4
+    axes = s.grid_axes()[s.image]
+    assert axes[:, 0].max() == 2 and axes[:, 1].max() == 3
+    rope = s.axes()
+    assert len(set(map(tuple, rope.tolist()))) == s.length  # every position distinct
+    assert SequenceLayout(**s.to_dict()) == s

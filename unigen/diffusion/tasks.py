@@ -1,0 +1,228 @@
+"""Tasks as data + mask rules (Show-o, UniDisc, LaViDa).
+
+A task turns raw samples (caption / question / answer strings and image codes) into a
+:class:`TaskBatch`: the clean tokens, which positions are *targets* (masked and predicted), which are
+the *condition* (dropped for classifier-free guidance) and which form the cacheable *prefix* (prefix
+attention, see :mod:`unigen.modules.transformer`).  The model never knows which task it is running:
+adding a task is one class registered in ``TASKS`` plus its ``<name>`` special token.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from unigen.diffusion.token_space import TokenSpace
+from unigen.registry import Registry
+
+TASKS: Registry[type["Task"]] = Registry("task")
+
+
+@dataclass
+class TaskInputs:
+    """Raw inputs for one batch; ``image_codes`` are codebook indices [B, h, w] (None if absent)."""
+
+    image_codes: Tensor | None
+    captions: Sequence[str] | None = None
+    questions: Sequence[str] | None = None
+    answers: Sequence[str] | None = None
+
+    def select(self, rows: list[int]) -> "TaskInputs":
+        pick = (lambda xs: None if xs is None else [xs[i] for i in rows])  # noqa: E731
+        codes = None if self.image_codes is None else self.image_codes[rows]
+        return TaskInputs(codes, pick(self.captions), pick(self.questions), pick(self.answers))
+
+    def __len__(self) -> int:
+        for field in (self.image_codes, self.captions, self.questions):
+            if field is not None:
+                return len(field)
+        return 0
+
+
+@dataclass
+class TaskBatch:
+    tokens: Tensor  # [B, S] clean tokens
+    target: Tensor  # [B, S] positions to predict
+    cond: Tensor  # [B, S] condition positions (replaced by <mask> for unconditional guidance)
+    prefix: Tensor  # [B, S] positions that attend only to each other (cacheable)
+
+    @staticmethod
+    def concat_rows(parts: list[tuple[list[int], "TaskBatch"]], batch_size: int) -> "TaskBatch":
+        """Reassemble per-task sub-batches into the original row order."""
+        first = parts[0][1]
+        out = {k: getattr(first, k).new_empty((batch_size, *getattr(first, k).shape[1:]))
+               for k in ("tokens", "target", "cond", "prefix")}
+        for rows, part in parts:
+            idx = torch.tensor(rows, dtype=torch.long, device=first.tokens.device)
+            for k, v in out.items():
+                v[idx] = getattr(part, k)
+        return TaskBatch(**out)
+
+
+class Task(ABC):
+    """One task.  ``name`` is the registry key and the ``<name>`` task token."""
+
+    name: str = ""
+
+    @abstractmethod
+    def build(self, inputs: TaskInputs, space: TokenSpace, generator: torch.Generator | None = None
+              ) -> TaskBatch: ...
+
+    def _masks(self, space: TokenSpace, b: int, device, target: Sequence[str], cond: Sequence[str],
+               prefix: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        seg = space.segment_mask
+        return (seg(b, *target, device=device), seg(b, *cond, device=device),
+                seg(b, "structure", *prefix, device=device))
+
+
+def _require(value, what: str, task: str):
+    if value is None:
+        raise ValueError(f"task {task!r} needs {what} in every sample")
+    return value
+
+
+def _device(inputs: TaskInputs):
+    return inputs.image_codes.device if inputs.image_codes is not None else None
+
+
+@TASKS.register("t2i")
+class TextToImage(Task):
+    """Clean caption, masked image (MaskGIT / Show-o generation)."""
+
+    name = "t2i"
+
+    def build(self, inputs, space, generator=None):
+        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
+        codes = _require(inputs.image_codes, "an image", self.name)
+        tokens = space.assemble(self.name, text.to(codes.device), codes)
+        target, cond, prefix = self._masks(space, len(tokens), tokens.device, ["image"], ["text"], ["text"])
+        return TaskBatch(tokens, target, cond, prefix)
+
+
+@TASKS.register("caption")
+class Captioning(Task):
+    """Clean image, masked caption (``caption <eos> <pad>...``: the length is generated too)."""
+
+    name = "caption"
+
+    def build(self, inputs, space, generator=None):
+        codes = _require(inputs.image_codes, "an image", self.name)
+        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
+        tokens = space.assemble(self.name, text.to(codes.device), codes)
+        target, cond, prefix = self._masks(space, len(tokens), tokens.device, ["text"], ["image"], ["image"])
+        return TaskBatch(tokens, target, cond, prefix)
+
+
+@TASKS.register("vqa")
+class VisualQuestionAnswering(Task):
+    """Clean image and question, masked answer (everything after ``<sep>``)."""
+
+    name = "vqa"
+
+    def build(self, inputs, space, generator=None):
+        codes = _require(inputs.image_codes, "an image", self.name)
+        text, starts = space.encode_questions(_require(inputs.questions, "a question", self.name),
+                                              _require(inputs.answers, "an answer", self.name))
+        tokens = space.assemble(self.name, text.to(codes.device), codes)
+        b, seq = len(tokens), space.sequence
+        target, cond, prefix = self._masks(space, b, tokens.device, [], ["image"], ["image"])
+        col = torch.arange(seq.max_text_len, device=tokens.device)
+        target[:, seq.text] = col[None] >= starts.to(tokens.device)[:, None]
+        return TaskBatch(tokens, target, cond, prefix)
+
+
+@TASKS.register("joint")
+class JointGeneration(Task):
+    """Both caption and image masked: joint generation (UniDisc)."""
+
+    name = "joint"
+
+    def build(self, inputs, space, generator=None):
+        codes = _require(inputs.image_codes, "an image", self.name)
+        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
+        tokens = space.assemble(self.name, text.to(codes.device), codes)
+        target, cond, prefix = self._masks(space, len(tokens), tokens.device, ["text", "image"], [], [])
+        return TaskBatch(tokens, target, cond, prefix)
+
+
+@TASKS.register("text")
+class TextOnly(Task):
+    """Text alone (the image segment stays ``<mask>`` and is not predicted)."""
+
+    name = "text"
+
+    def build(self, inputs, space, generator=None):
+        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
+        tokens = space.assemble(self.name, text.to(_device(inputs) or "cpu"), None)
+        target, cond, prefix = self._masks(space, len(tokens), tokens.device, ["text"], [], ["image"])
+        return TaskBatch(tokens, target, cond, prefix)
+
+
+@TASKS.register("inpaint")
+class Inpainting(Task):
+    """Clean caption and the image outside a random rectangle; the rectangle is predicted."""
+
+    name = "inpaint"
+
+    def __init__(self, min_frac: float = 0.2, max_frac: float = 0.7) -> None:
+        if not 0 < min_frac <= max_frac <= 1:
+            raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
+        self.min_frac, self.max_frac = min_frac, max_frac
+
+    def region(self, b: int, grid: tuple[int, int], generator: torch.Generator | None,
+               device=None) -> Tensor:
+        """[B, h, w] bool random rectangles covering ``min_frac..max_frac`` of each side."""
+        h, w = grid
+        u = torch.rand(b, 4, generator=generator)
+        hh = (self.min_frac + (self.max_frac - self.min_frac) * u[:, 0]).mul(h).ceil().long().clamp(1, h)
+        ww = (self.min_frac + (self.max_frac - self.min_frac) * u[:, 1]).mul(w).ceil().long().clamp(1, w)
+        top = (u[:, 2] * (h - hh + 1)).long()
+        left = (u[:, 3] * (w - ww + 1)).long()
+        rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+        inside = ((rows >= top[:, None, None]) & (rows < (top + hh)[:, None, None])
+                  & (cols >= left[:, None, None]) & (cols < (left + ww)[:, None, None]))
+        return inside.to(device)
+
+    def build(self, inputs, space, generator=None):
+        codes = _require(inputs.image_codes, "an image", self.name)
+        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
+        tokens = space.assemble(self.name, text.to(codes.device), codes)
+        b = len(tokens)
+        target, cond, prefix = self._masks(space, b, tokens.device, [], ["text"], ["text"])
+        target[:, space.sequence.image] = self.region(b, space.sequence.grid, generator,
+                                                      tokens.device).flatten(1)
+        return TaskBatch(tokens, target, cond, prefix)
+
+
+class TaskMixture:
+    """Assigns each sample a task by ratio (reproducibly, from a generator) and builds the batch."""
+
+    def __init__(self, ratios: dict[str, float], task_kwargs: dict[str, dict] | None = None) -> None:
+        if not ratios:
+            raise ValueError("a task mixture needs at least one task")
+        bad = {k: v for k, v in ratios.items() if v < 0}
+        if bad or sum(ratios.values()) <= 0:
+            raise ValueError(f"task ratios must be >= 0 and not all 0, got {ratios}")
+        kwargs = task_kwargs or {}
+        self.names = list(ratios)
+        self.tasks = [TASKS.get(n)(**kwargs.get(n, {})) for n in self.names]
+        total = sum(ratios.values())
+        self.probs = torch.tensor([ratios[n] / total for n in self.names])
+
+    def assign(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
+        return torch.multinomial(self.probs, batch_size, replacement=True, generator=generator)
+
+    def build(self, inputs: TaskInputs, space: TokenSpace, generator: torch.Generator | None = None
+              ) -> tuple[TaskBatch, Tensor]:
+        b = len(inputs)
+        assignment = self.assign(b, generator)
+        parts = []
+        for i, task in enumerate(self.tasks):
+            rows = (assignment == i).nonzero().squeeze(-1).tolist()
+            if rows:
+                parts.append((rows, task.build(inputs.select(rows), space, generator)))
+        return TaskBatch.concat_rows(parts, b), assignment

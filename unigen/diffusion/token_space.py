@@ -1,0 +1,116 @@
+"""Turning text and image codes into unified sequences and back.
+
+:class:`TokenSpace` joins the text tokenizer, the vocabulary layout and the sequence layout so that
+tasks, the training module and the pipeline all place tokens the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from unigen.diffusion.vocab import SequenceLayout, VocabLayout
+
+
+class TokenSpace:
+    def __init__(self, text_tokenizer: Any, vocab: VocabLayout, sequence: SequenceLayout) -> None:
+        self.text_tokenizer = text_tokenizer
+        self.vocab = vocab
+        self.sequence = sequence
+        sp = vocab.specials
+        self.pad_id, self.mask_id, self.eos_id, self.sep_id = (
+            sp["<pad>"], sp["<mask>"], sp["<eos>"], sp["<sep>"])
+
+    # -- text ----------------------------------------------------------------------------------------
+    def _words(self, text: str, what: str) -> list[int]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"empty {what}: every sample needs a non-empty {what}")
+        return list(self.text_tokenizer.encode(text))
+
+    def _pad(self, ids: list[int], text: str) -> list[int]:
+        limit = self.sequence.max_text_len
+        if len(ids) > limit:
+            raise ValueError(f"text too long: {len(ids)} tokens > max_text_len {limit}: {text[:80]!r}")
+        return ids + [self.pad_id] * (limit - len(ids))
+
+    def encode_captions(self, captions: Sequence[str]) -> Tensor:
+        """``caption <eos> <pad>...`` rows [B, max_text_len]."""
+        rows = [self._pad(self._words(c, "caption") + [self.eos_id], c) for c in captions]
+        return torch.tensor(rows, dtype=torch.long)
+
+    def encode_questions(self, questions: Sequence[str], answers: Sequence[str] | None = None
+                         ) -> tuple[Tensor, Tensor]:
+        """``question <sep> answer <eos> <pad>...`` rows and the index where the answer starts.
+        Without answers the answer part is padding (to be masked and generated)."""
+        rows, starts = [], []
+        for i, q in enumerate(questions):
+            ids = self._words(q, "question") + [self.sep_id]
+            starts.append(len(ids))
+            if answers is not None:
+                ids += self._words(answers[i], "answer") + [self.eos_id]
+            rows.append(self._pad(ids, q))
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(starts, dtype=torch.long)
+
+    def _decode_span(self, ids: list[int]) -> str:
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        ids = [i for i in ids if i not in (self.pad_id, self.mask_id)]
+        return self.text_tokenizer.decode(ids)
+
+    def decode_text(self, tokens: Tensor) -> list[str]:
+        """The text segment of each row up to ``<eos>`` (captions)."""
+        return [self._decode_span(row) for row in tokens[:, self.sequence.text].tolist()]
+
+    def decode_answers(self, tokens: Tensor) -> list[str]:
+        """The part after ``<sep>`` of each row's text segment, up to ``<eos>`` (VQA answers)."""
+        out = []
+        for row in tokens[:, self.sequence.text].tolist():
+            start = row.index(self.sep_id) + 1 if self.sep_id in row else 0
+            out.append(self._decode_span(row[start:]))
+        return out
+
+    # -- sequences -----------------------------------------------------------------------------------
+    def assemble(self, task: str, text_ids: Tensor | None, image_codes: Tensor | None,
+                 batch_size: int | None = None) -> Tensor:
+        """[B, S] tokens.  ``image_codes`` are codebook indices [B, h, w] or [B, N]; a missing text or
+        image segment is filled with ``<mask>`` (it is then either generated or left unconditioned)."""
+        seq, vocab = self.sequence, self.vocab
+        b = batch_size or (text_ids.shape[0] if text_ids is not None else image_codes.shape[0])
+        device = text_ids.device if text_ids is not None else (
+            image_codes.device if image_codes is not None else None)
+        tokens = torch.full((b, seq.length), self.mask_id, dtype=torch.long, device=device)
+        tokens[:, seq.task_pos] = vocab.special(f"<{task}>")
+        tokens[:, seq.task_pos + 1] = vocab.special("<bos>")
+        tokens[:, seq.soi_pos] = vocab.special("<soi>")
+        tokens[:, seq.image.stop] = vocab.special("<eoi>")
+        if text_ids is not None:
+            tokens[:, seq.text] = text_ids.to(tokens.device)
+        if image_codes is not None:
+            codes = image_codes.reshape(b, -1)
+            if codes.shape[1] != seq.num_image_tokens:
+                raise ValueError(f"image has {codes.shape[1]} tokens but the model expects "
+                                 f"{seq.num_image_tokens} ({seq.grid[0]}x{seq.grid[1]})")
+            tokens[:, seq.image] = vocab.image_to_vocab(codes.to(tokens.device))
+        return tokens
+
+    def image_codes(self, tokens: Tensor) -> Tensor:
+        """[B, S] -> codebook indices [B, h, w]."""
+        h, w = self.sequence.grid
+        return self.vocab.vocab_to_image(tokens[:, self.sequence.image]).reshape(-1, h, w)
+
+    def segment_mask(self, batch_size: int, *segments: str, device: torch.device | None = None) -> Tensor:
+        """[B, S] bool covering the named segments (``text``, ``image``, ``structure``)."""
+        seq = self.sequence
+        mask = torch.zeros(seq.length, dtype=torch.bool, device=device)
+        for name in segments:
+            if name == "text":
+                mask[seq.text] = True
+            elif name == "image":
+                mask[seq.image] = True
+            elif name == "structure":
+                mask[[seq.task_pos, seq.task_pos + 1, seq.soi_pos, seq.image.stop]] = True
+            else:
+                raise ValueError(f"unknown segment {name!r}")
+        return mask.expand(batch_size, -1).clone()
