@@ -1,0 +1,123 @@
+"""Building blocks: per-row RNG, categorical sampling, confidence measures, top-k and schedule counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unigen.diffusion.schedules import build_schedule
+from unigen.sampling.categorical import inverse_cdf, legal_logits, sample_tokens
+from unigen.sampling.confidence import token_confidence
+from unigen.sampling.rng import gumbel_rows, make_generators, rand_rows
+from unigen.sampling.selection import masked_counts, reveal_counts, select_top_k
+
+
+def test_rand_rows_per_row_generators_are_batch_invariant():
+    alone = rand_rows((1, 5), make_generators([7]), device="cpu")
+    batched = rand_rows((3, 5), make_generators([7, 8, 9]), device="cpu")
+    assert torch.equal(alone[0], batched[0])
+    assert not torch.equal(batched[0], batched[1])
+
+
+def test_rand_rows_refuses_missing_or_wrong_generators():
+    with pytest.raises(ValueError, match="needs a generator"):
+        rand_rows((2, 3), None, device="cpu")
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        rand_rows((3, 3), make_generators([1, 2]), device="cpu")
+
+
+def test_gumbel_rows_is_finite_and_has_gumbel_mean():
+    noise = gumbel_rows((1, 200_000), torch.Generator().manual_seed(0), device="cpu")
+    assert torch.isfinite(noise).all()
+    assert abs(noise.mean().item() - 0.5772) < 0.01  # Euler-Mascheroni constant
+
+
+def test_sample_tokens_matches_the_categorical_distribution():
+    probs = torch.tensor([0.1, 0.2, 0.0, 0.7])
+    logits = probs.log().expand(1, 40_000, 4).clone()
+    where = torch.ones(1, 40_000, dtype=torch.bool)
+    drawn = sample_tokens(logits, where, 1.0, torch.Generator().manual_seed(0))
+    freq = torch.bincount(drawn.flatten(), minlength=4).float() / drawn.numel()
+    assert freq[2] == 0  # a zero-probability token is never drawn
+    assert torch.allclose(freq, probs, atol=0.01)
+
+
+def test_inverse_cdf_exact_values_and_edges():
+    probs = torch.tensor([[0.0, 0.3, 0.0, 0.7]], dtype=torch.float64).expand(5, 4)
+    u = torch.tensor([0.0, 0.29, 0.3, 0.999, 1.0])  # 1.0 stands in for a draw rounded onto the total mass
+    assert inverse_cdf(probs, u).tolist() == [1, 1, 3, 3, 3]
+    trailing_zero = torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64)
+    assert inverse_cdf(trailing_zero, torch.tensor([1.0])).tolist() == [1]
+
+
+def test_sample_tokens_temperature_zero_is_argmax_and_needs_no_generator():
+    logits = torch.randn(2, 6, 9, generator=torch.Generator().manual_seed(1))
+    drawn = sample_tokens(logits, torch.ones(2, 6, dtype=torch.bool), 0.0, None)
+    assert torch.equal(drawn, logits.argmax(-1))
+
+
+def test_low_temperature_concentrates_on_the_argmax():
+    logits = torch.tensor([[[0.0, 1.0, 0.5]]]).expand(1, 2000, 3).clone()
+    drawn = sample_tokens(logits, torch.ones(1, 2000, dtype=torch.bool), 0.05, torch.Generator().manual_seed(0))
+    assert (drawn == 1).float().mean() > 0.99
+
+
+def test_legal_logits_forbids_mask_id_and_rejects_positions_without_legal_tokens():
+    logits = torch.zeros(1, 2, 4)
+    assert legal_logits(logits, 3)[..., 3].eq(float("-inf")).all()
+    assert torch.equal(legal_logits(logits, 7), logits)  # mask_id outside the output vocabulary
+    only_mask = torch.full((1, 1, 4), float("-inf"))
+    only_mask[..., 3] = 0.0
+    with pytest.raises(ValueError, match="no legal token"):
+        legal_logits(only_mask, 3)
+
+
+def test_confidence_measures_known_values():
+    probs = torch.tensor([[[0.5, 0.3, 0.2]]])
+    top, second = torch.tensor([[0]]), torch.tensor([[1]])
+    assert token_confidence("prob", probs, second).item() == pytest.approx(0.3)
+    assert token_confidence("margin", probs, top).item() == pytest.approx(0.2)
+    assert token_confidence("margin", probs, second).item() == pytest.approx(-0.2)
+    uniform = torch.full((1, 1, 4), 0.25)
+    one_hot = torch.tensor([[[0.0, 1.0, 0.0, 0.0]]])
+    assert token_confidence("entropy", uniform, torch.tensor([[0]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert token_confidence("entropy", one_hot, torch.tensor([[1]])).item() == pytest.approx(1.0)
+    expected = 1 - (-(probs * probs.log()).sum()) / math.log(3)
+    assert token_confidence("entropy", probs, top).item() == pytest.approx(expected.item())
+    with pytest.raises(KeyError, match="unknown confidence measure 'nope'"):
+        token_confidence("nope", probs, top)
+
+
+def test_select_top_k_picks_highest_candidates_per_row_with_stable_ties():
+    score = torch.tensor([[0.1, 0.9, 0.5, 0.9, 0.2], [3.0, 2.0, 1.0, float("-inf"), 0.0]])
+    candidates = torch.tensor([[True, True, True, False, True], [False, True, True, True, True]])
+    chosen = select_top_k(score, candidates, torch.tensor([2, 4]))
+    assert chosen.tolist() == [[False, True, True, False, False], [False, True, True, True, True]]
+    ties = select_top_k(torch.zeros(1, 4), torch.ones(1, 4, dtype=torch.bool), torch.tensor([2]))
+    assert ties.tolist() == [[True, True, False, False]]
+
+
+def test_masked_counts_known_cosine_values():
+    timesteps = torch.linspace(1, 0, 5, dtype=torch.float64)
+    counts = masked_counts(build_schedule("cosine"), timesteps, torch.tensor([16, 3, 0]))
+    # floor(16 * sin(pi/2 * t)) for t = 1, .75, .5, .25, 0
+    assert counts[0].tolist() == [16, 14, 11, 6, 0]
+    # fewer positions than steps: one per step, then done early
+    assert counts[1].tolist() == [3, 2, 1, 0, 0]
+    assert counts[2].tolist() == [0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "polynomial"])
+def test_masked_counts_reveal_at_least_one_per_step(name):
+    timesteps = torch.linspace(1, 0, 13, dtype=torch.float64)
+    counts = masked_counts(build_schedule(name), timesteps, torch.arange(0, 40))
+    steps = counts[:, :-1] - counts[:, 1:]
+    assert (counts[:, -1] == 0).all()
+    assert ((steps >= 1) | (counts[:, :-1] == 0)).all()
+
+
+def test_reveal_counts_bounds():
+    k = reveal_counts(torch.tensor([5, 5, 0, 3]), torch.tensor([2, 5, 0, 0]))
+    assert k.tolist() == [3, 1, 0, 3]

@@ -1,0 +1,36 @@
+"""Masked-diffusion samplers apart from the model: MaskGIT, ancestral, confident, remask, semi-AR,
+classifier-free guidance and the one decode loop. See docs/samplers.md."""
+
+from unigen.sampling.ancestral import AncestralSampler
+from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, build_sampler
+from unigen.sampling.confidence import CONFIDENCE_MEASURES, token_confidence
+from unigen.sampling.confident import ConfidentSampler
+from unigen.sampling.decode import DecodeResult, decode
+from unigen.sampling.guidance import GUIDANCE_SCHEDULES, ClassifierFreeGuidance
+from unigen.sampling.inpaint import inpaint_tokens
+from unigen.sampling.maskgit import MaskGITSampler
+from unigen.sampling.remask import RemaskSampler
+from unigen.sampling.rng import GeneratorArg, make_generators, rand_rows
+from unigen.sampling.semi_ar import SemiARSampler
+
+__all__ = [
+    "AncestralSampler",
+    "CONFIDENCE_MEASURES",
+    "ClassifierFreeGuidance",
+    "ConfidentSampler",
+    "DecodeResult",
+    "GUIDANCE_SCHEDULES",
+    "GeneratorArg",
+    "MaskGITSampler",
+    "RemaskSampler",
+    "SAMPLERS",
+    "Sampler",
+    "SamplerOutput",
+    "SemiARSampler",
+    "build_sampler",
+    "decode",
+    "inpaint_tokens",
+    "make_generators",
+    "rand_rows",
+    "token_confidence",
+]

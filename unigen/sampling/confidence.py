@@ -1,0 +1,49 @@
+"""Confidence measures: how sure the network is of the token at each position (higher = surer).
+
+``prob`` is MaskGIT's (Chang et al. 2022) probability of the chosen token; ``margin`` (top-1 minus
+runner-up probability) and ``entropy`` are the alternatives LaViDa (Li et al. 2025) and Dimple
+(Yu et al. 2025) use for low-confidence remasking. All lie in ``[-1, 1]`` (``prob``/``entropy`` in
+``[0, 1]``) so thresholds are comparable. A new measure is one registered function.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from torch import Tensor
+
+from unigen.registry import Registry
+
+ConfidenceFn = Callable[[Tensor, Tensor], Tensor]
+CONFIDENCE_MEASURES: Registry[ConfidenceFn] = Registry("confidence measure")
+
+
+@CONFIDENCE_MEASURES.register("prob")
+def prob_confidence(probs: Tensor, tokens: Tensor) -> Tensor:
+    """Probability of ``tokens`` under ``probs [B, S, V]`` (MaskGIT)."""
+    return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+@CONFIDENCE_MEASURES.register("margin")
+def margin_confidence(probs: Tensor, tokens: Tensor) -> Tensor:
+    """``p(token) - max_{v != token} p(v)``: top-1 minus top-2 when ``token`` is the argmax (LaViDa)."""
+    chosen = prob_confidence(probs, tokens)
+    others = probs.scatter(-1, tokens.unsqueeze(-1), float("-inf")).amax(-1)
+    return chosen - others
+
+
+@CONFIDENCE_MEASURES.register("entropy")
+def entropy_confidence(probs: Tensor, tokens: Tensor) -> Tensor:
+    """``1 - H(p) / log V``: 1 for a one-hot prediction, 0 for uniform (independent of ``tokens``)."""
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+    return 1 - entropy / math.log(probs.shape[-1])
+
+
+def token_confidence(measure: str, probs: Tensor, tokens: Tensor) -> Tensor:
+    return CONFIDENCE_MEASURES.get(measure)(probs, tokens)
+
+
+def check_measure(measure: str) -> str:
+    CONFIDENCE_MEASURES.get(measure)  # raises naming the known measures
+    return measure
