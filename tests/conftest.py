@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny text and image tokenizers built by the tests (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def text_tokenizer_dir(tmp_path_factory):
+    from unigen.commands import build_text_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "text_tokenizer"
+    build_text_tokenizer("shapes", str(out), num_samples=500, vocab_size=512)
+    return out
+
+
+@pytest.fixture(scope="session")
+def image_tokenizer_dir(tmp_path_factory):
+    from unigen.tokenizers.fsq import FSQTokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "image_tokenizer"
+    FSQTokenizer(levels=[5, 5, 5], block_out_channels=[16, 16, 32], latent_channels=8,
+                 norm_num_groups=8).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(text_tokenizer_dir, image_tokenizer_dir):
+    return {"text_tokenizer": str(text_tokenizer_dir), "image_tokenizer": str(image_tokenizer_dir)}

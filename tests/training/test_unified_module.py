@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from unigen.data.shapes import ShapesDataset
+from unigen.training.unified_module import UnifiedModule
+
+
+def batch_of(n=8, size=32):
+    ds = ShapesDataset("train", n, size, seed=0)
+    items = [ds[i] for i in range(n)]
+    return {"image": torch.stack([x["image"] for x in items]),
+            **{k: [x[k] for x in items] for k in ("caption", "question", "answer", "scene")}}
+
+
+def make(tokenizer_dirs, **kw):
+    args = dict(image_size=32, max_text_len=24, dim=64, depth=2, heads=4, warmup_steps=1,
+                cond_dropout=0.0, lr=3e-3, **tokenizer_dirs)
+    args.update(kw)
+    m = UnifiedModule(**args)
+    m.configure_model()
+    return m
+
+
+def overfit(module, batch, steps):
+    # pretokenize once (the ``codes`` path of shard-trained models): the loop then times the model
+    batch = {**batch, "codes": module.image_tokenizer.encode(batch["image"])}
+    opt = torch.optim.AdamW(module.net.parameters(), lr=module.hparams.lr)
+    losses = []
+    for step in range(steps):
+        gen = torch.Generator().manual_seed(step)
+        tb, _ = module.mixture.build(module.task_inputs(batch), module.space, gen)
+        loss, _ = module.diffusion_loss(tb, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("task", ["t2i", "caption", "vqa"])
+def test_loss_falls_on_a_tiny_overfit(tokenizer_dirs, task):
+    torch.manual_seed(0)
+    module = make(tokenizer_dirs, tasks={task: 1.0})
+    losses = overfit(module, batch_of(), 60)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, (task, first, last)
+
+
+def test_elbo_complementary_unified_mixture_trains(tokenizer_dirs):
+    torch.manual_seed(0)
+    module = make(tokenizer_dirs, tasks={"t2i": 1, "caption": 1, "vqa": 1, "joint": 1, "inpaint": 1,
+                                         "text": 1}, loss="elbo", complementary_masking=True,
+                  schedule="linear", cond_dropout=0.1)
+    losses = overfit(module, batch_of(), 60)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_step_randomness_is_a_function_of_seed_and_step(tokenizer_dirs):
+    m1, m2 = make(tokenizer_dirs), make(tokenizer_dirs)
+    a = torch.rand(3, generator=m1._generator(0))
+    assert torch.equal(a, torch.rand(3, generator=m2._generator(0)))
+    assert not torch.equal(a, torch.rand(3, generator=m1._generator(1)))
+
+
+def test_checkpoint_state_excludes_the_frozen_tokenizer(tokenizer_dirs):
+    m = make(tokenizer_dirs)
+    state = m.state_dict()
+    assert state and not any(k.startswith("image_tokenizer.") for k in state)
+    clone = make(tokenizer_dirs, seed=1)
+    clone.load_state_dict(state)
+    assert all(torch.equal(v, clone.state_dict()[k]) for k, v in state.items())
+
+
+def test_bad_arguments_are_refused(tokenizer_dirs):
+    with pytest.raises(ValueError, match="loss"):
+        UnifiedModule(**tokenizer_dirs, loss="l2")
+    with pytest.raises(ValueError, match="cond_dropout"):
+        UnifiedModule(**tokenizer_dirs, cond_dropout=1.5)
+    with pytest.raises(KeyError, match="unknown task"):
+        UnifiedModule(**tokenizer_dirs, tasks={"painting": 1.0})
+    with pytest.raises(FileNotFoundError, match="image tokenizer directory not found"):
+        UnifiedModule(image_tokenizer="/nonexistent", text_tokenizer=tokenizer_dirs["text_tokenizer"]).configure_model()

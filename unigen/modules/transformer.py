@@ -1,0 +1,190 @@
+"""The unified bidirectional transformer over the shared token space.
+
+Pre-norm blocks (RMSNorm, SDPA attention with optional qk-norm, SwiGLU), token + modality embeddings,
+modality-aware positions (:mod:`unigen.modules.position`), a recipe-chosen output head and logits
+restricted to each position's modality.  One network serves text-to-image, captioning, VQA, joint
+generation and inpainting (Show-o, UniDisc, MMaDA); tasks only decide which tokens are masked.
+
+*Prefix attention* (LaViDa): with ``prefix`` passed, prefix positions (the task's condition segment:
+the image for captioning/VQA, the prompt for text-to-image) attend only to the prefix, so their
+keys/values do not depend on what is being decoded.  That is what makes the prefix KV cache exact:
+:meth:`prefill` encodes the prefix once and :meth:`forward_cached` recomputes only the rest.  The
+prefix is a property of the task, not of the batch, so results never depend on batch composition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from unigen.diffusion.vocab import IMAGE, SequenceLayout, VocabLayout
+from unigen.modules.attention import SelfAttention
+from unigen.modules.heads import HEADS
+from unigen.modules.mlp import SwiGLU
+from unigen.modules.norm import RMSNorm
+from unigen.modules.position import LearnedPositions, MultimodalRotary
+
+KV = tuple[Tensor, Tensor]
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attn = SelfAttention(dim, heads, qk_norm=qk_norm, dropout=dropout)
+        self.norm2 = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, mlp_ratio, dropout=dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None, rotary: tuple[Tensor, Tensor] | None,
+                past: KV | None = None) -> tuple[Tensor, KV]:
+        attn, kv = self.attn(self.norm1(x), attn_mask, rotary, past)
+        x = x + attn
+        return x + self.mlp(self.norm2(x)), kv
+
+
+def prefix_attention_mask(prefix: Tensor) -> Tensor:
+    """Bool [B, 1, S, S] (True = may attend): a prefix query attends only to prefix keys; any other
+    query attends to every key."""
+    return (~prefix)[:, None, :, None] | prefix[:, None, None, :]
+
+
+def causal_attention_mask(num_queries: int, num_keys: int | None = None, device=None) -> Tensor:
+    """Bool [Q, K] (True = may attend) for the last ``Q`` of ``K`` positions: query ``i`` sees keys
+    ``<= K - Q + i`` (decoder-only LMs; the autoregressive baseline, LlamaGen)."""
+    num_keys = num_queries if num_keys is None else num_keys
+    query_pos = torch.arange(num_keys - num_queries, num_keys, device=device)
+    return torch.arange(num_keys, device=device)[None, :] <= query_pos[:, None]
+
+
+@dataclass
+class PrefixCache:
+    """Keys/values of the prefix positions for every layer, and which positions are recomputed."""
+
+    kv: list[KV]
+    recompute_idx: Tensor  # [R] positions recomputed at every step
+    cached_idx: Tensor  # [P] prefix positions whose K/V are cached
+
+
+class UnifiedTransformer(nn.Module):
+    def __init__(self, vocab: VocabLayout, sequence: SequenceLayout, dim: int = 256, depth: int = 6,
+                 heads: int = 4, mlp_ratio: float = 4.0, qk_norm: bool = True,
+                 position: str = "learned", head: str = "shared", dropout: float = 0.0) -> None:
+        super().__init__()
+        if position not in ("learned", "rope"):
+            raise ValueError(f"position must be 'learned' or 'rope', got {position!r}")
+        self.vocab, self.sequence = vocab, sequence
+        self.dim, self.depth, self.heads = dim, depth, heads
+        # everything needed to rebuild the network (saved next to the weights)
+        self.config = {"vocab": vocab.to_dict(), "sequence": sequence.to_dict(), "dim": dim,
+                       "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio, "qk_norm": qk_norm,
+                       "position": position, "head": head, "dropout": dropout}
+        self.position = position
+        self.token_emb = nn.Embedding(vocab.total_size, dim)
+        self.modality_emb = nn.Embedding(3, dim)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        nn.init.normal_(self.modality_emb.weight, std=0.02)
+        length = sequence.length
+        self.learned_pos = LearnedPositions(dim, length, sequence.grid) if position == "learned" else None
+        self.rotary = MultimodalRotary(dim // heads) if position == "rope" else None
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qk_norm, dropout) for _ in range(depth))
+        self.norm = RMSNorm(dim)
+        self.head = HEADS.get(head)(dim, vocab.text_size, vocab.image_size)
+        self.register_buffer("modality", sequence.modality(), persistent=False)
+        self.register_buffer("grid_axes", sequence.grid_axes(), persistent=False)
+        self.register_buffer("rope_axes", sequence.axes(), persistent=False)
+        self.register_buffer("legal_bias", vocab.legal_bias(), persistent=False)
+        self.apply(self._init_linear)
+
+    @staticmethod
+    def _init_linear(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def embed(self, tokens: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Token + modality (+ learned position) embeddings for positions ``idx`` (all if None)."""
+        idx = torch.arange(tokens.shape[1], device=tokens.device) if idx is None else idx
+        modality = self.modality[idx]
+        x = self.token_emb(tokens) + self.modality_emb(modality)
+        if self.learned_pos is not None:
+            x = x + self.learned_pos(idx, self.grid_axes[idx], modality == IMAGE)
+        return x
+
+    def rotary_angles(self, idx: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+        if self.rotary is None:
+            return None
+        axes = self.rope_axes if idx is None else self.rope_axes[idx]
+        return self.rotary.angles(axes)
+
+    def logits(self, hidden: Tensor, modality: Tensor) -> Tensor:
+        """Logits over the whole vocabulary, illegal ids for the position's modality at -inf."""
+        return self.head(hidden).float() + self.legal_bias[modality]
+
+    # -- full forward ---------------------------------------------------------------------------------
+    def hidden_states(self, tokens: Tensor, prefix: Tensor | None = None, causal: bool = False) -> Tensor:
+        """[B, S] -> [B, S, D].  ``prefix`` [B, S] bool turns on prefix attention (module docstring);
+        ``causal`` makes every position see only itself and earlier ones (autoregressive baseline)."""
+        if tokens.shape[1] != self.sequence.length:
+            raise ValueError(f"expected sequences of length {self.sequence.length}, got {tokens.shape[1]}")
+        if causal and prefix is not None:
+            raise ValueError("causal and prefix attention are exclusive: pass one of them")
+        x = self.embed(tokens)
+        if causal:
+            mask = causal_attention_mask(tokens.shape[1], device=tokens.device)
+        else:
+            mask = prefix_attention_mask(prefix) if prefix is not None else None
+        rotary = self.rotary_angles()
+        for block in self.blocks:
+            x, _ = block(x, mask, rotary)
+        return self.norm(x)
+
+    def forward(self, tokens: Tensor, prefix: Tensor | None = None, causal: bool = False) -> Tensor:
+        """[B, S] -> logits [B, S, V] (``causal``: see :meth:`hidden_states`)."""
+        return self.logits(self.hidden_states(tokens, prefix, causal), self.modality)
+
+    # -- prefix KV cache ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, tokens: Tensor, prefix: Tensor) -> PrefixCache:
+        """Encode the prefix once.  Every row must share one prefix pattern (one task per batch)."""
+        if prefix.ndim == 2:
+            if not bool((prefix == prefix[:1]).all()):
+                raise ValueError("prefix caching needs the same prefix positions in every row")
+            prefix = prefix[0]
+        cached_idx = prefix.nonzero().squeeze(-1)
+        recompute_idx = (~prefix).nonzero().squeeze(-1)
+        x = self.embed(tokens[:, cached_idx], cached_idx)
+        rotary = self.rotary_angles(cached_idx)
+        kv: list[KV] = []
+        for block in self.blocks:
+            x, layer_kv = block(x, None, rotary)  # prefix positions see only the prefix
+            kv.append(layer_kv)
+        return PrefixCache(kv, recompute_idx, cached_idx)
+
+    def forward_cached(self, tokens: Tensor, cache: PrefixCache) -> Tensor:
+        """Logits [B, S, V] with only the non-prefix positions computed; prefix rows are 0 (they are
+        given, so no sampler reads them)."""
+        idx = cache.recompute_idx
+        x = self.embed(tokens[:, idx], idx)
+        rotary = self.rotary_angles(idx)
+        for block, past in zip(self.blocks, cache.kv):
+            x, _ = block(x, None, rotary, past)  # non-prefix queries attend to every key
+        sub = self.logits(self.norm(x), self.modality[idx])
+        out = sub.new_zeros(tokens.shape[0], tokens.shape[1], sub.shape[-1])
+        out[:, idx] = sub
+        return out
+
+    @classmethod
+    def from_config(cls, config: dict) -> "UnifiedTransformer":
+        cfg = dict(config)
+        vocab, sequence = VocabLayout(**cfg.pop("vocab")), SequenceLayout(**cfg.pop("sequence"))
+        return cls(vocab, sequence, **cfg)
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.token_emb.weight.numel()
+        return n

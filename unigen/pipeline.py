@@ -1,0 +1,241 @@
+"""``UnifiedPipeline``: the trained unified model, its image tokenizer and its text tokenizer in one
+object, with text-to-image, captioning, VQA and inpainting (diffusers-pipeline style).
+
+A pipeline directory (``save_pretrained``) holds::
+
+    pipeline.json            format version and what the parts are
+    transformer/             config.json + model.safetensors
+    image_tokenizer/         config.json + model.safetensors
+    text_tokenizer/          tokenizer.json + text_tokenizer_config.json
+
+Randomness: every call takes ``seed`` (sample ``i`` uses ``seed + i``) or explicit ``generator``\\s;
+with one generator per sample, a sample's output does not depend on the rest of its batch, up to
+floating-point differences between batched matrix kernels (exact on CPU in our tests).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from unigen import io
+from unigen.diffusion.token_space import TokenSpace
+from unigen.diffusion.tasks import TASKS, TaskInputs
+from unigen.modules.transformer import PrefixCache, UnifiedTransformer
+from unigen.sampling import ClassifierFreeGuidance, build_sampler, decode
+from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
+from unigen.tokenizers.text import TextTokenizer
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SamplingConfig:
+    """How to decode one segment: sampler name + options, steps, guidance."""
+
+    sampler: str = "maskgit"
+    num_steps: int = 16
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    guidance_scale: float = 1.0
+    guidance_kwargs: dict[str, Any] = field(default_factory=dict)
+    use_cache: bool = True  # prefix KV cache: the condition is encoded once
+
+
+class PrefixCachedModel:
+    """``model_fn`` for :func:`unigen.sampling.decode` that encodes the prefix (the condition) once
+    and recomputes only the other positions at each step (LaViDa prefix cache).  A cache is kept per
+    batch shape (guidance may switch between B and 2B rows) and refreshed if the prefix changes."""
+
+    def __init__(self, net: UnifiedTransformer, prefix: Tensor) -> None:
+        self.net = net
+        self.prefix = prefix  # [S] bool, shared by every row
+        self._caches: dict[int, tuple[Tensor, PrefixCache]] = {}
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        key = tokens[:, self.prefix]
+        hit = self._caches.get(tokens.shape[0])
+        if hit is None or not torch.equal(hit[0], key):
+            hit = (key.clone(), self.net.prefill(tokens, self.prefix))
+            self._caches[tokens.shape[0]] = hit
+        return self.net.forward_cached(tokens, hit[1])
+
+
+class UnifiedPipeline:
+    def __init__(self, transformer: UnifiedTransformer, image_tokenizer: ImageTokenizer,
+                 text_tokenizer: TextTokenizer) -> None:
+        self.transformer = transformer
+        self.image_tokenizer = image_tokenizer
+        self.text_tokenizer = text_tokenizer
+        self.space = TokenSpace(text_tokenizer, transformer.vocab, transformer.sequence)
+        if transformer.vocab.image_size != image_tokenizer.codebook_size:
+            raise ValueError(f"codebook size mismatch: the transformer expects "
+                             f"{transformer.vocab.image_size} image codes, the image tokenizer has "
+                             f"{image_tokenizer.codebook_size}")
+        if transformer.vocab.text_size != text_tokenizer.vocab_size:
+            raise ValueError(f"text vocabulary mismatch: the transformer expects "
+                             f"{transformer.vocab.text_size} ids, the text tokenizer has "
+                             f"{text_tokenizer.vocab_size}")
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the three parts; the directory is complete or absent."""
+        with io.atomic_directory(path) as tmp:
+            io.write_json(tmp / "pipeline.json", {"format_version": FORMAT_VERSION,
+                                                  "image_size": self.image_size,
+                                                  "parts": ["transformer", "image_tokenizer",
+                                                            "text_tokenizer"]})
+            io.write_json(tmp / "transformer" / "config.json", self.transformer.config)
+            io.save_safetensors(self.transformer.state_dict(), tmp / "transformer" / "model.safetensors")
+            self.image_tokenizer.save_pretrained(tmp / "image_tokenizer")
+            self.text_tokenizer.save_pretrained(tmp / "text_tokenizer")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu"
+                        ) -> "UnifiedPipeline":
+        """Load from a local directory written by :meth:`save_pretrained` (never from a hub)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"pipeline directory not found: {path} (train with `unigen fit "
+                                    "... --export_dir DIR` or `unigen export`)")
+        meta = io.read_json(path / "pipeline.json", "pipeline config")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path / 'pipeline.json'} has format version "
+                             f"{meta.get('format_version')!r}; this unigen reads {FORMAT_VERSION}")
+        config = io.read_json(path / "transformer" / "config.json", "transformer config")
+        net = UnifiedTransformer.from_config(config)
+        state = io.load_safetensors(path / "transformer" / "model.safetensors")
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path / 'transformer' / 'model.safetensors'} does not match its config: "
+                             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        pipe = cls(net.eval(), ImageTokenizer.from_pretrained(path / "image_tokenizer"),
+                   TextTokenizer.from_pretrained(path / "text_tokenizer"))
+        return pipe.to(device)
+
+    def to(self, device: str | torch.device) -> "UnifiedPipeline":
+        self.transformer.to(device)
+        self.image_tokenizer.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return self.transformer.sequence.grid[0] * self.image_tokenizer.downsample_factor
+
+    # -- helpers -------------------------------------------------------------------------------------
+    @staticmethod
+    def generators(n: int, seed: int | Sequence[int] = 0, generator=None) -> list[torch.Generator]:
+        """One CPU generator per sample (``seed + i``, or the given seeds), for batch invariance."""
+        if generator is not None:
+            return generator
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(n)]
+        if len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} samples")
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    def images_to_tensor(self, images: Tensor | Image.Image | Sequence[Image.Image]) -> Tensor:
+        x = images if torch.is_tensor(images) else pil_to_tensor(images)
+        if x.ndim == 3:
+            x = x[None]
+        size = self.image_size
+        if tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(f"images must be {size}x{size} (the model's image size), got "
+                             f"{x.shape[-2]}x{x.shape[-1]}")
+        return x.to(self.device)
+
+    def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
+                progress: bool, region: Tensor | None = None) -> tuple[Tensor, int]:
+        tb = TASKS.get(task)().build(inputs, self.space)
+        tokens, target, cond, prefix = (x.to(self.device) for x in (tb.tokens, tb.target, tb.cond, tb.prefix))
+        if region is not None:
+            target = torch.zeros_like(target)
+            target[:, self.space.sequence.image] = region.flatten(1).to(self.device)
+        kwargs = dict(cfg.sampler_kwargs)
+        if cfg.sampler == "semi_ar":
+            kwargs.setdefault("eos_id", self.space.eos_id)
+            kwargs.setdefault("pad_id", self.space.pad_id)
+        sampler = build_sampler(cfg.sampler, mask_id=self.space.mask_id, **kwargs)
+        guidance = None
+        if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
+            guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)
+        net = self.transformer
+        if cfg.use_cache and bool(prefix.any()):
+            model_fn = PrefixCachedModel(net, prefix[0])
+        else:
+            model_fn = lambda x: net(x, prefix[:1].expand(x.shape[0], -1))  # noqa: E731
+        with torch.inference_mode():
+            result = decode(model_fn, tokens, target, sampler, num_steps=cfg.num_steps,
+                            guidance=guidance, cond_mask=cond & ~target if guidance else None,
+                            generator=generator, progress=progress)
+        return result.tokens, result.num_model_calls
+
+    # -- tasks ---------------------------------------------------------------------------------------
+    def text_to_image(self, prompts: str | Sequence[str], num_steps: int = 16,
+                      guidance_scale: float = 1.0, sampler: str = "maskgit",
+                      seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
+                      progress: bool = False, **options: Any) -> list[Image.Image] | Tensor:
+        """Generate one image per prompt.  ``options`` go to :class:`SamplingConfig`."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        cfg = SamplingConfig(sampler, num_steps, guidance_scale=guidance_scale, **options)
+        grid = self.space.sequence.grid
+        codes = torch.zeros(len(prompts), *grid, dtype=torch.long, device=self.device)
+        tokens, _ = self._decode("t2i", TaskInputs(codes, captions=prompts), cfg,
+                                 self.generators(len(prompts), seed, generator), progress)
+        images = self.image_tokenizer.decode(self.space.image_codes(tokens))
+        return tensor_to_pil(images) if output == "pil" else images
+
+    def caption(self, images, num_steps: int | None = None, sampler: str = "maskgit",
+                seed: int | Sequence[int] = 0, generator=None, progress: bool = False,
+                **options: Any) -> list[str]:
+        x = self.images_to_tensor(images)
+        cfg = SamplingConfig(sampler, num_steps or self.space.sequence.max_text_len // 2, **options)
+        codes = self.image_tokenizer.encode(x)
+        placeholder = ["<mask>"] * len(x)  # replaced: the text segment is the target
+        tokens, _ = self._decode("caption", TaskInputs(codes, captions=placeholder), cfg,
+                                 self.generators(len(x), seed, generator), progress)
+        return self.space.decode_text(tokens)
+
+    def answer(self, images, questions: str | Sequence[str], num_steps: int | None = None,
+               sampler: str = "maskgit", seed: int | Sequence[int] = 0, generator=None,
+               progress: bool = False, **options: Any) -> list[str]:
+        x = self.images_to_tensor(images)
+        questions = [questions] * len(x) if isinstance(questions, str) else list(questions)
+        if len(questions) != len(x):
+            raise ValueError(f"got {len(questions)} questions for {len(x)} images")
+        cfg = SamplingConfig(sampler, num_steps or 4, **options)
+        codes = self.image_tokenizer.encode(x)
+        tokens, _ = self._decode("vqa", TaskInputs(codes, questions=questions,
+                                                   answers=["<mask>"] * len(x)), cfg,
+                                 self.generators(len(x), seed, generator), progress)
+        return self.space.decode_answers(tokens)
+
+    def inpaint(self, image, mask: Tensor, prompt: str, num_steps: int = 16,
+                guidance_scale: float = 1.0, sampler: str = "maskgit", seed: int = 0,
+                generator=None, output: str = "pil", **options: Any):
+        """Regenerate the image tokens under ``mask`` ([H, W] or [h, w] bool, True = regenerate;
+        pixel masks are reduced to the token grid: a token is regenerated if any of its pixels is)."""
+        x = self.images_to_tensor(image)
+        grid = self.space.sequence.grid
+        region = torch.as_tensor(mask, dtype=torch.bool)
+        if tuple(region.shape) != grid:
+            f = self.image_tokenizer.downsample_factor
+            if tuple(region.shape) != (grid[0] * f, grid[1] * f):
+                raise ValueError(f"inpainting mask must be {grid[0] * f}x{grid[1] * f} pixels or "
+                                 f"{grid[0]}x{grid[1]} tokens, got {tuple(region.shape)}")
+            region = region.reshape(grid[0], f, grid[1], f).any(dim=3).any(dim=1)
+        codes = self.image_tokenizer.encode(x)
+        cfg = SamplingConfig(sampler, num_steps, guidance_scale=guidance_scale, **options)
+        tokens, _ = self._decode("inpaint", TaskInputs(codes, captions=[prompt] * len(x)), cfg,
+                                 self.generators(len(x), seed, generator), False,
+                                 region=region[None].expand(len(x), -1, -1))
+        images = self.image_tokenizer.decode(self.space.image_codes(tokens))
+        return tensor_to_pil(images) if output == "pil" else images

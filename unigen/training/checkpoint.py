@@ -1,0 +1,55 @@
+"""Reading Lightning checkpoints safely.
+
+Checkpoints are loaded with ``torch.load(weights_only=True)``: tensors, numbers, strings and plain
+containers only, so a checkpoint from a stranger cannot run code.  Each unigen module writes its
+class path into the checkpoint so ``unigen export`` knows what to rebuild; only classes inside the
+``unigen`` package are accepted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CLASS_KEY = "unigen_module_class"
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"refusing to load {path}: it holds objects other than weights and plain "
+                         f"data, which could run code when unpickled ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"cannot read checkpoint {path} (truncated or not a checkpoint): "
+                         f"{str(err).splitlines()[0]}") from None
+
+
+class RecordsClassPath:
+    """Mixin for LightningModules: remember the class in every checkpoint."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def load_module_from_checkpoint(path: str | os.PathLike):
+    """Rebuild the LightningModule a checkpoint was written by, with its weights."""
+    ckpt = read_checkpoint(path)
+    target = ckpt.get(CLASS_KEY)
+    if not isinstance(target, str) or not target.startswith("unigen."):
+        raise ValueError(f"{path} was not written by a unigen module (no {CLASS_KEY!r} entry)")
+    module_name, _, cls_name = target.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    module = cls(**ckpt.get("hyper_parameters", {}))
+    if hasattr(module, "configure_model"):
+        module.configure_model()
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()

@@ -1,0 +1,40 @@
+"""Optimizer and learning-rate schedule shared by the training modules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on norms, biases and embeddings (GPT-2 / LLaMA practice)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_adamw(module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
+                ) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA (one kernel for all parameters)."""
+    on_cuda = any(p.is_cuda for p in module.parameters())
+    return torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=betas,
+                             fused=True if on_cuda else None)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base LR, then cosine decay to ``min_ratio`` of it at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

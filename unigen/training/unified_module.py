@@ -1,0 +1,221 @@
+"""``UnifiedModule``: the LightningModule that trains the unified masked-diffusion transformer.
+
+It holds a frozen image tokenizer (loaded from a directory made by a tokenizer recipe; batches may
+instead carry pretokenized ``codes``), the text tokenizer, and the :class:`UnifiedTransformer`.  A
+training step: tasks mixed by ratio -> clean sequences -> noise schedule masks targets -> optional
+complementary copy (LaViDa) and condition dropout (CFG) -> transformer -> loss on masked positions.
+The network is built in ``configure_model`` so recipes instantiate without any file on disk and
+sharded strategies (FSDP) can wrap it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from unigen.diffusion.losses import LOSS_KINDS, masked_token_loss
+from unigen.diffusion.masking import Noiser, drop_condition
+from unigen.diffusion.schedules import build_schedule
+from unigen.diffusion.tasks import TaskBatch, TaskInputs, TaskMixture
+from unigen.diffusion.token_space import TokenSpace
+from unigen.diffusion.vocab import SequenceLayout, VocabLayout
+from unigen.modules.transformer import UnifiedTransformer
+from unigen.tokenizers.base import ImageTokenizer
+from unigen.tokenizers.text import TextTokenizer
+from unigen.training.checkpoint import RecordsClassPath
+from unigen.training.optim import build_adamw, warmup_cosine
+
+
+class UnifiedModule(RecordsClassPath, L.LightningModule):
+    """Masked discrete diffusion over text + image tokens (Show-o, UniDisc, MDLM, LaViDa).
+
+    Args:
+        image_tokenizer: directory written by an image tokenizer's ``save_pretrained``.
+        text_tokenizer: directory (or ``tokenizer.json``) written by ``TextTokenizer.save_pretrained``.
+        image_size: training image size (linked from the data module by the CLI).
+        max_text_len: length of the text segment (caption or question + answer, with ``<eos>``).
+        dim, depth, heads, mlp_ratio, qk_norm, position, head, dropout: the transformer.
+        tasks: task name -> sampling ratio (``t2i``, ``caption``, ``vqa``, ``joint``, ``text``,
+            ``inpaint`` or any registered task).
+        schedule, schedule_kwargs: masking schedule (``linear``, ``cosine``, ``polynomial``; ``shift``).
+        loss: ``ce`` (MaskGIT/Show-o) or ``elbo`` (MDLM 1/t weighting).
+        complementary_masking: also train each sample with the complement of its mask (LaViDa).
+        cond_dropout: probability of dropping a row's whole condition (classifier-free guidance).
+        prefix_attention: condition positions attend only to the condition (enables the prefix cache).
+        lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
+        compile: ``torch.compile`` each transformer block.
+        seed: seeds the per-step generators (task mixing, masking, dropout): exact resume on CPU.
+        val_sampling: options for the sample grids and metrics logged at validation (see
+            :meth:`validation_sampling`); ``{}`` turns them off.
+    """
+
+    def __init__(self, image_tokenizer: str, text_tokenizer: str, image_size: int = 64,
+                 max_text_len: int = 24, dim: int = 256, depth: int = 6, heads: int = 4,
+                 mlp_ratio: float = 4.0, qk_norm: bool = True, position: str = "learned",
+                 head: str = "shared", dropout: float = 0.0,
+                 tasks: dict[str, float] | None = None, task_kwargs: dict[str, dict] | None = None,
+                 schedule: str = "cosine", schedule_kwargs: dict[str, float] | None = None,
+                 loss: str = "ce", complementary_masking: bool = False, cond_dropout: float = 0.1,
+                 prefix_attention: bool = True, lr: float = 3e-4, weight_decay: float = 0.05,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100,
+                 min_lr_ratio: float = 0.1, compile: bool = False, seed: int = 0,
+                 val_sampling: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if loss not in LOSS_KINDS:
+            raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
+        if not 0.0 <= cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        self.save_hyperparameters()
+        self.mixture = TaskMixture(tasks or {"t2i": 1.0}, task_kwargs)
+        self.noiser = Noiser(build_schedule(schedule, **(schedule_kwargs or {})))
+        self.net: UnifiedTransformer | None = None
+        self.image_tokenizer: ImageTokenizer | None = None
+        self.space: TokenSpace | None = None
+
+    # -- construction --------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        hp = self.hparams
+        text_tok = TextTokenizer.from_pretrained(hp.text_tokenizer)
+        image_tok = ImageTokenizer.from_pretrained(hp.image_tokenizer)
+        image_tok.requires_grad_(False).eval()
+        vocab = VocabLayout.from_tokenizers(text_tok, image_tok.codebook_size)
+        sequence = SequenceLayout(hp.max_text_len, image_tok.latent_grid(hp.image_size))
+        self.space = TokenSpace(text_tok, vocab, sequence)
+        self.image_tokenizer = image_tok
+        self.net = UnifiedTransformer(vocab, sequence, dim=hp.dim, depth=hp.depth, heads=hp.heads,
+                                      mlp_ratio=hp.mlp_ratio, qk_norm=hp.qk_norm,
+                                      position=hp.position, head=hp.head, dropout=hp.dropout)
+        if hp.compile:
+            for block in self.net.blocks:
+                block.compile()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.image_tokenizer is not None:
+            self.image_tokenizer.eval()  # frozen: its norms/quantizer stats never update
+        return self
+
+    def state_dict(self, *args, **kwargs):
+        # the image tokenizer is loaded from its own directory; keep checkpoints to trained weights
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith("image_tokenizer.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.configure_model()
+        own = {k: v for k, v in super().state_dict().items() if k.startswith("image_tokenizer.")}
+        return super().load_state_dict({**state_dict, **own}, strict=strict, assign=assign)
+
+    # -- data -> tasks -------------------------------------------------------------------------------
+    def _generator(self, *salt: int) -> torch.Generator:
+        """CPU generator seeded from the recipe seed, the global step and a salt, so every random
+        choice in a step is reproducible and restored exactly on resume."""
+        gen = torch.Generator()
+        key = hash((self.hparams.seed, int(self.global_step), int(self.global_rank), *salt))
+        return gen.manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
+
+    def task_inputs(self, batch: dict[str, Any]) -> TaskInputs:
+        if "codes" in batch:  # pretokenized shards: the image tokenizer never runs here
+            codes = batch["codes"].long()
+        else:
+            codes = self.image_tokenizer.encode(batch["image"])
+        return TaskInputs(codes, batch.get("caption"), batch.get("question"), batch.get("answer"))
+
+    # -- loss ----------------------------------------------------------------------------------------
+    def diffusion_loss(self, tb: TaskBatch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Mask, predict, score.  Returns (loss, per-row mean CE [B])."""
+        hp, mask_id = self.hparams, self.space.mask_id
+        masked, t = self.noiser(tb.target, generator)
+        if hp.loss == "elbo":
+            weight = self.noiser.schedule.loss_weight(t)
+        else:
+            weight = torch.ones_like(t)
+        tokens, target, cond, prefix = tb.tokens, tb.target, tb.cond, tb.prefix
+        if hp.complementary_masking:
+            # LaViDa: the complement masks every target the first copy left visible, so each
+            # target token is trained exactly once per pair
+            comp = target & ~masked
+            frac = comp.sum(1) / target.sum(1).clamp_min(1)
+            comp_weight = 1.0 / frac.clamp_min(1e-3) if hp.loss == "elbo" else torch.ones_like(frac)
+            tokens, target, cond, prefix = (torch.cat((x, x)) for x in (tokens, target, cond, prefix))
+            masked = torch.cat((masked, comp))
+            weight = torch.cat((weight, comp_weight.to(weight)))
+        inputs = tokens.masked_fill(masked, mask_id)
+        if hp.cond_dropout > 0:
+            inputs, _ = drop_condition(inputs, cond, hp.cond_dropout, mask_id, generator)
+        hidden = self.net.hidden_states(inputs, prefix if hp.prefix_attention else None)
+        rows, cols = masked.nonzero(as_tuple=True)
+        logits = self.net.logits(hidden[rows, cols], self.net.modality[cols])
+        loss, per_row = masked_token_loss(logits, tokens[rows, cols], rows, weight.to(hidden.device),
+                                          target.sum(1), hp.loss)
+        if hp.complementary_masking:
+            half = per_row.shape[0] // 2
+            per_row = (per_row[:half] + per_row[half:]) / 2
+        return loss, per_row
+
+    def _log_task_losses(self, stage: str, per_row: Tensor, assignment: Tensor) -> None:
+        # assignment lives on the CPU, so choosing rows never waits for the GPU
+        for i, name in enumerate(self.mixture.names):
+            rows = (assignment == i).nonzero().squeeze(-1)
+            if len(rows):
+                self.log(f"{stage}/loss_{name}", per_row[rows.to(per_row.device)].mean(),
+                         batch_size=len(rows))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        gen = self._generator(0)
+        tb, assignment = self.mixture.build(self.task_inputs(batch), self.space, gen)
+        loss, per_row = self.diffusion_loss(tb, gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}; "
+                                     "the last good checkpoint is kept (see checkpoints/last.ckpt)")
+        b = len(per_row)
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self._log_task_losses("train", per_row.detach(), assignment)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # every task on every val batch with a fixed generator: comparable across epochs
+        inputs = self.task_inputs(batch)
+        gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + batch_idx)
+        losses = []
+        for name, task in zip(self.mixture.names, self.mixture.tasks):
+            tb = task.build(inputs, self.space, gen)
+            loss, _ = self.diffusion_loss(tb, gen)
+            self.log(f"val/loss_{name}", loss, batch_size=len(tb.tokens), sync_dist=True)
+            losses.append(loss)
+        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True,
+                 batch_size=len(inputs))
+        if batch_idx == 0:
+            self._val_batch = batch
+
+    def on_validation_epoch_end(self) -> None:
+        batch = getattr(self, "_val_batch", None)
+        if batch is not None and self.hparams.val_sampling and not self.trainer.sanity_checking:
+            from unigen.training.validation_sampling import log_validation_samples
+
+            log_validation_samples(self, batch, **self.hparams.val_sampling)
+        self._val_batch = None
+
+    # -- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = build_adamw(self.net, hp.lr, hp.weight_decay, tuple(hp.betas))
+        total = self.trainer.estimated_stepping_batches if self.trainer else 10_000
+        sched = warmup_cosine(opt, hp.warmup_steps, int(total), hp.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- export --------------------------------------------------------------------------------------
+    def to_pipeline(self):
+        """A :class:`unigen.pipeline.UnifiedPipeline` sharing this module's networks."""
+        from unigen.pipeline import UnifiedPipeline
+
+        self.configure_model()
+        return UnifiedPipeline(self.net, self.image_tokenizer, self.space.text_tokenizer)
+
+    def export(self, path: str | Path) -> None:
+        self.to_pipeline().save_pretrained(path)
