@@ -1,0 +1,29 @@
+"""Data: the procedural shapes world (default data set), its pixel checker and data module."""
+
+from unigen.data.checker import (
+    CheckResult, Detection, caption_attribute_recall, caption_fact_precision, caption_scores, check,
+    detect, parse_caption, prompt_category,
+)
+from unigen.data.shapes import (
+    COLORS, HELDOUT_COLOR_SHAPE, HELDOUT_SHAPE_CELL, SHAPES, SPLITS, ObjectSpec, Relation, Scene,
+    SceneQuery, ShapeObject, ShapesDataset, ShapesWorld, caption, captions, corpus, qa_pairs,
+    render, sample_scene, vocabulary_words,
+)
+
+__all__ = [
+    "COLORS", "HELDOUT_COLOR_SHAPE", "HELDOUT_SHAPE_CELL", "SHAPES", "SPLITS", "CheckResult",
+    "Detection", "EpochShuffleSampler", "ObjectSpec", "Relation", "Scene", "SceneQuery",
+    "ShapeObject", "ShapesDataModule", "ShapesDataset", "ShapesWorld", "caption",
+    "caption_attribute_recall", "caption_fact_precision", "caption_scores", "captions", "check",
+    "corpus", "detect", "parse_caption", "prompt_category", "qa_pairs", "render", "sample_scene",
+    "vocabulary_words",
+]
+
+
+def __getattr__(name: str):
+    # the data module pulls in Lightning; import it only when asked for
+    if name in ("EpochShuffleSampler", "ShapesDataModule"):
+        from unigen.data import shapes_datamodule
+
+        return getattr(shapes_datamodule, name)
+    raise AttributeError(f"module 'unigen.data' has no attribute {name!r}")
