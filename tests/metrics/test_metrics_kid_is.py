@@ -1,0 +1,84 @@
+"""KID and Inception Score: properties and agreement with torch-fidelity."""
+
+import pytest
+import torch
+
+from unigen.metrics import KID, InceptionScore, inception_score, kernel_inception_distance
+
+
+def _gauss(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + shift
+
+
+def test_kid_near_zero_for_same_distribution_and_positive_when_shifted():
+    g = torch.Generator().manual_seed(0)
+    x, y = _gauss(300, 16, 1), _gauss(300, 16, 2)
+    same, _ = kernel_inception_distance(x, y, subsets=20, subset_size=100, generator=g)
+    shifted, _ = kernel_inception_distance(x, y + 1.0, subsets=20, subset_size=100, generator=g)
+    assert abs(same.item()) < 0.02
+    assert shifted.item() > 0.2
+    # identical subsets: the unbiased estimate is -O(mean kernel diagonal / m), tiny next to a shift
+    identical, _ = kernel_inception_distance(x, x, subsets=5, subset_size=300, generator=g)
+    assert abs(identical.item()) < 0.1 * shifted.item()
+
+
+def test_kid_matches_torch_fidelity_on_full_sets():
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    # subsets of the full size are permutations, so the subset draws do not matter
+    x, y = _gauss(120, 10, 3), _gauss(120, 10, 4, shift=0.5)
+    theirs = kid_features_to_metric(x, y, kid_subsets=3, kid_subset_size=120, verbose=False,
+                                    rng_seed=0)["kernel_inception_distance_mean"]
+    ours, std = kernel_inception_distance(x, y, subsets=3, subset_size=120,
+                                          generator=torch.Generator().manual_seed(0))
+    assert ours.item() == pytest.approx(theirs, rel=1e-6) and theirs > 0.01
+    assert std.item() < 1e-9
+
+
+def test_kid_metric_is_seeded_and_checks_subset_size():
+    x, y = _gauss(60, 8, 5), _gauss(60, 8, 6, shift=0.3)
+
+    def run(seed: int) -> float:
+        m = KID(extractor=None, feature_dim=8, subsets=10, subset_size=30, seed=seed)
+        m.update_features(x, real=True)
+        m.update_features(y, real=False)
+        return m.compute()["kid"].item()
+
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+    m = KID(extractor=None, feature_dim=8, subset_size=1000)
+    m.update_features(x, real=True)
+    m.update_features(y, real=False)
+    with pytest.raises(ValueError, match="subset_size=1000"):
+        m.compute()
+    with pytest.raises(ValueError, match="Generator"):
+        kernel_inception_distance(x, y, subset_size=10)
+
+
+def test_inception_score_extremes_and_torch_fidelity():
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    uniform = torch.zeros(40, 7)
+    assert inception_score(uniform, splits=4)[0].item() == pytest.approx(1.0)
+    # confident and evenly spread over K classes: IS = K
+    confident = 50.0 * torch.eye(5).repeat(4, 1)
+    assert inception_score(confident, splits=1)[0].item() == pytest.approx(5.0, rel=1e-6)
+    logits = torch.randn(100, 12, generator=torch.Generator().manual_seed(0)) * 3
+    theirs = isc_features_to_metric(logits, splits=5, shuffle=False)
+    mean, std = inception_score(logits, splits=5)
+    assert mean.item() == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
+    assert std.item() == pytest.approx(theirs["inception_score_std"], rel=1e-6)
+
+
+def test_inception_score_metric_uses_generated_only_and_needs_logits(domain_classifier_dir):
+    metric = InceptionScore(extractor=None, num_classes=3, splits=1)
+    metric.update(None, real=True, features=torch.zeros(4, 3))  # reference images: not scored
+    metric.update(None, real=False, features=50.0 * torch.eye(3))
+    assert metric.compute()["inception_score"].item() == pytest.approx(3.0, rel=1e-6)
+    multilabel_dir = domain_classifier_dir.parent / "multilabel"
+    from unigen.metrics import DomainClassifier
+
+    DomainClassifier(["a", "b", "c"], image_size=32, channels=(8,), feature_dim=8,
+                     multilabel=True).save_pretrained(multilabel_dir)
+    with pytest.raises(ValueError, match="class logits"):
+        InceptionScore(extractor={"name": "domain_classifier", "path": str(multilabel_dir)})

@@ -1,0 +1,105 @@
+"""What every unigen metric shares: a registry name, a ``kind`` that fixes its ``update`` signature,
+and the update/compute/reset protocol of torchmetrics.
+
+Metrics with tensor state subclass :class:`torchmetrics.Metric` (device moves, distributed sync).
+Metrics whose state is Python objects (captions, checker results) subclass :class:`HostMetric`:
+torchmetrics can only sync tensors, so they are computed in one process.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, Mapping, Sequence
+
+from torch import Tensor
+
+from unigen.registry import Registry
+
+METRICS: Registry[type] = Registry("metric")
+
+# kind -> the update signature an evaluation loop must call
+DISTRIBUTION = "distribution"  # update(images [B,3,H,W] in [0,1], real: bool)
+RECONSTRUCTION = "reconstruction"  # update(reconstruction, original), both [B,3,H,W] in [0,1]
+TEXT_IMAGE = "text_image"  # update(images, texts: list[str])
+CAPTION = "caption"  # update(candidates: list[str], references: list[list[str]])
+VQA = "vqa"  # update(predictions: list[str], answers: list[str] | list[list[str]])
+COMPOSITIONAL = "compositional"  # update(results: Sequence[objects with .correct and .category])
+KINDS = (DISTRIBUTION, RECONSTRUCTION, TEXT_IMAGE, CAPTION, VQA, COMPOSITIONAL)
+
+
+def register_metric(name: str, kind: str):
+    """Class decorator: register under ``name`` (the word a recipe lists) with update ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown metric kind {kind!r}; known: {', '.join(KINDS)}")
+
+    def wrap(cls: type) -> type:
+        cls.metric_name = name
+        cls.kind = kind
+        return METRICS.register(name)(cls)
+
+    return wrap
+
+
+class HostMetric(ABC):
+    """update/compute/reset over Python-object state, kept on the host."""
+
+    metric_name: str = ""
+    kind: str = ""
+    higher_is_better: bool = True
+
+    def __init__(self) -> None:
+        self.reset()
+
+    @abstractmethod
+    def reset(self) -> None: ...
+
+    @abstractmethod
+    def update(self, *args: Any, **kwargs: Any) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> Tensor | dict[str, Tensor]: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> "HostMetric":
+        # state is plain Python, so there is nothing to move; present so loops can move every metric
+        return self
+
+
+def check_same_length(a: Sequence, b: Sequence, what_a: str, what_b: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"got {len(a)} {what_a} but {len(b)} {what_b}; "
+                         "they must pair up one to one")
+
+
+def build_metric(name: str, shared: Mapping[str, Any] | None = None, **kwargs: Any):
+    """Instantiate metric ``name``; entries of ``shared`` (e.g. one loaded ``extractor`` or ``clip``
+    used by several metrics) are passed only to metrics whose constructor takes them."""
+    cls = METRICS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in (shared or {}).items():
+        if key in params and key not in kwargs:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def build_metrics(spec: Sequence[str | Mapping[str, Any]] | Mapping[str, Mapping[str, Any] | None],
+                  shared: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Build the metrics a recipe lists: ``[fid, kid]``, ``[{name: kid, subset_size: 100}]`` or
+    ``{fid: {}, kid: {subset_size: 100}}``. Returns ``{name: metric}`` in recipe order."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(spec, Mapping):
+        items = [(name, dict(kw or {})) for name, kw in spec.items()]
+    else:
+        for entry in spec:
+            if isinstance(entry, str):
+                items.append((entry, {}))
+            elif isinstance(entry, Mapping) and "name" in entry:
+                kw = dict(entry)
+                items.append((kw.pop("name"), kw))
+            else:
+                raise ValueError(f"metric entry must be a name or a mapping with 'name', "
+                                 f"got {entry!r}")
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"metric listed twice in {names}")
+    return {name: build_metric(name, shared, **kw) for name, kw in items}

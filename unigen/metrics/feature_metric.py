@@ -1,0 +1,66 @@
+"""Base class for metrics computed on extractor features of real and generated images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+from torchmetrics import Metric
+
+from unigen.metrics.features import ExtractorOutput, ExtractorSpec, build_feature_extractor
+
+
+class FeatureMetric(Metric):
+    """Holds a frozen extractor.
+
+    ``extractor=None`` with an explicit ``feature_dim`` builds a metric fed only with precomputed
+    features (see :class:`DistributionMetric`)."""
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, extractor: ExtractorSpec = "inception_v3",
+                 feature_dim: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.extractor = None if extractor is None else build_feature_extractor(extractor)
+        if self.extractor is not None:
+            if feature_dim is not None and feature_dim != self.extractor.feature_dim:
+                raise ValueError(f"feature_dim={feature_dim} but the extractor gives "
+                                 f"{self.extractor.feature_dim}-d features")
+            feature_dim = self.extractor.feature_dim
+        if feature_dim is None:
+            raise ValueError("without an extractor, pass feature_dim (the size of the features "
+                             "you will give update_features)")
+        self.feature_dim = int(feature_dim)
+
+    def extract(self, images: Tensor) -> ExtractorOutput:
+        if self.extractor is None:
+            raise RuntimeError(f"{type(self).__name__} was built without an extractor; "
+                               "use update_features with precomputed features")
+        return self.extractor(images)
+
+    def features_of(self, images: Tensor | None, features: Tensor | None,
+                    output: str = "features") -> Tensor:
+        """Exactly one of images / precomputed ``features``; returns the extractor's ``output``."""
+        if (images is None) == (features is None):
+            raise ValueError("pass either images or features=, not both or neither")
+        return getattr(self.extract(images), output) if features is None else features
+
+    def check_features(self, features: Tensor) -> Tensor:
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(f"features must be [N, {self.feature_dim}], "
+                             f"got {tuple(features.shape)}")
+        return features.detach().double()
+
+    def describe(self) -> dict[str, Any]:
+        return self.extractor.describe() if self.extractor is not None else {"extractor": None}
+
+
+class DistributionMetric(FeatureMetric):
+    """A real-vs-generated metric: ``update(images, real)`` extracts features;
+    ``update(None, real, features=...)`` or ``update_features`` takes precomputed ones (e.g.
+    cached for a reference set)."""
+
+    def update_features(self, features: Tensor, real: bool) -> None:
+        # through update() so torchmetrics' bookkeeping (update count, compute cache) stays right
+        self.update(None, real, features=features)

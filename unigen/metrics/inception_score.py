@@ -1,0 +1,66 @@
+"""Inception Score (Salimans et al., 2016): exp E_x KL(p(y|x) || p(y)), mean and std over splits.
+
+Only defined for extractors with a single-label classifier head (torch-fidelity's InceptionV3
+weights or a single-label domain classifier); fid-helper's TorchScript has no logits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unigen.metrics.base import DISTRIBUTION, register_metric
+from unigen.metrics.feature_metric import DistributionMetric
+from unigen.metrics.features import ExtractorSpec
+
+
+def inception_score(logits: Tensor, splits: int = 10) -> tuple[Tensor, Tensor]:
+    """(mean, std) over ``splits`` contiguous chunks of ``logits`` [N, K] (no shuffling)."""
+    n = logits.shape[0]
+    if logits.ndim != 2 or n < splits or splits < 1:
+        raise ValueError(f"need logits [N >= splits={splits}, K], got {tuple(logits.shape)}")
+    log_p = logits.double().log_softmax(dim=1)
+    scores = []
+    for i in range(splits):
+        chunk = log_p[i * n // splits:(i + 1) * n // splits]
+        log_marginal = chunk.exp().mean(dim=0).log()
+        kl = (chunk.exp() * (chunk - log_marginal)).sum(dim=1).mean()
+        scores.append(kl.exp())
+    stacked = torch.stack(scores)
+    return stacked.mean(), stacked.std(unbiased=False)
+
+
+@register_metric("inception_score", DISTRIBUTION)
+class InceptionScore(DistributionMetric):
+    """IS of the generated images: ``update(images, real=False)`` accumulates; batches with
+    ``real=True`` are not part of the score and are skipped (so one loop can feed every
+    distribution metric).
+    ``compute`` -> ``{"inception_score": mean, "inception_score_std": std}``."""
+
+    higher_is_better = True
+
+    def __init__(self, extractor: ExtractorSpec = "inception_v3",
+                 num_classes: int | None = None, splits: int = 10, **kwargs: Any) -> None:
+        # the "features" this metric stores are the classifier logits
+        if extractor is not None:
+            super().__init__(extractor, None, **kwargs)
+            if self.extractor.num_classes is None:
+                raise ValueError(f"inception_score needs an extractor with class logits; "
+                                 f"{self.extractor.describe()} has none")
+            self.feature_dim = self.extractor.num_classes
+        else:
+            super().__init__(None, num_classes, **kwargs)
+        self.splits = splits
+        self.add_state("logits", [], dist_reduce_fx="cat")
+
+    def update(self, images: Tensor | None, real: bool, features: Tensor | None = None) -> None:
+        if real:
+            return
+        self.logits.append(self.check_features(self.features_of(images, features, "logits")))
+
+    def compute(self) -> dict[str, Tensor]:
+        if not self.logits:
+            raise RuntimeError("inception_score: compute() called before any generated images")
+        mean, std = inception_score(torch.cat(self.logits), self.splits)
+        return {"inception_score": mean, "inception_score_std": std}
