@@ -52,14 +52,24 @@ def one_line_parser_errors() -> Iterator[None]:
         ArgumentParser.error = original
 
 
+_DETAIL_MARKERS = ("is not accepted", "Expected a", "No action for key", "does not exist",
+                   "nrecognized arguments", "Not a valid", "not a valid", "must be", "unknown")
+
+
 def _summarise(lines: list[str]) -> str:
-    """Pick the most specific line of a jsonargparse message (the deepest 'Key ...' or 'unrecognized
-    arguments' line), then name the key it is about."""
+    """Compress a jsonargparse message to one line: which key, what is wrong, in which class."""
+    import re
+
     if not lines:
         return "invalid arguments"
-    for marker in ("unrecognized arguments", "Unrecognized arguments", "No action for key",
-                   "does not accept nested key", "Does not validate against", "Not a valid"):
-        for ln in lines:
-            if marker in ln:
-                return ln if ln is lines[0] else f"{lines[0]} {ln}"
-    return lines[0] if len(lines) == 1 else f"{lines[0]} ({lines[-1]})"
+    text = " ".join(lines)
+    key = re.search(r'Parser key "([^"]+)"', lines[0])
+    cls = re.search(r"class_path '([^']+)'", text)
+    details = [ln.lstrip("- ") for ln in lines[1:] if any(m in ln for m in _DETAIL_MARKERS)
+               and "NoneType" not in ln]
+    if key is None and not details:
+        return lines[0]
+    detail = details[0] if details else lines[0].split(":", 1)[-1].strip()
+    where = f'"{key.group(1)}"' if key else "recipe"
+    suffix = f" (in {cls.group(1)})" if cls else ""
+    return f"bad value for {where}: {detail}{suffix}".replace(": :", ":")

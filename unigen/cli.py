@@ -1,0 +1,106 @@
+"""The ``unigen`` command line.
+
+``fit | validate | test | predict`` run recipes through LightningCLI; the other verbs (generate,
+caption, answer, eval, tokenize, text-tokenizer, export, demo) are small argparse front ends over the
+library.  ``unigen --help`` lists every verb with one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+LIGHTNING_VERBS = {
+    "fit": "train a recipe (--config recipes/<name>.yaml; resume with --ckpt_path last)",
+    "validate": "run a recipe's validation loop on a checkpoint",
+    "test": "run a recipe's test loop on a checkpoint",
+    "predict": "run a recipe's predict loop on a checkpoint",
+}
+
+
+def _lightning_cli(args: Sequence[str], run: bool = True):
+    """Build (and by default run) the LightningCLI for one verb."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.cli import LightningCLI
+
+    from unigen.errors import one_line_parser_errors
+
+    class UnigenCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--export_dir", type=str | None, default=None,
+                                help="after fit, save the trained model here (save_pretrained)")
+            parser.link_arguments("data.init_args.image_size", "model.init_args.image_size",
+                                  apply_on="parse")
+
+        def after_fit(self) -> None:
+            export = self.config.get(self.subcommand, {}).get("export_dir")
+            if export and self.trainer.is_global_zero:
+                self.model.export(export)
+                print(f"exported the trained model to {export}")
+
+    saved_argv = sys.argv
+    sys.argv = saved_argv[:1]  # LightningCLI reads `args`; keep it from also seeing our argv
+    try:
+        with one_line_parser_errors():
+                return UnigenCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
+                             subclass_mode_data=True, args=list(args), run=run,
+                             save_config_kwargs={"overwrite": True},
+                             parser_kwargs={"prog": "unigen", "allow_abbrev": False}, auto_configure_optimizers=False)
+    finally:
+        sys.argv = saved_argv
+
+
+def instantiate_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Any:
+    """Parse and instantiate a recipe without running it (used by tests and tools)."""
+    return _lightning_cli(["--config", str(path), *overrides], run=False)
+
+
+# -- verbs beyond LightningCLI ----------------------------------------------------------------------
+Verb = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
+
+
+def _verbs() -> dict[str, Verb]:
+    from unigen import commands
+
+    return commands.VERBS
+
+
+def _print_help() -> None:
+    lines = ["usage: unigen <verb> [options]   (unigen <verb> --help for a verb's options)", "",
+             "verbs:"]
+    for name, doc in LIGHTNING_VERBS.items():
+        lines.append(f"  {name:<15} {doc}")
+    for name, (doc, _, _) in _verbs().items():
+        lines.append(f"  {name:<15} {doc}")
+    print("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        _print_help()
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb in LIGHTNING_VERBS:
+        _lightning_cli([verb, *rest])
+        return 0
+    verbs = _verbs()
+    if verb not in verbs:
+        known = ", ".join([*LIGHTNING_VERBS, *verbs])
+        print(f"unigen: error: unknown verb {verb!r}; known verbs: {known}", file=sys.stderr)
+        return 2
+    doc, add_args, run = verbs[verb]
+    parser = argparse.ArgumentParser(prog=f"unigen {verb}", description=doc)
+    add_args(parser)
+    args = parser.parse_args(rest)
+    from unigen.errors import user_errors_as_one_line
+
+    with user_errors_as_one_line():
+        run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

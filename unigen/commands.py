@@ -1,0 +1,206 @@
+"""Verbs of the ``unigen`` command beyond LightningCLI's fit/validate/test/predict.
+
+Each verb is ``(one-line help, add_arguments(parser), run(args))`` in :data:`VERBS`; adding a verb is
+one entry here (``unigen --help`` lists it automatically).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from unigen import io
+
+
+def _load_images(paths: list[str], size: int, resize: str, convert: bool):
+    import torch
+
+    from unigen.data.imagefolder import fit_image, image_to_tensor, load_image
+
+    return torch.stack([image_to_tensor(fit_image(load_image(Path(p), convert), size, resize))
+                        for p in paths])
+
+
+def _pipeline(args: argparse.Namespace):
+    from unigen.pipeline import UnifiedPipeline
+
+    return UnifiedPipeline.from_pretrained(args.model, device=args.device)
+
+
+def _common_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="pipeline directory (save_pretrained / --export_dir)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    parser.add_argument("--steps", type=int, default=None, help="decoding steps")
+    parser.add_argument("--sampler", default="maskgit", help="maskgit | ancestral | confident | remask | semi_ar")
+    parser.add_argument("--out", required=True, help="output file")
+
+
+def _image_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", action="append", required=True, help="input image (repeatable)")
+    parser.add_argument("--resize", default="none", help="none | resize | center_crop | pad")
+    parser.add_argument("--convert", action="store_true", help="convert grayscale/RGBA inputs to RGB")
+
+
+# -- generate ---------------------------------------------------------------------------------------
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    _common_model_args(p)
+    p.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
+    p.add_argument("--num-per-prompt", type=int, default=1)
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from unigen.visual import captioned_grid, save_png
+
+    pipe = _pipeline(args)
+    prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
+    images = pipe.text_to_image(prompts, num_steps=args.steps or 16, guidance_scale=args.guidance,
+                                sampler=args.sampler, seed=args.seed, output="tensor", progress=True)
+    out = save_png(captioned_grid(images.cpu(), prompts), args.out)
+    io.write_json(out.with_suffix(".json"), {"prompts": prompts, "seed": args.seed,
+                                             "steps": args.steps or 16, "guidance": args.guidance,
+                                             "sampler": args.sampler, "model": str(args.model)})
+    print(f"wrote {out} ({len(prompts)} images)")
+
+
+# -- caption / answer -------------------------------------------------------------------------------
+def _caption_args(p: argparse.ArgumentParser) -> None:
+    _common_model_args(p)
+    _image_args(p)
+
+
+def _caption(args: argparse.Namespace) -> None:
+    pipe = _pipeline(args)
+    images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
+    captions = pipe.caption(images, num_steps=args.steps, sampler=args.sampler, seed=args.seed,
+                            progress=True)
+    rows = [{"image": p, "caption": c} for p, c in zip(args.image, captions)]
+    io.write_json(args.out, rows)
+    for row in rows:
+        print(f"{row['image']}: {row['caption']}")
+
+
+def _answer_args(p: argparse.ArgumentParser) -> None:
+    _common_model_args(p)
+    _image_args(p)
+    p.add_argument("--question", action="append", required=True,
+                   help="question (one for all images, or one per image)")
+
+
+def _answer(args: argparse.Namespace) -> None:
+    pipe = _pipeline(args)
+    images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
+    questions = args.question * len(args.image) if len(args.question) == 1 else args.question
+    answers = pipe.answer(images, questions, num_steps=args.steps, sampler=args.sampler,
+                          seed=args.seed, progress=True)
+    rows = [{"image": p, "question": q, "answer": a} for p, q, a in zip(args.image, questions, answers)]
+    io.write_json(args.out, rows)
+    for row in rows:
+        print(f"{row['image']}: {row['question']} -> {row['answer']}")
+
+
+# -- text tokenizer ---------------------------------------------------------------------------------
+def _text_tokenizer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="shapes", help="shapes | folder | fashion_mnist")
+    p.add_argument("--root", default=None, help="image folder with metadata.jsonl (--data folder)")
+    p.add_argument("--num-samples", type=int, default=20000, help="shapes samples to read text from")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--kind", default="wordlevel", help="wordlevel | bpe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+
+
+def text_corpus(data: str, root: str | None = None, num_samples: int = 20000, seed: int = 0) -> list[str]:
+    """All text of a data set: captions, questions and answers."""
+    if data == "shapes":
+        from unigen.data.shapes import corpus, vocabulary_words
+
+        # the exhaustive word list guarantees every template word is in the vocabulary
+        return [*corpus("train", num_samples, seed), " ".join(vocabulary_words())]
+    if data == "folder":
+        from unigen.data.imagefolder import ImageFolderDataset
+
+        if not root:
+            raise ValueError("--data folder needs --root DIR (a folder with metadata.jsonl)")
+        return ImageFolderDataset(root).texts()
+    if data == "fashion_mnist":
+        from unigen.data.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES, QUESTION, caption_for
+
+        captions = [caption_for(label, t) for label in range(len(CLASS_NAMES))
+                    for t in range(len(CAPTION_TEMPLATES))]
+        return [*captions, QUESTION, *CLASS_NAMES]
+    raise ValueError(f"unknown --data {data!r}; known: shapes, folder, fashion_mnist")
+
+
+def build_text_tokenizer(data: str, out: str, root: str | None = None, num_samples: int = 20000,
+                         vocab_size: int = 4096, kind: str = "wordlevel", seed: int = 0):
+    from unigen.tokenizers.text import TextTokenizer
+
+    tok = TextTokenizer.train(text_corpus(data, root, num_samples, seed), vocab_size=vocab_size,
+                              kind=kind)
+    tok.save_pretrained(out)
+    return tok
+
+
+def _text_tokenizer(args: argparse.Namespace) -> None:
+    tok = build_text_tokenizer(args.data, args.out, args.root, args.num_samples, args.vocab_size,
+                               args.kind, args.seed)
+    print(f"wrote a {tok.kind} text tokenizer with {tok.vocab_size} ids to {args.out}")
+
+
+# -- export -----------------------------------------------------------------------------------------
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="Lightning checkpoint of a UnifiedModule or TokenizerModule")
+    p.add_argument("--out", required=True, help="output directory")
+
+
+def export_checkpoint(ckpt: str, out: str) -> None:
+    """Turn a training checkpoint into a ``save_pretrained`` directory (no pickle is executed)."""
+    import torch
+
+    from unigen.training.checkpoint import load_module_from_checkpoint
+
+    module = load_module_from_checkpoint(ckpt)
+    with torch.no_grad():
+        module.export(out)
+
+
+def _export(args: argparse.Namespace) -> None:
+    export_checkpoint(args.ckpt, args.out)
+    print(f"exported {args.ckpt} to {args.out}")
+
+
+# -- demo -------------------------------------------------------------------------------------------
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="recipes/demo.yaml", help="demo recipe")
+    p.add_argument("--out", default=None, help="override the recipe's out_dir")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from unigen.demo import run_demo
+
+    run_demo(args.config, args.out)
+
+
+VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[Any], None]]] = {
+    "generate": ("text -> images: write a captioned PNG grid (+ JSON of the settings)",
+                 _generate_args, _generate),
+    "caption": ("images -> captions (JSON)", _caption_args, _caption),
+    "answer": ("images + questions -> answers (JSON)", _answer_args, _answer),
+    "text-tokenizer": ("train a text tokenizer on a data set's captions/questions/answers",
+                       _text_tokenizer_args, _text_tokenizer),
+    "export": ("turn a fit checkpoint into a save_pretrained directory", _export_args, _export),
+    "demo": ("run the end-to-end demo recipe (tokenizer -> unified model -> samples + metrics)",
+             _demo_args, _demo),
+}
+
+
+def register_verb(name: str, doc: str, add_args: Callable[[argparse.ArgumentParser], None],
+                  run: Callable[[Any], None]) -> None:
+    """Add a verb (plugins / other modules)."""
+    if name in VERBS:
+        raise ValueError(f"verb {name!r} already exists")
+    VERBS[name] = (doc, add_args, run)
+
