@@ -33,6 +33,7 @@ from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
 from unigen.tokenizers.text import TextTokenizer
 
 FORMAT_VERSION = 1
+KIND = "masked"  # pipeline.json "kind": which pipeline class reads the directory
 
 
 @dataclass
@@ -45,6 +46,7 @@ class SamplingConfig:
     guidance_scale: float = 1.0
     guidance_kwargs: dict[str, Any] = field(default_factory=dict)
     use_cache: bool = True  # prefix KV cache: the condition is encoded once
+    cache_unchanged: bool = False  # skip the network when its input did not change (MDLM cache)
 
 
 class PrefixCachedModel:
@@ -52,9 +54,10 @@ class PrefixCachedModel:
     and recomputes only the other positions at each step (LaViDa prefix cache).  A cache is kept per
     batch shape (guidance may switch between B and 2B rows) and refreshed if the prefix changes."""
 
-    def __init__(self, net: UnifiedTransformer, prefix: Tensor) -> None:
+    def __init__(self, net: UnifiedTransformer, prefix: Tensor, positions: Tensor | None = None) -> None:
         self.net = net
         self.prefix = prefix  # [S] bool, shared by every row
+        self.positions = positions  # logits only for these positions (see decode(positions=))
         self._caches: dict[int, tuple[Tensor, PrefixCache]] = {}
 
     def __call__(self, tokens: Tensor) -> Tensor:
@@ -63,10 +66,12 @@ class PrefixCachedModel:
         if hit is None or not torch.equal(hit[0], key):
             hit = (key.clone(), self.net.prefill(tokens, self.prefix))
             self._caches[tokens.shape[0]] = hit
-        return self.net.forward_cached(tokens, hit[1])
+        return self.net.forward_cached(tokens, hit[1], self.positions)
 
 
 class UnifiedPipeline:
+    KIND = KIND
+
     def __init__(self, transformer: UnifiedTransformer, image_tokenizer: ImageTokenizer,
                  text_tokenizer: TextTokenizer) -> None:
         self.transformer = transformer
@@ -86,7 +91,7 @@ class UnifiedPipeline:
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the three parts; the directory is complete or absent."""
         with io.atomic_directory(path) as tmp:
-            io.write_json(tmp / "pipeline.json", {"format_version": FORMAT_VERSION,
+            io.write_json(tmp / "pipeline.json", {"format_version": FORMAT_VERSION, "kind": self.KIND,
                                                   "image_size": self.image_size,
                                                   "parts": ["transformer", "image_tokenizer",
                                                             "text_tokenizer"]})
@@ -107,6 +112,10 @@ class UnifiedPipeline:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path / 'pipeline.json'} has format version "
                              f"{meta.get('format_version')!r}; this unigen reads {FORMAT_VERSION}")
+        kind = meta.get("kind", KIND)
+        if kind != cls.KIND:
+            raise ValueError(f"{path} holds a {kind!r} pipeline; load it with the matching class "
+                             f"(this is {cls.__name__}, which reads {cls.KIND!r})")
         config = io.read_json(path / "transformer" / "config.json", "transformer config")
         net = UnifiedTransformer.from_config(config)
         state = io.load_safetensors(path / "transformer" / "model.safetensors")
@@ -152,6 +161,18 @@ class UnifiedPipeline:
                              f"{x.shape[-2]}x{x.shape[-1]}")
         return x.to(self.device)
 
+    def decode_positions(self, target: Tensor) -> Tensor:
+        """The segments (text and/or image) holding any target: the sampler's compact view.  Whole
+        segments, never per-batch unions, so a sample's random draws do not depend on its batch."""
+        seq = self.space.sequence
+        keep = torch.zeros(seq.length, dtype=torch.bool, device=target.device)
+        for segment in (seq.text, seq.image):
+            if bool(target[:, segment].any()):
+                keep[segment] = True
+        if bool((target & ~keep).any()):
+            raise ValueError("targets outside the text and image segments cannot be decoded")
+        return keep.nonzero().squeeze(-1)
+
     def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
                 progress: bool, region: Tensor | None = None) -> tuple[Tensor, int]:
         tb = TASKS.get(task)().build(inputs, self.space)
@@ -168,14 +189,16 @@ class UnifiedPipeline:
         if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
             guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)
         net = self.transformer
+        positions = self.decode_positions(target)
         if cfg.use_cache and bool(prefix.any()):
-            model_fn = PrefixCachedModel(net, prefix[0])
+            model_fn = PrefixCachedModel(net, prefix[0], positions)
         else:
-            model_fn = lambda x: net(x, prefix[:1].expand(x.shape[0], -1))  # noqa: E731
+            model_fn = lambda x: net(x, prefix[:1].expand(x.shape[0], -1), positions=positions)  # noqa: E731
         with torch.inference_mode():
             result = decode(model_fn, tokens, target, sampler, num_steps=cfg.num_steps,
                             guidance=guidance, cond_mask=cond & ~target if guidance else None,
-                            generator=generator, progress=progress)
+                            generator=generator, progress=progress, positions=positions,
+                            cache_unchanged=cfg.cache_unchanged)
         return result.tokens, result.num_model_calls
 
     # -- tasks ---------------------------------------------------------------------------------------

@@ -142,9 +142,14 @@ class UnifiedTransformer(nn.Module):
             x, _ = block(x, mask, rotary)
         return self.norm(x)
 
-    def forward(self, tokens: Tensor, prefix: Tensor | None = None, causal: bool = False) -> Tensor:
-        """[B, S] -> logits [B, S, V] (``causal``: see :meth:`hidden_states`)."""
-        return self.logits(self.hidden_states(tokens, prefix, causal), self.modality)
+    def forward(self, tokens: Tensor, prefix: Tensor | None = None, causal: bool = False,
+                positions: Tensor | None = None) -> Tensor:
+        """[B, S] -> logits [B, S, V] (``causal``: see :meth:`hidden_states`).  With ``positions``
+        [P] only those positions get logits: [B, P, V] (samplers need no logits for given tokens)."""
+        hidden = self.hidden_states(tokens, prefix, causal)
+        if positions is None:
+            return self.logits(hidden, self.modality)
+        return self.logits(hidden[:, positions], self.modality[positions])
 
     # -- prefix KV cache ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -164,15 +169,25 @@ class UnifiedTransformer(nn.Module):
             kv.append(layer_kv)
         return PrefixCache(kv, recompute_idx, cached_idx)
 
-    def forward_cached(self, tokens: Tensor, cache: PrefixCache) -> Tensor:
-        """Logits [B, S, V] with only the non-prefix positions computed; prefix rows are 0 (they are
-        given, so no sampler reads them)."""
+    def forward_cached(self, tokens: Tensor, cache: PrefixCache, positions: Tensor | None = None
+                       ) -> Tensor:
+        """Logits from the cache: only the non-prefix positions are computed.  With ``positions``
+        (a subset of the non-prefix positions) returns [B, P, V] for them; without, [B, S, V] with
+        prefix rows 0 (they are given, so no sampler reads them)."""
         idx = cache.recompute_idx
         x = self.embed(tokens[:, idx], idx)
         rotary = self.rotary_angles(idx)
         for block, past in zip(self.blocks, cache.kv):
             x, _ = block(x, None, rotary, past)  # non-prefix queries attend to every key
-        sub = self.logits(self.norm(x), self.modality[idx])
+        x = self.norm(x)
+        if positions is not None:
+            lookup = torch.full((tokens.shape[1],), -1, dtype=torch.long, device=idx.device)
+            lookup[idx] = torch.arange(len(idx), device=idx.device)
+            rows = lookup[positions]
+            if bool((rows < 0).any()):
+                raise ValueError("positions must lie outside the cached prefix")
+            return self.logits(x[:, rows], self.modality[positions])
+        sub = self.logits(x, self.modality[idx])
         out = sub.new_zeros(tokens.shape[0], tokens.shape[1], sub.shape[-1])
         out[:, idx] = sub
         return out

@@ -75,6 +75,7 @@ def decode(
     cache_unchanged: bool = False,
     progress: bool = False,
     callback: StepCallback | None = None,
+    positions: Tensor | None = None,
 ) -> DecodeResult:
     """Generate every ``is_masked`` position of ``tokens`` with ``sampler``; given positions are kept.
 
@@ -90,6 +91,10 @@ def decode(
         cache_unchanged: reuse the last logits when the network input did not change.
         progress: show a tqdm bar.
         callback: ``callback(step_index, sampler_output)`` after every step.
+        positions: optional ``[P]`` sequence positions that hold every masked position; then
+            ``model_fn`` returns logits for those positions only (``[N, P, V]``) and the sampler works
+            on that compact view, so no work is spent on the given rest of the sequence.  Choose them
+            per task, not per batch (e.g. the image segment), or results would depend on the batch.
     """
     mask_id = sampler.require_mask_id()
     _check_inputs(tokens, is_masked, mask_id, cond_mask)
@@ -98,6 +103,13 @@ def decode(
     check_generator(generator, tokens.shape[0])
     sampler.set_timesteps(num_steps)
 
+    if positions is not None:
+        positions = positions.to(tokens.device)
+        outside = torch.ones(tokens.shape[1], dtype=torch.bool, device=tokens.device)
+        outside[positions] = False
+        if bool(is_masked[:, outside].any()):
+            raise ValueError("positions= must include every masked position")
+    view = (lambda x: x) if positions is None else (lambda x: x[:, positions])  # noqa: E731
     tokens = tokens.masked_fill(is_masked, mask_id)
     editable = is_masked.clone()
     given = tokens.clone()
@@ -119,9 +131,14 @@ def decode(
                 rows += batch.inputs.shape[0]
                 cache.store(batch.inputs, raw)
             logits = raw if guidance is None else guidance.combine(raw, batch)
-            out = sampler.step(logits, tokens, is_masked, step_index, generator=generator, editable=editable)
-            _check_step(out, given, editable, mask_id, type(sampler).__name__)
-            tokens, is_masked = out.tokens, out.is_masked
+            out = sampler.step(logits, view(tokens), view(is_masked), step_index, generator=generator,
+                               editable=view(editable))
+            _check_step(out, view(given), view(editable), mask_id, type(sampler).__name__)
+            if positions is None:
+                tokens, is_masked = out.tokens, out.is_masked
+            else:
+                tokens, is_masked = tokens.clone(), is_masked.clone()
+                tokens[:, positions], is_masked[:, positions] = out.tokens, out.is_masked
             steps += 1
             if callback is not None:
                 callback(step_index, out)

@@ -48,7 +48,9 @@ def load_module_from_checkpoint(path: str | os.PathLike):
         raise ValueError(f"{path} was not written by a unigen module (no {CLASS_KEY!r} entry)")
     module_name, _, cls_name = target.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    module = cls(**ckpt.get("hyper_parameters", {}))
+    # LightningCLI adds private entries (_class_path, _instantiator) that are not constructor args
+    hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    module = cls(**hparams)
     if hasattr(module, "configure_model"):
         module.configure_model()
     module.load_state_dict(ckpt["state_dict"])
