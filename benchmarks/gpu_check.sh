@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One-shot GPU check, under 8 minutes on an H100/H200:
+#   1. train_throughput at 219m, bf16-mixed, eager and torch.compile: Lightning vs plain tokens/s,
+#      MFU, peak memory, and the data-loading check;
+#   2. sampling at d512 (the 34m preset, 64x64 images = 256 tokens), batch 64, 16 steps: masked
+#      samplers vs the KV-cached autoregressive baseline, with and without prefix cache and CFG.
+# JSON lands in benchmarks/results/*_cuda.json (and is copied to $OUT when that is set).
+#
+#   bash benchmarks/gpu_check.sh            # from the repository root, on the GPU machine
+#
+# Needs a python3 with CUDA torch and lightning (PYTHON=... to pick another).  unigen's other imports
+# (diffusers, vector-quantize-pytorch, ...) are installed from carried wheels in .whl/ when missing:
+# see benchmarks/gpu_wheels.txt for the one pip command that fetches them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+IMPORTS="import torch, lightning, einops, safetensors, tokenizers, diffusers, vector_quantize_pytorch"
+
+if ! $PY -c "$IMPORTS" 2>/dev/null; then
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    echo "gpu_check: installing carried wheels from .whl/"
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/unigen-site .whl/*.whl || exit 1
+    export PYTHONPATH="$PYTHONPATH:/tmp/unigen-site"
+  fi
+  $PY -c "$IMPORTS" || { echo "gpu_check: missing packages; fetch wheels as benchmarks/gpu_wheels.txt says"; exit 1; }
+fi
+$PY -c "import torch, lightning; assert torch.cuda.is_available(), 'no CUDA device visible';
+print('gpu_check:', torch.cuda.get_device_name(), 'torch', torch.__version__, 'lightning', lightning.__version__)" || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+failed=()
+run() {  # run NAME SECONDS ARGS...: one benchmark under a time limit; keep going if it fails
+  local name=$1 limit=$2; shift 2
+  echo "=== $name ($*)"
+  timeout "$limit" "$PY" "benchmarks/$name.py" "$@" || { echo "gpu_check: $name failed or timed out"; failed+=("$name"); }
+}
+run train_throughput 330 --size 219m --device cuda --precision bf16-mixed --compile \
+  --steps 15 --warmup 5 --repeats 2 --loader --num-workers 4
+run sampling 120 --size 34m --device cuda --precision bf16-mixed --batch-size 64 --steps 16 \
+  --repeats 2 --warmup 1
+
+if [ -n "${OUT:-}" ]; then cp benchmarks/results/*_cuda.json "$OUT"/ 2>/dev/null || true; fi
+if [ ${#failed[@]} -gt 0 ]; then echo "gpu_check: FAILED: ${failed[*]}"; exit 1; fi
+echo "gpu_check: done"

@@ -1,0 +1,70 @@
+"""Run every benchmark at CPU-tiny sizes (``make bench``); JSON lands in benchmarks/results/.
+
+Each benchmark runs as its own process (``python -m benchmarks.<name>``) so memory and thread
+settings do not leak between them.  ``--quick`` shrinks everything to a smoke test (the slow tests
+use it); ``--only`` picks benchmarks.  Defaults to one CPU thread: on a shared 2-core machine two
+threads spin against other processes and the numbers scatter.
+
+    python benchmarks/run_all.py
+    python benchmarks/run_all.py --quick --results-dir /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the CPU-tiny settings: a few minutes in total on 2 cores
+BENCHMARKS: dict[str, list[str]] = {
+    "train_throughput": ["--size", "tiny", "--steps", "20", "--repeats", "2", "--compile", "--loader"],
+    "sampling": ["--size", "tiny", "--batch-size", "64", "--steps", "16", "--repeats", "1", "--warmup", "1"],
+    "scaling": ["--sizes", "tiny,small", "--resolutions", "32,64,128", "--batch-size", "4", "--steps", "3"],
+}
+QUICK: dict[str, list[str]] = {
+    "train_throughput": ["--size", "tiny", "--steps", "2", "--warmup", "1", "--repeats", "1",
+                         "--batch-size", "4", "--loader"],
+    "sampling": ["--size", "tiny", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--warmup", "0",
+                 "--samplers", "maskgit,ancestral_cached"],
+    "scaling": ["--sizes", "tiny", "--resolutions", "32,64", "--batch-size", "2", "--steps", "1"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per benchmark (0: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
+    parser.add_argument("--only", default=None, help="comma-separated benchmark names")
+    parser.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    table = QUICK if args.quick else BENCHMARKS
+    names = list(table) if args.only is None else [n.strip() for n in args.only.split(",")]
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise SystemExit(f"unknown benchmarks {unknown}; known: {list(table)}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    threads = ["--threads", str(args.threads)] if args.threads > 0 else []
+    failed = []
+    for name in names:
+        out = Path(args.results_dir) / f"{name}_{args.device}.json"
+        cmd = [sys.executable, "-m", f"benchmarks.{name}", *table[name], "--device", args.device, *threads,
+               "--out", str(out)]
+        print(f"=== {name}: {' '.join(cmd[1:])}", flush=True)
+        start = time.perf_counter()
+        if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
+            failed.append(name)
+        print(f"=== {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Benchmark plumbing that needs no timing: argument parsing, case grids, data, summaries."""
+
+import pytest
+import torch
+
+from benchmarks.common import SIZES, PretokenizedSamples
+from benchmarks.flops import TransformerShape, forward_flops
+from benchmarks.sampling import MASKED_SAMPLERS, Case, cases
+from benchmarks.train_throughput import LoopResult, parse_tasks, summarize
+
+
+def test_parse_tasks():
+    assert parse_tasks("t2i=1,caption=0.5") == {"t2i": 1.0, "caption": 0.5}
+    with pytest.raises(ValueError, match="name=ratio"):
+        parse_tasks("t2i")
+
+
+def test_case_grids():
+    samplers = list(MASKED_SAMPLERS)
+    full = cases(samplers, [8, 16], 3.0, 64, ar_uncached=True, grid="full")
+    assert len(full) == 4 * 2 * 2 * 2 + 2 + 1
+    compact = cases(samplers, [16], 3.0, 64, ar_uncached=False)
+    names = [c.name for c in compact]
+    assert len(names) == len(set(names)) == 4 + 3 + 2
+    assert "masked/maskgit/16steps/nocache/cfg3" in names and "autoregressive/ar/64steps/cache/cfg3" in names
+    assert all(c.steps == 64 for c in compact if c.model == "autoregressive")
+    # without guidance there is nothing guided to time
+    assert all(c.guidance == 1.0 for c in cases(samplers, [16], 1.0, 64, ar_uncached=True))
+    assert Case("masked", "confident", 16, False, 1.0).name == "masked/confident/16steps/nocache/cfg1"
+
+
+def test_pretokenized_samples_are_a_function_of_the_seed():
+    a, b = PretokenizedSamples(6, (4, 4), 1000, seed=1), PretokenizedSamples(6, (4, 4), 1000, seed=1)
+    assert torch.equal(a.codes, b.codes) and a.captions == b.captions and a.qa == b.qa
+    item = a[2]
+    assert item["codes"].shape == (4, 4) and int(item["codes"].max()) < 1000
+    assert item["caption"] and item["question"] and item["answer"]
+    assert not torch.equal(a.codes, PretokenizedSamples(6, (4, 4), 1000, seed=2).codes)
+
+
+def test_summarize_medians_and_ratio():
+    shape = TransformerShape(dim=32, depth=2, mlp_hidden=128, seq_len=19, vocab_size=67)
+    runs = [LoopResult("plain", "eager", 10, 1.0, 1.0, 100, None),
+            LoopResult("lightning", "eager", 10, 1.25, 1.1, 100, None),
+            LoopResult("plain", "eager", 10, 3.0, 1.0, 100, None),  # a disturbed run: the median damps it
+            LoopResult("lightning", "eager", 10, 1.25, 1.1, 100, None)]
+    plain, lightning = summarize(runs, shape, batch=4, peak=1e9, datasheet=None)
+    assert plain["step_ms"] == pytest.approx(200.0) and lightning["step_ms"] == pytest.approx(125.0)
+    assert plain["tokens_per_s"] == pytest.approx(4 * 19 / 0.2)
+    assert lightning["lightning_over_plain"] == pytest.approx(0.2 / 0.125)
+    assert lightning["lightning_over_plain_cpu_time"] == pytest.approx(1.0 / 1.1)
+    flops = 3 * forward_flops(shape, 4, 10)
+    assert lightning["mfu_vs_measured_matmul"] == pytest.approx(flops / 0.125 / 1e9)
+    assert lightning["mfu_vs_datasheet_bf16"] is None
+
+
+def test_size_presets_are_what_their_names_say():
+    # blocks + output head at each preset's default codebook, text vocabulary of the shapes tokenizer
+    def millions(size, text_vocab=79):
+        import math
+
+        hidden = 64 * -(-int(size.dim * 8 / 3) // 64)
+        shape = TransformerShape(size.dim, size.depth, hidden, 0, text_vocab + math.prod(size.fsq_levels))
+        return (shape.block_params + shape.head_params) / 1e6
+
+    assert 30 < millions(SIZES["34m"]) < 38
+    assert 200 < millions(SIZES["219m"]) < 240
+    assert 950 < millions(SIZES["1b"]) < 1100

@@ -1,0 +1,90 @@
+"""Every benchmark script runs end to end at the tiniest size and writes a complete JSON result.
+
+Slow (each starts Python, builds tokenizers and times a few steps); ``make test-all`` runs them.
+No assertion is about speed: only that the numbers exist and are consistent.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(name: str, *args: str, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--threads", "1", "--out", str(out), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_train_throughput(tmp_path):
+    result = run_script("train_throughput", "--size", "tiny", "--steps", "2", "--warmup", "1", "--repeats", "2",
+                        "--batch-size", "4", "--loader", out=tmp_path / "t.json")
+    env = result["environment"]
+    assert env["torch"] and env["lightning"] and env["device_name"] and env["date"]
+    plain, lightning = result["summary"]
+    assert (plain["loop"], lightning["loop"]) == ("plain", "lightning")
+    assert lightning["lightning_over_plain"] > 0 and 0 < lightning["mfu_vs_measured_matmul"]
+    assert len(result["runs"]) == 4 and all(r["head_positions"] > 0 for r in result["runs"])
+    assert result["settings"]["sequence_length"] == 92 and result["settings"]["batch_size"] == 4
+    assert result["loader"]["pretokenized_loader_s_per_batch"] > 0
+
+
+@pytest.mark.slow
+def test_sampling_random_weights_measures_speed_only(tmp_path):
+    result = run_script("sampling", "--size", "tiny", "--batch-size", "3", "--steps", "2", "--repeats", "1",
+                        "--warmup", "0", out=tmp_path / "s.json")
+    assert result["settings"]["weights"] == {"masked": "random", "autoregressive": "random"}
+    assert result["note"] == "random weights: speed only"
+    rows = {r["case"]: r for r in result["results"]}
+    assert rows["masked/maskgit/2steps/cache/cfg1"]["calls"] == 2
+    assert rows["masked/maskgit/2steps/cache/cfg3"]["rows"] == 2 * 2 * 3  # guided: 2B rows per call
+    ar = rows["autoregressive/ar/64steps/cache/cfg1"]
+    assert ar["calls"] == 64 and ar["speed_vs_ar_cached"] == 1.0
+    # the KV cache does one position per step: far fewer FLOPs than recomputing the sequence
+    assert ar["model_gflops_per_image"] < rows["autoregressive/ar/64steps/nocache/cfg1"]["model_gflops_per_image"]
+    assert all(r["images_per_s"] > 0 and r["checker_accuracy"] is None for r in rows.values())
+
+
+@pytest.mark.slow
+def test_sampling_with_trained_model_dirs_reports_checker_accuracy(tmp_path, tokenizer_dirs):
+    import torch
+
+    from unigen.training.ar_module import AutoregressiveModule
+    from unigen.training.unified_module import UnifiedModule
+
+    kwargs = dict(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4)
+    torch.manual_seed(0)
+    UnifiedModule(**kwargs).export(tmp_path / "masked")
+    AutoregressiveModule(**kwargs).export(tmp_path / "ar")
+    result = run_script("sampling", "--masked-model", str(tmp_path / "masked"), "--ar-model", str(tmp_path / "ar"),
+                        "--batch-size", "2", "--steps", "2", "--repeats", "1", "--warmup", "0",
+                        "--samplers", "maskgit", "--no-ar-uncached", out=tmp_path / "s.json")
+    assert result["settings"]["weights"] == {"masked": "trained", "autoregressive": "trained"}
+    assert all(0.0 <= r["checker_accuracy"] <= 1.0 for r in result["results"])
+
+
+@pytest.mark.slow
+def test_scaling(tmp_path):
+    result = run_script("scaling", "--sizes", "tiny", "--resolutions", "32,64", "--batch-size", "2", "--steps", "1",
+                        out=tmp_path / "sc.json")
+    small, large = result["table"]
+    assert (small["sequence"], large["sequence"]) == (92, 284) and (small["grid"], large["grid"]) == ("8x8", "16x16")
+    assert small["time_x"] == 1.0 and large["flops_x"] > 284 / 92  # attention makes it superlinear
+
+
+@pytest.mark.slow
+def test_run_all_quick(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--only", "scaling",
+                           "--results-dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "scaling_cpu.json").read_text())["benchmark"] == "scaling"

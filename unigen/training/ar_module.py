@@ -1,0 +1,203 @@
+"""The autoregressive baseline: the same network, trained with a causal mask and next-token loss.
+
+``AutoregressiveModule`` trains the :class:`~unigen.modules.transformer.UnifiedTransformer` of
+:class:`~unigen.training.unified_module.UnifiedModule` (same tokenizers, sequence layout
+``[t2i][bos] text [soi] image [eoi]``, positions, head, AdamW + warm-up/cosine, condition dropout for
+classifier-free guidance) as a decoder-only text-to-image model in raster order (LlamaGen, Sun et al.
+2024; Parti): every position attends to itself and earlier ones, and the position before each image
+token predicts it.  Only the mask, the loss and the decoding differ from the masked model, so
+comparing the two measures the generation paradigm, not the plumbing.
+
+``AutoregressivePipeline`` samples it with the KV-cached decoder of :mod:`unigen.sampling.autoregressive`
+and saves/loads like :class:`~unigen.pipeline.UnifiedPipeline`, marked ``"kind": "autoregressive"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from unigen import io
+from unigen.diffusion.masking import drop_condition
+from unigen.diffusion.tasks import TASKS, TaskBatch, TaskInputs
+from unigen.pipeline import UnifiedPipeline
+from unigen.sampling.autoregressive import generate_image_tokens
+from unigen.sampling.guidance import ClassifierFreeGuidance
+from unigen.tokenizers.base import ImageTokenizer, tensor_to_pil
+from unigen.training.checkpoint import RecordsClassPath
+from unigen.training.reliability import non_finite_loss_error
+from unigen.training.unified_module import UnifiedModule
+from unigen.training.validation_sampling import _log_dir, _log_image
+from unigen.visual import captioned_grid, save_png
+
+PIPELINE_KIND = "autoregressive"
+
+
+class AutoregressiveModule(RecordsClassPath, L.LightningModule):
+    """Decoder-only text-to-image baseline on the unified transformer.
+
+    Args (same meaning as :class:`~unigen.training.unified_module.UnifiedModule`'s):
+        image_tokenizer, text_tokenizer: tokenizer directories.
+        image_size, max_text_len: the sequence layout (image_size is linked from the data by the CLI).
+        dim, depth, heads, mlp_ratio, qk_norm, position, head, dropout: the transformer.
+        cond_dropout: probability of replacing a row's prompt by ``<mask>`` (classifier-free guidance).
+        lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
+        compile: ``torch.compile`` each transformer block.
+        seed: seeds the per-step generators (condition dropout): exact resume on CPU.
+        val_sampling: ``{num_samples, guidance_scale, temperature, top_k, seed}`` for the sample grid
+            and checker accuracy logged at validation; ``{}`` turns it off.
+    """
+
+    def __init__(self, image_tokenizer: str, text_tokenizer: str, image_size: int = 64,
+                 max_text_len: int = 24, dim: int = 256, depth: int = 6, heads: int = 4,
+                 mlp_ratio: float = 4.0, qk_norm: bool = True, position: str = "learned",
+                 head: str = "shared", dropout: float = 0.0, cond_dropout: float = 0.1,
+                 lr: float = 3e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
+                 warmup_steps: int = 100, min_lr_ratio: float = 0.1, compile: bool = False,
+                 seed: int = 0, val_sampling: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        self.save_hyperparameters()
+        # the masked model's own t2i task: identical token layout and condition segment
+        self.task = TASKS.get("t2i")()
+        self.net = None
+        self.image_tokenizer: ImageTokenizer | None = None
+        self.space = None
+
+    # UnifiedModule's own construction, per-step generators, data path and optimizer: the two models
+    # differ only in attention mask, loss and decoding (these functions use no zero-argument super())
+    configure_model = UnifiedModule.configure_model
+    _generator = UnifiedModule._generator
+    task_inputs = UnifiedModule.task_inputs
+    configure_optimizers = UnifiedModule.configure_optimizers
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.image_tokenizer is not None:
+            self.image_tokenizer.eval()  # frozen
+        return self
+
+    def state_dict(self, *args, **kwargs):
+        # the frozen image tokenizer is loaded from its own directory, as in UnifiedModule
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith("image_tokenizer.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.configure_model()
+        own = {k: v for k, v in super().state_dict().items() if k.startswith("image_tokenizer.")}
+        return super().load_state_dict({**state_dict, **own}, strict=strict, assign=assign)
+
+    # -- loss ----------------------------------------------------------------------------------------
+    def next_token_loss(self, tb: TaskBatch, generator: torch.Generator | None) -> Tensor:
+        """Mean cross-entropy of every image token given the prompt and the image tokens before it.
+        With a ``generator``, prompts are dropped with probability ``cond_dropout`` (training)."""
+        tokens = tb.tokens
+        if generator is not None and self.hparams.cond_dropout > 0:
+            tokens, _ = drop_condition(tokens, tb.cond, self.hparams.cond_dropout, self.space.mask_id,
+                                       generator)
+        hidden = self.net.hidden_states(tokens, causal=True)
+        image = self.space.sequence.image
+        # position p predicts token p + 1: ``<soi>`` predicts the first image token
+        logits = self.net.logits(hidden[:, image.start - 1 : image.stop - 1], self.net.modality[image])
+        return F.cross_entropy(logits.flatten(0, 1), tb.tokens[:, image].flatten())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        gen = self._generator(0)
+        tb = self.task.build(self.task_inputs(batch), self.space, gen)
+        loss = self.next_token_loss(tb, gen)
+        if not torch.isfinite(loss):  # before backward: the weights stay those of the last step
+            raise non_finite_loss_error(loss, self._trainer)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(tb.tokens))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        tb = self.task.build(self.task_inputs(batch), self.space)
+        loss = self.next_token_loss(tb, None)  # the conditional likelihood: no prompt dropout
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(tb.tokens))
+        if batch_idx == 0:
+            self._val_batch = batch
+
+    def on_validation_epoch_end(self) -> None:
+        batch = getattr(self, "_val_batch", None)
+        if batch is not None and self.hparams.val_sampling and not self.trainer.sanity_checking:
+            metrics = log_ar_validation_samples(self, batch, **self.hparams.val_sampling)
+            for key, value in metrics.items():
+                self.log(key, torch.tensor(value), sync_dist=True)
+        self._val_batch = None
+
+    # -- export --------------------------------------------------------------------------------------
+    def to_pipeline(self) -> "AutoregressivePipeline":
+        self.configure_model()
+        return AutoregressivePipeline(self.net, self.image_tokenizer, self.space.text_tokenizer)
+
+    def export(self, path: str | Path) -> None:
+        self.to_pipeline().save_pretrained(path)
+
+
+def log_ar_validation_samples(module: AutoregressiveModule, batch: dict[str, Any], num_samples: int = 8,
+                              guidance_scale: float = 1.0, temperature: float = 1.0,
+                              top_k: int | None = None, seed: int = 0) -> dict[str, float]:
+    """Generate from the first val captions, save a captioned grid and, for shapes data, return the
+    pixel checker's accuracy (the metric the masked model logs as ``val/t2i_checker_accuracy``)."""
+    captions = list(batch["caption"][:num_samples])
+    was_training = module.net.training
+    module.net.eval()
+    try:
+        images = module.to_pipeline().text_to_image(captions, guidance_scale=guidance_scale,
+                                                    temperature=temperature, top_k=top_k, seed=seed,
+                                                    output="tensor").cpu()
+    finally:
+        module.net.train(was_training)
+    grid = captioned_grid(images, captions)
+    save_png(grid, _log_dir(module) / "samples" / f"ar_t2i_step{module.global_step:07d}.png")
+    _log_image(module, "val/ar_t2i_samples", grid)
+    scenes = batch.get("scene")
+    if not scenes or not scenes[0]:
+        return {}
+    from unigen.data.checker import check, parse_caption
+
+    ok = [check(img, parse_caption(c)).correct for img, c in zip(images, captions)]
+    return {"val/t2i_checker_accuracy": sum(ok) / len(ok)}
+
+
+class AutoregressivePipeline(UnifiedPipeline):
+    """Text-to-image with the autoregressive baseline; same directory layout as
+    :class:`~unigen.pipeline.UnifiedPipeline` plus ``"kind": "autoregressive"`` in ``pipeline.json``."""
+
+    KIND = PIPELINE_KIND
+
+    def text_to_image(self, prompts: str | Sequence[str], guidance_scale: float = 1.0,
+                      temperature: float = 1.0, top_k: int | None = None,
+                      seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
+                      use_cache: bool = True, guidance_kwargs: dict[str, Any] | None = None
+                      ) -> list[Image.Image] | Tensor:
+        """One image per prompt, decoded token by token (sample ``i`` uses ``seed + i``)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        grid = self.space.sequence.grid
+        codes = torch.zeros(len(prompts), *grid, dtype=torch.long, device=self.device)
+        tb = TASKS.get("t2i")().build(TaskInputs(codes, captions=prompts), self.space)
+        guidance = None
+        if guidance_scale != 1.0 or guidance_kwargs:
+            guidance = ClassifierFreeGuidance(guidance_scale, **(guidance_kwargs or {}))
+        with torch.inference_mode():
+            result = generate_image_tokens(
+                self.transformer, tb.tokens.to(self.device), mask_id=self.space.mask_id,
+                temperature=temperature, top_k=top_k,
+                generator=self.generators(len(prompts), seed, generator), guidance=guidance,
+                cond_mask=tb.cond.to(self.device), use_cache=use_cache)
+        images = self.image_tokenizer.decode(self.space.image_codes(result.tokens))
+        return tensor_to_pil(images) if output == "pil" else images
+
+    def _text_to_image_only(self, *args: Any, **kwargs: Any):
+        raise NotImplementedError("the autoregressive baseline generates images from text only "
+                                  "(captioning, VQA and inpainting need the masked model)")
+
+    caption = answer = inpaint = _text_to_image_only
