@@ -39,7 +39,7 @@ from benchmarks.common import (
 )
 from benchmarks.flops import TransformerShape, ar_decode_flops, masked_decode_flops, synchronize
 from unigen.diffusion.tasks import TASKS, TaskBatch, TaskInputs
-from unigen.pipeline import PrefixCachedModel, UnifiedPipeline
+from unigen.pipeline import UnifiedPipeline
 from unigen.sampling import ClassifierFreeGuidance, build_sampler, decode, make_generators
 from unigen.sampling.autoregressive import generate_image_tokens
 from unigen.training.ar_module import AutoregressivePipeline
@@ -106,17 +106,15 @@ class TimedModel:
 
 def masked_tokens(pipe: UnifiedPipeline, tb: TaskBatch, case: Case, generators
                   ) -> tuple[torch.Tensor, int, int, float]:
-    """``UnifiedPipeline``'s t2i decode, with ``cache_unchanged`` reachable (the pipeline does not
-    expose it yet).  Returns (tokens, network calls, rows through the network, network seconds)."""
+    """``UnifiedPipeline``'s t2i decode, timing the network separately from the sampler.  Returns (tokens, network calls, rows through the network, network seconds)."""
     reuse = case.sampler == "ancestral_cached"
     sampler = build_sampler("ancestral" if reuse else case.sampler, mask_id=pipe.space.mask_id)
     guidance = ClassifierFreeGuidance(case.guidance) if case.guidance != 1.0 else None
-    net, prefix = pipe.transformer, tb.prefix
-    model_fn = TimedModel(PrefixCachedModel(net, prefix[0]) if case.cache
-                          else lambda x: net(x, prefix[:1].expand(x.shape[0], -1)), pipe.device)
+    positions = pipe.decode_positions(tb.target)
+    model_fn = TimedModel(pipe.model_fn(tb.prefix, positions, case.cache), pipe.device)
     result = decode(model_fn, tb.tokens, tb.target, sampler, num_steps=case.steps, guidance=guidance,
                     cond_mask=tb.cond & ~tb.target if guidance else None, generator=generators,
-                    cache_unchanged=reuse)
+                    cache_unchanged=reuse, positions=positions)
     return result.tokens, result.num_model_calls, result.num_model_rows, model_fn.seconds
 
 

@@ -173,6 +173,14 @@ class UnifiedPipeline:
             raise ValueError("targets outside the text and image segments cannot be decoded")
         return keep.nonzero().squeeze(-1)
 
+    def model_fn(self, prefix: Tensor, positions: Tensor | None, use_cache: bool = True):
+        """The ``model_fn`` that :func:`unigen.sampling.decode` calls: prefix attention, logits for
+        ``positions`` only, and the prefix KV cache when ``use_cache``."""
+        net = self.transformer
+        if use_cache and bool(prefix.any()):
+            return PrefixCachedModel(net, prefix[0], positions)
+        return lambda x: net(x, prefix[:1].expand(x.shape[0], -1), positions=positions)
+
     def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
                 progress: bool, region: Tensor | None = None) -> tuple[Tensor, int]:
         tb = TASKS.get(task)().build(inputs, self.space)
@@ -188,12 +196,8 @@ class UnifiedPipeline:
         guidance = None
         if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
             guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)
-        net = self.transformer
         positions = self.decode_positions(target)
-        if cfg.use_cache and bool(prefix.any()):
-            model_fn = PrefixCachedModel(net, prefix[0], positions)
-        else:
-            model_fn = lambda x: net(x, prefix[:1].expand(x.shape[0], -1), positions=positions)  # noqa: E731
+        model_fn = self.model_fn(prefix, positions, cfg.use_cache)
         with torch.inference_mode():
             result = decode(model_fn, tokens, target, sampler, num_steps=cfg.num_steps,
                             guidance=guidance, cond_mask=cond & ~target if guidance else None,
