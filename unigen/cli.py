@@ -34,6 +34,29 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
             parser.link_arguments("data.init_args.image_size", "model.init_args.image_size",
                                   apply_on="parse")
 
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI reads --ckpt_path's hyperparameters (weights_only=True); turn its
+            # multi-line unpickling error into our one line naming the file
+            try:
+                super()._parse_ckpt_path()
+            except Exception:
+                from unigen.training.checkpoint import read_checkpoint
+
+                read_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))
+                raise
+
+        def instantiate_trainer(self, **kwargs):
+            # every recipe: atomic checkpoints, NaN guard, per-step reseeding, resumable "last"
+            from unigen.training.reliability import harden_trainer
+
+            seed = self.config.get(str(self.subcommand), self.config).get("seed_everything")
+            return harden_trainer(super().instantiate_trainer(**kwargs), seed)
+
+        def before_fit(self) -> None:
+            from unigen.training.reliability import check_resume_target
+
+            check_resume_target(self.trainer, self.config[self.subcommand].get("ckpt_path"))
+
         def after_fit(self) -> None:
             export = self.config.get(self.subcommand, {}).get("export_dir")
             if export and self.trainer.is_global_zero:

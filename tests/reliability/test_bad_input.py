@@ -1,0 +1,202 @@
+"""Bad input gives one clear error line through the CLI (exit 1 for bad data, 2 for a bad recipe)
+and nothing is written.  Cases already covered elsewhere are not repeated: parser-level data
+errors (tests/data/test_imagefolder.py), tokenizer directory errors
+(tests/tokenizers/test_image_tokenizer_persistence.py), wrong image size, unknown recipe keys and
+bad command-line values (tests/test_cli.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from unigen.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIFIED_DEBUG = ROOT / "recipes" / "debug" / "unified_debug.yaml"
+
+
+def fails_with(argv: list[str], capsys, code: int = 1) -> str:
+    """Run the CLI, expect ``SystemExit(code)`` and exactly one ``unigen: error:`` line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == code
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("unigen:")]
+    assert len(lines) == 1 and lines[0].startswith("unigen: error: "), err[-2000:]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def png(tmp_path):
+    """A valid 32x32 shapes image as a PNG in the given mode."""
+    from unigen.data.shapes import Scene, ShapesDataset, render
+
+    scene = Scene.from_json(ShapesDataset("val", 1, 32)[0]["scene"])
+
+    def make(mode: str = "RGB", name: str = "img.png") -> Path:
+        path = tmp_path / name
+        render(scene, 32).convert(mode).save(path)
+        return path
+
+    return make
+
+
+def _caption(model: Path, image: Path, out: Path, *extra: str) -> list[str]:
+    return ["caption", "--model", str(model), "--image", str(image), "--steps", "2",
+            "--out", str(out), *extra]
+
+
+def test_truncated_png(tiny_model_dir, png, tmp_path, capsys):
+    path = png()
+    path.write_bytes(path.read_bytes()[:200])
+    line = fails_with(_caption(tiny_model_dir, path, tmp_path / "c.json"), capsys)
+    assert f"cannot decode image {path}" in line
+    assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P"])
+def test_non_rgb_images_are_refused_unless_converted(mode, tiny_model_dir, png, tmp_path, capsys):
+    path = png(mode)
+    line = fails_with(_caption(tiny_model_dir, path, tmp_path / "c.json"), capsys)
+    assert f"image {path} has mode {mode!r}, not RGB" in line
+    assert not (tmp_path / "c.json").exists()
+    assert main(_caption(tiny_model_dir, path, tmp_path / "c.json", "--convert")) == 0
+    assert len(json.loads((tmp_path / "c.json").read_text())) == 1
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("", "empty caption"),
+    ("   ", "empty caption"),
+    ("a red circle and " * 20, "text too long"),
+])
+def test_empty_or_overlong_prompts(prompt, message, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    line = fails_with(["generate", "--model", str(tiny_model_dir), "--prompt", "a red circle",
+                       "--prompt", prompt, "--steps", "2", "--out", str(out)], capsys)
+    assert message in line and not out.exists()
+
+
+def test_empty_question(tiny_model_dir, png, tmp_path, capsys):
+    line = fails_with(["answer", "--model", str(tiny_model_dir), "--image", str(png()),
+                       "--question", "", "--out", str(tmp_path / "a.json")], capsys)
+    assert "empty question" in line
+
+
+def test_unknown_characters_become_visible_unknown_tokens(tiny_pipeline):
+    """Not an error: words outside the vocabulary map to <unk> (shown when decoded), and the
+    sample is as reproducible as any other."""
+    tok = tiny_pipeline.text_tokenizer
+    ids = tok.encode("a réd círcle 🙂")
+    assert tok.unk_id in ids and "<unk>" in tok.decode(ids)
+    a, b = (tiny_pipeline.text_to_image(["a réd círcle 🙂"], num_steps=2, seed=3, output="tensor")
+            for _ in range(2))
+    assert torch.equal(a, b)
+
+
+def test_broken_metadata_line_names_the_line(tmp_path, png, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.move(png(), folder / "a.png")
+    (folder / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a red circle"}\n'
+                                           '{"file_name": "b.png", "text": \n')
+    line = fails_with(["text-tokenizer", "--data", "folder", "--root", str(folder),
+                       "--out", str(tmp_path / "tok")], capsys)
+    assert "metadata.jsonl line 2 is not valid JSON" in line
+    assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("    dim: 64", "    dim: sixty-four", 'bad value for "dim"'),
+    ("    batch_size: 8", "    batch_size: [8]", '"batch_size"'),
+])
+def test_wrong_type_in_a_yaml_recipe(old, new, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    text = UNIFIED_DEBUG.read_text()
+    assert old in text
+    bad.write_text(text.replace(old, new))
+    assert expected in fails_with(["fit", "--config", str(bad)], capsys, code=2)
+
+
+def _bump_version(config: Path, key: str = "format_version") -> None:
+    meta = json.loads(config.read_text())
+    meta[key] = 99
+    config.write_text(json.dumps(meta))
+
+
+def test_tokenizer_directory_from_another_version(tokenizer_dirs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "image_tokenizer"
+    shutil.copytree(tokenizer_dirs["image_tokenizer"], old)
+    _bump_version(old / "config.json")
+    argv = ["fit", "--config", str(UNIFIED_DEBUG), "--trainer.max_steps", "1",
+            "--model.init_args.image_tokenizer", str(old),
+            "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"]]
+    line = fails_with(argv, capsys)
+    assert f"{old / 'config.json'} is not a unigen image tokenizer config" in line
+    assert "found 99" in line
+
+
+@pytest.mark.parametrize("part", ["pipeline.json", "image_tokenizer/config.json"])
+def test_model_directory_from_another_version(part, tiny_model_dir, png, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    _bump_version(model / part)
+    line = fails_with(_caption(model, png(), tmp_path / "c.json"), capsys)
+    assert str(model / part) in line and "99" in line
+
+
+def _other_codebook_tokenizer(path: Path) -> None:
+    """Same architecture and downsampling as the shared tiny tokenizer, 16 codes instead of 125."""
+    from unigen.tokenizers.fsq import FSQTokenizer
+
+    FSQTokenizer(levels=[4, 4], block_out_channels=[16, 16, 32], latent_channels=8,
+                 norm_num_groups=8).save_pretrained(path)
+
+
+def test_pipeline_with_another_codebook(tiny_model_dir, png, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    _other_codebook_tokenizer(model / "image_tokenizer")
+    line = fails_with(_caption(model, png(), tmp_path / "c.json"), capsys)
+    assert "codebook size mismatch" in line and "125" in line and "16" in line
+
+
+def test_export_of_a_checkpoint_trained_with_another_codebook(tokenizer_dirs, tmp_path, capsys):
+    from unigen.training.unified_module import UnifiedModule
+
+    tok = tmp_path / "image_tokenizer"
+    shutil.copytree(tokenizer_dirs["image_tokenizer"], tok)
+    module = UnifiedModule(image_tokenizer=str(tok), image_size=32, dim=32, depth=1, heads=4,
+                           text_tokenizer=tokenizer_dirs["text_tokenizer"])
+    module.configure_model()
+    ckpt = tmp_path / "model.ckpt"
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, ckpt)
+    _other_codebook_tokenizer(tok)  # the tokenizer directory was replaced since
+    line = fails_with(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out")], capsys)
+    assert "codebook size mismatch" in line and f"image tokenizer at {tok} has 16 codes" in line
+    assert "125 image codes" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_resuming_with_another_codebook(tokenizer_dirs, tmp_path, monkeypatch, capsys):
+    from resume_testkit import unified_case
+
+    monkeypatch.chdir(tmp_path)
+    tok = tmp_path / "image_tokenizer"
+    shutil.copytree(tokenizer_dirs["image_tokenizer"], tok)
+    case = unified_case({**tokenizer_dirs, "image_tokenizer": str(tok)})
+    main([*case.argv(tmp_path / "run"), "--trainer.max_steps", "1"])
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    _other_codebook_tokenizer(tok)
+    line = fails_with([*case.argv(tmp_path / "run"), "--ckpt_path", str(last)], capsys)
+    assert "codebook size mismatch" in line and "has 16 codes" in line
+    assert last.read_bytes() == before

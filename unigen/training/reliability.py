@@ -1,0 +1,199 @@
+"""Fault tolerance for training: nothing is lost on a crash, a resumed run is the killed run.
+
+* :class:`AtomicCheckpointIO` writes every Lightning checkpoint to a temporary sibling, fsyncs it
+  and renames it over the target (:func:`unigen.io.atomic_path`), so a kill mid-write leaves the
+  previous checkpoint intact; it reads checkpoints with ``torch.load(weights_only=True)`` only
+  (:func:`unigen.training.checkpoint.read_checkpoint`): a stranger's checkpoint cannot run code.
+* :class:`NonFiniteLossGuard` stops training at the first NaN/inf loss, before the bad gradients
+  touch the weights, and names the step and the last good checkpoint (nothing newer is written).
+* :class:`ReseedEveryStep` reseeds the global RNGs (torch, NumPy, ``random``) from
+  ``(seed, global_step, rank, micro-batch)`` before every training batch: randomness that does not
+  take an explicit generator (dropout, k-means init, dead-code restarts) becomes a function of the
+  step, so a run resumed from a checkpoint draws exactly what the uninterrupted run drew (the
+  global-RNG counterpart of ``UnifiedModule._generator``).
+* :func:`harden_trainer` installs all of the above on a built Trainer and makes ``ckpt_path="last"``
+  resolve across restarts: every ``ModelCheckpoint`` without a ``dirpath`` writes to
+  ``<default_root_dir>/checkpoints`` (Lightning's default puts checkpoints under the logger's
+  ``version_N`` folder, and a restarted run gets a new ``N``, where ``"last"`` then finds nothing).
+
+``unigen fit`` applies :func:`harden_trainer` to every recipe (:mod:`unigen.cli`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
+
+from unigen import io
+from unigen.training.checkpoint import read_checkpoint
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _is_remote(path: _PATH) -> bool:
+    return "://" in str(path)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Temp files of earlier writes of ``target`` killed before their rename (``kill -9`` skips
+    every cleanup); only ``io.atomic_path`` names files ``.<name>.<random>.tmp``."""
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO: write temp + fsync + rename; read weights and plain data only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None or _is_remote(path):
+            # object stores have their own atomic put; keep Lightning's fsspec path for them
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        _remove_stale_temps(Path(path))
+        with io.atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path: _PATH, map_location: Callable | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        if weights_only is False:
+            raise ValueError(f"refusing to load {path} with weights_only=False: unigen reads "
+                             "checkpoints as weights and plain data only")
+        if _is_remote(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        # tensors land on the CPU; the strategy moves them to the module's device
+        return read_checkpoint(path)
+
+
+def last_good_checkpoint(trainer: L.Trainer | None) -> str | None:
+    """The newest checkpoint file the trainer's ModelCheckpoints wrote or resumed from."""
+    if trainer is None:
+        return None
+    found: list[str] = []
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            found += [p for p in (cb.last_model_path, getattr(cb, "_last_checkpoint_saved", ""),
+                                  cb.best_model_path) if p and os.path.isfile(p)]
+    resumed = getattr(trainer, "ckpt_path", None)
+    if resumed and os.path.isfile(resumed):
+        found.append(str(resumed))
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def non_finite_loss_error(loss: Tensor, trainer: L.Trainer | None) -> FloatingPointError:
+    """The error for a NaN/inf loss: which step, and where the last good weights are."""
+    value = loss.detach().float().flatten()
+    bad = value[~torch.isfinite(value)]
+    shown = bad[0].item() if bad.numel() else value.sum().item()
+    step = f" at step {trainer.global_step}" if trainer is not None else ""
+    ckpt = last_good_checkpoint(trainer)
+    kept = (f"the last good checkpoint is {ckpt}" if ckpt
+            else "no checkpoint had been written yet")
+    return FloatingPointError(f"non-finite training loss ({shown}){step}: training stopped before "
+                              f"the update and nothing new was saved; {kept}")
+
+
+class NonFiniteLossGuard(Callback):
+    """Stop at the first non-finite loss, before ``backward`` (so before the optimizer step).
+
+    Raising makes Lightning stop without running ``ModelCheckpoint`` again, so the newest checkpoint
+    on disk is the last good one; the error names it and the step.  Works with automatic and
+    manual optimization (``manual_backward`` calls the same hook)."""
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           loss: Tensor) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise non_finite_loss_error(loss, trainer)
+
+
+def step_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed from ``seed`` and integer keys (SeedSequence decorrelates neighbours)."""
+    entropy = [seed & 0xFFFF_FFFF_FFFF_FFFF, *key]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
+    return int(state[0]) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Seed torch (every device), NumPy's legacy global RNG and ``random`` from one seed."""
+    torch.manual_seed(seed)
+    np.random.seed(seed & 0xFFFF_FFFF)
+    random.seed(seed)
+
+
+class ReseedEveryStep(Callback):
+    """Reseed the global RNGs before every training batch from ``(seed, global_step, rank,
+    micro-batch index within the step)``.
+
+    Lightning checkpoints do not hold RNG states, and even restoring them would not be exact: a
+    resumed run creates its dataloader iterator (which draws from the torch RNG) at a different
+    point than the uninterrupted run.  Seeding from the step instead makes every global-RNG draw of
+    a training step independent of the process history.  The micro-batch index keeps the batches
+    of one gradient-accumulation window from sharing dropout masks."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._step = -1
+        self._micro = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        step = int(trainer.global_step)
+        self._micro = self._micro + 1 if step == self._step else 0
+        self._step = step
+        seed_global_rngs(step_seed(self.seed, step, int(trainer.global_rank), self._micro))
+
+
+def _stable_checkpoint_dirs(trainer: L.Trainer) -> None:
+    checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    for cb in checkpoints:
+        if cb.dirpath is None:
+            cb.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, CHECKPOINT_DIR))
+    # `ckpt_path="last"` needs a last.ckpt; an explicit `save_last: false` is respected
+    if checkpoints and all(cb.save_last is None for cb in checkpoints):
+        checkpoints[0].save_last = True
+
+
+def harden_trainer(trainer: L.Trainer, seed: int | None = None) -> L.Trainer:
+    """Install atomic checkpoint IO, the NaN guard, per-step reseeding (when ``seed`` is an int)
+    and stable checkpoint directories on ``trainer``; returns it.  Idempotent."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    _stable_checkpoint_dirs(trainer)
+    wanted: list[Callback] = [NonFiniteLossGuard()]
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        wanted.append(ReseedEveryStep(seed))
+    present = {type(cb) for cb in trainer.callbacks}
+    # ahead of the checkpoint callbacks: Lightning runs those last, after every other hook
+    at = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, ModelCheckpoint)),
+              len(trainer.callbacks))
+    trainer.callbacks[at:at] = [cb for cb in wanted if type(cb) not in present]
+    return trainer
+
+
+def check_resume_target(trainer: L.Trainer, ckpt_path: str | os.PathLike | None) -> None:
+    """Fail early, in one line, when ``ckpt_path`` can never resume this run."""
+    if ckpt_path is None:
+        return
+    if str(ckpt_path) == "last":
+        if not any(isinstance(cb, ModelCheckpoint) and cb.save_last
+                   for cb in trainer.checkpoint_callbacks):
+            raise ValueError("ckpt_path 'last' needs a ModelCheckpoint with save_last (this recipe "
+                             "disables it or disables checkpointing)")
+        return
+    if str(ckpt_path) in ("best", "hpc") or str(ckpt_path).startswith("registry") \
+            or _is_remote(ckpt_path):
+        return
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+
