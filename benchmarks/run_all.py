@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "train_throughput": ["--size", "tiny", "--steps", "20", "--repeats", "2", "--compile", "--loader"],
     "sampling": ["--size", "tiny", "--batch-size", "64", "--steps", "16", "--repeats", "1", "--warmup", "1"],
     "scaling": ["--sizes", "tiny,small", "--resolutions", "32,64,128", "--batch-size", "4", "--steps", "3"],
+    "tokenizer_throughput": ["--time-budget", "60"],
 }
 QUICK: dict[str, list[str]] = {
     "train_throughput": ["--size", "tiny", "--steps", "2", "--warmup", "1", "--repeats", "1",
@@ -32,7 +33,9 @@ QUICK: dict[str, list[str]] = {
     "sampling": ["--size", "tiny", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--warmup", "0",
                  "--samplers", "maskgit,ancestral_cached"],
     "scaling": ["--sizes", "tiny", "--resolutions", "32,64", "--batch-size", "2", "--steps", "1"],
+    "tokenizer_throughput": ["--steps", "2", "--only", "fsq", "--num-val", "16"],
 }
+CPU_ONLY = {"tokenizer_throughput"}  # trains on the CPU by design: no --device flag
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = ["--threads", str(args.threads)] if args.threads > 0 else []
     failed = []
     for name in names:
+        if name in CPU_ONLY and args.device != "cpu":
+            print(f"=== {name}: skipped on {args.device} (a CPU benchmark)", flush=True)
+            continue
+        device = [] if name in CPU_ONLY else ["--device", args.device]
         out = Path(args.results_dir) / f"{name}_{args.device}.json"
-        cmd = [sys.executable, "-m", f"benchmarks.{name}", *table[name], "--device", args.device, *threads,
+        cmd = [sys.executable, "-m", f"benchmarks.{name}", *table[name], *device, *threads,
                "--out", str(out)]
         print(f"=== {name}: {' '.join(cmd[1:])}", flush=True)
         start = time.perf_counter()

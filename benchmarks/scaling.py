@@ -17,7 +17,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     # run as a script: import from the repository root, never from benchmarks/ itself (a module
-    # there named like a package, e.g. benchmarks/tokenizers.py, would shadow it)
+    # there named like a package, e.g. benchmarks/tokenizer_throughput.py, would shadow it)
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse

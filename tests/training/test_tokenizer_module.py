@@ -1,0 +1,243 @@
+"""TokenizerModule (Lightning training of image tokenizers) and the EMA helpers."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from unigen.tokenizers import FSQTokenizer, ImageTokenizer, VQTokenizer
+from unigen.tokenizers.discriminator import AdversarialLoss, PatchGANDiscriminator
+from unigen.tokenizers.perceptual import ConvFeatures, PerceptualLoss
+from unigen.training import EMACallback, ModelEMA, TokenizerModule
+from unigen.training.optim import warmup_cosine_factor as warmup_cosine
+from unigen.training.tokenizer_module import batch_images
+
+TINY = dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=8, norm_num_groups=4)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    # tiny models: one thread is as fast, and two spin badly when the machine is busy
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class DictImages(Dataset):
+    """Batches as the unigen data modules produce them: dicts with an ``image`` entry."""
+
+    def __init__(self, n: int, size: int = 16, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        low = torch.rand(n, 3, size // 4, size // 4, generator=g)
+        self.images = nn.functional.interpolate(low, size=(size, size), mode="bilinear")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "caption": "a picture"}
+
+
+def loaders(n_train: int = 16, n_val: int = 12, batch_size: int = 8):
+    return (DataLoader(DictImages(n_train), batch_size=batch_size, shuffle=False),
+            DataLoader(DictImages(n_val, seed=1), batch_size=batch_size))
+
+
+def trainer(tmp_path, max_steps: int, **kwargs) -> L.Trainer:
+    defaults = dict(max_steps=max_steps, default_root_dir=tmp_path, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False, logger=False,
+                    num_sanity_val_steps=0, log_every_n_steps=1, accelerator="cpu",
+                    check_val_every_n_epoch=None)
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def fsq() -> FSQTokenizer:
+    return FSQTokenizer(levels=(5, 5, 5), **TINY)
+
+
+# -- pure helpers -----------------------------------------------------------------------------------
+def test_warmup_cosine_schedule_values():
+    assert warmup_cosine(0, 4, 20, 0.1) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(4, 4, 20, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(99, 0, 20, 0.0) == pytest.approx(0.0)
+
+
+def test_batch_images_accepts_dicts_tensors_and_tensor_datasets():
+    x = torch.rand(2, 3, 4, 4)
+    assert batch_images({"image": x, "caption": ["a", "b"]}) is x
+    assert batch_images(x) is x
+    assert batch_images([x]) is x
+    with pytest.raises(KeyError, match="no 'image' entry \\(keys: \\['caption'\\]\\)"):
+        batch_images({"caption": ["a"]})
+    with pytest.raises(TypeError, match="dict with 'image' or an image tensor"):
+        batch_images("images")
+
+
+def test_bad_module_settings():
+    with pytest.raises(ValueError, match="'l1' or 'l2'"):
+        TokenizerModule(fsq(), reconstruction_loss="huber")
+    with pytest.raises(ValueError, match="lr > 0"):
+        TokenizerModule(fsq(), lr=0.0)
+
+
+# -- training ---------------------------------------------------------------------------------------
+def test_fit_improves_reconstruction_and_logs_metrics(tmp_path):
+    train, val = loaders()
+    module = TokenizerModule(fsq(), lr=5e-3, warmup_steps=2, min_lr_ratio=0.5, num_logged_images=4)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    t = trainer(tmp_path, max_steps=60, logger=logger, val_check_interval=30)
+    before = t.validate(module, val, verbose=False)[0]
+    t.fit(module, train, val)
+    train_metrics = set(t.callback_metrics)
+    after = t.validate(module, val, verbose=False)[0]
+    assert after["val/rec_loss"] < 0.7 * before["val/rec_loss"]
+    assert after["val/psnr"] > before["val/psnr"] + 2.0
+    assert -1.0 <= after["val/ssim"] <= 1.0 and 0.0 < after["val/codebook_usage"] <= 1.0
+    assert 1.0 <= after["val/perplexity"] <= 125.0
+    assert {"train/loss", "train/rec_loss", "train/batch_code_usage"} <= train_metrics
+    grids = sorted((tmp_path / "tb").rglob("reconstructions/val_step*.png"))
+    assert grids and any(p.name == "val_step0000060.png" for p in grids)
+    assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
+
+
+def test_validation_codebook_usage_is_exact_over_the_epoch(tmp_path):
+    train, _ = loaders()
+    module = TokenizerModule(fsq())
+    val = DataLoader(DictImages(20, seed=3), batch_size=6)  # uneven last batch
+    result = trainer(tmp_path, max_steps=1).validate(module, val, verbose=False)[0]
+    codes = module.tokenizer.encode(DictImages(20, seed=3).images)
+    expected_used = codes.unique().numel()
+    assert result["val/codebook_usage"] == pytest.approx(expected_used / 125)
+    counts = torch.bincount(codes.flatten(), minlength=125).double()
+    p = counts[counts > 0] / counts.sum()
+    assert result["val/perplexity"] == pytest.approx(math.exp(float(-(p * p.log()).sum())), rel=1e-5)
+
+
+def test_plain_tensor_batches_train_too(tmp_path):
+    images = DictImages(8).images
+    module = TokenizerModule(fsq())
+    t = trainer(tmp_path, max_steps=2)
+    t.fit(module, DataLoader(TensorDataset(images), batch_size=4))
+    assert t.global_step == 2
+
+
+def test_vq_trains_with_kmeans_init_inside_lightning(tmp_path):
+    train, val = loaders()
+    module = TokenizerModule(VQTokenizer(codebook_size=32, codebook_dim=4, **TINY))
+    t = trainer(tmp_path, max_steps=3, val_check_interval=3)
+    t.fit(module, train, val)
+    assert bool(module.tokenizer.quantizer.vq._codebook.initted)
+    assert "train/quantizer_commitment" in t.callback_metrics
+    assert 0 < t.callback_metrics["val/codebook_usage"] <= 1
+
+
+def test_perceptual_discriminator_and_ema_path(tmp_path):
+    train, val = loaders()
+    adversarial = AdversarialLoss(PatchGANDiscriminator(base_channels=8, num_layers=2),
+                                  start_step=2, weight=0.5)
+    module = TokenizerModule(fsq(), perceptual=PerceptualLoss(ConvFeatures(((4,), (8,))), 0.5),
+                             adversarial=adversarial, ema_decay=0.9)
+    assert not module.automatic_optimization
+    disc_before = adversarial.discriminator.layers[0].weight.detach().clone()
+    t = trainer(tmp_path, max_steps=4)
+    t.fit(module, train, val)
+    assert t.global_step == 4  # generator steps; the discriminator's do not count
+    metrics = t.callback_metrics
+    assert {"train/perceptual_loss", "train/g_loss", "train/g_weight", "train/d_loss"} <= set(metrics)
+    assert float(metrics["train/g_weight"]) > 0
+    assert not torch.equal(disc_before, adversarial.discriminator.layers[0].weight)
+    # the EMA lags the live weights, and validation/export use it
+    live = module.tokenizer.encoder.conv_in.weight.detach().clone()
+    ema = module.ema.shadow()["encoder.conv_in.weight"]
+    assert not torch.equal(live, ema)
+    module.export(tmp_path / "exported")
+    exported = ImageTokenizer.from_pretrained(tmp_path / "exported")
+    assert torch.equal(exported.encoder.conv_in.weight, ema)
+    assert torch.equal(module.tokenizer.encoder.conv_in.weight, live)  # swapped back
+    with_ema = t.validate(module, val, verbose=False)[0]
+    module.ema = None
+    without = t.validate(module, val, verbose=False)[0]
+    assert with_ema["val/rec_loss"] != without["val/rec_loss"]
+
+
+def test_discriminator_is_not_trained_before_its_start_step(tmp_path):
+    train, _ = loaders()
+    adversarial = AdversarialLoss(PatchGANDiscriminator(base_channels=8, num_layers=2),
+                                  start_step=100)
+    module = TokenizerModule(fsq(), adversarial=adversarial)
+    disc_before = adversarial.discriminator.layers[0].weight.detach().clone()
+    trainer(tmp_path, max_steps=2).fit(module, train)
+    assert torch.equal(disc_before, adversarial.discriminator.layers[0].weight)
+
+
+# -- EMA --------------------------------------------------------------------------------------------
+def test_model_ema_exact_average_and_swap():
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = ModelEMA(model, decay=0.5, warmup=False)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    ema.update(model)
+    assert torch.equal(ema.shadow()["weight"], torch.full((2, 2), 2.0))
+    with ema.swapped_into(model):
+        assert torch.equal(model.weight, torch.full((2, 2), 2.0))
+    assert torch.equal(model.weight, torch.full((2, 2), 4.0))
+    assert int(ema.num_updates) == 1
+
+
+def test_model_ema_warmup_copies_non_float_and_checks_keys():
+    model = nn.BatchNorm1d(2)
+    ema = ModelEMA(model, decay=0.999)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    model(torch.randn(4, 2))  # bumps num_batches_tracked (an integer buffer)
+    ema.update(model)
+    assert int(ema.shadow()["num_batches_tracked"]) == 1
+    assert ema.current_decay() == pytest.approx(2 / 11)
+    assert "num_updates" in ema.state_dict()
+    with pytest.raises(ValueError, match="no longer matches its EMA"):
+        ema.update(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="decay must lie in"):
+        ModelEMA(model, decay=1.0)
+
+
+class _Regressor(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(3, 1)
+        self.val_weights: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        self.val_weights.append(self.net.weight.detach().clone())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_ema_callback_validates_with_and_finally_applies_the_average(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, generator=g)
+    data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+    module = _Regressor()
+    callback = EMACallback(decay=0.5, attribute="net", warmup=False)
+    t = trainer(tmp_path, max_steps=4, callbacks=[callback], val_check_interval=4,
+                limit_val_batches=1)
+    t.fit(module, data, data)
+    ema_weight = callback.ema.shadow()["weight"]
+    assert torch.equal(module.val_weights[-1], ema_weight)  # validated on the EMA
+    assert torch.equal(module.net.weight, ema_weight)  # applied on fit end
+    assert set(callback.state_dict()) >= {"weight", "bias", "num_updates"}
