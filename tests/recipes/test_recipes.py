@@ -51,8 +51,10 @@ def test_presets_layer_on_a_recipe(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = yaml.safe_load(path.read_text())
     assert "trainer" in text or "model" in text
-    # a GPU preset is checked on the CPU: every key must still parse and build
-    cpu = ["--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed"]
+    # a GPU/multi-device preset is checked on one CPU: its keys are parsed and type-checked first,
+    # then these overrides let the rest build here
+    cpu = ["--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed", "--trainer.strategy",
+           "auto", "--trainer.devices", "1", "--trainer.num_nodes", "1"]
     cli = instantiate_recipe(PRESET_BASE, ["--config", str(path), *cpu])
     for key, value in text.get("model", {}).get("init_args", {}).items():
         assert cli.model.hparams[key] == value
