@@ -63,8 +63,14 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
                 self.model.export(export)
                 print(f"exported the trained model to {export}")
 
+    import warnings
+
+    # we pass `args` on purpose and keep sys.argv equal to them (see below)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     saved_argv = sys.argv
-    sys.argv = saved_argv[:1]  # LightningCLI reads `args`; keep it from also seeing our argv
+    # LightningCLI reads `args`; Lightning's DDP launcher re-runs sys.argv in each new process, so
+    # it must hold this very command line
+    sys.argv = [saved_argv[0], *args]
     try:
         with one_line_parser_errors():
                 return UnigenCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,

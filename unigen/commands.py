@@ -205,6 +205,75 @@ def _eval(args: argparse.Namespace) -> None:
                                  args.resume, args.device, not args.no_progress))
 
 
+# -- tokenize (pretokenized shards) -----------------------------------------------------------------
+def _tokenize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", required=True,
+                   help="image tokenizer directory (or a pipeline directory: its image_tokenizer/)")
+    p.add_argument("--data", required=True, help="shapes | folder | fashion_mnist")
+    p.add_argument("--root", default=None, help="image folder (--data folder) or IDX folder (fashion_mnist)")
+    p.add_argument("--split", default=None, help="shapes: train|val|test|heldout; fashion_mnist: train|test")
+    p.add_argument("--image-size", type=int, default=None, help="default: 64 (shapes, folder), 32 (fashion_mnist)")
+    p.add_argument("--num-samples", type=int, default=None, help="first N samples (shapes default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="data set seed (shapes scenes, fashion_mnist subset)")
+    p.add_argument("--shard-size", type=int, default=4096, help="samples per shard (one litdata chunk)")
+    p.add_argument("--batch-size", type=int, default=64, help="images encoded at once")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", required=True, help="shard directory (rerun the same command to resume)")
+    p.add_argument("--grid", default=None, help="reconstruction grid PNG (default OUT/reconstructions.png)")
+
+
+def tokenize_data(tokenizer: str, data: str, out: str, root: str | None = None,
+                  split: str | None = None, image_size: int | None = None,
+                  num_samples: int | None = None, seed: int = 0, shard_size: int = 4096,
+                  batch_size: int = 64, num_workers: int = 0, device: str = "cpu",
+                  grid: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Encode a data set with an image tokenizer into litdata shards (:mod:`unigen.data.shards`)."""
+    import torch
+
+    from unigen.data.shards import SHARD_SOURCES, write_shards
+    from unigen.tokenizers.base import ImageTokenizer
+
+    path = Path(tokenizer)
+    if (path / "pipeline.json").is_file():  # a pipeline directory names its tokenizer
+        path = path / "image_tokenizer"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = ImageTokenizer.from_pretrained(path, map_location=device)
+    given = {"root": root, "split": split, "image_size": image_size, "num_samples": num_samples}
+    options = {"seed": seed, **{k: v for k, v in given.items() if v is not None}}
+    dataset = SHARD_SOURCES.get(data)(**options)
+    size = int(dataset[0]["image"].shape[-1])
+    source = {"data": data, **options, "image_size": size}
+    return write_shards(dataset, tok, out, size, shard_size, batch_size, num_workers, source,
+                        grid, progress=progress)
+
+
+def _tokenize(args: argparse.Namespace) -> None:
+    m = tokenize_data(args.tokenizer, args.data, args.out, args.root, args.split, args.image_size,
+                      args.num_samples, args.seed, args.shard_size, args.batch_size,
+                      args.num_workers, args.device, args.grid)
+    h, w = m["grid"]
+    print(f"wrote {m['num_samples']} samples ({h}x{w} codes of {m['tokenizer']['codebook_size']}) "
+          f"in {m['num_shards']} shards to {args.out}; look at {args.grid or Path(args.out) / 'reconstructions.png'}")
+
+
+# -- merge-lora -------------------------------------------------------------------------------------
+def _merge_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="base pipeline directory the adapter was trained on")
+    p.add_argument("--adapter", required=True, help="LoRA adapter directory (adapter_config.json)")
+    p.add_argument("--out", required=True, help="output pipeline directory (adapter merged)")
+    p.add_argument("--no-check-base", action="store_true",
+                   help="merge even if the base weights differ from the adapter's base")
+
+
+def _merge_lora(args: argparse.Namespace) -> None:
+    from unigen.training.finetune import merge_adapter_into_pipeline
+
+    merged = merge_adapter_into_pipeline(args.model, args.adapter, args.out, not args.no_check_base)
+    print(f"merged {len(merged)} LoRA layers of {args.adapter} into {args.model}; wrote {args.out}")
+
+
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[Any], None]]] = {
     "generate": ("text -> images: write a captioned PNG grid (+ JSON of the settings)",
                  _generate_args, _generate),
@@ -212,6 +281,10 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
     "answer": ("images + questions -> answers (JSON)", _answer_args, _answer),
     "text-tokenizer": ("train a text tokenizer on a data set's captions/questions/answers",
                        _text_tokenizer_args, _text_tokenizer),
+    "tokenize": ("encode a data set with an image tokenizer into resumable litdata shards",
+                 _tokenize_args, _tokenize),
+    "merge-lora": ("merge a LoRA adapter into its base pipeline (a plain pipeline directory)",
+                   _merge_lora_args, _merge_lora),
     "export": ("turn a fit checkpoint into a save_pretrained directory", _export_args, _export),
     "eval": ("generate with a model, score it (recipes/eval_*.yaml): results.json, report.md, plots",
              _eval_args, _eval),

@@ -23,8 +23,9 @@ from torch import Tensor
 # modality ids used for per-position heads and legal-logit masks
 STRUCTURE, TEXT, IMAGE = 0, 1, 2
 
-# specials the text segment may never *predict* (they are placed by the layout, not generated)
-_NON_OUTPUT_SPECIALS = ("<mask>", "<bos>", "<soi>", "<eoi>", "<sep>", "<unk>")
+# specials the text segment may never *predict* (they are placed by the layout, not generated);
+# <unk> stays predictable: a caption word missing from the vocabulary is a legal <unk> target
+_NON_OUTPUT_SPECIALS = ("<mask>", "<bos>", "<soi>", "<eoi>", "<sep>")
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class VocabLayout:
             if name in self.specials:
                 bias[TEXT, self.specials[name]] = float("-inf")
         for name, idx in self.specials.items():
-            if name.startswith("<") and name not in self.REQUIRED and name not in ("<unk>",):
+            if name.startswith("<") and name not in self.REQUIRED and name != "<unk>":
                 bias[TEXT, idx] = float("-inf")  # task tokens
         bias[IMAGE, self.legal_range(IMAGE)] = 0.0
         return bias

@@ -28,6 +28,9 @@ from unigen.tokenizers.base import ImageTokenizer
 from unigen.tokenizers.text import TextTokenizer
 from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.optim import build_adamw, warmup_cosine
+from unigen.training.reliability import non_finite_loss_error, step_seed
+
+Noise = torch.Generator | list[torch.Generator]  # one per batch, or one per sample
 
 
 class UnifiedModule(RecordsClassPath, L.LightningModule):
@@ -51,6 +54,10 @@ class UnifiedModule(RecordsClassPath, L.LightningModule):
         seed: seeds the per-step generators (task mixing, masking, dropout): exact resume on CPU.
         val_sampling: options for the sample grids and metrics logged at validation (see
             :meth:`validation_sampling`); ``{}`` turns them off.
+        per_sample_noise: draw each sample's task, mask and condition dropout from its own
+            generator seeded by (seed, step, the sample's ``index``), not one generator per batch:
+            N ranks with batch B then train exactly like one process with batch N*B (with
+            ``loss: elbo``, a mean over rows); costs a Python loop over the rows.
     """
 
     def __init__(self, image_tokenizer: str, text_tokenizer: str, image_size: int = 64,
@@ -63,7 +70,7 @@ class UnifiedModule(RecordsClassPath, L.LightningModule):
                  prefix_attention: bool = True, lr: float = 3e-4, weight_decay: float = 0.05,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100,
                  min_lr_ratio: float = 0.1, compile: bool = False, seed: int = 0,
-                 val_sampling: dict[str, Any] | None = None) -> None:
+                 val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False) -> None:
         super().__init__()
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
@@ -108,8 +115,29 @@ class UnifiedModule(RecordsClassPath, L.LightningModule):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self.configure_model()
+        self._check_shapes(state_dict)
         own = {k: v for k, v in super().state_dict().items() if k.startswith("image_tokenizer.")}
         return super().load_state_dict({**state_dict, **own}, strict=strict, assign=assign)
+
+    def _check_shapes(self, state_dict) -> None:
+        """One clear error when a checkpoint was trained with other tokenizers (torch would raise
+        a page of size mismatches that names neither)."""
+        own = self.state_dict()
+        wrong = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if not wrong:
+            return
+        vocab, hp = self.space.vocab, self.hparams
+        rows = state_dict.get("net.token_emb.weight")
+        if rows is not None and rows.shape[0] != vocab.total_size:
+            raise ValueError(f"codebook size mismatch: the checkpoint's token table has {rows.shape[0]} "
+                             f"rows, i.e. {rows.shape[0] - vocab.text_size} image codes with this text "
+                             f"vocabulary of {vocab.text_size}, but the image tokenizer at "
+                             f"{hp.image_tokenizer} has {vocab.image_size} codes (was it trained with "
+                             "another image or text tokenizer?)")
+        k = wrong[0]
+        raise ValueError(f"checkpoint weights do not fit this model: {k} is "
+                         f"{list(state_dict[k].shape)} in the checkpoint, {list(own[k].shape)} here "
+                         f"({len(wrong)} tensors differ; other tokenizers, image size or model size?)")
 
     # -- data -> tasks -------------------------------------------------------------------------------
     def _generator(self, *salt: int) -> torch.Generator:
@@ -119,6 +147,38 @@ class UnifiedModule(RecordsClassPath, L.LightningModule):
         key = hash((self.hparams.seed, int(self.global_step), int(self.global_rank), *salt))
         return gen.manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
 
+    def _sample_generators(self, batch: dict[str, Any]) -> list[torch.Generator]:
+        """One CPU generator per sample from (seed, global step, the sample's data-set index): a
+        sample's noise does not depend on how the global batch is split (ranks, micro-batches)."""
+        index = batch.get("index")
+        if index is None:
+            raise ValueError("per_sample_noise needs each sample's data-set 'index' in the batch")
+        step = int(self.global_step)
+        return [torch.Generator().manual_seed(step_seed(self.hparams.seed, step, int(i)))
+                for i in index]
+
+    def _build_tasks(self, inputs: TaskInputs, generator: Noise) -> tuple[TaskBatch, Tensor]:
+        if isinstance(generator, torch.Generator):
+            return self.mixture.build(inputs, self.space, generator)
+        rows = [self.mixture.build(inputs.select([i]), self.space, g) for i, g in enumerate(generator)]
+        tb = TaskBatch.concat_rows([([i], row) for i, (row, _) in enumerate(rows)], len(rows))
+        return tb, torch.cat([assignment for _, assignment in rows])
+
+    def _mask(self, target: Tensor, generator: Noise) -> tuple[Tensor, Tensor]:
+        if isinstance(generator, torch.Generator):
+            return self.noiser(target, generator)
+        rows = [self.noiser(target[i:i + 1], g) for i, g in enumerate(generator)]
+        return torch.cat([m for m, _ in rows]), torch.cat([t for _, t in rows])
+
+    def _drop_condition(self, inputs: Tensor, cond: Tensor, generator: Noise) -> Tensor:
+        p, mask_id = self.hparams.cond_dropout, self.space.mask_id
+        if isinstance(generator, torch.Generator):
+            return drop_condition(inputs, cond, p, mask_id, generator)[0]
+        # complementary masking doubles the rows: row i and its copy B + i share generator i
+        gens = list(generator) * (len(inputs) // len(generator))
+        return torch.cat([drop_condition(inputs[i:i + 1], cond[i:i + 1], p, mask_id, g)[0]
+                          for i, g in enumerate(gens)])
+
     def task_inputs(self, batch: dict[str, Any]) -> TaskInputs:
         if "codes" in batch:  # pretokenized shards: the image tokenizer never runs here
             codes = batch["codes"].long()
@@ -127,10 +187,10 @@ class UnifiedModule(RecordsClassPath, L.LightningModule):
         return TaskInputs(codes, batch.get("caption"), batch.get("question"), batch.get("answer"))
 
     # -- loss ----------------------------------------------------------------------------------------
-    def diffusion_loss(self, tb: TaskBatch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def diffusion_loss(self, tb: TaskBatch, generator: Noise) -> tuple[Tensor, Tensor]:
         """Mask, predict, score.  Returns (loss, per-row mean CE [B])."""
         hp, mask_id = self.hparams, self.space.mask_id
-        masked, t = self.noiser(tb.target, generator)
+        masked, t = self._mask(tb.target, generator)
         if hp.loss == "elbo":
             weight = self.noiser.schedule.loss_weight(t)
         else:
@@ -147,7 +207,7 @@ class UnifiedModule(RecordsClassPath, L.LightningModule):
             weight = torch.cat((weight, comp_weight.to(weight)))
         inputs = tokens.masked_fill(masked, mask_id)
         if hp.cond_dropout > 0:
-            inputs, _ = drop_condition(inputs, cond, hp.cond_dropout, mask_id, generator)
+            inputs = self._drop_condition(inputs, cond, generator)
         hidden = self.net.hidden_states(inputs, prefix if hp.prefix_attention else None)
         rows, cols = masked.nonzero(as_tuple=True)
         logits = self.net.logits(hidden[rows, cols], self.net.modality[cols])
@@ -166,16 +226,24 @@ class UnifiedModule(RecordsClassPath, L.LightningModule):
                 self.log(f"{stage}/loss_{name}", per_row[rows.to(per_row.device)].mean(),
                          batch_size=len(rows))
 
+    def _writes_step_logs(self) -> bool:
+        """Whether Lightning writes step-level metrics after this step (every ``log_every_n_steps``).
+        Values logged on other steps are dropped, yet each ``self.log`` call costs Python time (the
+        per-task losses were 8% of a tiny CPU step, benchmarks/train_throughput.py), so they are
+        logged only on these steps."""
+        trainer = self._trainer
+        return trainer is None or trainer._logger_connector.should_update_logs
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        gen = self._generator(0)
-        tb, assignment = self.mixture.build(self.task_inputs(batch), self.space, gen)
+        gen = self._sample_generators(batch) if self.hparams.get("per_sample_noise") else self._generator(0)
+        tb, assignment = self._build_tasks(self.task_inputs(batch), gen)
         loss, per_row = self.diffusion_loss(tb, gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}; "
-                                     "the last good checkpoint is kept (see checkpoints/last.ckpt)")
+        if not torch.isfinite(loss):  # before backward: the weights stay those of the last step
+            raise non_finite_loss_error(loss, self._trainer)
         b = len(per_row)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        self._log_task_losses("train", per_row.detach(), assignment)
+        if self._writes_step_logs():
+            self._log_task_losses("train", per_row.detach(), assignment)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -198,6 +266,8 @@ class UnifiedModule(RecordsClassPath, L.LightningModule):
         if batch is not None and self.hparams.val_sampling and not self.trainer.sanity_checking:
             from unigen.training.validation_sampling import log_validation_samples
 
+            if "image" not in batch:  # pretokenized shards: the grids and metrics need pixels
+                batch = {**batch, "image": self.image_tokenizer.decode(batch["codes"].long())}
             log_validation_samples(self, batch, **self.hparams.val_sampling)
         self._val_batch = None
 
