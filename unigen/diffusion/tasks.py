@@ -89,32 +89,37 @@ def _device(inputs: TaskInputs):
     return inputs.image_codes.device if inputs.image_codes is not None else None
 
 
+class CaptionImageTask(Task):
+    """A caption in the text segment and an image in the image segment; a subclass only names
+    which segments are targets, which are the condition and which form the prefix."""
+
+    target_segments: tuple[str, ...] = ()
+    cond_segments: tuple[str, ...] = ()
+    prefix_segments: tuple[str, ...] = ()
+
+    def build(self, inputs, space, generator=None):
+        codes = _require(inputs.image_codes, "an image", self.name)
+        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
+        tokens = space.assemble(self.name, text.to(codes.device), codes)
+        masks = self._masks(space, len(tokens), tokens.device, self.target_segments,
+                            self.cond_segments, self.prefix_segments)
+        return TaskBatch(tokens, *masks)
+
+
 @TASKS.register("t2i")
-class TextToImage(Task):
+class TextToImage(CaptionImageTask):
     """Clean caption, masked image (MaskGIT / Show-o generation)."""
 
     name = "t2i"
-
-    def build(self, inputs, space, generator=None):
-        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
-        codes = _require(inputs.image_codes, "an image", self.name)
-        tokens = space.assemble(self.name, text.to(codes.device), codes)
-        target, cond, prefix = self._masks(space, len(tokens), tokens.device, ["image"], ["text"], ["text"])
-        return TaskBatch(tokens, target, cond, prefix)
+    target_segments, cond_segments, prefix_segments = ("image",), ("text",), ("text",)
 
 
 @TASKS.register("caption")
-class Captioning(Task):
+class Captioning(CaptionImageTask):
     """Clean image, masked caption (``caption <eos> <pad>...``: the length is generated too)."""
 
     name = "caption"
-
-    def build(self, inputs, space, generator=None):
-        codes = _require(inputs.image_codes, "an image", self.name)
-        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
-        tokens = space.assemble(self.name, text.to(codes.device), codes)
-        target, cond, prefix = self._masks(space, len(tokens), tokens.device, ["text"], ["image"], ["image"])
-        return TaskBatch(tokens, target, cond, prefix)
+    target_segments, cond_segments, prefix_segments = ("text",), ("image",), ("image",)
 
 
 @TASKS.register("vqa")
@@ -136,17 +141,11 @@ class VisualQuestionAnswering(Task):
 
 
 @TASKS.register("joint")
-class JointGeneration(Task):
+class JointGeneration(CaptionImageTask):
     """Both caption and image masked: joint generation (UniDisc)."""
 
     name = "joint"
-
-    def build(self, inputs, space, generator=None):
-        codes = _require(inputs.image_codes, "an image", self.name)
-        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
-        tokens = space.assemble(self.name, text.to(codes.device), codes)
-        target, cond, prefix = self._masks(space, len(tokens), tokens.device, ["text", "image"], [], [])
-        return TaskBatch(tokens, target, cond, prefix)
+    target_segments = ("text", "image")
 
 
 @TASKS.register("text")
@@ -163,10 +162,11 @@ class TextOnly(Task):
 
 
 @TASKS.register("inpaint")
-class Inpainting(Task):
+class Inpainting(CaptionImageTask):
     """Clean caption and the image outside a random rectangle; the rectangle is predicted."""
 
     name = "inpaint"
+    cond_segments, prefix_segments = ("text",), ("text",)
 
     def __init__(self, min_frac: float = 0.2, max_frac: float = 0.7) -> None:
         if not 0 < min_frac <= max_frac <= 1:
@@ -188,14 +188,11 @@ class Inpainting(Task):
         return inside.to(device)
 
     def build(self, inputs, space, generator=None):
-        codes = _require(inputs.image_codes, "an image", self.name)
-        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
-        tokens = space.assemble(self.name, text.to(codes.device), codes)
-        b = len(tokens)
-        target, cond, prefix = self._masks(space, b, tokens.device, [], ["text"], ["text"])
-        target[:, space.sequence.image] = self.region(b, space.sequence.grid, generator,
-                                                      tokens.device).flatten(1)
-        return TaskBatch(tokens, target, cond, prefix)
+        tb = super().build(inputs, space, generator)
+        b = len(tb.tokens)
+        tb.target[:, space.sequence.image] = self.region(b, space.sequence.grid, generator,
+                                                         tb.tokens.device).flatten(1)
+        return tb
 
 
 class TaskMixture:
