@@ -91,3 +91,16 @@ def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["caption", "--model", str(model), "--image", str(big), "--out", str(tmp_path / "e.json")])
     assert "not 32x32" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_plain_ddp_launch_reruns_the_same_command(tokenizer_dirs, tmp_path):
+    """Lightning's DDP launcher re-runs sys.argv in the second process: it must be this command."""
+    cmd = [sys.executable, "-m", "unigen", "fit", "--config", str(DEBUG),
+           "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+           "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"],
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
+           "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "max_steps=2" in out.stdout + out.stderr
