@@ -81,6 +81,23 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read weights file {path}: {err}") from None
 
 
+def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load a safetensors file into ``module``, strictly: any missing, unexpected or mis-shaped
+    tensor is one ``ValueError`` naming the file (torch's own error is a page that does not)."""
+    state = load_safetensors(path)
+    expected = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
+             if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"{path} does not match the config: shapes (file vs config) differ for "
+                         f"{wrong[:3]}")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the config: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    return module
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Build a directory in a temporary sibling; it replaces ``target`` only when complete."""

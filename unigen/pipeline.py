@@ -117,12 +117,8 @@ class UnifiedPipeline:
             raise ValueError(f"{path} holds a {kind!r} pipeline; load it with the matching class "
                              f"(this is {cls.__name__}, which reads {cls.KIND!r})")
         config = io.read_json(path / "transformer" / "config.json", "transformer config")
-        net = UnifiedTransformer.from_config(config)
-        state = io.load_safetensors(path / "transformer" / "model.safetensors")
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path / 'transformer' / 'model.safetensors'} does not match its config: "
-                             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        net = io.load_weights(UnifiedTransformer.from_config(config),
+                              path / "transformer" / "model.safetensors")
         pipe = cls(net.eval(), ImageTokenizer.from_pretrained(path / "image_tokenizer"),
                    TextTokenizer.from_pretrained(path / "text_tokenizer"))
         return pipe.to(device)

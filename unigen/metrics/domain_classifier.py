@@ -104,11 +104,5 @@ class DomainClassifier(nn.Module):
             raise ValueError(f"{path / CONFIG_NAME} is not a {TYPE_NAME} config of format version "
                              f"{FORMAT_VERSION} (type {meta.get('type')!r}, "
                              f"version {meta.get('format_version')!r})")
-        model = cls(**meta["config"])
-        state = io.load_safetensors(path / WEIGHTS_NAME)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"{path / WEIGHTS_NAME} does not match {path / CONFIG_NAME}: "
-                             f"{str(err).splitlines()[0]}") from None
+        model = io.load_weights(cls(**meta["config"]), path / WEIGHTS_NAME)
         return model.to(map_location).eval()

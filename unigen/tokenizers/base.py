@@ -130,18 +130,7 @@ class ImageTokenizer(nn.Module, ABC):
         target = IMAGE_TOKENIZERS.get(meta["type"])
         if cls is not ImageTokenizer and not issubclass(target, cls):
             raise ValueError(f"{path} holds a {meta['type']!r} tokenizer, not a {cls.__name__}")
-        model = target(**meta["config"])
-        state = io.load_safetensors(path / WEIGHTS_NAME)
-        expected = model.state_dict()
-        wrong = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
-                 if k in expected and v.shape != expected[k].shape]
-        if wrong:  # torch would raise a multi-line RuntimeError that does not name the file
-            raise ValueError(f"{path / WEIGHTS_NAME} does not match the config: shapes (file vs "
-                             f"config) differ for {wrong[:3]}")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path / WEIGHTS_NAME} does not match the config: missing "
-                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        model = io.load_weights(target(**meta["config"]), path / WEIGHTS_NAME)
         return model.to(map_location).eval()
 
 
