@@ -94,3 +94,24 @@ def test_unified_debug_recipes_fit(name, tokenizer_dirs, tmp_path, monkeypatch):
 
     pipe = UnifiedPipeline.from_pretrained(tmp_path / "model")
     assert pipe.image_size == 32
+
+
+def test_recipe_metrics_are_logged_at_validation(tokenizer_dirs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = ROOT / "recipes" / "debug" / "unified_debug.yaml"
+    main(["fit", "--config", str(recipe),
+          "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+          "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"],
+          "--model.init_args.val_sampling",
+          "{num_samples: 4, num_steps: 2, metrics: [vqa_exact_match, bleu4, compositional_accuracy]}",
+          "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"])
+    header = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    for key in ("val/vqa_exact_match", "val/bleu4", "val/compositional_accuracy/overall"):
+        assert key in header, header
+
+
+def test_tokenizer_metrics_are_refused_at_unified_validation():
+    from unigen.training.validation_sampling import build_recipe_metrics
+
+    with pytest.raises(ValueError, match="scores tokenizers"):
+        build_recipe_metrics(["psnr"], None)

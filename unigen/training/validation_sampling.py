@@ -3,7 +3,9 @@
 For text-to-image: generate from the first val batch's captions, save a captioned grid (PNG in the
 log directory, and to TensorBoard when that is the logger) and, where the data carries shapes
 scenes, the checker's accuracy.  For VQA: exact match.  For captioning: the checker's caption
-attribute precision.  Options come from the recipe's ``val_sampling:`` block.
+attribute recall.  Options come from the recipe's ``val_sampling:`` block; its ``metrics:`` list
+adds any metric of the registry (``unigen.metrics``, the names ``unigen eval`` recipes use), fed by
+its kind, with ``metric_resources`` (``extractor``, ``clip``) shared by them.
 """
 
 from __future__ import annotations
@@ -31,13 +33,45 @@ def _log_dir(module) -> Path:
     return Path(root or module.trainer.default_root_dir)
 
 
+def build_recipe_metrics(spec, resources: dict[str, Any] | None) -> dict[str, Any]:
+    """Registry metrics named by a recipe, with shared resources built once."""
+    from unigen.metrics import RECONSTRUCTION, build_feature_extractor, build_metrics
+
+    shared = dict(resources or {})
+    if "extractor" in shared:
+        shared["extractor"] = build_feature_extractor(shared["extractor"])
+    built = build_metrics(spec, shared)
+    for name, metric in built.items():
+        if metric.kind == RECONSTRUCTION:
+            raise ValueError(f"metric {name!r} scores tokenizers; the unified model's validation "
+                             "cannot compute it (use it in a tokenizer recipe)")
+    return built
+
+
+def _scalars(prefix: str, value: Any) -> dict[str, float]:
+    if isinstance(value, dict):
+        out: dict[str, float] = {}
+        for key, inner in value.items():
+            out.update(_scalars(f"{prefix}/{key}", inner))
+        return out
+    return {prefix: float(value)}
+
+
 def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, num_steps: int = 12,
                            guidance_scale: float = 1.0, sampler: str = "maskgit",
-                           text_steps: int | None = None, seed: int = 0) -> dict[str, float]:
+                           text_steps: int | None = None, seed: int = 0,
+                           metrics: list | dict | None = None,
+                           metric_resources: dict[str, Any] | None = None) -> dict[str, float]:
     """Generate with the module's current weights and log grids + metrics; returns the metrics."""
+    from unigen.metrics import CAPTION, COMPOSITIONAL, DISTRIBUTION, TEXT_IMAGE, VQA
+
     pipe = module.to_pipeline()
     tasks = set(module.mixture.names)
     n = min(num_samples, len(batch["caption"]))
+    recipe_metrics = build_recipe_metrics(metrics, metric_resources) if metrics else {}
+    by_kind: dict[str, list] = {}
+    for metric in recipe_metrics.values():
+        by_kind.setdefault(metric.kind, []).append(metric)
     metrics: dict[str, float] = {}
     was_training = module.net.training
     module.net.eval()
@@ -53,16 +87,27 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
             if scenes is not None and scenes[0]:
                 from unigen.data.checker import check, parse_caption
 
-                ok = [check(img, parse_caption(c)).correct for img, c in zip(images.cpu(), captions)]
-                metrics["val/t2i_checker_accuracy"] = sum(ok) / len(ok)
+                results = [check(img, parse_caption(c)) for img, c in zip(images.cpu(), captions)]
+                metrics["val/t2i_checker_accuracy"] = sum(r.correct for r in results) / len(results)
+                for metric in by_kind.get(COMPOSITIONAL, []):
+                    metric.update(results)
+            for metric in by_kind.get(TEXT_IMAGE, []):
+                metric.update(images.cpu(), captions)
+            for metric in by_kind.get(DISTRIBUTION, []):
+                metric.update(batch["image"][:n].cpu(), real=True)
+                metric.update(images.cpu(), real=False)
         images_in = batch["image"][:n]
         if "vqa" in tasks and batch.get("question") and batch["question"][0]:
             answers = pipe.answer(images_in, list(batch["question"][:n]), num_steps=text_steps,
                                   seed=seed)
             truth = list(batch["answer"][:n])
             metrics["val/vqa_exact_match"] = sum(a == b for a, b in zip(answers, truth)) / n
+            for metric in by_kind.get(VQA, []):
+                metric.update(answers, truth)
         if "caption" in tasks:
             generated = pipe.caption(images_in, num_steps=text_steps, seed=seed)
+            for metric in by_kind.get(CAPTION, []):
+                metric.update(generated, [[c] for c in batch["caption"][:n]])
             if scenes is not None and scenes[0]:
                 from unigen.data.checker import caption_attribute_recall
                 from unigen.data.shapes import Scene
@@ -75,6 +120,18 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
             _log_image(module, "val/captions", grid)
     finally:
         module.net.train(was_training)
+    for name, metric in recipe_metrics.items():
+        if getattr(metric, "update_count", 1):  # a metric whose task did not run has nothing
+            try:
+                metrics.update(_scalars(f"val/{name}", _to_python(metric.compute())))
+            except RuntimeError as err:  # e.g. compositional accuracy without shapes scenes
+                raise ValueError(f"validation metric {name!r} could not be computed: {err}") from None
     for key, value in metrics.items():
         module.log(key, torch.tensor(value), sync_dist=True)
     return metrics
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_python(v) for k, v in value.items()}
+    return value.item() if torch.is_tensor(value) else value
