@@ -95,8 +95,6 @@ def test_resumed_run_ends_with_bit_identical_state_and_export(runs):
 
 def test_export_of_the_resumed_checkpoint_matches_the_end_of_fit_export(runs, tmp_path):
     case, ref, cut = runs
-    if case.recipe != "unified_debug.yaml":
-        pytest.skip("`unigen export` rebuilds UnifiedModule checkpoints only (docs/reliability.md)")
     main(["export", "--ckpt", str(cut / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "x")])
     from unigen.io import load_safetensors
 

@@ -50,8 +50,15 @@ def load_module_from_checkpoint(path: str | os.PathLike):
     cls = getattr(importlib.import_module(module_name), cls_name)
     # LightningCLI adds private entries (_class_path, _instantiator) that are not constructor args
     hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    spec = ckpt.get("unigen_tokenizer")
+    if spec is not None:  # TokenizerModule: its tokenizer is an object, rebuilt from its config
+        from unigen.tokenizers.base import IMAGE_TOKENIZERS
+
+        hparams["tokenizer"] = IMAGE_TOKENIZERS.get(spec["type"])(**spec["config"])
     module = cls(**hparams)
     if hasattr(module, "configure_model"):
         module.configure_model()
-    module.load_state_dict(ckpt["state_dict"])
+    optional = tuple(getattr(module, "optional_state_prefixes", ()))
+    state = {k: v for k, v in ckpt["state_dict"].items() if not (optional and k.startswith(optional))}
+    module.load_state_dict(state)
     return module.eval()

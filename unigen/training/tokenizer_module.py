@@ -32,6 +32,7 @@ from unigen.tokenizers.codebook_metrics import CodebookUsage
 from unigen.tokenizers.discriminator import AdversarialLoss
 from unigen.tokenizers.perceptual import PerceptualLoss
 from unigen.tokenizers.visualize import comparison_grid, save_png
+from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.ema import ModelEMA
 from unigen.training.optim import warmup_cosine
 
@@ -50,7 +51,10 @@ def batch_images(batch: Any) -> Tensor:
                     f"got {type(batch).__name__}")
 
 
-class TokenizerModule(L.LightningModule):
+TOKENIZER_KEY = "unigen_tokenizer"
+
+
+class TokenizerModule(RecordsClassPath, L.LightningModule):
     """Trains an :class:`~unigen.tokenizers.base.ImageTokenizer` on batches of images in [0, 1].
 
     Args:
@@ -67,6 +71,16 @@ class TokenizerModule(L.LightningModule):
             use it.  ``None`` disables it.
         num_logged_images: image pairs in the logged reconstruction grid (0 disables it).
     """
+
+    #: state of parts a checkpoint cannot rebuild from its hyper-parameters (``unigen export`` only
+    #: needs the tokenizer and its EMA)
+    optional_state_prefixes = ("perceptual.", "adversarial.")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # the tokenizer is a constructor object, not a hyper-parameter: record how to rebuild it
+        checkpoint[TOKENIZER_KEY] = {"type": type(self.tokenizer).type_name,
+                                     "config": self.tokenizer.config}
 
     def __init__(self, tokenizer: ImageTokenizer, reconstruction_loss: Literal["l1", "l2"] = "l1",
                  perceptual: PerceptualLoss | None = None, adversarial: AdversarialLoss | None = None,
