@@ -32,6 +32,7 @@ from unigen.sampling.autoregressive import generate_image_tokens
 from unigen.sampling.guidance import ClassifierFreeGuidance
 from unigen.tokenizers.base import ImageTokenizer, tensor_to_pil
 from unigen.training.checkpoint import RecordsClassPath
+from unigen.training.frozen import FrozenImageTokenizer
 from unigen.training.reliability import non_finite_loss_error
 from unigen.training.unified_module import UnifiedModule
 from unigen.training.validation_sampling import _log_dir, _log_image
@@ -40,7 +41,7 @@ from unigen.visual import captioned_grid, save_png
 PIPELINE_KIND = "autoregressive"
 
 
-class AutoregressiveModule(RecordsClassPath, L.LightningModule):
+class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningModule):
     """Decoder-only text-to-image baseline on the unified transformer.
 
     Args (same meaning as :class:`~unigen.training.unified_module.UnifiedModule`'s):
@@ -78,22 +79,6 @@ class AutoregressiveModule(RecordsClassPath, L.LightningModule):
     _generator = UnifiedModule._generator
     task_inputs = UnifiedModule.task_inputs
     configure_optimizers = UnifiedModule.configure_optimizers
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.image_tokenizer is not None:
-            self.image_tokenizer.eval()  # frozen
-        return self
-
-    def state_dict(self, *args, **kwargs):
-        # the frozen image tokenizer is loaded from its own directory, as in UnifiedModule
-        state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith("image_tokenizer.")}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        self.configure_model()
-        own = {k: v for k, v in super().state_dict().items() if k.startswith("image_tokenizer.")}
-        return super().load_state_dict({**state_dict, **own}, strict=strict, assign=assign)
 
     # -- loss ----------------------------------------------------------------------------------------
     def next_token_loss(self, tb: TaskBatch, generator: torch.Generator | None) -> Tensor:

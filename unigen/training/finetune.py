@@ -110,7 +110,7 @@ class FinetuneModule(UnifiedModule):
         self.remove_ignored_hparams([k for k in list(self.hparams) if k not in _OWN_ARGS])
         self._hparams_initial = copy.deepcopy(self._hparams)
 
-    def _check_shapes(self, state_dict) -> None:
+    def check_state_shapes(self, state_dict) -> None:
         own = self.state_dict()
         wrong = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if wrong:

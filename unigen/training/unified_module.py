@@ -27,13 +27,14 @@ from unigen.modules.transformer import UnifiedTransformer
 from unigen.tokenizers.base import ImageTokenizer
 from unigen.tokenizers.text import TextTokenizer
 from unigen.training.checkpoint import RecordsClassPath
+from unigen.training.frozen import FrozenImageTokenizer
 from unigen.training.optim import build_adamw, warmup_cosine
 from unigen.training.reliability import non_finite_loss_error, step_seed
 
 Noise = torch.Generator | list[torch.Generator]  # one per batch, or one per sample
 
 
-class UnifiedModule(RecordsClassPath, L.LightningModule):
+class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, L.LightningModule):
     """Masked discrete diffusion over text + image tokens (Show-o, UniDisc, MDLM, LaViDa).
 
     Args:
@@ -102,24 +103,7 @@ class UnifiedModule(RecordsClassPath, L.LightningModule):
             for block in self.net.blocks:
                 block.compile()
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.image_tokenizer is not None:
-            self.image_tokenizer.eval()  # frozen: its norms/quantizer stats never update
-        return self
-
-    def state_dict(self, *args, **kwargs):
-        # the image tokenizer is loaded from its own directory; keep checkpoints to trained weights
-        state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith("image_tokenizer.")}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        self.configure_model()
-        self._check_shapes(state_dict)
-        own = {k: v for k, v in super().state_dict().items() if k.startswith("image_tokenizer.")}
-        return super().load_state_dict({**state_dict, **own}, strict=strict, assign=assign)
-
-    def _check_shapes(self, state_dict) -> None:
+    def check_state_shapes(self, state_dict) -> None:
         """One clear error when a checkpoint was trained with other tokenizers (torch would raise
         a page of size mismatches that names neither)."""
         own = self.state_dict()
