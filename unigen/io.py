@@ -81,6 +81,19 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read weights file {path}: {err}") from None
 
 
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"  # one network's save_pretrained
+
+
+def save_typed_model(path: str | os.PathLike, module: torch.nn.Module, type_name: str,
+                     format_version: int, config: dict[str, Any]) -> None:
+    """The ``save_pretrained`` layout of one network: ``config.json`` (registered type, format
+    version, constructor arguments) + ``model.safetensors``; the directory is complete or absent."""
+    with atomic_directory(path) as tmp:
+        write_json(tmp / CONFIG_FILE, {"type": type_name, "format_version": format_version,
+                                       "config": config})
+        save_safetensors(module.state_dict(), tmp / WEIGHTS_FILE)
+
+
 def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Load a safetensors file into ``module``, strictly: any missing, unexpected or mis-shaped
     tensor is one ``ValueError`` naming the file (torch's own error is a page that does not)."""

@@ -21,8 +21,7 @@ from unigen import io
 
 TYPE_NAME = "domain_classifier"
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME, WEIGHTS_NAME = io.CONFIG_FILE, io.WEIGHTS_FILE
 
 
 def _conv_block(c_in: int, c_out: int, groups: int) -> nn.Sequential:
@@ -87,10 +86,7 @@ class DomainClassifier(nn.Module):
         return features, self.head(features)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        with io.atomic_directory(path) as tmp:
-            io.write_json(tmp / CONFIG_NAME, {"type": TYPE_NAME, "format_version": FORMAT_VERSION,
-                                              "config": self.config})
-            io.save_safetensors(self.state_dict(), tmp / WEIGHTS_NAME)
+        io.save_typed_model(path, self, TYPE_NAME, FORMAT_VERSION, self.config)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"

@@ -25,8 +25,7 @@ from unigen.registry import Registry
 IMAGE_TOKENIZERS: Registry[type["ImageTokenizer"]] = Registry("image tokenizer")
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME, WEIGHTS_NAME = io.CONFIG_FILE, io.WEIGHTS_FILE
 
 
 @dataclass
@@ -110,10 +109,7 @@ class ImageTokenizer(nn.Module, ABC):
         name = type(self).type_name
         if not name:
             raise TypeError(f"{type(self).__name__} is not registered in IMAGE_TOKENIZERS")
-        with io.atomic_directory(path) as tmp:
-            io.write_json(tmp / CONFIG_NAME, {"type": name, "format_version": FORMAT_VERSION,
-                                              "config": self.config})
-            io.save_safetensors(self.state_dict(), tmp / WEIGHTS_NAME)
+        io.save_typed_model(path, self, name, FORMAT_VERSION, self.config)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
