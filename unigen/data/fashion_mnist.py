@@ -149,7 +149,9 @@ class FashionMNISTDataset(Dataset):
 
 
 class FashionMNISTDataModule(SplitDataModule):
-    """Train/validation from the train file (seeded split of ``num_val``), test from t10k."""
+    """Train/validation from the train file (seeded split of ``num_val``), test from t10k; the
+    training order (seeded per epoch, split across DDP ranks, exact mid-epoch resume) is
+    :class:`~unigen.data.imagefolder.SplitDataModule`'s."""
 
     def __init__(self, root: str | None = None, image_size: int = 32, batch_size: int = 64,
                  num_val: int = 1000, seed: int = 0, num_workers: int = 0,

@@ -32,6 +32,12 @@ orientation is applied (photos from cameras are stored rotated).
 Resize policies (bicubic): ``center_crop`` scales the shorter side to ``image_size`` and crops the
 centre; ``resize`` stretches to a square; ``pad`` scales the longer side to ``image_size`` and pads
 with ``pad_value``; ``none`` requires images of exactly ``image_size`` x ``image_size``.
+
+Training (:class:`ImageFolderDataModule`, and ``FashionMNISTDataModule`` through
+:class:`SplitDataModule`): the order is a pure function of ``(seed, epoch)``, each DDP rank reads a
+disjoint share of every epoch (Lightning does not re-wrap the sampler) and a run resumed from a
+mid-epoch checkpoint continues with the batch after the last one trained
+(:mod:`unigen.data.resumable`).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from unigen.data.resumable import shuffled_loader
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +307,11 @@ def seeded_split(n: int, num_val: int, seed: int) -> tuple[list[int], list[int]]
 
 
 class SplitDataModule(L.LightningDataModule):
-    """Loaders shared by unigen data modules: seeded shuffle for train, fixed order otherwise.
+    """Loaders shared by unigen data modules: a seeded shuffle for train, fixed order otherwise.
+
+    The training order is a pure function of ``(seed, epoch)``, split across ranks under DDP (each
+    rank a disjoint share of every epoch) and resumed exactly mid-epoch: the loader is
+    :func:`unigen.data.resumable.shuffled_loader` (see there).  The last partial batch is kept.
 
     Subclasses fill ``train_set`` / ``val_set`` (and optionally ``test_set``) in ``setup``."""
 
@@ -312,24 +324,26 @@ class SplitDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
-    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool) -> DataLoader:
+    def _require(self, dataset: Dataset | None, name: str) -> Dataset:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__} has no {name} set; call setup() first")
-        # a dedicated generator: the shuffle order depends on the seed only, not on global RNG use
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+        return dataset
+
+    def _loader(self, dataset: Dataset | None, name: str) -> DataLoader:
+        return DataLoader(self._require(dataset, name), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "train", shuffle=True)
+        return shuffled_loader(self, self._require(self.train_set, "train"), self.seed,
+                               self.batch_size, self.num_workers, drop_last=False)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is not None and len(self.val_set) == 0:
             return []  # validation disabled
-        return self._loader(self.val_set, "validation", shuffle=False)
+        return self._loader(self.val_set, "validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test", shuffle=False)
+        return self._loader(self.test_set, "test")
 
 
 class ImageFolderDataModule(SplitDataModule):

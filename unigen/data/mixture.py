@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from unigen.data.shards import TEXT_FIELDS, epoch_loader, seeded_permutation
+from unigen.data.resumable import epoch_loader, seeded_permutation
+from unigen.data.shards import TEXT_FIELDS
 
 DatasetFactory = Callable[[], Dataset]
 _SLOTS, _PASS = 0, 1  # first key of the two kinds of permutation: they never share a seed

@@ -5,74 +5,21 @@ Batches are the default collate of :class:`~unigen.data.shapes.ShapesDataset` it
 float ``[B, 3, H, W]`` in [0, 1], ``caption`` / ``question`` / ``answer`` / ``scene`` lists of str,
 ``index`` long ``[B]``.
 
-The training order is a pure function of ``(seed, epoch)`` (:class:`EpochShuffleSampler`; Lightning
-calls ``set_epoch``), and after resuming from a mid-epoch checkpoint the sampler skips the batches
-that epoch already consumed, so an interrupted and resumed run sees exactly the batches of an
-uninterrupted one (tested for single-process training; under DDP Lightning wraps the sampler and
-the replay is not verified).
+The training order is a pure function of ``(seed, epoch)``
+(:func:`~unigen.data.resumable.shuffled_loader`; Lightning calls the sampler's ``set_epoch``),
+split across ranks under DDP (each rank a disjoint share of the epoch, a new one every epoch;
+Lightning does not re-wrap the sampler), and after resuming from a mid-epoch checkpoint the
+sampler skips the batches that epoch already consumed, so an interrupted and resumed run sees
+exactly the batches of an uninterrupted one (:mod:`unigen.data.resumable`).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import lightning as L
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from unigen.data.resumable import EpochShuffleSampler, shuffled_loader
 from unigen.data.shapes import SPLITS, TASK_TEXTS, ShapesDataset
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation of ``range(num_samples)`` drawn by a ``torch.Generator`` seeded from
-    ``(seed, epoch)``; ``skip_once(n)`` drops the first ``n`` indices of the next pass (resume)."""
-
-    def __init__(self, num_samples: int, seed: int = 0) -> None:
-        self.num_samples, self.seed = num_samples, seed
-        self.epoch = 0
-        self._skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def skip_once(self, num_indices: int) -> None:
-        if num_indices < 0:
-            raise ValueError(f"cannot skip a negative number of samples ({num_indices})")
-        self._skip = num_indices
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        # SeedSequence decorrelates neighbouring (seed, epoch) pairs
-        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0]
-        generator = torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
-        return torch.randperm(self.num_samples, generator=generator)
-
-    def __iter__(self) -> Iterator[int]:
-        skip, self._skip = self._skip, 0
-        return iter(self.permutation(self.epoch)[skip:].tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader that Lightning treats as resumable (``state_dict``/``load_state_dict``).
-
-    The checkpointed state is the data configuration (seed, sample count, batch size); restoring
-    it into a differently configured loader raises, since the replayed order would silently
-    differ.  The position inside the epoch is not stored here: the fetcher prefetches, so a count
-    kept by the loader runs one batch ahead of training; :class:`ShapesDataModule` instead skips
-    the batches that Lightning's restored progress counter says were trained on."""
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.dataset.world.seed, "num_samples": len(self.dataset),
-                "batch_size": self.batch_size}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        current = self.state_dict()
-        if state_dict != current:
-            raise ValueError(f"cannot resume: the checkpoint's training data was {state_dict}, "
-                             f"this data module gives {current}")
 
 
 class ShapesDataModule(L.LightningDataModule):
@@ -109,28 +56,15 @@ class ShapesDataModule(L.LightningDataModule):
                              "val": self._dataset("val", hp.num_val),
                              "test": self._dataset(hp.test_split, hp.num_test)}
 
-    def _loader(self, name: str, sampler: Sampler[int] | None = None, drop_last: bool = False
-                ) -> DataLoader:
+    def _loader(self, name: str) -> DataLoader:
         self.setup()
-        cls = ResumableDataLoader if name == "train" else DataLoader
-        return cls(self.datasets[name], batch_size=self.batch_size, sampler=sampler, shuffle=False,
-                   drop_last=drop_last, num_workers=self.num_workers,
-                   persistent_workers=self.num_workers > 0)
-
-    def _batches_done_this_epoch(self) -> int:
-        """Batches of the current epoch a restored checkpoint has already trained on (0 if not
-        resuming).  After a restart Lightning's batch counter resumes from ``processed``."""
-        trainer = self.trainer
-        if trainer is None or not trainer.fit_loop.restarting:
-            return 0
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return done if done < len(self.datasets["train"]) // self.batch_size else 0
+        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        sampler = EpochShuffleSampler(len(self.datasets["train"]), self.seed)
-        sampler.skip_once(self._batches_done_this_epoch() * self.batch_size)
-        return self._loader("train", sampler, drop_last=True)
+        return shuffled_loader(self, self.datasets["train"], self.seed, self.batch_size,
+                               self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -140,3 +74,6 @@ class ShapesDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+__all__ = ["EpochShuffleSampler", "ShapesDataModule"]

@@ -25,7 +25,8 @@ at the first batch it checks the shards against the model's image tokenizer (cod
 fingerprint) and stops with one clear error on a mismatch.  The order of samples is a pure function
 of ``(seed, epoch)``, split across ranks by :class:`DistributedEpochSampler` so that N ranks with
 batch B see, step by step, exactly the samples of one process with batch N*B, and a resumed run
-continues with the batch after the last one trained.
+continues with the batch after the last one trained (:mod:`unigen.data.resumable`, shared with the
+other data modules; its names are re-exported here).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ from typing import Any, Callable
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from unigen import io
+from unigen.data.resumable import (DistributedEpochSampler, StatefulDataLoader,
+                                   batches_done_this_epoch, epoch_loader, seeded_permutation,
+                                   shuffled_loader)
 from unigen.registry import Registry
 from unigen.tokenizers.base import ImageTokenizer
 
@@ -326,88 +329,6 @@ class ShardDataset(Dataset):
         return {**self.__dict__, "_stream": None, "_pid": -1}
 
 
-# -- order, rank split and resume (shared with unigen.data.mixture) -----------------------------
-def seeded_permutation(n: int, seed: int, *key: int) -> Tensor:
-    """A permutation of ``range(n)`` that is a pure function of ``(seed, *key)``."""
-    from unigen.training.reliability import step_seed
-
-    return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, *key)))
-
-
-class DistributedEpochSampler(DistributedSampler):
-    """The epoch's order ``order(epoch)`` (global indices), split across ranks: rank ``r`` takes
-    positions ``r, r + N, r + 2N, ...``, so batch ``k`` of every rank together is exactly batch ``k``
-    of one process with an N times larger batch.  ``skip_batches(n)`` drops this rank's first ``n``
-    batches of the next pass (mid-epoch resume).  Being a ``DistributedSampler``, Lightning uses it
-    as is instead of wrapping it in a sampler that reshuffles."""
-
-    def __init__(self, order: Callable[[int], Tensor], length: int, batch_size: int,
-                 num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=False,
-                         drop_last=True)
-        if length // num_replicas < batch_size:
-            raise ValueError(f"{length} samples give each of {num_replicas} ranks fewer than one "
-                             f"batch of {batch_size}")
-        self.order, self.length, self.batch_size = order, length, batch_size
-        self._skip = 0
-
-    def skip_batches(self, num_batches: int) -> None:
-        if num_batches < 0:
-            raise ValueError(f"cannot skip a negative number of batches ({num_batches})")
-        self._skip = num_batches
-
-    def __iter__(self):
-        order = self.order(self.epoch)
-        if len(order) != self.length:
-            raise RuntimeError(f"the epoch order has {len(order)} indices, expected {self.length}")
-        usable = self.length // self.num_replicas * self.num_replicas
-        mine = order[self.rank:usable:self.num_replicas]
-        skip, self._skip = self._skip * self.batch_size, 0
-        return iter(mine[skip:].tolist())
-
-    def __len__(self) -> int:
-        return self.length // self.num_replicas
-
-
-def batches_done_this_epoch(trainer: L.Trainer | None, batches_per_epoch: int) -> int:
-    """Batches of the current epoch a restored checkpoint has already trained on (0 if not
-    resuming); after a restart Lightning's batch counter resumes from ``processed``."""
-    if trainer is None or not trainer.fit_loop.restarting:
-        return 0
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-    return done if done < batches_per_epoch else 0
-
-
-class StatefulDataLoader(DataLoader):
-    """A DataLoader whose checkpointed state is its data configuration: resuming with another
-    configuration (seed, sample count, global batch) raises instead of silently changing the order."""
-
-    def __init__(self, *args, resume_key: dict[str, Any], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.resume_key = resume_key
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.resume_key)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if dict(state_dict) != self.resume_key:
-            raise ValueError(f"cannot resume: the checkpoint's training data was {dict(state_dict)}, "
-                             f"this data module gives {self.resume_key}")
-
-
-def epoch_loader(module: L.LightningDataModule, dataset: Dataset, order: Callable[[int], Tensor],
-                 batch_size: int, num_workers: int, resume_key: dict[str, Any]) -> DataLoader:
-    """The train loader of a data module: rank-split epoch order, resumable mid-epoch."""
-    trainer = module.trainer
-    world = trainer.world_size if trainer is not None else 1
-    rank = trainer.global_rank if trainer is not None else 0
-    sampler = DistributedEpochSampler(order, len(dataset), batch_size, world, rank)
-    sampler.skip_batches(batches_done_this_epoch(trainer, len(sampler) // batch_size))
-    return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                              num_workers=num_workers, persistent_workers=num_workers > 0,
-                              resume_key={**resume_key, "global_batch": batch_size * world})
-
-
 # -- data module -------------------------------------------------------------------------------
 class ShardDataModule(L.LightningDataModule):
     """Pretokenized shards for training (module docstring).
@@ -464,10 +385,7 @@ class ShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         hp = self.hparams
-        n = len(self.train_set)
-        return epoch_loader(self, self.train_set, lambda epoch: seeded_permutation(n, hp.seed, epoch),
-                            hp.batch_size, hp.num_workers,
-                            {"seed": hp.seed, "num_samples": n})
+        return shuffled_loader(self, self.train_set, hp.seed, hp.batch_size, hp.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()

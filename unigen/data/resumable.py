@@ -1,0 +1,176 @@
+"""Training order shared by the unigen data modules: seeded per epoch, split across ranks, resumable
+mid-epoch.
+
+Every training loader of :class:`~unigen.data.shapes_datamodule.ShapesDataModule`,
+:class:`~unigen.data.imagefolder.SplitDataModule` (``ImageFolderDataModule``,
+``FashionMNISTDataModule``), :class:`~unigen.data.shards.ShardDataModule` and
+:class:`~unigen.data.mixture.MixtureDataModule` is built by :func:`epoch_loader`:
+
+* **Order.**  The epoch's order is a pure function of ``(seed, epoch)`` (:func:`seeded_permutation`
+  for a plain shuffle, :func:`shuffled_loader`); Lightning calls the sampler's ``set_epoch`` at
+  the start of every epoch, so every epoch has a new order and a run never depends on how often the
+  global RNGs were used.
+* **Ranks.**  :class:`DistributedEpochSampler` gives rank ``r`` of ``N`` the positions ``r, r + N,
+  r + 2N, ...`` of the same epoch order (``length // N`` indices each, the ``length % N`` left over
+  are dropped), so the ranks' shards are disjoint, change every epoch, and batch ``k`` of every rank
+  together is exactly batch ``k`` of one process with an ``N`` times larger batch.  Lightning
+  leaves the sampler as it is: it injects its own ``DistributedSampler`` (which would reshuffle
+  with its own seed, or wrap a custom sampler in a ``DistributedSamplerWrapper`` whose order
+  repeats every epoch) only when the loader's sampler is *not* a ``DistributedSampler``
+  (``_requires_distributed_sampler`` in Lightning's data connector), and this one is one.
+  ``trainer.use_distributed_sampler`` therefore stays at its default (validation and test loaders
+  are still split by Lightning).  World size and rank are read from the trainer when the loader is
+  built (1 and 0 without a trainer).
+* **Resume.**  After restoring a mid-epoch checkpoint the sampler skips the batches Lightning's
+  restored progress counter says were trained on (:func:`batches_done_this_epoch`), so an
+  interrupted and resumed run sees exactly the batches of an uninterrupted one.  The position is not
+  kept by the loader (the fetcher prefetches: a loader-side count runs a batch ahead of training);
+  the loader's checkpointed state (:class:`StatefulDataLoader`) is the data configuration, and
+  resuming with another configuration (seed, sample count, global batch) raises instead of
+  silently changing the order.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+def seeded_permutation(n: int, seed: int, *key: int) -> Tensor:
+    """A permutation of ``range(n)`` that is a pure function of ``(seed, *key)``."""
+    from unigen.training.reliability import step_seed
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, *key)))
+
+
+class DistributedEpochSampler(DistributedSampler):
+    """The epoch's order ``order(epoch)`` (global indices), split across ranks: rank ``r`` takes
+    positions ``r, r + N, r + 2N, ...``, so batch ``k`` of every rank together is exactly batch ``k``
+    of one process with an N times larger batch.  ``skip_batches(n)`` drops this rank's first ``n``
+    batches of the next pass (mid-epoch resume).  Being a ``DistributedSampler``, Lightning uses it
+    as is instead of wrapping it in a sampler that reshuffles (module docstring).
+
+    ``drop_last`` says whether the loader drops each rank's last partial batch (it sets
+    :attr:`batches_per_epoch`); the ``length % N`` samples that do not split evenly are always left
+    out of the epoch."""
+
+    def __init__(self, order: Callable[[int], Tensor], length: int, batch_size: int,
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = True) -> None:
+        super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=False,
+                         drop_last=True)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if length // num_replicas < (batch_size if drop_last else 1):
+            short = f"fewer than one batch of {batch_size}" if drop_last else "no sample"
+            raise ValueError(f"{length} samples give each of {num_replicas} ranks {short}")
+        self.order, self.length, self.batch_size = order, length, batch_size
+        self.drop_last_batch = drop_last
+        self._skip = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches this rank's loader yields per epoch."""
+        per_rank = len(self)
+        return per_rank // self.batch_size if self.drop_last_batch \
+            else math.ceil(per_rank / self.batch_size)
+
+    def skip_samples(self, num_indices: int) -> None:
+        """Drop the first ``num_indices`` of this rank's next pass (only that pass)."""
+        if num_indices < 0:
+            raise ValueError(f"cannot skip a negative number of samples ({num_indices})")
+        self._skip = num_indices
+
+    def skip_batches(self, num_batches: int) -> None:
+        if num_batches < 0:
+            raise ValueError(f"cannot skip a negative number of batches ({num_batches})")
+        self.skip_samples(num_batches * self.batch_size)
+
+    def __iter__(self):
+        order = self.order(self.epoch)
+        if len(order) != self.length:
+            raise RuntimeError(f"the epoch order has {len(order)} indices, expected {self.length}")
+        usable = self.length // self.num_replicas * self.num_replicas
+        mine = order[self.rank:usable:self.num_replicas]
+        skip, self._skip = self._skip, 0
+        return iter(mine[skip:].tolist())
+
+    def __len__(self) -> int:
+        return self.length // self.num_replicas
+
+
+class EpochShuffleSampler(DistributedEpochSampler):
+    """The order of :func:`shuffled_loader` as a sampler on its own: ``seeded_permutation(
+    num_samples, seed, epoch)`` split across ranks; ``skip_once(n)`` drops the first ``n`` indices
+    of this rank's next pass."""
+
+    def __init__(self, num_samples: int, seed: int = 0, batch_size: int = 1,
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = True) -> None:
+        super().__init__(partial(seeded_permutation, num_samples, seed), num_samples, batch_size,
+                         num_replicas, rank, drop_last)
+        self.seed = seed
+
+    skip_once = DistributedEpochSampler.skip_samples
+
+
+def batches_done_this_epoch(trainer: L.Trainer | None, batches_per_epoch: int) -> int:
+    """Batches of the current epoch a restored checkpoint has already trained on (0 if not
+    resuming); after a restart Lightning's batch counter resumes from ``processed``."""
+    if trainer is None or not trainer.fit_loop.restarting:
+        return 0
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    return done if done < batches_per_epoch else 0
+
+
+class StatefulDataLoader(DataLoader):
+    """A DataLoader whose checkpointed state is its data configuration: resuming with another
+    configuration (seed, sample count, global batch) raises instead of silently changing the order."""
+
+    def __init__(self, *args, resume_key: dict[str, Any], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_key = resume_key
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.resume_key)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        found = dict(state_dict)
+        if "global_batch" not in found and "batch_size" in found:
+            # ShapesDataModule checkpoints written before this module (one process: same order)
+            found["global_batch"] = found.pop("batch_size")
+        if found != self.resume_key:
+            raise ValueError(f"cannot resume: the checkpoint's training data was {dict(state_dict)}, "
+                             f"this data module gives {self.resume_key}")
+
+
+def epoch_loader(module: L.LightningDataModule, dataset: Dataset, order: Callable[[int], Tensor],
+                 batch_size: int, num_workers: int, resume_key: dict[str, Any],
+                 drop_last: bool = True) -> StatefulDataLoader:
+    """The train loader of a data module: rank-split epoch order, resumable mid-epoch (module
+    docstring).  ``batch_size`` is per rank; ``drop_last`` drops each rank's last partial batch."""
+    trainer = module.trainer
+    world = trainer.world_size if trainer is not None else 1
+    rank = trainer.global_rank if trainer is not None else 0
+    sampler = DistributedEpochSampler(order, len(dataset), batch_size, world, rank, drop_last)
+    sampler.skip_batches(batches_done_this_epoch(trainer, sampler.batches_per_epoch))
+    return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                              num_workers=num_workers, persistent_workers=num_workers > 0,
+                              resume_key={**resume_key, "global_batch": batch_size * world})
+
+
+def shuffled_loader(module: L.LightningDataModule, dataset: Dataset, seed: int, batch_size: int,
+                    num_workers: int, drop_last: bool = True) -> StatefulDataLoader:
+    """:func:`epoch_loader` over a plain shuffle: epoch ``e`` reads
+    ``seeded_permutation(len(dataset), seed, e)``."""
+    n = len(dataset)
+    return epoch_loader(module, dataset, partial(seeded_permutation, n, seed), batch_size,
+                        num_workers, {"seed": seed, "num_samples": n}, drop_last)
+
+
+__all__ = ["DistributedEpochSampler", "EpochShuffleSampler", "StatefulDataLoader",
+           "batches_done_this_epoch", "epoch_loader", "seeded_permutation", "shuffled_loader"]
