@@ -102,8 +102,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def result_path(name: str, device: torch.device, out: str | None = None) -> Path:
+    """Where a benchmark's JSON goes: ``out``, else ``benchmarks/results/<name>_<device>.json``."""
+    return Path(out) if out else RESULTS_DIR / f"{name}_{device.type}.json"
+
+
 def save_result(name: str, device: torch.device, payload: dict[str, Any], out: str | None = None) -> Path:
-    path = Path(out) if out else RESULTS_DIR / f"{name}_{device.type}.json"
+    path = result_path(name, device, out)
     io.write_json(path, {"benchmark": name, "environment": environment(device), **payload})
     print(f"wrote {path}")
     return path

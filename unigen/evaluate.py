@@ -440,10 +440,12 @@ RECORD = "record"  # kind of the metrics in RECORD_METRICS: update(records: list
 
 
 class RecordMean:
-    """Mean of one per-sample score the task stores in its records (``field``)."""
+    """Mean of one per-sample score a task stores in its records (``field``).  ``task`` names the
+    one task whose records hold the field; ``None`` means every task's records do (e.g. the network
+    calls), and the result is then reported per task, as ``<metric>/<task>``."""
 
     kind = RECORD
-    task: str = ""
+    task: str | None = None
     field: str = ""
     needs_scenes: bool = False
     higher_is_better = True
@@ -476,6 +478,23 @@ class CaptionAttributeRecall(RecordMean):
     (:func:`unigen.data.checker.caption_attribute_recall`)."""
 
     task, field, needs_scenes = "caption", "attribute_recall", True
+
+
+@RECORD_METRICS.register("model_calls")
+class ModelCalls(RecordMean):
+    """Mean network calls per sample (``decode``'s per-row count: what the sample costs decoded
+    alone, so adaptive samplers such as confident decoding (Dimple, Yu et al. 2025) are credited
+    for finishing easy samples early).  Lower is better; any task may list it."""
+
+    task, field = None, "model_calls"
+    higher_is_better = False
+
+
+def result_name(metric: str, task: str) -> str:
+    """The key of ``metric``'s value in the results: metrics any task may list carry the task."""
+    if metric in RECORD_METRICS and RECORD_METRICS.get(metric).task is None:
+        return f"{metric}/{task}"
+    return metric
 
 
 @dataclass(frozen=True)
@@ -515,8 +534,11 @@ def metric_kind(name: str, task: str) -> str:
     spec = EVAL_TASKS.get(task)
     if name in RECORD_METRICS:
         owner = RECORD_METRICS.get(name).task
-        if owner != task:
+        if owner is not None and owner != task:
             raise ValueError(f"metric {name!r} scores task {owner!r}, not tasks.{task}")
+        if RECORD not in spec.record_kinds:
+            raise ValueError(f"metric {name!r} (a record metric) cannot score tasks.{task}; it "
+                             f"takes {', '.join(spec.record_kinds + spec.image_kinds)} metrics")
         return RECORD
     if name not in METRICS:
         known = sorted({*METRICS.names(), *RECORD_METRICS.names()})
@@ -564,18 +586,20 @@ def sampling_kwargs(settings: TaskSettings) -> dict[str, Any]:
     return out
 
 
-def _base_record(task: str, sample: EvalSample, seed: int) -> dict[str, Any]:
-    return {"task": task, "index": sample.index, "seed": seed}
+def _base_record(task: str, sample: EvalSample, seed: int, calls: int) -> dict[str, Any]:
+    """What every record holds: which sample, its seed and the network calls it cost."""
+    return {"task": task, "index": sample.index, "seed": seed, "model_calls": int(calls)}
 
 
 def _generate_t2i(pipe, settings: TaskSettings, samples: Sequence[EvalSample], seeds: list[int],
                   checks: set[str]) -> BatchOutput:
     prompts = [s.prompt for s in samples]
-    images = pipe.text_to_image(prompts, seed=seeds, output="tensor", **sampling_kwargs(settings))
+    images, calls = pipe.text_to_image(prompts, seed=seeds, output="tensor", return_calls=True,
+                                       **sampling_kwargs(settings))
     images = images.float().clamp(0, 1)
     records = []
-    for sample, seed, image in zip(samples, seeds, images):
-        record = {**_base_record("t2i", sample, seed), "prompt": sample.prompt}
+    for sample, seed, image, n in zip(samples, seeds, images, calls):
+        record = {**_base_record("t2i", sample, seed, n), "prompt": sample.prompt}
         if "compositional" in checks:
             try:
                 result = check(image.cpu(), sample.prompt)
@@ -591,10 +615,11 @@ def _generate_t2i(pipe, settings: TaskSettings, samples: Sequence[EvalSample], s
 def _generate_caption(pipe, settings: TaskSettings, samples: Sequence[EvalSample], seeds: list[int],
                       checks: set[str]) -> BatchOutput:
     images = torch.stack([s.image for s in samples])
-    captions = pipe.caption(images, seed=seeds, **sampling_kwargs(settings))
+    captions, calls = pipe.caption(images, seed=seeds, return_calls=True,
+                                   **sampling_kwargs(settings))
     records = []
-    for sample, seed, text in zip(samples, seeds, captions):
-        record = {**_base_record("caption", sample, seed), "caption": text,
+    for sample, seed, text, n in zip(samples, seeds, captions, calls):
+        record = {**_base_record("caption", sample, seed, n), "caption": text,
                   "references": list(sample.references)}
         if sample.scene is not None:
             record.update(fact_precision=caption_fact_precision(text, sample.scene),
@@ -610,11 +635,11 @@ def _generate_vqa(pipe, settings: TaskSettings, samples: Sequence[EvalSample], s
         raise ValueError(f"tasks.vqa needs a question and an answer for every sample; sample "
                          f"{missing[0]} has none")
     images = torch.stack([s.image for s in samples])
-    answers = pipe.answer(images, [s.question for s in samples], seed=seeds,
-                          **sampling_kwargs(settings))
-    return BatchOutput([{**_base_record("vqa", s, seed), "question": s.question, "prediction": a,
-                         "answer": s.answer, "kind": s.question_kind}
-                        for s, seed, a in zip(samples, seeds, answers)])
+    answers, calls = pipe.answer(images, [s.question for s in samples], seed=seeds,
+                                 return_calls=True, **sampling_kwargs(settings))
+    return BatchOutput([{**_base_record("vqa", s, seed, n), "question": s.question,
+                         "prediction": a, "answer": s.answer, "kind": s.question_kind}
+                        for s, seed, a, n in zip(samples, seeds, answers, calls)])
 
 
 def _t2i_grid_text(record: Mapping[str, Any]) -> str:
@@ -623,8 +648,9 @@ def _t2i_grid_text(record: Mapping[str, Any]) -> str:
     return f"{'OK' if record['correct'] else 'NO'} {record['prompt']}"
 
 
-EVAL_TASKS.register("t2i")(TaskSpec(_generate_t2i, (COMPOSITIONAL,), (DISTRIBUTION, TEXT_IMAGE),
-                                    _t2i_grid_text, grid_from_generated=True))
+EVAL_TASKS.register("t2i")(TaskSpec(_generate_t2i, (COMPOSITIONAL, RECORD),
+                                    (DISTRIBUTION, TEXT_IMAGE), _t2i_grid_text,
+                                    grid_from_generated=True))
 EVAL_TASKS.register("caption")(TaskSpec(_generate_caption, (CAPTION, RECORD),
                                         grid_text=lambda r: r["caption"]))
 EVAL_TASKS.register("vqa")(TaskSpec(
@@ -870,7 +896,7 @@ def _compute(plans: list[_TaskRun], log: RecordLog) -> tuple[dict[str, Any], dic
             for _, kind, metric in metrics:
                 _feed_records(metric, kind, chunk)
         for name, kind, metric in metrics:
-            results[name] = metric.compute()
+            results[result_name(name, plan.name)] = metric.compute()
             if kind == COMPOSITIONAL:
                 per_category = metric.per_category()
         for name, (_, metric) in plan.image_metrics.items():
@@ -1010,9 +1036,11 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _is_headline(name: str) -> bool:
-    """Metrics worth a curve: not per-category entries, spreads or secondary aggregates."""
+    """Metrics worth a curve: not per-category entries, spreads or secondary aggregates (an
+    ``/overall`` aggregate or a per-task ``<metric>/<task>`` value is a headline)."""
+    qualified = name.rpartition("/")[2] in ("overall", *EVAL_TASKS.names())
     return (not name.endswith("_std") and "/category/" not in name
-            and name.count("/") <= (1 if name.endswith("/overall") else 0))
+            and name.count("/") <= (1 if qualified else 0))
 
 
 def _safe(text: str) -> str:
@@ -1051,14 +1079,19 @@ def _affects(config: Mapping[str, Any]) -> Callable[[str, str], bool]:
     """Whether sweep axis ``key`` can change metric ``flat_name``: a setting of one task only
     changes that task's metrics."""
     cfg = parse_config(config)
-    task_of = {name: task for task, settings in cfg.tasks.items()
+    task_of = {result_name(name, task): task for task, settings in cfg.tasks.items()
                for name, _ in metric_entries(settings)}
+
+    def owner(flat_name: str) -> str | None:
+        # a flat name is a result name or extends one: "compositional_accuracy/overall"
+        return next((task for key, task in task_of.items()
+                     if flat_name == key or flat_name.startswith(f"{key}/")), None)
 
     def affects(key: str, flat_name: str) -> bool:
         paths = setting_paths(config, key)
         if not all(p[0] == "tasks" and len(p) > 1 for p in paths):
             return True
-        return task_of.get(flat_name.split("/")[0]) in {p[1] for p in paths}
+        return owner(flat_name) in {p[1] for p in paths}
 
     return affects
 
@@ -1157,7 +1190,8 @@ def print_summary(result: Mapping[str, Any]) -> None:
 
 __all__ = [
     "EVAL_DATA", "EVAL_TASKS", "RECORD_METRICS", "EvalConfig", "EvalData", "EvalSample",
-    "RecordMean", "Resources", "TaskSettings", "TaskSpec", "build_data", "evaluate_model",
-    "evaluate_pipeline", "load_eval_config", "parse_config", "parse_sweep", "print_summary",
+    "ModelCalls", "RecordMean", "Resources", "TaskSettings", "TaskSpec", "build_data",
+    "evaluate_model", "evaluate_pipeline", "load_eval_config", "parse_config", "parse_sweep",
+    "print_summary", "result_name",
     "check_sweep", "sweep_curves", "sweep_pipeline", "with_setting",
 ]

@@ -178,7 +178,8 @@ class UnifiedPipeline:
         return lambda x: net(x, prefix[:1].expand(x.shape[0], -1), positions=positions)
 
     def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
-                progress: bool, region: Tensor | None = None) -> tuple[Tensor, int]:
+                progress: bool, region: Tensor | None = None) -> tuple[Tensor, list[int]]:
+        """Decode the task's targets; returns the tokens and each sample's network calls."""
         tb = TASKS.get(task)().build(inputs, self.space)
         tokens, target, cond, prefix = (x.to(self.device) for x in (tb.tokens, tb.target, tb.cond, tb.prefix))
         if region is not None:
@@ -199,53 +200,71 @@ class UnifiedPipeline:
                             guidance=guidance, cond_mask=cond & ~target if guidance else None,
                             generator=generator, progress=progress, positions=positions,
                             cache_unchanged=cfg.cache_unchanged)
-        return result.tokens, result.num_model_calls
+        return result.tokens, result.calls_per_row.tolist()
+
+    @staticmethod
+    def _with_calls(output: Any, calls: list[int], return_calls: bool) -> Any:
+        """``(output, calls)`` when the caller asked for each sample's network calls."""
+        return (output, calls) if return_calls else output
+
+    def _image_output(self, tokens: Tensor, output: str, calls: list[int], return_calls: bool) -> Any:
+        """Pixels of the image segment of ``tokens``: PIL images or a tensor, plus ``calls``."""
+        images = self.image_tokenizer.decode(self.space.image_codes(tokens))
+        return self._with_calls(tensor_to_pil(images) if output == "pil" else images, calls,
+                                return_calls)
 
     # -- tasks ---------------------------------------------------------------------------------------
     def text_to_image(self, prompts: str | Sequence[str], num_steps: int = 16,
                       guidance_scale: float = 1.0, sampler: str = "maskgit",
                       seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
-                      progress: bool = False, **options: Any) -> list[Image.Image] | Tensor:
-        """Generate one image per prompt.  ``options`` go to :class:`SamplingConfig`."""
+                      progress: bool = False, return_calls: bool = False, **options: Any
+                      ) -> list[Image.Image] | Tensor | tuple[list[Image.Image] | Tensor, list[int]]:
+        """Generate one image per prompt.  ``options`` go to :class:`SamplingConfig`.
+
+        ``return_calls=True`` returns ``(images, calls)``: each sample's network calls (what it
+        would cost decoded alone; adaptive samplers finish easy samples early)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         cfg = SamplingConfig(sampler, num_steps, guidance_scale=guidance_scale, **options)
         grid = self.space.sequence.grid
         codes = torch.zeros(len(prompts), *grid, dtype=torch.long, device=self.device)
-        tokens, _ = self._decode("t2i", TaskInputs(codes, captions=prompts), cfg,
-                                 self.generators(len(prompts), seed, generator), progress)
-        images = self.image_tokenizer.decode(self.space.image_codes(tokens))
-        return tensor_to_pil(images) if output == "pil" else images
+        tokens, calls = self._decode("t2i", TaskInputs(codes, captions=prompts), cfg,
+                                     self.generators(len(prompts), seed, generator), progress)
+        return self._image_output(tokens, output, calls, return_calls)
 
     def caption(self, images, num_steps: int | None = None, sampler: str = "maskgit",
                 seed: int | Sequence[int] = 0, generator=None, progress: bool = False,
-                **options: Any) -> list[str]:
+                return_calls: bool = False, **options: Any) -> list[str] | tuple[list[str], list[int]]:
+        """One caption per image (``return_calls``: see :meth:`text_to_image`)."""
         x = self.images_to_tensor(images)
         cfg = SamplingConfig(sampler, num_steps or self.space.sequence.max_text_len // 2, **options)
         codes = self.image_tokenizer.encode(x)
         placeholder = ["<mask>"] * len(x)  # replaced: the text segment is the target
-        tokens, _ = self._decode("caption", TaskInputs(codes, captions=placeholder), cfg,
-                                 self.generators(len(x), seed, generator), progress)
-        return self.space.decode_text(tokens)
+        tokens, calls = self._decode("caption", TaskInputs(codes, captions=placeholder), cfg,
+                                     self.generators(len(x), seed, generator), progress)
+        return self._with_calls(self.space.decode_text(tokens), calls, return_calls)
 
     def answer(self, images, questions: str | Sequence[str], num_steps: int | None = None,
                sampler: str = "maskgit", seed: int | Sequence[int] = 0, generator=None,
-               progress: bool = False, **options: Any) -> list[str]:
+               progress: bool = False, return_calls: bool = False, **options: Any
+               ) -> list[str] | tuple[list[str], list[int]]:
+        """One answer per image and question (``return_calls``: see :meth:`text_to_image`)."""
         x = self.images_to_tensor(images)
         questions = [questions] * len(x) if isinstance(questions, str) else list(questions)
         if len(questions) != len(x):
             raise ValueError(f"got {len(questions)} questions for {len(x)} images")
         cfg = SamplingConfig(sampler, num_steps or 4, **options)
         codes = self.image_tokenizer.encode(x)
-        tokens, _ = self._decode("vqa", TaskInputs(codes, questions=questions,
-                                                   answers=["<mask>"] * len(x)), cfg,
-                                 self.generators(len(x), seed, generator), progress)
-        return self.space.decode_answers(tokens)
+        tokens, calls = self._decode("vqa", TaskInputs(codes, questions=questions,
+                                                       answers=["<mask>"] * len(x)), cfg,
+                                     self.generators(len(x), seed, generator), progress)
+        return self._with_calls(self.space.decode_answers(tokens), calls, return_calls)
 
     def inpaint(self, image, mask: Tensor, prompt: str, num_steps: int = 16,
                 guidance_scale: float = 1.0, sampler: str = "maskgit", seed: int = 0,
-                generator=None, output: str = "pil", **options: Any):
+                generator=None, output: str = "pil", return_calls: bool = False, **options: Any):
         """Regenerate the image tokens under ``mask`` ([H, W] or [h, w] bool, True = regenerate;
-        pixel masks are reduced to the token grid: a token is regenerated if any of its pixels is)."""
+        pixel masks are reduced to the token grid: a token is regenerated if any of its pixels is).
+        ``return_calls``: see :meth:`text_to_image`."""
         x = self.images_to_tensor(image)
         grid = self.space.sequence.grid
         region = torch.as_tensor(mask, dtype=torch.bool)
@@ -257,8 +276,7 @@ class UnifiedPipeline:
             region = region.reshape(grid[0], f, grid[1], f).any(dim=3).any(dim=1)
         codes = self.image_tokenizer.encode(x)
         cfg = SamplingConfig(sampler, num_steps, guidance_scale=guidance_scale, **options)
-        tokens, _ = self._decode("inpaint", TaskInputs(codes, captions=[prompt] * len(x)), cfg,
-                                 self.generators(len(x), seed, generator), False,
-                                 region=region[None].expand(len(x), -1, -1))
-        images = self.image_tokenizer.decode(self.space.image_codes(tokens))
-        return tensor_to_pil(images) if output == "pil" else images
+        tokens, calls = self._decode("inpaint", TaskInputs(codes, captions=[prompt] * len(x)), cfg,
+                                     self.generators(len(x), seed, generator), False,
+                                     region=region[None].expand(len(x), -1, -1))
+        return self._image_output(tokens, output, calls, return_calls)

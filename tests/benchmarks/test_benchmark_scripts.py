@@ -23,6 +23,16 @@ def run_script(name: str, *args: str, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def run_all_quick(results_dir: Path, only: str) -> dict:
+    """``run_all.py --quick --only <only>`` (CPU): the benchmark's JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--only", only,
+                           "--results-dir", str(results_dir)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((results_dir / f"{only}_cpu.json").read_text())
+
+
 @pytest.mark.slow
 def test_train_throughput(tmp_path):
     result = run_script("train_throughput", "--size", "tiny", "--steps", "2", "--warmup", "1", "--repeats", "2",
@@ -72,6 +82,17 @@ def test_sampling_with_trained_model_dirs_reports_checker_accuracy(tmp_path, tok
 
 
 @pytest.mark.slow
+def test_sampler_curves_quick_with_random_weights(tmp_path):
+    result = run_all_quick(tmp_path, "sampler_curves")  # no --model: a random tiny pipeline
+    assert result["settings"]["weights"] == "random weights"
+    assert result["note"].startswith("random weights")
+    assert len(result["points"]) == 7 + 6 and result["claims"]["calls"]["t2i"]["measured"]
+    assert result["claims"]["prefix_cache"]["caption"]["identical"] is True
+    assert (tmp_path / "sampler_curves_cpu.png").is_file()
+    assert (tmp_path / "sampler_curves_cpu_runs" / "vqa_steps" / "report.md").is_file()
+
+
+@pytest.mark.slow
 def test_scaling(tmp_path):
     result = run_script("scaling", "--sizes", "tiny", "--resolutions", "32,64", "--batch-size", "2", "--steps", "1",
                         out=tmp_path / "sc.json")
@@ -82,9 +103,4 @@ def test_scaling(tmp_path):
 
 @pytest.mark.slow
 def test_run_all_quick(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--only", "scaling",
-                           "--results-dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "scaling_cpu.json").read_text())["benchmark"] == "scaling"
+    assert run_all_quick(tmp_path, "scaling")["benchmark"] == "scaling"

@@ -171,6 +171,24 @@ def test_sweep_runs_the_grid_and_plots_curves(pipeline_dir, debug_recipe, tmp_pa
             assert img.width > 200
 
 
+def test_sweep_carries_model_calls_per_sampler(pipeline_dir, debug_recipe, tmp_path):
+    out = tmp_path / "calls"
+    summary = run_eval(pipeline_dir, debug_recipe, out, "--override", "data.num_samples=2",
+                       "--override", "tasks={t2i: {metrics: [compositional_accuracy, model_calls]}}",
+                       "--sweep", "t2i.sampler=maskgit,confident", "--sweep", "t2i.num_steps=2,4")
+    sweeps = {s["name"]: s for s in summary["sweeps"]}
+    assert set(sweeps) == {"compositional_accuracy-overall_vs_t2i-num_steps",
+                           "model_calls-t2i_vs_t2i-num_steps"}
+    calls = sweeps["model_calls-t2i_vs_t2i-num_steps"]["series"]
+    assert calls["t2i.sampler=maskgit"] == [2.0, 4.0]  # MaskGIT calls the network at every step
+    assert all(1.0 <= c <= n for c, n in zip(calls["t2i.sampler=confident"], (2, 4)))
+    assert summary["metrics"]["[t2i.sampler=maskgit, t2i.num_steps=4] model_calls/t2i"] == 4.0
+    point = out / summary["metadata"]["points"][1]["dir"]
+    assert [r["model_calls"] for r in records(point)] == [4, 4]
+    with Image.open(out / "sweep_model_calls-t2i_vs_t2i-num_steps.png") as img:
+        assert img.width > 200
+
+
 def test_bad_sweep_value_fails_before_generating(pipeline_dir, debug_recipe, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_eval(pipeline_dir, debug_recipe, tmp_path / "out", "--sweep", "t2i.num_steps=2,0")

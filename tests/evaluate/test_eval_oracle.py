@@ -11,6 +11,11 @@ from unigen.data.checker import caption_attribute_recall, prompt_category
 from unigen.evaluate import EVAL_DATA, build_data, evaluate_pipeline
 
 
+def oracle_calls(index: int) -> int:
+    """The network calls the oracle claims for sample ``index``: 1, 2, 3, 1, 2, 3, ..."""
+    return index % 3 + 1
+
+
 class OraclePipeline:
     """The pipeline interface evaluate_pipeline uses. Sample ``i`` comes with seed ``seed + i``
     (recipe seed 0 here), which is how the oracle finds the sample it is asked about."""
@@ -24,22 +29,30 @@ class OraclePipeline:
         self.calls.append((method, len(seed), options))
         return [self.data.sample(s) for s in seed]
 
-    def text_to_image(self, prompts, seed, output, **options):
+    @staticmethod
+    def _reply(outputs, samples, return_calls):
+        assert return_calls  # evaluate always records the network calls
+        return outputs, [oracle_calls(s.index) for s in samples]
+
+    def text_to_image(self, prompts, seed, output, return_calls=False, **options):
         assert output == "tensor"
         samples = self._samples("t2i", seed, options)
         assert prompts == [s.prompt for s in samples]
         blank = torch.zeros(3, self.image_size, self.image_size)
-        return torch.stack([s.image if s.index % 2 == 0 else blank for s in samples])
+        return self._reply(torch.stack([s.image if s.index % 2 == 0 else blank for s in samples]),
+                           samples, return_calls)
 
-    def caption(self, images, seed, **options):
+    def caption(self, images, seed, return_calls=False, **options):
         samples = self._samples("caption", seed, options)
         assert torch.equal(images, torch.stack([s.image for s in samples]))
-        return [s.prompt if s.index % 2 == 0 else "nothing at all" for s in samples]
+        return self._reply([s.prompt if s.index % 2 == 0 else "nothing at all" for s in samples],
+                           samples, return_calls)
 
-    def answer(self, images, questions, seed, **options):
+    def answer(self, images, questions, seed, return_calls=False, **options):
         samples = self._samples("vqa", seed, options)
         assert questions == [s.question for s in samples]
-        return [s.answer if s.index % 2 == 0 else "purple" for s in samples]
+        return self._reply([s.answer if s.index % 2 == 0 else "purple" for s in samples], samples,
+                           return_calls)
 
 
 SHAPES = {"source": "shapes", "split": "heldout", "num_samples": 12, "seed": 3}
@@ -139,3 +152,42 @@ def test_sweep_block_runs_every_point(tmp_path):
     assert (tmp_path / "sweep_vqa_exact_match_vs_vqa-num_steps.png").is_file()
     first = tmp_path / "points" / "000_sampler-maskgit_vqa-num_steps-1"
     assert (first / "results.json").is_file() and not (first / "samples_vqa.png").exists()
+
+
+def test_model_calls_any_task_may_list_it_and_each_task_reports_its_own(tmp_path):
+    from unigen.evaluate import sweep_pipeline
+
+    data = build_data(SHAPES, 64)
+    pipe = OraclePipeline(data, 64)
+    config = {"data": {**SHAPES, "num_samples": 5}, "batch_size": 2, "grid_size": 0, "tasks": {
+        "t2i": {"metrics": ["compositional_accuracy", "model_calls"]},
+        "caption": {"metrics": ["bleu4"]},  # records calls without listing the metric
+        "vqa": {"metrics": ["model_calls", "vqa_exact_match"]}}}
+    out = evaluate_pipeline(pipe, config, tmp_path / "run", progress=False)
+    expected = sum(oracle_calls(i) for i in range(5)) / 5  # (1 + 2 + 3 + 1 + 2) / 5
+    assert out["metrics"]["model_calls/t2i"] == out["metrics"]["model_calls/vqa"] == expected
+    assert not any(k.startswith("model_calls") and k.endswith("caption") for k in out["metrics"])
+    records = [json.loads(x) for x in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert [r["model_calls"] for r in records] == [oracle_calls(i) for i in range(5)] * 3
+    assert "| model_calls/t2i |" in (tmp_path / "run" / "report.md").read_text()
+    # a sweep plots each task's calls against the axes of that task only
+    sweep = sweep_pipeline(pipe, config, tmp_path / "sweep", axes={"vqa.num_steps": [1, 2]},
+                           progress=False)
+    assert {s.metric for s in sweep["sweeps"]} == {"vqa_exact_match", "model_calls/vqa"}
+    assert sweep["sweeps"][0].parameter == "vqa.num_steps"
+    calls = next(s for s in sweep["sweeps"] if s.metric == "model_calls/vqa")
+    assert calls.series == {"model_calls/vqa": [expected, expected]}
+
+
+def test_record_metric_of_one_task_still_refuses_the_others():
+    from unigen.evaluate import RECORD_METRICS, parse_config
+
+    assert RECORD_METRICS.get("model_calls").task is None
+    assert not RECORD_METRICS.get("model_calls").higher_is_better
+    for task in ("t2i", "caption", "vqa"):
+        parse_config({"data": SHAPES, "tasks": {task: {"metrics": ["model_calls"]}}})
+    with pytest.raises(ValueError, match="metric 'caption_fact_precision' scores task 'caption', "
+                                         "not tasks.t2i"):
+        parse_config({"data": SHAPES, "tasks": {"t2i": {"metrics": ["caption_fact_precision"]}}})
+    with pytest.raises(ValueError, match="unknown task 'tasks.i2t'; known: caption, t2i, vqa"):
+        parse_config({"data": SHAPES, "tasks": {"i2t": {"metrics": ["model_calls"]}}})

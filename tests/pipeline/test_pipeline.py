@@ -82,3 +82,34 @@ def test_clear_errors(pipe, tmp_path):
     (tmp_path / "p" / "transformer" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="cannot read weights"):
         UnifiedPipeline.from_pretrained(tmp_path / "p")
+
+
+def test_return_calls_adds_per_sample_calls_and_keeps_the_results(pipe):
+    x, mask = images(2), torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:5, 2:5] = True
+    runs = {
+        "t2i": lambda **kw: pipe.text_to_image(["a red circle", "two blue squares"], num_steps=4,
+                                               guidance_scale=2.0, output="tensor", seed=3, **kw),
+        "caption": lambda **kw: pipe.caption(x, num_steps=6, seed=3, **kw),
+        "vqa": lambda **kw: pipe.answer(x, "what color is the star?", seed=3, **kw),
+        "inpaint": lambda **kw: pipe.inpaint(x, mask, "a red circle", num_steps=4, output="tensor",
+                                             **kw),
+    }
+    for task, run in runs.items():
+        plain = run()
+        out, calls = run(return_calls=True)
+        same = torch.equal(out, plain) if torch.is_tensor(plain) else out == plain
+        assert same, task
+        assert calls == [calls[0]] * 2 and all(type(c) is int for c in calls), task  # maskgit: every step
+    _, t2i_calls = runs["t2i"](return_calls=True)
+    assert t2i_calls == [4, 4]  # guidance runs both passes in one call
+
+
+def test_return_calls_counts_early_finishers_of_confident_decoding(pipe):
+    # threshold 0: every masked position is revealed at the first step
+    captions, calls = pipe.caption(images(3), num_steps=8, sampler="confident",
+                                   sampler_kwargs={"threshold": 0.0}, return_calls=True)
+    assert calls == [1, 1, 1] and len(captions) == 3
+    _, calls = pipe.caption(images(3), num_steps=8, sampler="confident",
+                            sampler_kwargs={"threshold": 1.1}, return_calls=True)
+    assert calls == [8, 8, 8]  # never confident enough: one token per step until the budget

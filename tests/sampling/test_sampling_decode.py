@@ -9,6 +9,7 @@ from sampling_testkit import MASK, SEQ, DummyNet, generators, make_batch
 from unigen.sampling import (
     AncestralSampler,
     ClassifierFreeGuidance,
+    ConfidentSampler,
     MaskGITSampler,
     decode,
     inpaint_tokens,
@@ -173,3 +174,55 @@ def test_decode_with_nothing_masked_calls_nothing():
     net = DummyNet()
     result = decode(net, tokens, torch.zeros_like(tokens, dtype=torch.bool), MaskGITSampler(mask_id=MASK), num_steps=4)
     assert result.num_model_calls == 0 == net.calls and torch.equal(result.tokens, tokens)
+
+
+def leftmost_confident_net(tokens: torch.Tensor) -> torch.Tensor:
+    """Sure of token 0 at each row's leftmost masked position and undecided everywhere else, so
+    confident decoding reveals exactly one position per row and step: a row with ``m`` masked
+    positions finishes after ``m`` calls."""
+    logits = torch.zeros(*tokens.shape, 16)
+    masked = tokens == MASK
+    rows = masked.any(dim=1).nonzero().squeeze(-1)
+    logits[rows, masked[rows].float().argmax(dim=1), 0] = 50.0
+    return logits
+
+
+@pytest.mark.parametrize("budget, expected", [(8, [1, 3, 5, 0]), (4, [1, 3, 4, 0])])
+def test_calls_per_row_counts_calls_until_each_row_is_done(budget, expected):
+    tokens = torch.zeros(4, SEQ, dtype=torch.long)
+    is_masked = torch.zeros_like(tokens, dtype=torch.bool)
+    for row, count in enumerate([1, 3, 5, 0]):
+        is_masked[row, 10:10 + count] = True
+    result = decode(leftmost_confident_net, tokens, is_masked, ConfidentSampler(mask_id=MASK),
+                    num_steps=budget)
+    # the last step of the budget reveals everything left
+    assert result.calls_per_row.tolist() == expected and result.calls_per_row.dtype == torch.long
+    assert result.num_model_calls == max(expected) == result.steps_taken
+
+
+def test_calls_per_row_is_every_call_for_fixed_schedules_and_guidance():
+    result, *_ = guided(3.0, DummyNet())
+    assert result.calls_per_row.tolist() == [6] * 4  # one call per step, whatever the 2B rows
+
+
+@pytest.mark.parametrize("make, cached, guidance", [
+    (lambda: ConfidentSampler(threshold=0.5, temperature=1.0, mask_id=MASK), False, None),
+    (lambda: ConfidentSampler(threshold=0.5, temperature=1.0, mask_id=MASK), True, 3.0),
+    (lambda: AncestralSampler(mask_id=MASK), True, None),  # MDLM cache: skipped calls are free
+    (lambda: AncestralSampler(mask_id=MASK), True, 2.0),
+])
+def test_calls_per_row_is_what_the_row_costs_decoded_alone(make, cached, guidance):
+    tokens, is_masked = make_batch(4)
+    cond_mask = ~is_masked & (torch.arange(SEQ) < 6) if guidance else None
+    cfg = ClassifierFreeGuidance(guidance) if guidance else None
+    seeds = [11, 12, 13, 14]
+    kwargs = dict(num_steps=24, cache_unchanged=cached, guidance=cfg)
+    batch = decode(DummyNet(sharpness=6.0), tokens, is_masked, make(), generator=generators(seeds),
+                   cond_mask=cond_mask, **kwargs)
+    alone = [decode(DummyNet(sharpness=6.0), tokens[b:b + 1], is_masked[b:b + 1], make(),
+                    generator=generators(seeds[b:b + 1]),
+                    cond_mask=None if cond_mask is None else cond_mask[b:b + 1], **kwargs)
+             for b in range(4)]
+    assert batch.calls_per_row.tolist() == [r.num_model_calls for r in alone]
+    assert int(batch.calls_per_row.max()) <= batch.num_model_calls
+    assert len(set(batch.calls_per_row.tolist())) > 1  # rows really finish at different calls

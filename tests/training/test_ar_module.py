@@ -131,6 +131,9 @@ def test_pipeline_round_trip_batch_invariance_and_kind(tokenizer_dirs, tmp_path)
     assert torch.equal(a, loaded.text_to_image(PROMPTS, seed=[4, 5, 6], output="tensor", guidance_scale=2.0))
     alone = loaded.text_to_image(PROMPTS[1:2], seed=[5], output="tensor", guidance_scale=2.0)
     assert torch.allclose(alone[0], a[1], atol=1e-6)
+    alone_again, calls = loaded.text_to_image(PROMPTS[1:2], seed=[5], output="tensor",
+                                              guidance_scale=2.0, return_calls=True)
+    assert torch.equal(alone_again, alone) and calls == [pipe.space.sequence.num_image_tokens]
     with pytest.raises(NotImplementedError, match="text only"):
         pipe.caption(a)
     # a masked-diffusion pipeline directory is refused by name, not silently sampled token by token

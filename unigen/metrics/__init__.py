@@ -20,7 +20,8 @@ from unigen.metrics.fid import FID, ReconstructionFID, frechet_distance, gaussia
 from unigen.metrics.inception_score import InceptionScore, inception_score
 from unigen.metrics.kid import KID, kernel_inception_distance
 from unigen.metrics.reconstruction import PSNR, SSIM, evaluate_reconstruction
-from unigen.metrics.report import Sweep, compute_metrics, flatten_results, write_report
+from unigen.metrics.report import (Panel, Sweep, compute_metrics, flatten_results, plot_panels,
+                                   write_report)
 from unigen.metrics.retrieval import retrieval_accuracy
 from unigen.metrics.text_normalize import normalize_answer, normalize_caption
 from unigen.metrics.vqa import VQAExactMatch, exact_matches
@@ -29,11 +30,12 @@ __all__ = [
     "BLEU4", "CAPTION", "CIDErD", "CLIPScore", "COMPOSITIONAL", "CheckResultLike", "ClipEncoder",
     "CompositionalAccuracy", "DISTRIBUTION", "DomainClassifier", "DomainClassifierExtractor",
     "ExtractorOutput", "FEATURE_EXTRACTORS", "FID", "FeatureExtractor", "GENEVAL_CATEGORIES",
-    "HostMetric", "InceptionScore", "InceptionV3", "KID", "KINDS", "METRICS", "PSNR",
+    "HostMetric", "InceptionScore", "InceptionV3", "KID", "KINDS", "METRICS", "PSNR", "Panel",
     "RECONSTRUCTION", "ReconstructionFID", "SSIM", "Sweep", "TEXT_IMAGE", "VQA", "VQAExactMatch",
     "build_feature_extractor", "build_metric", "build_metrics", "cider_d_scores",
     "compute_metrics", "evaluate_reconstruction", "exact_matches", "find_fid_helper_weights",
     "flatten_results", "frechet_distance", "gaussian_statistics", "inception_score",
     "kernel_inception_distance", "normalize_answer", "normalize_caption", "per_category_accuracy",
+    "plot_panels",
     "register_extractor", "register_metric", "retrieval_accuracy", "write_report",
 ]

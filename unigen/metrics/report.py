@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 from unigen import io
 
@@ -44,6 +45,19 @@ class Sweep:
             if len(ys) != len(self.values):
                 raise ValueError(f"sweep {self.name!r} series {label!r} has {len(ys)} values for "
                                  f"{len(self.values)} {self.parameter} settings")
+
+
+@dataclass
+class Panel:
+    """One plot of a figure: ``series`` maps a label (e.g. a sampler) to its ``(xs, ys)`` points,
+    e.g. accuracy against network calls."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]]
+    log_x: bool = False  # base-2 x axis (step budgets, call counts)
+    ylim: tuple[float, float] | None = None  # e.g. (0, 1) so accuracy panels compare at a glance
 
 
 def library_versions() -> dict[str, str]:
@@ -135,19 +149,37 @@ def plot_categories(per_category: Mapping[str, float], path: str | os.PathLike,
     return Path(path)
 
 
-def plot_sweep(sweep: Sweep, path: str | os.PathLike) -> Path:
-    """One line per series: ``sweep.metric`` against ``sweep.parameter``."""
-    fig = Figure(figsize=(5.0, 3.6))
-    ax = fig.add_subplot()
-    for label, ys in sweep.series.items():
-        ax.plot(list(sweep.values), [float(y) for y in ys], marker="o", label=label)
-    ax.set_xlabel(sweep.parameter)
-    ax.set_ylabel(sweep.metric)
-    ax.set_title(f"{sweep.metric} vs {sweep.parameter}")
+def _draw_panel(ax: Any, panel: Panel) -> None:
+    for label, (xs, ys) in panel.series.items():
+        ax.plot([float(x) for x in xs], [float(y) for y in ys], marker="o", label=label)
+    if panel.log_x:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 16, not 2^4
+    if panel.ylim is not None:
+        ax.set_ylim(*panel.ylim)
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(panel.title)
     ax.grid(alpha=0.3)
     ax.legend()
+
+
+def plot_panels(panels: Sequence[Panel], path: str | os.PathLike) -> Path:
+    """The panels side by side, one line per series in each."""
+    if not panels:
+        raise ValueError("no panels to plot")
+    fig = Figure(figsize=(5.0 * len(panels), 3.6), layout="constrained")  # labels never overlap
+    for i, panel in enumerate(panels, start=1):
+        _draw_panel(fig.add_subplot(1, len(panels), i), panel)
     _save_figure(fig, Path(path))
     return Path(path)
+
+
+def plot_sweep(sweep: Sweep, path: str | os.PathLike) -> Path:
+    """One line per series: ``sweep.metric`` against ``sweep.parameter``."""
+    return plot_panels([Panel(f"{sweep.metric} vs {sweep.parameter}", sweep.parameter,
+                              sweep.metric, {label: (sweep.values, ys)
+                                             for label, ys in sweep.series.items()})], path)
 
 
 def write_report(out_dir: str | os.PathLike, results: Mapping[str, Any],

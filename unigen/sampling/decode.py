@@ -4,7 +4,8 @@
 spent. With ``cache_unchanged=True`` a step whose network input equals the previous call's reuses that
 call's logits instead of calling again: MDLM's / UniDisc's cached sampler, which makes ancestral
 sampling with many steps cost only as many calls as steps that changed something. Calls are counted
-honestly, so ``num_model_calls`` is what a benchmark should report.
+honestly, so ``num_model_calls`` is what a benchmark should report; ``calls_per_row`` says what each
+row cost on its own (adaptive samplers such as confident decoding finish easy rows early).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from einops import rearrange
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -30,6 +32,38 @@ class DecodeResult:
     num_model_calls: int  # network calls actually made
     steps_taken: int  # sampler steps run (<= num_steps; adaptive samplers stop early)
     num_model_rows: int = 0  # rows pushed through the network in total (guidance runs 2B per call)
+    # [B] long: the calls each row would have cost decoded alone (batch invariant); None = every
+    # row took part in every call (decoders without early exit, e.g. autoregressive)
+    calls_per_row: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.calls_per_row is None:
+            self.calls_per_row = torch.full((self.tokens.shape[0],), self.num_model_calls,
+                                            dtype=torch.long, device=self.tokens.device)
+
+
+class _RowCalls:
+    """Counts, per row, the network calls that row needs: calls made while it still has a masked
+    position and, with ``cache_unchanged``, whose input for that row changed since its last call
+    (decoded alone the row's cache would have skipped the call).  Adaptive decoders (Dimple's
+    confident decoding, Yu et al. 2025) stop paying for a row once it is done, which a batch-level
+    count hides."""
+
+    def __init__(self, batch_size: int, cached: bool, device: torch.device) -> None:
+        self.counts = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.cached = cached
+        self._last: Tensor | None = None  # [B, passes, S]: each row's input at its last call
+
+    def add(self, inputs: Tensor, is_masked: Tensor) -> None:
+        """Record one real call on ``inputs`` ([B or 2B, S], guided rows stacked after the
+        conditional ones), made while ``is_masked`` ([B, S]) was still to be generated."""
+        rows = rearrange(inputs, "(passes b) s -> b passes s", b=self.counts.shape[0])
+        needed = is_masked.any(dim=1)
+        if self.cached and self._last is not None and self._last.shape == rows.shape:
+            needed &= (rows != self._last).flatten(1).any(dim=1)
+        self.counts += needed
+        if self.cached:
+            self._last = rows.clone()
 
 
 class _LogitsCache:
@@ -114,6 +148,7 @@ def decode(
     editable = is_masked.clone()
     given = tokens.clone()
     cache = _LogitsCache(cache_unchanged)
+    per_row = _RowCalls(tokens.shape[0], cache_unchanged, tokens.device)
     calls = rows = steps = 0
     with torch.no_grad():
         for step_index in tqdm(range(num_steps), disable=not progress, desc="decode", leave=False):
@@ -129,6 +164,7 @@ def decode(
                 raw = model_fn(batch.inputs)
                 calls += 1
                 rows += batch.inputs.shape[0]
+                per_row.add(batch.inputs, is_masked)
                 cache.store(batch.inputs, raw)
             logits = raw if guidance is None else guidance.combine(raw, batch)
             out = sampler.step(logits, view(tokens), view(is_masked), step_index, generator=generator,
@@ -146,7 +182,7 @@ def decode(
         raise RuntimeError(
             f"{type(sampler).__name__} left {int(is_masked.sum())} positions masked after {num_steps} steps"
         )
-    return DecodeResult(tokens, calls, steps, rows)
+    return DecodeResult(tokens, calls, steps, rows, per_row.counts)
 
 
 def _check_step(out: SamplerOutput, given: Tensor, editable: Tensor, mask_id: int, name: str) -> None:

@@ -30,7 +30,7 @@ from unigen.diffusion.tasks import TASKS, TaskBatch, TaskInputs
 from unigen.pipeline import UnifiedPipeline
 from unigen.sampling.autoregressive import generate_image_tokens
 from unigen.sampling.guidance import ClassifierFreeGuidance
-from unigen.tokenizers.base import ImageTokenizer, tensor_to_pil
+from unigen.tokenizers.base import ImageTokenizer
 from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.frozen import FrozenImageTokenizer
 from unigen.training.reliability import non_finite_loss_error
@@ -162,9 +162,10 @@ class AutoregressivePipeline(UnifiedPipeline):
     def text_to_image(self, prompts: str | Sequence[str], guidance_scale: float = 1.0,
                       temperature: float = 1.0, top_k: int | None = None,
                       seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
-                      use_cache: bool = True, guidance_kwargs: dict[str, Any] | None = None
-                      ) -> list[Image.Image] | Tensor:
-        """One image per prompt, decoded token by token (sample ``i`` uses ``seed + i``)."""
+                      use_cache: bool = True, guidance_kwargs: dict[str, Any] | None = None,
+                      return_calls: bool = False) -> list[Image.Image] | Tensor | tuple:
+        """One image per prompt, decoded token by token (sample ``i`` uses ``seed + i``);
+        ``return_calls=True`` adds each sample's network calls (one per image token)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         grid = self.space.sequence.grid
         codes = torch.zeros(len(prompts), *grid, dtype=torch.long, device=self.device)
@@ -178,8 +179,7 @@ class AutoregressivePipeline(UnifiedPipeline):
                 temperature=temperature, top_k=top_k,
                 generator=self.generators(len(prompts), seed, generator), guidance=guidance,
                 cond_mask=tb.cond.to(self.device), use_cache=use_cache)
-        images = self.image_tokenizer.decode(self.space.image_codes(result.tokens))
-        return tensor_to_pil(images) if output == "pil" else images
+        return self._image_output(result.tokens, output, result.calls_per_row.tolist(), return_calls)
 
     def _text_to_image_only(self, *args: Any, **kwargs: Any):
         raise NotImplementedError("the autoregressive baseline generates images from text only "

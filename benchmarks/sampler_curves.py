@@ -1,0 +1,319 @@
+"""Sampler curves (issue #6): accuracy against network calls for MaskGIT, ancestral and confident
+decoding, the calls confident decoding needs to match 16-step MaskGIT, and the prefix KV cache's
+speed-up for captioning and VQA.
+
+* **t2i**: shapes checker accuracy (GenEval-style ``compositional_accuracy/overall``) of
+  ``maskgit`` (Chang et al. 2022), ``ancestral`` (MDLM, Sahoo et al. 2024) and ``confident``
+  (Dimple, Yu et al. 2025; Fast-dLLM, Wu et al. 2025) at every step budget of ``--steps``, plus
+  ``confident`` at each ``--thresholds`` value with a budget of ``--threshold-budget``; the same
+  guidance everywhere. **VQA**: exact match of the same samplers at ``--vqa-steps``, greedy tokens.
+* **Claim (b)**: A = MaskGIT's accuracy at ``--reference-steps``; among confident configurations
+  whose accuracy is >= A - ``--tolerance``, the fewest mean calls C; ``calls_ratio`` = MaskGIT's
+  calls / C and whether it is >= 2.  VQA likewise against MaskGIT at its largest budget.
+* **Claim (c)**: captioning and VQA with the prefix KV cache (LaViDa) on and off on the same
+  samples and seeds: best-of-``--repeats`` seconds, the speed-up and whether the outputs are
+  identical.
+
+Every configuration is one :func:`unigen.evaluate.sweep_pipeline` point on the same held-out
+shapes samples with the same per-sample seeds, so the records, checker verdicts and per-sample
+``model_calls`` come from ``unigen.evaluate``; run folders go under ``--work-dir``.  Writes
+``benchmarks/results/sampler_curves_<device>.json`` (or ``--out``) and a PNG next to it (accuracy vs
+mean network calls, one line per sampler, a t2i and a VQA panel).  Without ``--model`` the network
+has random weights of the ``--size`` preset: the timings hold, the accuracies mean nothing (the
+JSON says "random weights").
+
+    PYTHONPATH=. python benchmarks/sampler_curves.py --model runs/shapes/pipeline --device cuda
+    PYTHONPATH=. python benchmarks/sampler_curves.py --num-samples 8 --steps 2,4 --reference-steps 4
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # run as a script: import from the repository root (see benchmarks/sampling.py)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from benchmarks.common import (SIZES, TokenizerDirs, add_common_args, autocast, print_table,
+                               result_path, save_result, setup)
+from benchmarks.flops import synchronize
+from benchmarks.sampling import load_or_build
+from unigen.evaluate import build_data, sweep_pipeline
+from unigen.metrics import Panel, plot_panels
+from unigen.pipeline import UnifiedPipeline
+from unigen.sampling import build_sampler
+
+SAMPLERS = ("maskgit", "ancestral", "confident")
+ACCURACY = {"t2i": "compositional_accuracy/overall", "vqa": "vqa_exact_match"}
+GREEDY = {"temperature": 0.0}  # VQA answers: the most likely tokens (reveal order may still draw)
+
+
+def numbers(text: str, kind: Callable[[str], Any]) -> list[Any]:
+    return [kind(v) for v in text.split(",") if v.strip()]
+
+
+def data_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The eval recipe's ``data:`` block: the same shapes samples for every configuration."""
+    return {"source": "shapes", "split": args.split, "num_samples": args.num_samples,
+            "seed": args.data_seed}
+
+
+def eval_config(args: argparse.Namespace, task: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """One-task eval recipe on the held-out shapes samples: accuracy and network calls."""
+    return {"data": data_spec(args), "seed": args.seed, "batch_size": args.batch_size,
+            "grid_size": args.grid_size,
+            "tasks": {task: {**settings, "metrics": [ACCURACY[task].split("/")[0], "model_calls"]}}}
+
+
+def run_grid(pipe: UnifiedPipeline, args: argparse.Namespace, task: str, name: str,
+             settings: dict[str, Any], axes: dict[str, list[Any]], series: Callable[[dict], str]
+             ) -> list[dict[str, Any]]:
+    """Evaluate the grid ``axes`` over ``settings`` of ``task`` into ``--work-dir/name``; one point
+    per configuration, labelled for the plot by ``series(task settings)``."""
+    out = Path(args.work_dir) / name
+    with autocast(pipe.device, args.precision):
+        result = sweep_pipeline(pipe, eval_config(args, task, settings), out, axes,
+                                progress=args.progress, resume=args.resume)
+    points = []
+    for run, metrics in zip(result["points"], result["metrics"]):
+        meta = json.loads((out / run["dir"] / "results.json").read_text())["metadata"]
+        used = meta["tasks"][task]
+        threshold = None
+        if used["sampler"] == "confident":
+            threshold = used["sampler_kwargs"].get("threshold", build_sampler("confident").threshold)
+        points.append({
+            "task": task, "series": series(used), "sampler": used["sampler"],
+            "num_steps": used["num_steps"], "threshold": threshold,
+            "guidance_scale": used["guidance_scale"], "accuracy": metrics[ACCURACY[task]],
+            "model_calls": metrics[f"model_calls/{task}"],
+            **({"sample_accuracy": metrics["compositional_accuracy/sample_accuracy"]}
+               if task == "t2i" else {}),
+            "seconds": meta["timings"][task]["seconds"], "run_dir": str(out / run["dir"])})
+    return points
+
+
+def t2i_points(pipe: UnifiedPipeline, args: argparse.Namespace) -> list[dict[str, Any]]:
+    settings = {"guidance_scale": args.guidance}
+    points = run_grid(pipe, args, "t2i", "t2i_steps", settings,
+                      {"t2i.sampler": args.samplers, "t2i.num_steps": args.steps},
+                      lambda used: used["sampler"])
+    if args.thresholds and "confident" in args.samplers:
+        label = f"confident (thresholds, {args.threshold_budget} steps max)"
+        points += run_grid(pipe, args, "t2i", "t2i_thresholds",
+                           {**settings, "sampler": "confident", "num_steps": args.threshold_budget},
+                           {"t2i.sampler_kwargs.threshold": args.thresholds}, lambda used: label)
+    return points
+
+
+def vqa_points(pipe: UnifiedPipeline, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return run_grid(pipe, args, "vqa", "vqa_steps", {"sampler_kwargs": GREEDY},
+                    {"vqa.sampler": args.samplers, "vqa.num_steps": args.vqa_steps},
+                    lambda used: used["sampler"])
+
+
+def _brief(point: dict[str, Any]) -> dict[str, Any]:
+    keys = ("sampler", "num_steps", "threshold", "accuracy", "model_calls")
+    return {k: point[k] for k in keys}
+
+
+def calls_claim(points: Sequence[dict[str, Any]], reference_steps: int, tolerance: float
+                ) -> dict[str, Any]:
+    """Issue #6 (b): does confident decoding reach MaskGIT-``reference_steps`` accuracy (within
+    ``tolerance``) with at least 2x fewer mean network calls?  ``calls_ratio`` is MaskGIT's mean
+    calls over the fewest of any confident configuration that reaches the accuracy."""
+    reference = next((p for p in points
+                      if p["sampler"] == "maskgit" and p["num_steps"] == reference_steps), None)
+    if reference is None:
+        return {"measured": False, "reason": f"no maskgit point at {reference_steps} steps"}
+    target = reference["accuracy"] - tolerance
+    reaching = [p for p in points if p["sampler"] == "confident" and p["accuracy"] >= target]
+    best = min(reaching, key=lambda p: (p["model_calls"], -p["accuracy"]), default=None)
+    ratio = reference["model_calls"] / best["model_calls"] if best else None
+    return {"measured": True, "reference": _brief(reference), "tolerance": tolerance,
+            "target_accuracy": target, "best_confident": _brief(best) if best else None,
+            "calls_ratio": ratio, "at_least_2x": ratio is not None and ratio >= 2.0}
+
+
+Batch = tuple[torch.Tensor, list[str], list[int]]  # images on the device, questions, seeds
+
+
+def _generate(pipe: UnifiedPipeline, task: str, batches: Sequence[Batch], use_cache: bool
+              ) -> tuple[list[str], list[int]]:
+    """Captions or greedy answers for ``batches``, and each sample's network calls."""
+    texts, calls = [], []
+    for images, questions, seeds in batches:
+        if task == "caption":
+            out, n = pipe.caption(images, seed=seeds, use_cache=use_cache, return_calls=True)
+        else:
+            out, n = pipe.answer(images, questions, seed=seeds, use_cache=use_cache,
+                                 sampler_kwargs=GREEDY, return_calls=True)
+        texts += out
+        calls += n
+    return texts, calls
+
+
+def time_prefix_cache(pipe: UnifiedPipeline, args: argparse.Namespace) -> dict[str, Any]:
+    """Issue #6 (c): captioning and VQA with the prefix KV cache (LaViDa) on and off, best of
+    ``--repeats`` (alternating, so drift hits both alike), outputs compared sample by sample.
+    Sample ``i`` uses seed ``seed + i`` as in ``unigen.evaluate``; the inputs are prepared on the
+    device before the clock starts, so only generation is timed."""
+    data = build_data(data_spec(args), pipe.image_size)
+    batches: list[Batch] = []
+    for lo in range(0, len(data), args.batch_size):
+        samples = [data.sample(i) for i in range(lo, min(lo + args.batch_size, len(data)))]
+        batches.append((torch.stack([s.image for s in samples]).to(pipe.device),
+                        [s.question for s in samples], [args.seed + s.index for s in samples]))
+    out: dict[str, Any] = {}
+    for task in ("caption", "vqa"):
+        best = {True: math.inf, False: math.inf}
+        texts: dict[bool, list[str]] = {}
+        with torch.inference_mode(), autocast(pipe.device, args.precision):
+            for use_cache in (True, False):  # warm-up: kernels, allocator, lazy initialisation
+                _generate(pipe, task, batches[:1], use_cache)
+            for _ in range(args.repeats):
+                for use_cache in (True, False):
+                    synchronize(pipe.device)
+                    start = time.perf_counter()
+                    texts[use_cache], calls = _generate(pipe, task, batches, use_cache)
+                    synchronize(pipe.device)
+                    best[use_cache] = min(best[use_cache], time.perf_counter() - start)
+        same = [a == b for a, b in zip(texts[True], texts[False])]
+        out[task] = {"samples": len(data), "seconds_cached": best[True],
+                     "seconds_uncached": best[False], "speedup": best[False] / best[True],
+                     "identical": all(same), "identical_fraction": sum(same) / len(same),
+                     "mean_calls": sum(calls) / len(calls),
+                     "num_steps": (pipe.space.sequence.max_text_len // 2 if task == "caption"
+                                   else 4)}  # the pipeline's defaults
+    out["at_least_1_8x"] = all(out[t]["speedup"] >= 1.8 for t in ("caption", "vqa"))
+    return out
+
+
+def plot(points: Sequence[dict[str, Any]], path: Path, weights: str) -> Path:
+    """Accuracy against mean network calls, one line per sampler; a t2i and a VQA panel."""
+    panels = []
+    mark = "" if weights == "trained" else f" [{weights}]"
+    for task, title in (("t2i", f"text-to-image (shapes checker){mark}"),
+                        ("vqa", f"VQA (exact match){mark}")):
+        series: dict[str, list[dict[str, Any]]] = {}
+        for p in points:
+            if p["task"] == task:
+                series.setdefault(p["series"], []).append(p)
+        if series:
+            lines = {}
+            for label, group in series.items():
+                group = sorted(group, key=lambda p: p["model_calls"])
+                lines[label] = ([p["model_calls"] for p in group], [p["accuracy"] for p in group])
+            panels.append(Panel(title, "mean network calls per sample", ACCURACY[task], lines,
+                                log_x=True, ylim=(-0.02, 1.02)))
+    return plot_panels(panels, path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--model", default=None,
+                        help="trained UnifiedPipeline directory (default: random weights of --size)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="random-weight model only: default the preset's")
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--split", default="heldout", help="shapes split (held-out compositions)")
+    parser.add_argument("--data-seed", type=int, default=0, help="which shapes scenes")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--steps", default="2,4,8,16,32", help="t2i step budgets")
+    parser.add_argument("--thresholds", default="0.5,0.7,0.9,0.95",
+                        help="confident thresholds for t2i ('' for none)")
+    parser.add_argument("--threshold-budget", type=int, default=32,
+                        help="step budget of the threshold points")
+    parser.add_argument("--vqa-steps", default="1,2,4,8", help="VQA step budgets ('' for no VQA)")
+    parser.add_argument("--guidance", type=float, default=2.0, help="t2i guidance scale (all points)")
+    parser.add_argument("--reference-steps", type=int, default=16,
+                        help="MaskGIT step budget confident decoding must match (t2i)")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="accuracy below the MaskGIT reference that still counts as reaching it")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="prefix-cache timings: best of")
+    parser.add_argument("--no-cache-timing", action="store_true", help="skip claim (c)")
+    parser.add_argument("--grid-size", type=int, default=16, help="sample grid of each run (0: none)")
+    parser.add_argument("--work-dir", default=None,
+                        help="evaluation runs: records, reports, sample grids (default: next to "
+                             "--out as <name>_runs/, else runs/sampler_curves)")
+    parser.add_argument("--resume", action="store_true", help="continue runs killed in --work-dir")
+    parser.add_argument("--progress", action="store_true", help="progress bars")
+    args = parser.parse_args(argv)
+    args.samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    unknown = sorted(set(args.samplers) - set(SAMPLERS))
+    if unknown or not args.samplers:
+        parser.error(f"--samplers: choose from {list(SAMPLERS)}, got {args.samplers}")
+    args.steps, args.vqa_steps = numbers(args.steps, int), numbers(args.vqa_steps, int)
+    args.thresholds = numbers(args.thresholds, float)
+    if not args.steps:
+        parser.error("--steps lists no step budget")
+    if args.work_dir is None:  # run_all's --results-dir then holds everything a run wrote
+        args.work_dir = (str(Path(args.out).with_name(f"{Path(args.out).stem}_runs")) if args.out
+                         else "runs/sampler_curves")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = setup(args)
+    dirs = None if args.model else TokenizerDirs(SIZES[args.size].fsq_levels)
+    pipe, trained = load_or_build("masked", args.model, dirs, args, device)
+    weights = "trained" if trained else "random weights"
+    if not trained:
+        print("random weights: the timings hold, the accuracies mean nothing")
+    points = t2i_points(pipe, args)
+    if args.vqa_steps:
+        points += vqa_points(pipe, args)
+    claims = {"t2i": calls_claim([p for p in points if p["task"] == "t2i"], args.reference_steps,
+                                 args.tolerance)}
+    if args.vqa_steps:
+        claims["vqa"] = calls_claim([p for p in points if p["task"] == "vqa"],
+                                    max(args.vqa_steps), args.tolerance)
+    cache = None if args.no_cache_timing else time_prefix_cache(pipe, args)
+
+    print_table(points, ["task", "series", "num_steps", "threshold", "accuracy", "model_calls",
+                         "seconds"])
+    for task, claim in claims.items():
+        if not claim["measured"]:
+            print(f"{task}: calls claim not measured ({claim['reason']})")
+            continue
+        ref, best = claim["reference"], claim["best_confident"]
+        reached = (f"confident {best['num_steps']} steps, threshold {best['threshold']}: "
+                   f"{best['model_calls']:.2f} calls" if best else "no confident configuration")
+        ratio = "-" if claim["calls_ratio"] is None else f"{claim['calls_ratio']:.2f}x"
+        print(f"{task}: maskgit-{ref['num_steps']} accuracy {ref['accuracy']:.4f} with "
+              f"{ref['model_calls']:.2f} calls; tolerance {args.tolerance}; {reached}; calls ratio "
+              f"{ratio} (>= 2: {claim['at_least_2x']})")
+    if cache:
+        for task in ("caption", "vqa"):
+            c = cache[task]
+            print(f"prefix cache, {task}: {c['seconds_uncached']:.3f} s -> {c['seconds_cached']:.3f} s,"
+                  f" {c['speedup']:.2f}x, identical outputs: {c['identical']}")
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "progress")}
+    seq = pipe.space.sequence
+    payload = {"settings": {**settings, "weights": weights, "image_size": pipe.image_size,
+                            "num_image_tokens": seq.num_image_tokens,
+                            "max_text_len": seq.max_text_len,
+                            "accuracy_metrics": ACCURACY, "vqa_sampler_kwargs": GREEDY},
+               "note": ("random weights: timings only, accuracies are meaningless" if not trained
+                        else "trained model: accuracy vs network calls"),
+               "points": points, "claims": {"calls": claims, "prefix_cache": cache}}
+    path = result_path("sampler_curves", device, args.out)
+    payload["plot"] = str(plot(points, path.with_suffix(".png"), weights))
+    save_result("sampler_curves", device, payload, args.out)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

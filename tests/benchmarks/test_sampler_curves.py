@@ -1,0 +1,85 @@
+"""benchmarks/sampler_curves.py: the calls claim on known points, and the script end to end on a
+tiny random pipeline directory (test_benchmark_scripts.py runs it as a script with a random model
+of its own). Nothing here asserts a speed: only that the numbers exist and agree with each other."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.sampler_curves import calls_claim, main
+
+
+def point(sampler: str, steps: int, accuracy: float, calls: float, threshold=None) -> dict:
+    return {"sampler": sampler, "num_steps": steps, "threshold": threshold, "accuracy": accuracy,
+            "model_calls": calls}
+
+
+POINTS = [point("maskgit", 8, 0.60, 8.0), point("maskgit", 16, 0.70, 16.0),
+          point("confident", 4, 0.68, 3.5, 0.9), point("confident", 8, 0.70, 6.0, 0.9),
+          point("confident", 32, 0.75, 9.0, 0.95), point("ancestral", 16, 0.71, 2.0)]
+
+
+def test_calls_claim_takes_the_cheapest_confident_point_that_reaches_maskgit():
+    claim = calls_claim(POINTS, 16, 0.0)
+    assert claim["reference"]["model_calls"] == 16.0 and claim["target_accuracy"] == 0.70
+    assert claim["best_confident"]["num_steps"] == 8  # 0.68 is short of 0.70; ancestral never counts
+    assert claim["calls_ratio"] == pytest.approx(16 / 6) and claim["at_least_2x"]
+    loose = calls_claim(POINTS, 16, 0.05)
+    assert loose["best_confident"]["model_calls"] == 3.5 and loose["tolerance"] == 0.05
+    strict = calls_claim(POINTS, 8, 0.0)  # against MaskGIT-8: 8 / 3.5 calls
+    assert strict["calls_ratio"] == pytest.approx(8 / 3.5)
+    unreachable = calls_claim([p for p in POINTS if p["accuracy"] < 0.7 or p["sampler"] != "confident"],
+                              16, 0.0)
+    assert unreachable["best_confident"] is None and unreachable["calls_ratio"] is None
+    assert not unreachable["at_least_2x"]
+    assert calls_claim(POINTS, 4, 0.0) == {"measured": False, "reason": "no maskgit point at 4 steps"}
+
+
+QUICK = ["--num-samples", "3", "--steps", "2,4", "--reference-steps", "4", "--thresholds", "0.0",
+         "--threshold-budget", "4", "--vqa-steps", "1,2", "--batch-size", "2", "--repeats", "1",
+         "--grid-size", "0"]
+
+
+def test_sampler_curves_on_a_model_directory(tmp_path, tokenizer_dirs):
+    from unigen.training.unified_module import UnifiedModule
+
+    torch.manual_seed(0)
+    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).to_pipeline() \
+        .save_pretrained(tmp_path / "model")
+    out = tmp_path / "res" / "curves.json"
+    payload = main(["--model", str(tmp_path / "model"), *QUICK, "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "sampler_curves" and saved["environment"]["device_name"]
+    assert saved["settings"]["weights"] == "trained" and saved["settings"]["tolerance"] == 0.0
+    assert saved["points"] == payload["points"]
+    t2i = [p for p in saved["points"] if p["task"] == "t2i"]
+    vqa = [p for p in saved["points"] if p["task"] == "vqa"]
+    # every sampler x budget, plus the threshold point; VQA at its own budgets
+    assert [(p["sampler"], p["num_steps"]) for p in t2i] == [
+        (s, n) for s in ("maskgit", "ancestral", "confident") for n in (2, 4)] + [("confident", 4)]
+    assert [(p["sampler"], p["num_steps"]) for p in vqa] == [
+        (s, n) for s in ("maskgit", "ancestral", "confident") for n in (1, 2)]
+    for p in saved["points"]:
+        assert 0.0 <= p["accuracy"] <= 1.0 and 1.0 <= p["model_calls"] <= p["num_steps"]
+        records = (Path(p["run_dir"]) / "records.jsonl").read_text().splitlines()
+        calls = [json.loads(r)["model_calls"] for r in records]
+        assert len(calls) == 3 and sum(calls) / 3 == pytest.approx(p["model_calls"])
+    assert all(p["model_calls"] == p["num_steps"] for p in t2i + vqa if p["sampler"] == "maskgit")
+    threshold_point = t2i[-1]
+    assert threshold_point["threshold"] == 0.0 and threshold_point["model_calls"] == 1.0
+    assert threshold_point["series"] != "confident" and t2i[4]["threshold"] == 0.9  # default
+    calls = saved["claims"]["calls"]
+    assert calls["t2i"]["reference"] == {"sampler": "maskgit", "num_steps": 4, "threshold": None,
+                                         **{k: t2i[1][k] for k in ("accuracy", "model_calls")}}
+    assert calls["vqa"]["reference"]["num_steps"] == 2 and "calls_ratio" in calls["vqa"]
+    cache = saved["claims"]["prefix_cache"]
+    for task in ("caption", "vqa"):
+        c = cache[task]
+        assert c["identical"] is True and c["identical_fraction"] == 1.0 and c["samples"] == 3
+        assert c["speedup"] == pytest.approx(c["seconds_uncached"] / c["seconds_cached"])
+    assert isinstance(cache["at_least_1_8x"], bool)
+    assert (out.parent / "curves.png").is_file() and saved["plot"] == str(out.parent / "curves.png")
+    assert (out.parent / "curves_runs" / "t2i_steps" / "results.json").is_file()  # --work-dir default
+
