@@ -1,0 +1,311 @@
+"""The evaluation loop: :func:`evaluate_pipeline`
+
+1. streams the data in batches; every sample ``i`` is generated with its own seed ``seed + i``
+   (batch-size invariant, as the pipeline guarantees per-sample generators);
+2. writes one JSON record per sample and task to ``records.jsonl`` as it goes (checker verdicts,
+   generated captions and answers), and keeps only running state for image metrics (FID moments,
+   KID features), checkpointed to ``metric_state.safetensors``: memory stays flat and a killed
+   run continues with ``resume=True`` where it stopped;
+3. computes the text/checker metrics from the records, the image metrics from their state, and
+   writes ``results.json``, ``report.md``, the per-category plot and sample grids
+   (:func:`unigen.metrics.write_report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from unigen import io
+from unigen.evaluate.config import EvalConfig, TaskSettings
+from unigen.evaluate.data import EvalData, build_data
+from unigen.evaluate.persistence import (RECORDS_NAME, RUN_NAME, SAMPLES_DIR, STATE_NAME,
+                                         RecordLog, _first_difference, _restore_state,
+                                         _run_identity, _state_tensors)
+from unigen.evaluate.recipe import metric_entries, metric_kind, parse_config
+from unigen.evaluate.record_metrics import (RECORD, RECORD_METRICS, _feed_images, _feed_records,
+                                            result_name)
+from unigen.evaluate.tasks import EVAL_TASKS, TaskSpec
+from unigen.metrics import (COMPOSITIONAL, METRICS, ClipEncoder, build_feature_extractor,
+                            build_metric, flatten_results, write_report)
+from unigen.metrics.report import REPORT_NAME, RESULTS_NAME
+from unigen.tokenizers.base import pil_to_tensor
+from unigen.visual import captioned_grid, save_png, to_pil
+
+GRID_TILE_PIXELS = 128  # sample grids upscale images (nearest) to about this width
+_RECORD_CHUNK = 256  # records fed to a metric at once when the report is computed
+
+
+@dataclass
+class _TaskRun:
+    name: str
+    settings: TaskSettings
+    spec: TaskSpec
+    record_metrics: list[tuple[str, str, dict[str, Any]]]  # (name, kind, kwargs), built at the end
+    image_metrics: dict[str, tuple[str, Any]]  # name -> (kind, live metric)
+    done: int = 0
+    generated_now: int = 0
+    seconds: float = 0.0
+
+    def live_metrics(self) -> dict[str, Any]:
+        return {name: metric for name, (_, metric) in self.image_metrics.items()}
+
+    @property
+    def checks(self) -> set[str]:
+        wanted = any(kind == COMPOSITIONAL for _, kind, _ in self.record_metrics)
+        return {"compositional"} if wanted else set()
+
+
+def _shared_resources(cfg: EvalConfig, wanted: set[str]) -> dict[str, Any]:
+    shared: dict[str, Any] = {}
+    if "extractor" in wanted:
+        shared["extractor"] = build_feature_extractor(cfg.resources.extractor)
+    if "clip" in wanted:
+        if cfg.resources.clip is None:
+            raise ValueError("clip_score needs resources.clip: a local CLIP directory")
+        shared["clip"] = ClipEncoder.from_pretrained(cfg.resources.clip)
+    return shared
+
+
+def _plan_tasks(cfg: EvalConfig, data: EvalData, device: torch.device
+                ) -> tuple[list[_TaskRun], dict[str, Any]]:
+    """Build every task's live (image-fed) metrics, sharing one extractor / CLIP between them."""
+    plans, wanted = [], set()
+    for name, settings in cfg.tasks.items():
+        for metric, kwargs in metric_entries(settings):
+            if metric in METRICS:
+                params = inspect.signature(METRICS.get(metric).__init__).parameters
+                wanted |= {k for k in ("extractor", "clip") if k in params and k not in kwargs}
+    shared = _shared_resources(cfg, wanted)
+    for name, settings in cfg.tasks.items():
+        spec = EVAL_TASKS.get(name)
+        record, image = [], {}
+        for metric, kwargs in metric_entries(settings):
+            kind = metric_kind(metric, name)
+            if kind == RECORD and RECORD_METRICS.get(metric).needs_scenes and not data.has_scenes:
+                raise ValueError(f"metric {metric!r} needs scene annotations; data source "
+                                 f"{cfg.data['source']!r} has none")
+            if kind in spec.image_kinds:
+                image[metric] = (kind, build_metric(metric, shared, **kwargs).to(device))
+            else:
+                record.append((metric, kind, kwargs))
+        plans.append(_TaskRun(name, settings, spec, record, image))
+    return plans, shared
+
+
+def _resume(plans: list[_TaskRun], log: RecordLog, state_path: Path) -> list[dict[str, Any]]:
+    """Set each task's ``done`` count from the records (and, for tasks with image metrics, the
+    checkpointed state, which may lag the records); returns the records kept."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for record in log:
+        rows = by_task.setdefault(record.get("task"), [])
+        if record.get("index") != len(rows):
+            raise ValueError(f"{log.path} is out of order: {record.get('task')} record "
+                             f"{record.get('index')} after {len(rows)} records")
+        rows.append(record)
+    state = io.load_safetensors(state_path) if state_path.is_file() else {}
+    kept = []
+    for plan in plans:
+        rows = by_task.get(plan.name, [])
+        plan.done = len(rows)
+        if plan.image_metrics:
+            plan.done = min(plan.done, int(state.get(f"done/{plan.name}", torch.tensor(0))))
+            if plan.done:
+                _restore_state({plan.name: plan.live_metrics()}, state)
+        kept += rows[:plan.done]
+    return kept
+
+
+def _save_png(image: Tensor, path: Path) -> None:
+    save_png(to_pil(image.cpu()), path)
+
+
+def _load_png(path: Path) -> Tensor:
+    with Image.open(path) as img:
+        return pil_to_tensor(img.convert("RGB"))
+
+
+def _run_task(pipe, plan: _TaskRun, cfg: EvalConfig, data: EvalData, log: RecordLog, out: Path,
+              save_state: Callable[[], None], progress: bool) -> None:
+    n = len(data)
+    start = time.perf_counter()
+    since_save = 0
+    with tqdm(total=n, initial=plan.done, desc=f"eval {plan.name}", unit="sample",
+              disable=not progress) as bar:
+        for lo in range(plan.done, n, cfg.batch_size):
+            samples = [data.sample(i) for i in range(lo, min(lo + cfg.batch_size, n))]
+            seeds = [cfg.seed + s.index for s in samples]
+            with torch.no_grad():
+                batch = plan.spec.generate(pipe, plan.settings, samples, seeds, plan.checks)
+            if batch.images is not None:
+                real = torch.stack([s.image for s in samples]).to(batch.images.device)
+                for kind, metric in plan.image_metrics.values():
+                    _feed_images(metric, kind, real, batch.images, [s.prompt for s in samples])
+                for s, image in zip(samples, batch.images):
+                    if s.index < cfg.grid_size:  # the grid reads these back, also after a resume
+                        _save_png(image, out / SAMPLES_DIR / plan.name / f"{s.index:06d}.png")
+            log.append(batch.records)
+            plan.done += len(samples)
+            plan.generated_now += len(samples)
+            since_save += len(samples)
+            if plan.image_metrics and (since_save >= cfg.checkpoint_every or plan.done == n):
+                save_state()
+                since_save = 0
+            bar.update(len(samples))
+    plan.seconds = time.perf_counter() - start
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _compute(plans: list[_TaskRun], log: RecordLog) -> tuple[dict[str, Any], dict[str, float]]:
+    """Every metric's value; record-fed metrics stream the JSONL in chunks."""
+    results: dict[str, Any] = {}
+    per_category: dict[str, float] = {}
+    for plan in plans:
+        metrics = [(name, kind, RECORD_METRICS.get(name)(**kwargs) if kind == RECORD
+                    else build_metric(name, None, **kwargs))
+                   for name, kind, kwargs in plan.record_metrics]
+        for chunk in _chunks((r for r in log if r["task"] == plan.name), _RECORD_CHUNK):
+            for _, kind, metric in metrics:
+                _feed_records(metric, kind, chunk)
+        for name, kind, metric in metrics:
+            results[result_name(name, plan.name)] = metric.compute()
+            if kind == COMPOSITIONAL:
+                per_category = metric.per_category()
+        for name, (_, metric) in plan.image_metrics.items():
+            with warnings.catch_warnings():
+                # all of a resumed run's images may come from restored state: no update() call
+                warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+                results[name] = metric.compute()
+    return results, per_category
+
+
+def _write_grids(plans: list[_TaskRun], cfg: EvalConfig, data: EvalData, log: RecordLog,
+                 out: Path) -> list[Path]:
+    count = min(cfg.grid_size, len(data))
+    if not count:
+        return []
+    wanted = {p.name: [] for p in plans}
+    for record in log:
+        if record["index"] < count:
+            wanted[record["task"]].append(record)
+    paths = []
+    for plan in plans:
+        records = wanted[plan.name]
+        if plan.spec.grid_from_generated:
+            images = torch.cat([_load_png(out / SAMPLES_DIR / plan.name / f"{r['index']:06d}.png")
+                                for r in records])
+        else:
+            images = torch.stack([data.sample(r["index"]).image for r in records])
+        texts = [plan.spec.grid_text(r) for r in records]
+        scale = max(1, GRID_TILE_PIXELS // images.shape[-1])  # room for texts under small images
+        paths.append(save_png(captioned_grid(images, texts, scale=scale),
+                              out / f"samples_{plan.name}.png"))
+    return paths
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str | os.PathLike,
+                      progress: bool = True, resume: bool = False,
+                      metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate ``pipe`` (a :class:`unigen.pipeline.UnifiedPipeline`) as ``config`` (an eval recipe
+    mapping, see :class:`EvalConfig`) says, writing everything into ``out_dir``.
+
+    ``resume=True`` continues a run killed in ``out_dir`` (same recipe and model, else an error);
+    otherwise an earlier run there is replaced. ``metadata`` is added to results.json (e.g. the
+    model directory). Returns ``{"metrics": flat metric values, "per_category": {...},
+    "metadata": {...}, "paths": {name: path}}``.
+
+    Example (the demo's quick check)::
+
+        evaluate_pipeline(pipe, {"data": {"source": "shapes", "split": "heldout",
+                                          "num_samples": 16},
+                                 "tasks": {"t2i": {"num_steps": 16, "guidance_scale": 2.0,
+                                                   "metrics": ["compositional_accuracy"]},
+                                           "caption": {"metrics": ["caption_fact_precision"]},
+                                           "vqa": {"metrics": ["vqa_exact_match"]}}}, "runs/eval")
+    """
+    cfg = parse_config(config)
+    if cfg.sweep:
+        raise ValueError("this recipe has a sweep: block; run it with sweep_pipeline "
+                         "(or `unigen eval`), or remove the block")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = build_data(cfg.data, pipe.image_size)
+    plans, shared = _plan_tasks(cfg, data, pipe.device)
+    log, state_path, run_path = RecordLog(out / RECORDS_NAME), out / STATE_NAME, out / RUN_NAME
+    identity = _run_identity(cfg, pipe)
+    kept: list[dict[str, Any]] = []
+    if resume and run_path.is_file():
+        saved = io.read_json(run_path, "eval run")
+        if saved.get("model_sha1") != identity["model_sha1"]:
+            raise ValueError(f"cannot resume {out}: it was evaluated with other model weights")
+        if saved.get("recipe_sha1") != identity["recipe_sha1"]:
+            where = _first_difference(saved.get("recipe"), identity["recipe"])
+            raise ValueError(f"cannot resume {out}: the recipe differs from the earlier run at "
+                             f"{where!r}")
+        kept = _resume(plans, log, state_path)
+    elif state_path.exists():
+        state_path.unlink()
+    for stale in (REPORT_NAME, RESULTS_NAME):  # a run in progress has no results yet
+        (out / stale).unlink(missing_ok=True)
+    io.write_json(run_path, identity)
+    log.rewrite(kept)  # drops a torn line and records beyond the checkpointed state
+    restored = {p.name: p.done for p in plans}
+
+    def save_state() -> None:
+        live = {p.name: p.live_metrics() for p in plans if p.image_metrics}
+        io.save_safetensors(_state_tensors(live, {p.name: p.done for p in plans}), state_path)
+
+    for plan in plans:
+        _run_task(pipe, plan, cfg, data, log, out, save_state, progress)
+    results, per_category = _compute(plans, log)
+    meta = {
+        **(metadata or {}),
+        "data": dict(cfg.data, image_size=pipe.image_size, num_samples=len(data)),
+        "tasks": {p.name: dataclasses.asdict(p.settings) for p in plans},
+        "seed": cfg.seed, "batch_size": cfg.batch_size, "device": _device_name(pipe.device),
+        "model_sha1": identity["model_sha1"],
+        "resources": {k: v.describe() if hasattr(v, "describe") else getattr(v, "source", str(v))
+                      for k, v in shared.items()},
+        "resumed_samples": {k: v for k, v in restored.items() if v},
+        "timings": {p.name: {"seconds": round(p.seconds, 3), "generated": p.generated_now,
+                             "samples_per_second": round(p.generated_now / p.seconds, 3)
+                             if p.seconds > 0 and p.generated_now else None}
+                    for p in plans},
+    }
+    paths = write_report(out, results, meta, per_category)
+    grids = _write_grids(plans, cfg, data, log, out)
+    if grids:
+        report = paths["report"]
+        links = "".join(f"![{p.stem}]({p.name})\n" for p in grids)
+        io.write_text(report, report.read_text() + f"\n## Samples\n\n{links}")
+        paths.update({p.stem: p for p in grids})
+    saved = io.read_json(paths["results"], "results")
+    return {"metrics": flatten_results(results), "per_category": per_category,  # recipe order
+            "metadata": saved["metadata"], "paths": {k: str(v) for k, v in paths.items()}}

@@ -1,0 +1,156 @@
+"""Reading and checking a recipe: YAML plus ``key=value`` overrides, validation of task, sampler,
+data source and metric names against the registries (so this module sits above data, record
+metrics and tasks), and the key paths that overrides and sweep axes set.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from unigen.evaluate.config import EvalConfig, TaskSettings, _from_mapping
+from unigen.evaluate.data import EVAL_DATA, data_options
+from unigen.evaluate.record_metrics import RECORD, RECORD_METRICS
+from unigen.evaluate.tasks import EVAL_TASKS
+from unigen.metrics import METRICS
+from unigen.sampling import SAMPLERS
+
+
+def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
+    """Validate a recipe mapping (keys, types, task / sampler / metric names) into an
+    :class:`EvalConfig`."""
+    cfg = config if isinstance(config, EvalConfig) else _from_mapping(EvalConfig, config, "")
+    for key, least in (("batch_size", 1), ("checkpoint_every", 1), ("grid_size", 0), ("seed", 0)):
+        if getattr(cfg, key) < least:
+            raise ValueError(f"recipe key {key!r} must be >= {least}, got {getattr(cfg, key)}")
+    if "source" not in cfg.data:
+        raise ValueError("recipe key 'data' needs 'source' (one of "
+                         f"{', '.join(EVAL_DATA.names())})")
+    if cfg.data["source"] not in EVAL_DATA:
+        raise ValueError(f"unknown data source {cfg.data['source']!r}; known: "
+                         f"{', '.join(EVAL_DATA.names())}")
+    data_options(cfg.data)
+    if not cfg.tasks:
+        raise ValueError("recipe key 'tasks' lists no task; known: "
+                         f"{', '.join(EVAL_TASKS.names())}")
+    for name, task in cfg.tasks.items():
+        if name not in EVAL_TASKS:
+            raise ValueError(f"unknown task 'tasks.{name}'; known: {', '.join(EVAL_TASKS.names())}")
+        if task.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {task.sampler!r} in tasks.{name}.sampler; known: "
+                             f"{', '.join(SAMPLERS.names())}")
+        if task.num_steps is not None and task.num_steps < 1:
+            raise ValueError(f"tasks.{name}.num_steps must be positive, got {task.num_steps}")
+        if task.fid and name != "t2i":
+            raise ValueError(f"tasks.{name}.fid: FID compares generated images, only t2i makes any")
+        if not task.metrics and not task.fid:
+            raise ValueError(f"tasks.{name} lists no metrics")
+        for metric, _ in metric_entries(task):
+            metric_kind(metric, name)  # raises for unknown names and task mismatches
+    return cfg
+
+
+def metric_entries(task: TaskSettings) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, kwargs)`` of a task's metrics, FID (the separate ``fid`` key) last."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for entry in task.metrics:
+        if isinstance(entry, str):
+            out.append((entry, {}))
+        elif isinstance(entry.get("name"), str):
+            kwargs = dict(entry)
+            out.append((kwargs.pop("name"), kwargs))
+        else:
+            raise ValueError(f"a metric entry must be a name or a mapping with 'name', got "
+                             f"{entry!r}")
+    names = [n for n, _ in out]
+    if "fid" in names:
+        raise ValueError("list FID with the recipe key 't2i.fid: true', not under metrics")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a metric is listed twice in {names}")
+    return out + ([("fid", {})] if task.fid else [])
+
+
+def load_eval_config(path: str | os.PathLike, overrides: Sequence[str] = ()
+                     ) -> dict[str, Any]:
+    """Read a YAML recipe and apply ``key=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"eval recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"eval recipe {path} is not valid YAML: "
+                         f"{' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"eval recipe {path} must be a mapping of keys, got {type(data).__name__}")
+    for item in overrides:
+        key, value = _split_assignment(item, "--override")
+        data = with_setting(data, key, yaml.safe_load(value))
+    return data
+
+
+def _split_assignment(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+    return key.strip(), value
+
+
+def setting_paths(config: Mapping[str, Any], key: str) -> list[tuple[str, ...]]:
+    """Where ``key`` points in a recipe: a dotted path (``data.num_samples``,
+    ``tasks.t2i.num_steps`` or its shorthand ``t2i.num_steps``), or a bare task setting
+    (``num_steps``), which means that setting of every task in the recipe."""
+    parts = tuple(key.split("."))
+    if parts[0] in EVAL_TASKS:
+        return [("tasks", *parts)]
+    task_keys = {f.name for f in dataclasses.fields(TaskSettings)}
+    if len(parts) == 1 and parts[0] in task_keys:
+        tasks = config.get("tasks") or {}
+        if not tasks:
+            raise ValueError(f"setting {key!r} applies to every task, but the recipe has none")
+        return [("tasks", t, key) for t in tasks]
+    return [parts]
+
+
+def with_setting(config: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``config`` with ``key`` (see :func:`setting_paths`) set to ``value``; the
+    result is validated later, so a misspelt key still gives the unknown-key error."""
+    out = copy.deepcopy(dict(config))
+    for path in setting_paths(out, key):
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"cannot set {key!r}: {part!r} is not a mapping in the recipe")
+            node = child
+        node[path[-1]] = copy.deepcopy(value)
+    return out
+
+
+def metric_kind(name: str, task: str) -> str:
+    """The kind of metric ``name``, checked against what ``task`` can feed."""
+    spec = EVAL_TASKS.get(task)
+    if name in RECORD_METRICS:
+        owner = RECORD_METRICS.get(name).task
+        if owner is not None and owner != task:
+            raise ValueError(f"metric {name!r} scores task {owner!r}, not tasks.{task}")
+        if RECORD not in spec.record_kinds:
+            raise ValueError(f"metric {name!r} (a record metric) cannot score tasks.{task}; it "
+                             f"takes {', '.join(spec.record_kinds + spec.image_kinds)} metrics")
+        return RECORD
+    if name not in METRICS:
+        known = sorted({*METRICS.names(), *RECORD_METRICS.names()})
+        raise ValueError(f"unknown metric {name!r} in tasks.{task}.metrics; known: "
+                         f"{', '.join(known)}")
+    kind = METRICS.get(name).kind
+    if kind not in spec.record_kinds + spec.image_kinds:
+        raise ValueError(f"metric {name!r} ({kind} metric) cannot score tasks.{task}; it takes "
+                         f"{', '.join(spec.record_kinds + spec.image_kinds)} metrics")
+    return kind

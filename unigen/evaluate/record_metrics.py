@@ -1,0 +1,108 @@
+"""Metrics fed from per-sample records (:data:`RECORD_METRICS`), and how a metric of each kind is
+fed its records or images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from unigen.metrics import CAPTION, COMPOSITIONAL, DISTRIBUTION, TEXT_IMAGE, VQA
+from unigen.registry import Registry
+
+
+RECORD_METRICS: Registry[type] = Registry("record metric")
+RECORD = "record"  # kind of the metrics in RECORD_METRICS: update(records: list[dict])
+
+
+class RecordMean:
+    """Mean of one per-sample score a task stores in its records (``field``).  ``task`` names the
+    one task whose records hold the field; ``None`` means every task's records do (e.g. the network
+    calls), and the result is then reported per task, as ``<metric>/<task>``."""
+
+    kind = RECORD
+    task: str | None = None
+    field: str = ""
+    needs_scenes: bool = False
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def update(self, records: Sequence[Mapping[str, Any]]) -> None:
+        for r in records:
+            self.total += float(r[self.field])
+            self.count += 1
+
+    def compute(self) -> Tensor:
+        if not self.count:
+            raise RuntimeError(f"{self.field}: compute() called before any update()")
+        return torch.tensor(self.total / self.count, dtype=torch.float64)
+
+
+@RECORD_METRICS.register("caption_fact_precision")
+class CaptionFactPrecision(RecordMean):
+    """Fraction of a generated caption's facts true of the scene
+    (:func:`unigen.data.checker.caption_fact_precision`; 0 for a caption outside the grammar)."""
+
+    task, field, needs_scenes = "caption", "fact_precision", True
+
+
+@RECORD_METRICS.register("caption_attribute_recall")
+class CaptionAttributeRecall(RecordMean):
+    """Fraction of the scene's attributes the caption states correctly
+    (:func:`unigen.data.checker.caption_attribute_recall`)."""
+
+    task, field, needs_scenes = "caption", "attribute_recall", True
+
+
+@RECORD_METRICS.register("model_calls")
+class ModelCalls(RecordMean):
+    """Mean network calls per sample (``decode``'s per-row count: what the sample costs decoded
+    alone, so adaptive samplers such as confident decoding (Dimple, Yu et al. 2025) are credited
+    for finishing easy samples early).  Lower is better; any task may list it."""
+
+    task, field = None, "model_calls"
+    higher_is_better = False
+
+
+def result_name(metric: str, task: str) -> str:
+    """The key of ``metric``'s value in the results: metrics any task may list carry the task."""
+    if metric in RECORD_METRICS and RECORD_METRICS.get(metric).task is None:
+        return f"{metric}/{task}"
+    return metric
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    correct: bool
+    category: str
+
+
+def _feed_records(metric: Any, kind: str, records: Sequence[Mapping[str, Any]]) -> None:
+    """Call ``update`` of a record-fed metric with what its kind expects."""
+    if kind == COMPOSITIONAL:
+        metric.update([_Verdict(r["correct"], r["category"]) for r in records])
+    elif kind == CAPTION:
+        metric.update([r["caption"] for r in records], [r["references"] for r in records])
+    elif kind == VQA:
+        metric.update([r["prediction"] for r in records], [r["answer"] for r in records])
+    elif kind == RECORD:
+        metric.update(records)
+    else:
+        raise ValueError(f"metric kind {kind!r} is not fed from records")
+
+
+def _feed_images(metric: Any, kind: str, real: Tensor, generated: Tensor,
+                 prompts: Sequence[str]) -> None:
+    """Call ``update`` of an image-fed metric (state kept in the metric, checkpointed)."""
+    if kind == DISTRIBUTION:
+        metric.update(real, real=True)
+        metric.update(generated, real=False)
+    elif kind == TEXT_IMAGE:
+        metric.update(generated, list(prompts))
+    else:
+        raise ValueError(f"metric kind {kind!r} is not fed from images")

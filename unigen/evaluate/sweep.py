@@ -1,0 +1,145 @@
+"""Sweeps: a grid of settings, one evaluation per point, metric-vs-parameter curves.
+:func:`sweep_pipeline` runs the grid (e.g. guidance scale x steps, as in the MaskGIT / Show-o
+trade-off plots) and plots each metric against each numeric parameter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+from unigen.evaluate.loop import evaluate_pipeline
+from unigen.evaluate.persistence import POINTS_DIR
+from unigen.evaluate.recipe import (_split_assignment, metric_entries, parse_config,
+                                    setting_paths, with_setting)
+from unigen.evaluate.record_metrics import result_name
+from unigen.evaluate.tasks import EVAL_TASKS
+from unigen.metrics import Sweep, write_report
+
+
+def parse_sweep(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["guidance_scale=1,2,3", "t2i.num_steps=4,8"]`` -> ``{key: [values]}`` (YAML scalars)."""
+    axes: dict[str, list[Any]] = {}
+    for item in items:
+        key, values = _split_assignment(item, "--sweep")
+        parsed = [yaml.safe_load(v) for v in values.split(",") if v.strip()]
+        if not parsed:
+            raise ValueError(f"--sweep {key} lists no values")
+        if key in axes:
+            raise ValueError(f"--sweep {key} is given twice")
+        axes[key] = parsed
+    return axes
+
+
+def _is_headline(name: str) -> bool:
+    """Metrics worth a curve: not per-category entries, spreads or secondary aggregates (an
+    ``/overall`` aggregate or a per-task ``<metric>/<task>`` value is a headline)."""
+    qualified = name.rpartition("/")[2] in ("overall", *EVAL_TASKS.names())
+    return (not name.endswith("_std") and "/category/" not in name
+            and name.count("/") <= (1 if qualified else 0))
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
+
+
+def _point_label(point: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def sweep_curves(axes: Mapping[str, Sequence[Any]], points: Sequence[Mapping[str, Any]],
+                 metrics: Sequence[Mapping[str, float]],
+                 affects: Callable[[str, str], bool] = lambda axis, metric: True) -> list[Sweep]:
+    """One :class:`unigen.metrics.Sweep` per (headline metric, numeric axis that ``affects`` it):
+    the metric against that axis, one line per combination of the other axes' values (e.g. one
+    per sampler)."""
+    numeric = [k for k, vs in axes.items()
+               if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs)]
+    names = [m for m in metrics[0] if _is_headline(m)] if metrics else []
+    sweeps = []
+    for axis in numeric:
+        xs = sorted(set(axes[axis]))
+        for metric in (m for m in names if affects(axis, m)):
+            series: dict[str, list[float]] = {}
+            for point, values in zip(points, metrics):
+                # axes that cannot change this metric would only draw identical lines
+                rest = {k: v for k, v in point.items() if k != axis and affects(k, metric)}
+                label = _point_label(rest) or metric
+                series.setdefault(label, [float("nan")] * len(xs))[xs.index(point[axis])] = \
+                    values[metric]
+            sweeps.append(Sweep(_safe(f"{metric}_vs_{axis}"), axis, metric, xs, series))
+    return sweeps
+
+
+def _affects(config: Mapping[str, Any]) -> Callable[[str, str], bool]:
+    """Whether sweep axis ``key`` can change metric ``flat_name``: a setting of one task only
+    changes that task's metrics."""
+    cfg = parse_config(config)
+    task_of = {result_name(name, task): task for task, settings in cfg.tasks.items()
+               for name, _ in metric_entries(settings)}
+
+    def owner(flat_name: str) -> str | None:
+        # a flat name is a result name or extends one: "compositional_accuracy/overall"
+        return next((task for key, task in task_of.items()
+                     if flat_name == key or flat_name.startswith(f"{key}/")), None)
+
+    def affects(key: str, flat_name: str) -> bool:
+        paths = setting_paths(config, key)
+        if not all(p[0] == "tasks" and len(p) > 1 for p in paths):
+            return True
+        return owner(flat_name) in {p[1] for p in paths}
+
+    return affects
+
+
+def check_sweep(config: Mapping[str, Any], axes: Mapping[str, Sequence[Any]]) -> None:
+    """Fail before anything runs if an axis is empty, repeats a value or makes a bad recipe."""
+    if not axes:
+        raise ValueError("a sweep needs at least one axis (--sweep KEY=V1,V2 or a sweep: block)")
+    base = {k: v for k, v in config.items() if k != "sweep"}
+    for key, values in axes.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"sweep axis {key!r} must list values, got {values!r}")
+        if len(set(map(repr, values))) != len(values):
+            raise ValueError(f"sweep axis {key!r} repeats a value: {list(values)}")
+        for value in values:
+            parse_config(with_setting(base, key, value))
+
+
+def sweep_pipeline(pipe, config: Mapping[str, Any], out_dir: str | os.PathLike,
+                   axes: Mapping[str, Sequence[Any]] | None = None, progress: bool = True,
+                   resume: bool = False, metadata: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Evaluate every point of the grid ``axes`` (default: the recipe's ``sweep:`` block; keys as in
+    :func:`setting_paths`) into ``out_dir/points/<point>``; ``out_dir`` gets the summary:
+    results.json, report.md and one ``sweep_<metric>_vs_<parameter>.png`` per numeric axis."""
+    base = dict(config)
+    recipe_axes = base.pop("sweep", None) or {}
+    axes = dict(recipe_axes if axes is None else axes)
+    check_sweep(base, axes)
+    out = Path(out_dir)
+    points, results, runs = [], [], []
+    for number, values in enumerate(itertools.product(*axes.values())):
+        point = dict(zip(axes, values))
+        point_config = base
+        for key, value in point.items():
+            point_config = with_setting(point_config, key, value)
+        label = _safe(f"{number:03d}_" + "_".join(f"{k}-{v}" for k, v in point.items()))
+        run = evaluate_pipeline(pipe, point_config, out / POINTS_DIR / label, progress, resume,
+                                metadata)
+        points.append(point)
+        results.append(run["metrics"])
+        runs.append({"point": point, "dir": f"{POINTS_DIR}/{label}"})
+    sweeps = sweep_curves(axes, points, results, _affects(base))
+    summary = {f"[{_point_label(p)}] {name}": value for p, r in zip(points, results)
+               for name, value in r.items() if _is_headline(name)}
+    meta = {**(metadata or {}), "sweep_axes": {k: list(v) for k, v in axes.items()},
+            "points": runs}
+    paths = write_report(out, summary, meta, sweeps=sweeps)
+    return {"points": runs, "metrics": results, "sweeps": sweeps,
+            "paths": {k: str(v) for k, v in paths.items()}}

@@ -1,0 +1,127 @@
+"""Evaluation tasks (:data:`EVAL_TASKS`: ``t2i``, ``caption``, ``vqa``): generate a batch, turn it
+into records (and images for the image metrics).
+
+Text-to-image prompts of the shapes world are scored GenEval-style (Ghosh et al., 2023) by the
+pixel checker (:mod:`unigen.data.checker`); FID (Heusel et al., 2017) compares generated images with
+the data's real images on a local feature extractor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from unigen.data.checker import caption_attribute_recall, caption_fact_precision, check
+from unigen.evaluate.config import TaskSettings
+from unigen.evaluate.data import EvalSample
+from unigen.evaluate.record_metrics import RECORD
+from unigen.metrics import CAPTION, COMPOSITIONAL, DISTRIBUTION, TEXT_IMAGE, VQA
+from unigen.registry import Registry
+
+
+@dataclass
+class BatchOutput:
+    records: list[dict[str, Any]]
+    images: Tensor | None = None  # generated images (t2i), [B, 3, H, W] in [0, 1], on the device
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How an evaluation task runs: ``generate(pipe, settings, samples, seeds, checks)`` makes a
+    batch (``checks``: the costly per-sample checks asked for, e.g. ``"compositional"``); the
+    metric kinds it feeds from records and from images; how its sample grid is captioned."""
+
+    generate: Callable[..., BatchOutput]
+    record_kinds: tuple[str, ...]
+    image_kinds: tuple[str, ...] = ()
+    grid_text: Callable[[Mapping[str, Any]], str] = lambda r: ""
+    grid_from_generated: bool = False  # grid shows generated images (else the data's images)
+
+
+EVAL_TASKS: Registry[TaskSpec] = Registry("eval task")
+
+
+def sampling_kwargs(settings: TaskSettings) -> dict[str, Any]:
+    """Pipeline keyword arguments of a task's sampler settings (num_steps only when set)."""
+    out = dict(sampler=settings.sampler, guidance_scale=settings.guidance_scale,
+               sampler_kwargs=dict(settings.sampler_kwargs),
+               guidance_kwargs=dict(settings.guidance_kwargs), use_cache=settings.use_cache)
+    if settings.num_steps is not None:
+        out["num_steps"] = settings.num_steps
+    return out
+
+
+def _base_record(task: str, sample: EvalSample, seed: int, calls: int) -> dict[str, Any]:
+    """What every record holds: which sample, its seed and the network calls it cost."""
+    return {"task": task, "index": sample.index, "seed": seed, "model_calls": int(calls)}
+
+
+def _generate_t2i(pipe, settings: TaskSettings, samples: Sequence[EvalSample], seeds: list[int],
+                  checks: set[str]) -> BatchOutput:
+    prompts = [s.prompt for s in samples]
+    images, calls = pipe.text_to_image(prompts, seed=seeds, output="tensor", return_calls=True,
+                                       **sampling_kwargs(settings))
+    images = images.float().clamp(0, 1)
+    records = []
+    for sample, seed, image, n in zip(samples, seeds, images, calls):
+        record = {**_base_record("t2i", sample, seed, n), "prompt": sample.prompt}
+        if "compositional" in checks:
+            try:
+                result = check(image.cpu(), sample.prompt)
+            except ValueError as err:
+                raise ValueError(f"compositional_accuracy needs prompts of the shapes grammar; "
+                                 f"sample {sample.index}: {err}") from None
+            record.update(correct=result.correct, category=result.category,
+                          attributes=result.attributes)
+        records.append(record)
+    return BatchOutput(records, images)
+
+
+def _generate_caption(pipe, settings: TaskSettings, samples: Sequence[EvalSample], seeds: list[int],
+                      checks: set[str]) -> BatchOutput:
+    images = torch.stack([s.image for s in samples])
+    captions, calls = pipe.caption(images, seed=seeds, return_calls=True,
+                                   **sampling_kwargs(settings))
+    records = []
+    for sample, seed, text, n in zip(samples, seeds, captions, calls):
+        record = {**_base_record("caption", sample, seed, n), "caption": text,
+                  "references": list(sample.references)}
+        if sample.scene is not None:
+            record.update(fact_precision=caption_fact_precision(text, sample.scene),
+                          attribute_recall=caption_attribute_recall(text, sample.scene))
+        records.append(record)
+    return BatchOutput(records)
+
+
+def _generate_vqa(pipe, settings: TaskSettings, samples: Sequence[EvalSample], seeds: list[int],
+                  checks: set[str]) -> BatchOutput:
+    missing = [s.index for s in samples if not s.question or not s.answer]
+    if missing:
+        raise ValueError(f"tasks.vqa needs a question and an answer for every sample; sample "
+                         f"{missing[0]} has none")
+    images = torch.stack([s.image for s in samples])
+    answers, calls = pipe.answer(images, [s.question for s in samples], seed=seeds,
+                                 return_calls=True, **sampling_kwargs(settings))
+    return BatchOutput([{**_base_record("vqa", s, seed, n), "question": s.question,
+                         "prediction": a, "answer": s.answer, "kind": s.question_kind}
+                        for s, seed, a, n in zip(samples, seeds, answers, calls)])
+
+
+def _t2i_grid_text(record: Mapping[str, Any]) -> str:
+    if "correct" not in record:
+        return record["prompt"]
+    return f"{'OK' if record['correct'] else 'NO'} {record['prompt']}"
+
+
+EVAL_TASKS.register("t2i")(TaskSpec(_generate_t2i, (COMPOSITIONAL, RECORD),
+                                    (DISTRIBUTION, TEXT_IMAGE), _t2i_grid_text,
+                                    grid_from_generated=True))
+EVAL_TASKS.register("caption")(TaskSpec(_generate_caption, (CAPTION, RECORD),
+                                        grid_text=lambda r: r["caption"]))
+EVAL_TASKS.register("vqa")(TaskSpec(
+    _generate_vqa, (VQA, RECORD),
+    # the verdict first: the grid cuts long texts after three lines
+    grid_text=lambda r: f"{r['prediction'] or '-'} (truth: {r['answer']}) {r['question']}"))
