@@ -18,6 +18,7 @@ from unigen.evaluate.data import EVAL_DATA, data_options
 from unigen.evaluate.record_metrics import RECORD, RECORD_METRICS
 from unigen.evaluate.tasks import EVAL_TASKS
 from unigen.metrics import METRICS
+from unigen.metrics.base import metric_entries as parse_metric_entries
 from unigen.sampling import SAMPLERS
 
 
@@ -57,21 +58,9 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
 
 def metric_entries(task: TaskSettings) -> list[tuple[str, dict[str, Any]]]:
     """``(name, kwargs)`` of a task's metrics, FID (the separate ``fid`` key) last."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    for entry in task.metrics:
-        if isinstance(entry, str):
-            out.append((entry, {}))
-        elif isinstance(entry.get("name"), str):
-            kwargs = dict(entry)
-            out.append((kwargs.pop("name"), kwargs))
-        else:
-            raise ValueError(f"a metric entry must be a name or a mapping with 'name', got "
-                             f"{entry!r}")
-    names = [n for n, _ in out]
-    if "fid" in names:
+    out = parse_metric_entries(task.metrics)
+    if "fid" in (n for n, _ in out):
         raise ValueError("list FID with the recipe key 't2i.fid: true', not under metrics")
-    if len(set(names)) != len(names):
-        raise ValueError(f"a metric is listed twice in {names}")
     return out + ([("fid", {})] if task.fid else [])
 
 

@@ -82,10 +82,11 @@ def build_metric(name: str, shared: Mapping[str, Any] | None = None, **kwargs: A
     return cls(**kwargs)
 
 
-def build_metrics(spec: Sequence[str | Mapping[str, Any]] | Mapping[str, Mapping[str, Any] | None],
-                  shared: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Build the metrics a recipe lists: ``[fid, kid]``, ``[{name: kid, subset_size: 100}]`` or
-    ``{fid: {}, kid: {subset_size: 100}}``. Returns ``{name: metric}`` in recipe order."""
+def metric_entries(spec: Sequence[str | Mapping[str, Any]] | Mapping[str, Mapping[str, Any] | None]
+                   ) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, kwargs)`` pairs of a recipe's metric list: ``[fid, kid]``,
+    ``[{name: kid, subset_size: 100}]`` or ``{fid: {}, kid: {subset_size: 100}}``, in order; a
+    malformed entry or a name listed twice is one clear error."""
     items: list[tuple[str, dict[str, Any]]] = []
     if isinstance(spec, Mapping):
         items = [(name, dict(kw or {})) for name, kw in spec.items()]
@@ -93,13 +94,21 @@ def build_metrics(spec: Sequence[str | Mapping[str, Any]] | Mapping[str, Mapping
         for entry in spec:
             if isinstance(entry, str):
                 items.append((entry, {}))
-            elif isinstance(entry, Mapping) and "name" in entry:
+            elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
                 kw = dict(entry)
                 items.append((kw.pop("name"), kw))
             else:
-                raise ValueError(f"metric entry must be a name or a mapping with 'name', "
+                raise ValueError(f"a metric entry must be a name or a mapping with 'name', "
                                  f"got {entry!r}")
     names = [n for n, _ in items]
     if len(set(names)) != len(names):
-        raise ValueError(f"metric listed twice in {names}")
+        raise ValueError(f"a metric is listed twice in {names}")
+    return items
+
+
+def build_metrics(spec: Sequence[str | Mapping[str, Any]] | Mapping[str, Mapping[str, Any] | None],
+                  shared: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Build the metrics a recipe lists (forms: :func:`metric_entries`). Returns
+    ``{name: metric}`` in recipe order."""
+    items = metric_entries(spec)
     return {name: build_metric(name, shared, **kw) for name, kw in items}
