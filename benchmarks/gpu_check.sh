@@ -13,22 +13,8 @@
 # see benchmarks/gpu_wheels.txt for the one pip command that fetches them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-IMPORTS="import torch, lightning, einops, safetensors, tokenizers, diffusers, vector_quantize_pytorch"
-
-if ! $PY -c "$IMPORTS" 2>/dev/null; then
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    echo "gpu_check: installing carried wheels from .whl/"
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/unigen-site .whl/*.whl || exit 1
-    export PYTHONPATH="$PYTHONPATH:/tmp/unigen-site"
-  fi
-  $PY -c "$IMPORTS" || { echo "gpu_check: missing packages; fetch wheels as benchmarks/gpu_wheels.txt says"; exit 1; }
-fi
-$PY -c "import torch, lightning; assert torch.cuda.is_available(), 'no CUDA device visible';
-print('gpu_check:', torch.cuda.get_device_name(), 'torch', torch.__version__, 'lightning', lightning.__version__)" || exit 1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+source benchmarks/gpu_env.sh  # PY, PYTHONPATH, carried wheels from .whl/, the CUDA check
+gpu_env_setup gpu_check || exit 1
 
 failed=()
 run() {  # run NAME SECONDS ARGS...: one benchmark under a time limit; keep going if it fails

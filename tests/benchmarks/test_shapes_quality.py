@@ -1,0 +1,113 @@
+"""benchmarks/shapes_quality.py: the step / sample planning on known numbers, and ``--smoke`` end to
+end (the same code path as the GPU run: text tokenizer, calibration + fit of the debug FSQ tokenizer
+and unified recipes through LightningCLI, export, timed evaluation) into a temporary folder, with
+the JSON fields a GPU session reads back.  Nothing here asserts a speed or a quality."""
+
+import json
+
+import pytest
+
+from benchmarks.shapes_quality import (TARGETS, Budget, main, max_time, plan_samples, plan_steps,
+                                       step_seconds, targets)
+
+
+def test_step_seconds_skips_the_warmup_steps():
+    times = [5.0, 5.5, 6.0, 6.5, 7.0]  # step 1 compiles; then 0.5 s per step
+    assert step_seconds(times, 1) == pytest.approx(0.5)
+    assert step_seconds(times, 0) == pytest.approx(7.0 / 5)
+    assert step_seconds(times, 5) is None
+
+
+def test_plan_steps_fits_the_budget_and_respects_the_recipe():
+    assert plan_steps(left_s=100, overhead_s=10, step_s=0.1, cap=30000) == 810  # 0.9 * 90 s
+    assert plan_steps(left_s=100, overhead_s=10, step_s=0.1, cap=500) == 500
+    assert plan_steps(left_s=5, overhead_s=10, step_s=0.1, cap=500) == 1
+
+
+def test_plan_samples_rounds_to_batches_within_bounds():
+    assert plan_samples(left_s=100, fixed_s=10, per_sample_s=0.1, cap=1000, floor=64,
+                        batch_size=32) == 800  # 810 -> whole batches
+    assert plan_samples(100, 10, 0.01, 1000, 64, 32) == 1000
+    assert plan_samples(5, 10, 0.1, 1000, 64, 32) == 64
+
+
+def test_max_time_and_budget():
+    assert max_time(59.2) == "00:00:01:00" and max_time(3725) == "00:01:02:05"
+    budget = Budget(10, {"tokenizer": 0.2, "unified": 0.6, "eval": 0.2})
+    assert budget.for_stage("tokenizer") == pytest.approx(120, abs=1)
+    budget.start -= 300  # the tokenizer stage overran: 300 s gone, the eval share stays reserved
+    assert budget.for_stage("unified") == pytest.approx(600 - 300 - 120, abs=1)
+
+
+def test_targets_report_each_issue_target():
+    result = targets({"compositional_accuracy/overall": 0.93, "vqa_exact_match": 0.9})
+    assert result["t2i_checker_accuracy"] == {"metric": "compositional_accuracy/overall",
+                                              "target": 0.9, "value": 0.93, "met": True}
+    assert not result["vqa_exact_match"]["met"]
+    assert result["caption_attribute_recall"]["value"] is None and not result["all_met"]
+
+
+def test_smoke_run_writes_the_result_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path / "device_out"))
+    (tmp_path / "device_out").mkdir()
+    out = tmp_path / "result.json"
+    payload = main(["--smoke", "--minutes", "5", "--work-dir", str(tmp_path / "work"),
+                    "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "shapes_quality_smoke" and saved["complete"] and saved["smoke"]
+    assert saved["device"] == "cpu" and saved["environment"]["device_name"]
+    assert saved["recipes"] == {"tokenizer": "recipes/debug/tokenizer_fsq_debug.yaml",
+                                "unified": ["recipes/debug/unified_debug.yaml"],
+                                "eval": "recipes/debug/eval_debug.yaml"}
+    for stage in ("tokenizer", "unified", "eval"):
+        assert saved["seconds"][stage] > 0
+    stages = saved["stages"]
+    assert stages["text_tokenizer"]["seconds"] > 0
+    for fit in ("image_tokenizer", "unified"):
+        info = stages[fit]
+        assert info["steps_from"] == "calibration" and info["calibration"]["step_s"] > 0
+        assert 1 <= info["steps_planned"] <= info["recipe_max_steps"]
+        assert info["steps_done"] == info["steps_planned"] and info["step_s"] > 0
+        assert "--trainer.max_steps" in info["command"] and "--trainer.max_time" in info["command"]
+    assert (tmp_path / "work" / "model" / "pipeline.json").is_file()
+    assert stages["eval"]["num_samples"] >= stages["eval"]["calibration"]["samples"]
+    for metric in ("compositional_accuracy/overall", "vqa_exact_match",
+                   "caption_attribute_recall", "caption_fact_precision"):
+        assert 0.0 <= saved["metrics"][metric] <= 1.0
+    assert set(saved["targets"]) == {*TARGETS, "all_met"}
+    for name, target in saved["targets"].items():
+        if name != "all_met":
+            assert target["met"] == (target["value"] >= target["target"])
+    assert saved["training_cost"]["device"] == "cpu" and saved["training_cost"]["minutes"] > 0
+    assert (tmp_path / "device_out" / "result.json").is_file()  # copied to $OUT
+    assert payload["metrics"] == saved["metrics"]
+
+
+def test_step_counts_from_the_command_line_skip_calibration(tmp_path):
+    saved = main(["--smoke", "--minutes", "5", "--tokenizer-steps", "2", "--unified-steps", "3",
+                  "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "r.json")])
+    for fit, steps in (("image_tokenizer", 2), ("unified", 3)):
+        info = saved["stages"][fit]
+        assert info["steps_from"] == "command line" and "calibration" not in info
+        assert info["steps_planned"] == info["steps_done"] == steps
+
+
+def test_a_compile_failure_in_calibration_falls_back_to_eager(tmp_path, monkeypatch):
+    from unigen.modules.transformer import Block
+
+    def broken_compile(self, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("simulated compiler error")
+        self.forward = fail
+
+    monkeypatch.setattr(Block, "compile", broken_compile)
+    compiled = tmp_path / "compile.yaml"
+    compiled.write_text("model:\n  init_args:\n    compile: true\n")
+    saved = main(["--smoke", "--minutes", "5", "--tokenizer-steps", "2",
+                  "--unified-recipe", "recipes/debug/unified_debug.yaml",
+                  "--unified-recipe", str(compiled),
+                  "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "r.json")])
+    unified = saved["stages"]["unified"]
+    assert "simulated compiler error" in unified["compile_error"] and not unified["compiled"]
+    assert "--model.init_args.compile" in unified["command"]
+    assert unified["steps_done"] == unified["steps_planned"] and saved["complete"]
