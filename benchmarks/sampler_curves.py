@@ -11,8 +11,8 @@ speed-up for captioning and VQA.
   whose accuracy is >= A - ``--tolerance``, the fewest mean calls C; ``calls_ratio`` = MaskGIT's
   calls / C and whether it is >= 2.  VQA likewise against MaskGIT at its largest budget.
 * **Claim (c)**: captioning and VQA with the prefix KV cache (LaViDa) on and off on the same
-  samples and seeds: best-of-``--repeats`` seconds, the speed-up and whether the outputs are
-  identical.
+  samples and seeds, in ``--caption-steps`` and ``--vqa-cache-steps`` steps: best-of-``--repeats``
+  seconds, the speed-up and whether the outputs are identical.
 
 Every configuration is one :func:`unigen.evaluate.sweep_pipeline` point on the same held-out
 shapes samples with the same per-sample seeds, so the records, checker verdicts and per-sample
@@ -146,16 +146,18 @@ def calls_claim(points: Sequence[dict[str, Any]], reference_steps: int, toleranc
 Batch = tuple[torch.Tensor, list[str], list[int]]  # images on the device, questions, seeds
 
 
-def _generate(pipe: UnifiedPipeline, task: str, batches: Sequence[Batch], use_cache: bool
-              ) -> tuple[list[str], list[int]]:
-    """Captions or greedy answers for ``batches``, and each sample's network calls."""
+def _generate(pipe: UnifiedPipeline, task: str, batches: Sequence[Batch], use_cache: bool,
+              num_steps: int) -> tuple[list[str], list[int]]:
+    """Captions or greedy answers for ``batches`` in ``num_steps`` steps, and each sample's
+    network calls."""
     texts, calls = [], []
     for images, questions, seeds in batches:
         if task == "caption":
-            out, n = pipe.caption(images, seed=seeds, use_cache=use_cache, return_calls=True)
+            out, n = pipe.caption(images, num_steps=num_steps, seed=seeds, use_cache=use_cache,
+                                  return_calls=True)
         else:
-            out, n = pipe.answer(images, questions, seed=seeds, use_cache=use_cache,
-                                 sampler_kwargs=GREEDY, return_calls=True)
+            out, n = pipe.answer(images, questions, num_steps=num_steps, seed=seeds,
+                                 use_cache=use_cache, sampler_kwargs=GREEDY, return_calls=True)
         texts += out
         calls += n
     return texts, calls
@@ -173,26 +175,26 @@ def time_prefix_cache(pipe: UnifiedPipeline, args: argparse.Namespace) -> dict[s
         batches.append((torch.stack([s.image for s in samples]).to(pipe.device),
                         [s.question for s in samples], [args.seed + s.index for s in samples]))
     out: dict[str, Any] = {}
+    steps = {"caption": args.caption_steps, "vqa": args.vqa_cache_steps}
     for task in ("caption", "vqa"):
         best = {True: math.inf, False: math.inf}
         texts: dict[bool, list[str]] = {}
         with torch.inference_mode(), autocast(pipe.device, args.precision):
             for use_cache in (True, False):  # warm-up: kernels, allocator, lazy initialisation
-                _generate(pipe, task, batches[:1], use_cache)
+                _generate(pipe, task, batches[:1], use_cache, steps[task])
             for _ in range(args.repeats):
                 for use_cache in (True, False):
                     synchronize(pipe.device)
                     start = time.perf_counter()
-                    texts[use_cache], calls = _generate(pipe, task, batches, use_cache)
+                    texts[use_cache], calls = _generate(pipe, task, batches, use_cache,
+                                                         steps[task])
                     synchronize(pipe.device)
                     best[use_cache] = min(best[use_cache], time.perf_counter() - start)
         same = [a == b for a, b in zip(texts[True], texts[False])]
         out[task] = {"samples": len(data), "seconds_cached": best[True],
                      "seconds_uncached": best[False], "speedup": best[False] / best[True],
                      "identical": all(same), "identical_fraction": sum(same) / len(same),
-                     "mean_calls": sum(calls) / len(calls),
-                     "num_steps": (pipe.space.sequence.max_text_len // 2 if task == "caption"
-                                   else 4)}  # the pipeline's defaults
+                     "mean_calls": sum(calls) / len(calls), "num_steps": steps[task]}
     out["at_least_1_8x"] = all(out[t]["speedup"] >= 1.8 for t in ("caption", "vqa"))
     return out
 
@@ -241,6 +243,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="accuracy below the MaskGIT reference that still counts as reaching it")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="prefix-cache timings: best of")
+    parser.add_argument("--caption-steps", type=int, default=12,
+                        help="prefix-cache timings: captioning step budget")
+    parser.add_argument("--vqa-cache-steps", type=int, default=4,
+                        help="prefix-cache timings: VQA step budget")
     parser.add_argument("--no-cache-timing", action="store_true", help="skip claim (c)")
     parser.add_argument("--grid-size", type=int, default=16, help="sample grid of each run (0: none)")
     parser.add_argument("--work-dir", default=None,
@@ -249,6 +255,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue runs killed in --work-dir")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     args = parser.parse_args(argv)
+    for flag in ("num_samples", "repeats", "caption_steps", "vqa_cache_steps"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     args.samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     unknown = sorted(set(args.samplers) - set(SAMPLERS))
     if unknown or not args.samplers:

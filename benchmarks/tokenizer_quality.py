@@ -23,7 +23,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -31,7 +31,7 @@ from torch import Tensor  # noqa: E402
 
 from benchmarks.common import save_result  # noqa: E402
 from unigen.data import checker, shapes  # noqa: E402
-from unigen.metrics.reconstruction import PSNR, SSIM, evaluate_reconstruction  # noqa: E402
+from unigen.metrics.reconstruction import PSNR, SSIM  # noqa: E402
 from unigen.tokenizers import ImageTokenizer  # noqa: E402
 from unigen.tokenizers.codebook_metrics import CodebookUsage  # noqa: E402
 
@@ -51,13 +51,9 @@ def fashion_images(num: int, size: int, root: str | None) -> Tensor:
     return torch.stack([dataset.image(i) for i in range(min(num, len(dataset)))])
 
 
-def batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
-    yield from images.split(batch_size)
-
-
 @torch.inference_mode()
 def reconstruct(tokenizer: ImageTokenizer, images: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-    codes = torch.cat([tokenizer.encode(b) for b in batches(images, batch_size)])
+    codes = torch.cat([tokenizer.encode(b) for b in images.split(batch_size)])
     recon = torch.cat([tokenizer.decode(c) for c in codes.split(batch_size)])
     return codes, recon.clamp(0, 1)
 
@@ -71,17 +67,19 @@ def checker_scores(images: Tensor, scenes: list[shapes.Scene], captions: list[st
 
 
 @torch.inference_mode()
-def evaluate(tokenizer: ImageTokenizer, images: Tensor, batch_size: int) -> dict[str, Any]:
-    usage = CodebookUsage(tokenizer.codebook_size)
+def evaluate(tokenizer: ImageTokenizer, images: Tensor, batch_size: int) -> tuple[dict[str, Any], Tensor]:
+    """Reconstruction scores of one timed encode + decode pass over ``images``, and the
+    reconstructions (clamped to [0, 1], as an image file would hold them)."""
+    start = time.perf_counter()
     codes, recon = reconstruct(tokenizer, images, batch_size)
+    seconds = time.perf_counter() - start
+    usage = CodebookUsage(tokenizer.codebook_size)
     usage.update(codes)
     stats = usage.compute()
-    quality = evaluate_reconstruction(tokenizer, batches(images, batch_size),
-                                      {"psnr": PSNR(), "ssim": SSIM()})
-    start = time.perf_counter()
-    reconstruct(tokenizer, images, batch_size)
-    seconds = time.perf_counter() - start
-    return {"psnr_db": round(float(quality["psnr"]), 2), "ssim": round(float(quality["ssim"]), 4),
+    psnr, ssim = PSNR(), SSIM()
+    for metric in (psnr, ssim):
+        metric.update(recon, images)
+    return {"psnr_db": round(float(psnr.compute()), 2), "ssim": round(float(ssim.compute()), 4),
             "codebook_usage": round(float(stats["usage"]), 4),
             "perplexity": round(float(stats["perplexity"]), 1),
             "codebook_size": tokenizer.codebook_size,

@@ -78,8 +78,30 @@ def test_sampler_curves_on_a_model_directory(tmp_path, tokenizer_dirs):
     for task in ("caption", "vqa"):
         c = cache[task]
         assert c["identical"] is True and c["identical_fraction"] == 1.0 and c["samples"] == 3
+        assert c["num_steps"] == {"caption": 12, "vqa": 4}[task]  # --caption/--vqa-cache-steps
         assert c["speedup"] == pytest.approx(c["seconds_uncached"] / c["seconds_cached"])
     assert isinstance(cache["at_least_1_8x"], bool)
     assert (out.parent / "curves.png").is_file() and saved["plot"] == str(out.parent / "curves.png")
     assert (out.parent / "curves_runs" / "t2i_steps" / "results.json").is_file()  # --work-dir default
 
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--num-samples", "--caption-steps",
+                                  "--vqa-cache-steps"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_sampler_curves_refuses_counts_below_one(flag, value, capsys):
+    from benchmarks.sampler_curves import parse_args
+
+    with pytest.raises(SystemExit) as err:
+        parse_args([flag, value])
+    assert err.value.code == 2
+    assert f"{flag} must be >= 1, got {value}" in capsys.readouterr().err
+
+
+def test_sampler_curves_cache_step_options():
+    from benchmarks.sampler_curves import parse_args
+
+    args = parse_args([])
+    assert (args.caption_steps, args.vqa_cache_steps) == (12, 4)
+    args = parse_args(["--caption-steps", "6", "--vqa-cache-steps", "2"])
+    assert (args.caption_steps, args.vqa_cache_steps) == (6, 2)
