@@ -58,7 +58,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.common import result_path, save_result  # noqa: E402
+from benchmarks.common import autocast, result_path, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("tokenizer", "unified", "eval")
@@ -324,20 +324,21 @@ def run_eval(pipe, config: dict[str, Any], out: Path, precision: str
              ) -> tuple[dict[str, Any], float]:
     from unigen.evaluate import evaluate_pipeline
 
-    dtype = torch.bfloat16 if precision == "bf16-mixed" else None
     start = time.perf_counter()
-    with torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype is not None):
+    with autocast(pipe.device, precision):
         result = evaluate_pipeline(pipe, config, out, progress=False)
     return result, time.perf_counter() - start
 
 
 def timed_eval(model: Path, recipe: str, work: Path, budget_s: float, stage_start: float,
                device: torch.device, opts: argparse.Namespace) -> tuple[dict[str, Any], dict]:
+    from unigen.evaluate import parse_config
     from unigen.pipeline import UnifiedPipeline
 
     pipe = UnifiedPipeline.from_pretrained(model, device=device)
     full = eval_config(recipe, opts.eval_samples, opts.eval_batch_size)
-    cap, batch = int(full["data"]["num_samples"]), int(full.get("batch_size", 32))
+    # the recipe's batch size, else EvalConfig's default
+    cap, batch = int(full["data"]["num_samples"]), parse_config(full).batch_size
     left = lambda: budget_s - (time.perf_counter() - stage_start)  # noqa: E731
     info: dict[str, Any] = {"recipe": recipe, "recipe_num_samples": cap, "batch_size": batch,
                             "precision": opts.eval_precision, "budget_s": round(budget_s, 1),
@@ -535,13 +536,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         start = time.perf_counter()
         curves_out = out_path.with_name(f"sampler_curves_{device.type}.json")
-        sampler_curves.main(["--model", str(model), "--device", device.type, "--precision",
-                             args.eval_precision, "--num-samples", str(args.curves_samples),
-                             "--out", str(curves_out), "--work-dir", str(work / "curves"),
-                             *(["--steps", "2,4", "--reference-steps", "4", "--thresholds", "0.9",
-                                "--threshold-budget", "4", "--vqa-steps", "1,2", "--repeats", "1",
-                                "--num-samples", "4", "--batch-size", "4", "--grid-size", "0"]
-                               if args.smoke else [])])
+        curves_samples = 4 if args.smoke else args.curves_samples
+        curves_args = ["--model", str(model), "--device", device.type,
+                       "--precision", args.eval_precision, "--num-samples", str(curves_samples),
+                       "--out", str(curves_out), "--work-dir", str(work / "curves")]
+        if args.smoke:
+            curves_args += ["--steps", "2,4", "--reference-steps", "4", "--thresholds", "0.9",
+                            "--threshold-budget", "4", "--vqa-steps", "1,2", "--repeats", "1",
+                            "--batch-size", "4", "--grid-size", "0"]
+        sampler_curves.main(curves_args)
         payload["curves"] = {"json": str(curves_out),
                              "seconds": round(time.perf_counter() - start, 2)}
     payload["complete"] = True

@@ -155,6 +155,26 @@ def test_ranks_of_every_data_module_split_each_epoch_and_resume_exactly(make_dm)
     assert dm.train_dataloader().state_dict()["global_batch"] == 2 * BATCH
 
 
+def test_a_loader_without_a_trainer_takes_the_launchers_world_and_rank(make_dm, monkeypatch):
+    """Built outside ``fit`` (no trainer) under a launcher, the loader still splits the epoch:
+    Lightning never re-splits a DistributedSampler, so 1 / 0 would give every rank all the data."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    dm = make_dm()
+    assert dm.trainer is None
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, DistributedSampler)
+    assert (loader.sampler.num_replicas, loader.sampler.rank) == (2, 1)
+    assert loader.state_dict()["global_batch"] == 2 * BATCH
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    dm = make_dm()
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler
+    assert (sampler.num_replicas, sampler.rank) == (1, 0)  # no launcher, no trainer: one process
+
+
 def test_lightning_uses_the_train_sampler_as_it_is(make_dm):
     """Under DDP Lightning replaces a loader's sampler only when it is not a DistributedSampler."""
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False,

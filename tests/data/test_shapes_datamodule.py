@@ -9,8 +9,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from unigen.data.resumable import EpochShuffleSampler
 from unigen.data.shapes import Scene
-from unigen.data.shapes_datamodule import EpochShuffleSampler, ShapesDataModule
+from unigen.data.shapes_datamodule import ShapesDataModule
 
 
 def first_batch(dm: ShapesDataModule, which: str = "train") -> dict:

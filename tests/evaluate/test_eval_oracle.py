@@ -179,6 +179,24 @@ def test_model_calls_any_task_may_list_it_and_each_task_reports_its_own(tmp_path
     assert calls.series == {"model_calls/vqa": [expected, expected]}
 
 
+def test_record_metric_that_never_sets_its_task_is_refused(monkeypatch):
+    from unigen.evaluate import RECORD_METRICS, RecordMean, parse_config, result_name
+
+    class Forgetful(RecordMean):  # a per-sample score whose author forgot ``task``
+        field = "fact_precision"
+
+    monkeypatch.setitem(RECORD_METRICS._items, "forgetful_score", Forgetful)
+    message = r"record metric 'forgetful_score' \(.*Forgetful\) sets no task"
+    for task in ("t2i", "caption"):
+        with pytest.raises(ValueError, match=message):
+            parse_config({"data": SHAPES, "tasks": {task: {"metrics": ["forgetful_score"]}}})
+    with pytest.raises(ValueError, match=message):
+        result_name("forgetful_score", "caption")
+    monkeypatch.setattr(Forgetful, "task", "caption")  # set: scores its task only
+    parse_config({"data": SHAPES, "tasks": {"caption": {"metrics": ["forgetful_score"]}}})
+    assert result_name("forgetful_score", "caption") == "forgetful_score"
+
+
 def test_record_metric_of_one_task_still_refuses_the_others():
     from unigen.evaluate import RECORD_METRICS, parse_config
 

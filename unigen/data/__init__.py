@@ -21,9 +21,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # the data module pulls in Lightning; import it only when asked for
-    if name in ("EpochShuffleSampler", "ShapesDataModule"):
-        from unigen.data import shapes_datamodule
+    # the data module and the sampler pull in Lightning; import them only when asked for
+    if name == "EpochShuffleSampler":
+        from unigen.data.resumable import EpochShuffleSampler
 
-        return getattr(shapes_datamodule, name)
+        return EpochShuffleSampler
+    if name == "ShapesDataModule":
+        from unigen.data.shapes_datamodule import ShapesDataModule
+
+        return ShapesDataModule
     raise AttributeError(f"module 'unigen.data' has no attribute {name!r}")

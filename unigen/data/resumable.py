@@ -20,7 +20,8 @@ Every training loader of :class:`~unigen.data.shapes_datamodule.ShapesDataModule
   (``_requires_distributed_sampler`` in Lightning's data connector), and this one is one.
   ``trainer.use_distributed_sampler`` therefore stays at its default (validation and test loaders
   are still split by Lightning).  World size and rank are read from the trainer when the loader is
-  built (1 and 0 without a trainer).
+  built; without a trainer from an initialised ``torch.distributed``, then the ``WORLD_SIZE`` /
+  ``RANK`` environment variables, then 1 and 0 (:func:`world_and_rank`).
 * **Resume.**  After restoring a mid-epoch checkpoint the sampler skips the batches Lightning's
   restored progress counter says were trained on (:func:`batches_done_this_epoch`), so an
   interrupted and resumed run sees exactly the batches of an uninterrupted one.  The position is not
@@ -33,6 +34,7 @@ Every training loader of :class:`~unigen.data.shapes_datamodule.ShapesDataModule
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 from typing import Any, Callable
 
@@ -113,7 +115,6 @@ class EpochShuffleSampler(DistributedEpochSampler):
                  num_replicas: int = 1, rank: int = 0, drop_last: bool = True) -> None:
         super().__init__(partial(seeded_permutation, num_samples, seed), num_samples, batch_size,
                          num_replicas, rank, drop_last)
-        self.seed = seed
 
     skip_once = DistributedEpochSampler.skip_samples
 
@@ -148,14 +149,34 @@ class StatefulDataLoader(DataLoader):
                              f"this data module gives {self.resume_key}")
 
 
+def world_and_rank(trainer: L.Trainer | None) -> tuple[int, int]:
+    """World size and global rank of this process: the trainer's; without one (a loader built
+    outside ``fit``), an initialised ``torch.distributed`` process group's, then the ``WORLD_SIZE``
+    / ``RANK`` environment variables of a launcher (torchrun, Lightning's subprocess launcher), then
+    1 and 0.  The sampler is a ``DistributedSampler``, so Lightning never splits it itself: a rank
+    that fell back to 1 / 0 would read the whole data set."""
+    if trainer is not None:
+        return trainer.world_size, trainer.global_rank
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    world, rank = os.environ.get("WORLD_SIZE"), os.environ.get("RANK")
+    if world is not None and rank is not None:
+        try:
+            return int(world), int(rank)
+        except ValueError:
+            raise ValueError(f"WORLD_SIZE / RANK must be integers, got {world!r} / {rank!r}") \
+                from None
+    return 1, 0
+
+
 def epoch_loader(module: L.LightningDataModule, dataset: Dataset, order: Callable[[int], Tensor],
                  batch_size: int, num_workers: int, resume_key: dict[str, Any],
                  drop_last: bool = True) -> StatefulDataLoader:
     """The train loader of a data module: rank-split epoch order, resumable mid-epoch (module
     docstring).  ``batch_size`` is per rank; ``drop_last`` drops each rank's last partial batch."""
     trainer = module.trainer
-    world = trainer.world_size if trainer is not None else 1
-    rank = trainer.global_rank if trainer is not None else 0
+    world, rank = world_and_rank(trainer)
     sampler = DistributedEpochSampler(order, len(dataset), batch_size, world, rank, drop_last)
     sampler.skip_batches(batches_done_this_epoch(trainer, sampler.batches_per_epoch))
     return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
@@ -173,4 +194,5 @@ def shuffled_loader(module: L.LightningDataModule, dataset: Dataset, seed: int, 
 
 
 __all__ = ["DistributedEpochSampler", "EpochShuffleSampler", "StatefulDataLoader",
-           "batches_done_this_epoch", "epoch_loader", "seeded_permutation", "shuffled_loader"]
+           "batches_done_this_epoch", "epoch_loader", "seeded_permutation", "shuffled_loader",
+           "world_and_rank"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
-from unigen.data.resumable import EpochShuffleSampler, shuffled_loader
+from unigen.data.resumable import shuffled_loader
 from unigen.data.shapes import SPLITS, TASK_TEXTS, ShapesDataset
 
 
@@ -76,4 +76,4 @@ class ShapesDataModule(L.LightningDataModule):
         return self._loader("test")
 
 
-__all__ = ["EpochShuffleSampler", "ShapesDataModule"]
+__all__ = ["ShapesDataModule"]

@@ -44,9 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from unigen import io
-from unigen.data.resumable import (DistributedEpochSampler, StatefulDataLoader,
-                                   batches_done_this_epoch, epoch_loader, seeded_permutation,
-                                   shuffled_loader)
+from unigen.data.resumable import DistributedEpochSampler, seeded_permutation, shuffled_loader
 from unigen.registry import Registry
 from unigen.tokenizers.base import ImageTokenizer
 
@@ -408,6 +406,5 @@ class ShardDataModule(L.LightningDataModule):
 
 
 __all__ = ["DistributedEpochSampler", "SHARD_SOURCES", "ShardDataModule", "ShardDataset",
-           "StatefulDataLoader", "batches_done_this_epoch", "check_tokenizer", "epoch_loader",
-           "read_manifest", "save_reconstruction_grid", "seeded_permutation", "tokenizer_info",
-           "write_shards"]
+           "check_tokenizer", "read_manifest", "save_reconstruction_grid", "seeded_permutation",
+           "tokenizer_info", "write_shards"]

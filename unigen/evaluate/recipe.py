@@ -15,7 +15,7 @@ import yaml
 
 from unigen.evaluate.config import EvalConfig, TaskSettings, _from_mapping
 from unigen.evaluate.data import EVAL_DATA, data_options
-from unigen.evaluate.record_metrics import RECORD, RECORD_METRICS
+from unigen.evaluate.record_metrics import RECORD, RECORD_METRICS, owner_task
 from unigen.evaluate.tasks import EVAL_TASKS
 from unigen.metrics import METRICS
 from unigen.metrics.base import metric_entries as parse_metric_entries
@@ -127,7 +127,7 @@ def metric_kind(name: str, task: str) -> str:
     """The kind of metric ``name``, checked against what ``task`` can feed."""
     spec = EVAL_TASKS.get(task)
     if name in RECORD_METRICS:
-        owner = RECORD_METRICS.get(name).task
+        owner = owner_task(name)  # raises for a record metric that never set its task
         if owner is not None and owner != task:
             raise ValueError(f"metric {name!r} scores task {owner!r}, not tasks.{task}")
         if RECORD not in spec.record_kinds:

@@ -21,10 +21,12 @@ RECORD = "record"  # kind of the metrics in RECORD_METRICS: update(records: list
 class RecordMean:
     """Mean of one per-sample score a task stores in its records (``field``).  ``task`` names the
     one task whose records hold the field; ``None`` means every task's records do (e.g. the network
-    calls), and the result is then reported per task, as ``<metric>/<task>``."""
+    calls), and the result is then reported per task, as ``<metric>/<task>``.  A subclass must set
+    ``task`` (the default ``""`` is refused when a recipe lists the metric), so that forgetting it
+    never turns a one-task score into one of every task."""
 
     kind = RECORD
-    task: str | None = None
+    task: str | None = ""  # unset: refused by owner_task
     field: str = ""
     needs_scenes: bool = False
     higher_is_better = True
@@ -69,9 +71,21 @@ class ModelCalls(RecordMean):
     higher_is_better = False
 
 
+def owner_task(metric: str) -> str | None:
+    """The task whose records feed record metric ``metric`` (``None``: any task's); raises if its
+    class never set ``task``."""
+    cls = RECORD_METRICS.get(metric)
+    task = cls.task
+    if task is not None and (not isinstance(task, str) or not task):
+        raise ValueError(f"record metric {metric!r} ({cls.__qualname__}) sets no task: set its "
+                         f"class attribute 'task' to the task whose records hold {cls.field!r}, "
+                         f"or to None if every task's records do; got {task!r}")
+    return task
+
+
 def result_name(metric: str, task: str) -> str:
     """The key of ``metric``'s value in the results: metrics any task may list carry the task."""
-    if metric in RECORD_METRICS and RECORD_METRICS.get(metric).task is None:
+    if metric in RECORD_METRICS and owner_task(metric) is None:
         return f"{metric}/{task}"
     return metric
 
