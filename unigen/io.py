@@ -144,3 +144,13 @@ def read_json(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{what} file {path} is not valid JSON: {err}") from None
+
+
+def read_model_dir(path: str | os.PathLike, what: str, how_to_make: str,
+                   config_name: str = CONFIG_FILE) -> tuple[Path, dict[str, Any]]:
+    """The directory and parsed config of a ``save_pretrained`` folder; a missing folder or config
+    is one error naming ``what`` and how to make one (``how_to_make``)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} directory not found: {path} ({how_to_make})")
+    return path, read_json(path / config_name, f"{what} config")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -104,11 +103,8 @@ class UnifiedPipeline:
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu"
                         ) -> "UnifiedPipeline":
         """Load from a local directory written by :meth:`save_pretrained` (never from a hub)."""
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"pipeline directory not found: {path} (train with `unigen fit "
-                                    "... --export_dir DIR` or `unigen export`)")
-        meta = io.read_json(path / "pipeline.json", "pipeline config")
+        path, meta = io.read_model_dir(path, "pipeline", "train with `unigen fit ... --export_dir "
+                                       "DIR` or `unigen export`", "pipeline.json")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path / 'pipeline.json'} has format version "
                              f"{meta.get('format_version')!r}; this unigen reads {FORMAT_VERSION}")

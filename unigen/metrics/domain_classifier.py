@@ -10,7 +10,6 @@ A directory holds ``config.json`` + ``model.safetensors``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -91,11 +90,8 @@ class DomainClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
                         ) -> "DomainClassifier":
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"domain classifier directory not found: {path} (train one "
-                                    "with `unigen fit --config recipes/classifier_shapes.yaml`)")
-        meta = io.read_json(path / CONFIG_NAME, "domain classifier config")
+        path, meta = io.read_model_dir(path, "domain classifier", "train one with `unigen fit "
+                                       "--config recipes/classifier_shapes.yaml`", CONFIG_NAME)
         if meta.get("type") != TYPE_NAME or meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path / CONFIG_NAME} is not a {TYPE_NAME} config of format version "
                              f"{FORMAT_VERSION} (type {meta.get('type')!r}, "

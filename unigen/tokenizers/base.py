@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,11 +114,8 @@ class ImageTokenizer(nn.Module, ABC):
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
                         ) -> "ImageTokenizer":
         """Load from a local directory written by ``save_pretrained`` (never from a hub)."""
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"image tokenizer directory not found: {path} (train one with "
-                                    "`unigen fit --config recipes/tokenizer_fsq_shapes.yaml`)")
-        meta = io.read_json(path / CONFIG_NAME, "image tokenizer config")
+        path, meta = io.read_model_dir(path, "image tokenizer", "train one with `unigen fit "
+                                       "--config recipes/tokenizer_fsq_shapes.yaml`", CONFIG_NAME)
         if meta.get("format_version") != FORMAT_VERSION or "type" not in meta:
             raise ValueError(f"{path / CONFIG_NAME} is not a unigen image tokenizer config of format "
                              f"version {FORMAT_VERSION} (found {meta.get('format_version')!r})")
