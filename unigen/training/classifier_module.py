@@ -31,13 +31,22 @@ CLASSIFIER_TARGETS: Registry[type["ClassifierTarget"]] = Registry("classifier ta
 
 
 class ClassifierTarget(ABC):
-    """Turns a batch into targets: class indices [B] (single-label) or multi-hot [B, K]."""
+    """Turns a batch into targets: class indices [B] (single-label) or multi-hot [B, K].
+    Subclasses set ``_names`` (the classes) and ``key`` (the batch entry they read)."""
 
     multilabel: bool
+    key: str
+    _names: list[str]
 
     @property
-    @abstractmethod
-    def class_names(self) -> list[str]: ...
+    def class_names(self) -> list[str]:
+        return self._names
+
+    def entry(self, batch: Mapping[str, Any]) -> Any:
+        """The batch entry this target reads, or one error naming the keys there are."""
+        if self.key not in batch:
+            raise KeyError(f"batch has no {self.key!r} entry (keys: {sorted(batch)})")
+        return batch[self.key]
 
     @abstractmethod
     def __call__(self, batch: Mapping[str, Any]) -> Tensor: ...
@@ -50,14 +59,8 @@ class LabelTarget(ClassifierTarget):
     def __init__(self, class_names: Sequence[str], key: str = "label") -> None:
         self._names, self.key = list(class_names), key
 
-    @property
-    def class_names(self) -> list[str]:
-        return self._names
-
     def __call__(self, batch: Mapping[str, Any]) -> Tensor:
-        if self.key not in batch:
-            raise KeyError(f"batch has no {self.key!r} entry (keys: {sorted(batch)})")
-        labels = torch.as_tensor(batch[self.key]).long()
+        labels = torch.as_tensor(self.entry(batch)).long()
         if labels.numel() and (labels.min() < 0 or labels.max() >= len(self._names)):
             raise ValueError(f"labels must lie in [0, {len(self._names)}), got "
                              f"[{int(labels.min())}, {int(labels.max())}]")
@@ -84,14 +87,8 @@ class SceneObjectsTarget(ClassifierTarget):
         self._index = {name: i for i, name in enumerate(self._names)}
         self._scene_from_json = shapes.Scene.from_json
 
-    @property
-    def class_names(self) -> list[str]:
-        return self._names
-
     def __call__(self, batch: Mapping[str, Any]) -> Tensor:
-        if self.key not in batch:
-            raise KeyError(f"batch has no {self.key!r} entry (keys: {sorted(batch)})")
-        scenes = [self._scene_from_json(s) for s in batch[self.key]]
+        scenes = [self._scene_from_json(s) for s in self.entry(batch)]
         target = torch.zeros(len(scenes), len(self._names))
         for row, scene in enumerate(scenes):
             for obj in scene.objects:
