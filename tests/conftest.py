@@ -35,3 +35,14 @@ def image_tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer_dirs(text_tokenizer_dir, image_tokenizer_dir):
     return {"text_tokenizer": str(text_tokenizer_dir), "image_tokenizer": str(image_tokenizer_dir)}
+
+@pytest.fixture(scope="session")
+def domain_classifier_dir(tmp_path_factory):
+    """A random 4-class domain classifier (32 px), saved with save_pretrained."""
+    from unigen.metrics import DomainClassifier
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("domain") / "classifier"
+    DomainClassifier(["red", "green", "blue", "white"], image_size=32, channels=(8, 16),
+                     feature_dim=16).save_pretrained(out)
+    return out

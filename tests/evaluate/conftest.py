@@ -24,17 +24,6 @@ def pipeline_dir(tmp_path_factory, tokenizer_dirs):
 
 
 @pytest.fixture(scope="session")
-def eval_domain_classifier_dir(tmp_path_factory):
-    from unigen.metrics import DomainClassifier
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("eval_domain") / "classifier"
-    DomainClassifier(["red", "green", "blue", "white"], image_size=32, channels=(8, 16),
-                     feature_dim=16).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
 def debug_recipe() -> Path:
     return RECIPES / "debug" / "eval_debug.yaml"
 

@@ -105,11 +105,11 @@ def test_resume_skips_finished_samples_and_gives_the_same_results(pipeline_dir, 
 
 
 def test_resume_restores_image_metric_state(pipeline_dir, debug_recipe, tmp_path, monkeypatch,
-                                            eval_domain_classifier_dir):
+                                            domain_classifier_dir):
     # FID and KID on a small domain classifier: their running state is checkpointed every 4
     # samples; records written after the last checkpoint are generated again
     args = ["--override", f"resources.extractor={{name: domain_classifier, path: "
-                          f"{eval_domain_classifier_dir}}}",
+                          f"{domain_classifier_dir}}}",
             "--override", "tasks={t2i: {num_steps: 2, fid: true, "
                           "metrics: [{name: kid, subset_size: 3, subsets: 3}]}}",
             "--override", "data.num_samples=4", "--override", "checkpoint_every=2",

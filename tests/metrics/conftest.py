@@ -19,17 +19,6 @@ if _HERE not in sys.path:
 
 
 @pytest.fixture(scope="session")
-def domain_classifier_dir(tmp_path_factory):
-    from unigen.metrics import DomainClassifier
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("domain") / "classifier"
-    DomainClassifier(["red", "green", "blue", "white"], image_size=32, channels=(8, 16),
-                     feature_dim=16).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A random CLIP with the word tokenizer, saved the way ClipModule.export saves."""
     from metrics_testkit import Blocks
