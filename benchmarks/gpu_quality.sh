@@ -6,7 +6,7 @@
 # (default 9).  See benchmarks/shapes_quality.py and docs/performance.md ("Quality run on one GPU").
 #
 #   bash benchmarks/gpu_quality.sh                  # from the repository root, on the GPU machine
-#   MINUTES=8 bash benchmarks/gpu_quality.sh --curves   # extra arguments go to shapes_quality.py
+#   MINUTES=8 EXTRA_S=75 bash benchmarks/gpu_quality.sh --curves   # arguments go to shapes_quality.py
 #
 # Needs a python3 with CUDA torch and lightning (PYTHON=... to pick another); unigen's other imports
 # and LightningCLI's jsonargparse come from carried wheels in .whl/ when missing
@@ -20,7 +20,8 @@ $PY -c "from lightning.pytorch.cli import _JSONARGPARSE_SIGNATURES_AVAILABLE as 
   || { echo "gpu_quality: LightningCLI cannot run (jsonargparse[signatures])"; exit 1; }
 
 MINUTES=${MINUTES:-9}
-LIMIT=$(awk -v m="$MINUTES" 'BEGIN { print int(m * 60 + 45) }')  # the stages' budget + start-up
+EXTRA_S=${EXTRA_S:-0}  # seconds for what the budget does not cover (--curves)
+LIMIT=$(awk -v m="$MINUTES" -v e="$EXTRA_S" 'BEGIN { print int(m * 60 + 45 + e) }')  # + start-up
 LOG=${OUT:-runs}/shapes_quality.log
 mkdir -p "$(dirname "$LOG")"
 echo "=== shapes_quality --device cuda --minutes $MINUTES $* (hard limit ${LIMIT} s, log $LOG)"

@@ -50,6 +50,7 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import shlex  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
@@ -78,6 +79,7 @@ RECIPES = {
     "eval": ("recipes/eval_shapes.yaml", "recipes/debug/eval_debug.yaml"),
 }
 GPU_PRESET = "recipes/presets/gpu_bf16.yaml"
+TOKENIZER_GPU_PRESET = "recipes/presets/tokenizer_gpu.yaml"  # wider network, larger batch
 TEXT_TOKENIZER = ({"num_samples": 20000, "vocab_size": 4096},  # `unigen text-tokenizer` defaults
                   {"num_samples": 2000, "vocab_size": 512})  # recipes/debug/unified_debug.yaml's
 SAFETY = 0.9  # plan steps / samples into this fraction of what is left of a stage
@@ -401,7 +403,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="cap the recipe's LR warm-up at this fraction of the planned steps")
     p.add_argument("--validate", action="store_true",
                    help="keep the recipes' validation inside the timed fits (default off)")
-    p.add_argument("--tokenizer-recipe", default=None)
+    p.add_argument("--tokenizer-recipe", action="append", default=None,
+                   help="image tokenizer recipe(s), layered in order (default "
+                        "tokenizer_fsq_shapes + presets/tokenizer_gpu on CUDA)")
     p.add_argument("--tokenizer-precision", default="32-true", choices=("32-true", "bf16-mixed"),
                    help="the FSQ tokenizer's precision (default its recipe's fp32; see docs)")
     p.add_argument("--unified-recipe", action="append", default=None,
@@ -418,6 +422,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--curves", action="store_true",
                    help="then benchmarks/sampler_curves.py on the exported model (not budgeted)")
     p.add_argument("--curves-samples", type=int, default=128)
+    p.add_argument("--curves-args", default="",
+                   help="more arguments for sampler_curves.py, one string (e.g. \"--steps 4,8,16\")")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=None,
                    help="tokenizers, runs, model, eval (default runs/shapes_quality_<device>)")
@@ -442,21 +448,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def default_recipes(args: argparse.Namespace) -> dict[str, Any]:
     pick = 1 if args.smoke else 0
-    unified = args.unified_recipe or ([RECIPES["unified"][pick]]
-                                      + ([GPU_PRESET] if args.device == "cuda" else []))
-    return {"tokenizer": args.tokenizer_recipe or RECIPES["tokenizer"][pick],
+    cuda = args.device == "cuda"
+    unified = args.unified_recipe or ([RECIPES["unified"][pick]] + ([GPU_PRESET] if cuda else []))
+    tokenizer = args.tokenizer_recipe or ([RECIPES["tokenizer"][pick]]
+                                          + ([TOKENIZER_GPU_PRESET] if cuda else []))
+    return {"tokenizer": tokenizer,
             "unified": unified, "eval": args.eval_recipe or RECIPES["eval"][pick]}
 
 
-def copy_to_out(paths: Sequence[str | Path | None]) -> list[str]:
-    """Copy the result files to ``$OUT`` (what the lent GPU machine's tool brings back)."""
+def copy_to_out(paths: Sequence[str | Path | None], folder: str = "") -> list[str]:
+    """Copy the result files to ``$OUT`` (or its sub-folder ``folder``): what the lent GPU
+    machine's tool brings back."""
     out = os.environ.get("OUT")
     copied = []
     if out:
+        dest = Path(out) / folder
+        dest.mkdir(parents=True, exist_ok=True)
         for path in paths:
             if path and Path(path).is_file():
-                shutil.copy2(path, Path(out) / Path(path).name)
-                copied.append(str(Path(out) / Path(path).name))
+                shutil.copy2(path, dest / Path(path).name)
+                copied.append(str(dest / Path(path).name))
     return copied
 
 
@@ -496,11 +507,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                            "seconds": round(time.perf_counter() - stage_start, 2)}
     image_tok = work / "image_tokenizer"
     payload["stages"]["image_tokenizer"] = timed_fit(
-        "image_tokenizer", [recipes["tokenizer"]],
+        "image_tokenizer", recipes["tokenizer"],
         [*common, "--trainer.precision", args.tokenizer_precision], work, stage_budget,
         stage_start, args.tokenizer_steps, args, image_tok)
     payload["stages"]["image_tokenizer"]["precision"] = args.tokenizer_precision
     payload["seconds"]["tokenizer"] = round(time.perf_counter() - stage_start, 2)
+    # the trained tokenizer is small (config + safetensors): bring it back from a lent machine
+    payload["stages"]["image_tokenizer"]["copied_to_out"] = copy_to_out(
+        sorted(image_tok.glob("*")), "image_tokenizer")
     save()
 
     # 2. unified model -----------------------------------------------------------------------------
@@ -544,9 +558,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             curves_args += ["--steps", "2,4", "--reference-steps", "4", "--thresholds", "0.9",
                             "--threshold-budget", "4", "--vqa-steps", "1,2", "--repeats", "1",
                             "--batch-size", "4", "--grid-size", "0"]
-        sampler_curves.main(curves_args)
-        payload["curves"] = {"json": str(curves_out),
-                             "seconds": round(time.perf_counter() - start, 2)}
+        curves_args += shlex.split(args.curves_args)
+        try:  # the budgeted stages' results stand even when the (unbudgeted) curves fail
+            sampler_curves.main(curves_args)
+            payload["curves"] = {"json": str(curves_out), "args": curves_args}
+        except Exception as err:
+            print(f"=== curves failed: {err!r}", flush=True)
+            payload["curves"] = {"error": repr(err)[:2000], "args": curves_args}
+        payload["curves"]["seconds"] = round(time.perf_counter() - start, 2)
     payload["complete"] = True
     save()
     grid = info.get("samples_t2i")
@@ -557,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(f"target {key}: {t['value']} >= {t['target']}: {t['met']}")
     print(f"seconds: {payload['seconds']}")
     copies = [out_path, grid, info.get("report")]
-    if args.curves:
+    if args.curves and "json" in payload["curves"]:
         copies += [payload["curves"]["json"], Path(payload["curves"]["json"]).with_suffix(".png")]
     payload["copied_to_out"] = copy_to_out(copies)
     return payload

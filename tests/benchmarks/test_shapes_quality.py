@@ -56,7 +56,7 @@ def test_smoke_run_writes_the_result_json(tmp_path, monkeypatch):
     saved = json.loads(out.read_text())
     assert saved["benchmark"] == "shapes_quality_smoke" and saved["complete"] and saved["smoke"]
     assert saved["device"] == "cpu" and saved["environment"]["device_name"]
-    assert saved["recipes"] == {"tokenizer": "recipes/debug/tokenizer_fsq_debug.yaml",
+    assert saved["recipes"] == {"tokenizer": ["recipes/debug/tokenizer_fsq_debug.yaml"],
                                 "unified": ["recipes/debug/unified_debug.yaml"],
                                 "eval": "recipes/debug/eval_debug.yaml"}
     for stage in ("tokenizer", "unified", "eval"):

@@ -12,6 +12,8 @@ from unigen.cli import instantiate_recipe, main
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 PRESET_BASE = ROOT / "recipes" / "unified_shapes.yaml"
+# presets that layer on another recipe than PRESET_BASE
+PRESET_BASES = {"tokenizer_gpu.yaml": ROOT / "recipes" / "tokenizer_fsq_shapes.yaml"}
 
 
 def kind(path: Path) -> str:
@@ -55,9 +57,17 @@ def test_presets_layer_on_a_recipe(path, tmp_path, monkeypatch):
     # then these overrides let the rest build here
     cpu = ["--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed", "--trainer.strategy",
            "auto", "--trainer.devices", "1", "--trainer.num_nodes", "1"]
-    cli = instantiate_recipe(PRESET_BASE, ["--config", str(path), *cpu])
-    for key, value in text.get("model", {}).get("init_args", {}).items():
-        assert cli.model.hparams[key] == value
+    cli = instantiate_recipe(PRESET_BASES.get(path.name, PRESET_BASE), ["--config", str(path), *cpu])
+
+    def assert_applied(preset: dict, config, where: str) -> None:
+        for key, value in preset.items():
+            if isinstance(value, dict):
+                assert_applied(value, config[key], f"{where}.{key}")
+            else:
+                assert config[key] == value, f"{where}.{key}"
+
+    for section in ("model", "data"):  # every value the preset sets is in the parsed config
+        assert_applied(text.get(section, {}), cli.config[section], section)
 
 
 def test_demo_recipe_is_valid():
