@@ -25,7 +25,7 @@ from torchmetrics.classification import (MulticlassAccuracy, MultilabelExactMatc
 
 from unigen.metrics.domain_classifier import DomainClassifier
 from unigen.registry import Registry
-from unigen.training.optim import build_adamw, warmup_cosine
+from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_cosine
 
 CLASSIFIER_TARGETS: Registry[type["ClassifierTarget"]] = Registry("classifier target")
 
@@ -96,7 +96,7 @@ class SceneObjectsTarget(ClassifierTarget):
         return target
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(FusedOptimizerClipping, L.LightningModule):
     """Cross-entropy (single-label) or binary cross-entropy (multi-label) training of a
     :class:`DomainClassifier`; ``export(dir)`` writes it where ``domain_classifier`` extractors
     load it.

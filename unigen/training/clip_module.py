@@ -26,14 +26,14 @@ from unigen.metrics.clip_score import ClipEncoder
 from unigen.metrics.clip_tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID,
                                            build_vocabulary, build_word_tokenizer, words)
 from unigen.metrics.retrieval import retrieval_accuracy
-from unigen.training.optim import build_adamw, warmup_cosine
+from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_cosine
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned temperature at 100
 VOCAB_KEY = "clip_vocabulary"
 INFO_NAME = "unigen_clip.json"
 
 
-class ClipModule(L.LightningModule):
+class ClipModule(FusedOptimizerClipping, L.LightningModule):
     """Symmetric InfoNCE over image-caption batches (``batch["image"]`` [B, 3, H, W] in [0, 1],
     ``batch["caption"]`` list of str).
 

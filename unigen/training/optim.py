@@ -6,6 +6,8 @@ import math
 from functools import partial
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
 
@@ -26,6 +28,31 @@ def build_adamw(module: nn.Module, lr: float, weight_decay: float, betas: tuple[
     on_cuda = any(p.is_cuda for p in module.parameters())
     return torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=betas,
                              fused=True if on_cuda else None)
+
+
+class FusedOptimizerClipping:
+    """LightningModule mixin: gradient clipping that works with the fused AdamW of
+    :func:`build_adamw` under ``bf16-mixed``.
+
+    Lightning's mixed-precision plugin refuses to clip for any fused optimizer, because under fp16 a
+    fused optimizer unscales the gradients inside ``step()``, after clipping would have run.  Under
+    bf16 there is no grad scaler: the gradients are already their true values, so clipping them
+    here is exact.  With a scaler (fp16) Lightning's own path, and its error, are kept."""
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        plugin = self.trainer.precision_plugin
+        fused_without_scaler = (optimizer.defaults.get("fused")
+                                and isinstance(plugin, MixedPrecision) and plugin.scaler is None)
+        if not (gradient_clip_val and fused_without_scaler):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == GradClipAlgorithmType.VALUE:
+            nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.1

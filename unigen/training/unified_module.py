@@ -28,13 +28,14 @@ from unigen.tokenizers.base import ImageTokenizer
 from unigen.tokenizers.text import TextTokenizer
 from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.frozen import FrozenImageTokenizer
-from unigen.training.optim import build_adamw, warmup_cosine
+from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_cosine
 from unigen.training.reliability import non_finite_loss_error, step_seed
 
 Noise = torch.Generator | list[torch.Generator]  # one per batch, or one per sample
 
 
-class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, L.LightningModule):
+class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClipping,
+                    L.LightningModule):
     """Masked discrete diffusion over text + image tokens (Show-o, UniDisc, MDLM, LaViDa).
 
     Args:
