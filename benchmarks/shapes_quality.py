@@ -87,23 +87,42 @@ SAFETY = 0.9  # plan steps / samples into this fraction of what is left of a sta
 
 # -- timing ----------------------------------------------------------------------------------------
 class StepTimer(L.Callback):
-    """Wall-clock time at the end of every training step (after a CUDA sync), written as JSON to
-    ``path`` when training ends; prints a progress line every ``print_every_s`` seconds.  Added to
-    the recipe's callbacks on the command line (``--trainer.callbacks+=...``)."""
+    """Wall-clock time at the end of every training step and the gap before each step (the data
+    loader's fetch plus Lightning's bookkeeping: large gaps mean a loader-bound run), written as
+    JSON to ``path`` when training ends; prints a progress line every ``print_every_s`` seconds.
+    Added to the recipe's callbacks on the command line (``--trainer.callbacks+=...``).
 
-    def __init__(self, path: str, label: str = "fit", print_every_s: float = 30.0) -> None:
+    The CUDA stream is synchronized only every ``sync_every`` steps and at the end: a sync on
+    every step would stop the host from queueing the next step while the GPU works, and so slow
+    the run it measures."""
+
+    def __init__(self, path: str, label: str = "fit", print_every_s: float = 30.0,
+                 sync_every: int = 50) -> None:
         self.path, self.label, self.print_every_s = path, label, print_every_s
+        self.sync_every = sync_every
         self.times: list[float] = []
+        self.gaps: list[float] = []
         self.start = 0.0
         self._printed = 0.0
+        self._last_end: float | None = None
+
+    def _sync(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start = self._printed = time.perf_counter()
+        self._last_end = self.start
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._last_end is not None:
+            self.gaps.append(time.perf_counter() - self._last_end)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        now = time.perf_counter()
+        last = trainer.global_step >= trainer.max_steps
+        if last or (self.sync_every and trainer.global_step % self.sync_every == 0):
+            self._sync(pl_module)
+        now = self._last_end = time.perf_counter()
         self.times.append(now - self.start)
         if self.print_every_s and now - self._printed >= self.print_every_s:
             self._printed = now
@@ -113,8 +132,10 @@ class StepTimer(L.Callback):
                   f"{now - self.start:.0f} s{loss}", flush=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        Path(self.path).write_text(json.dumps({"times": self.times, "steps": trainer.global_step}))
+        Path(self.path).write_text(json.dumps({"times": self.times, "gaps": self.gaps,
+                                               "steps": trainer.global_step}))
 
 
 def step_seconds(times: Sequence[float], skip: int) -> float | None:
@@ -293,12 +314,18 @@ def timed_fit(name: str, recipes: Sequence[str], common: list[str], work: Path, 
                     recipe, export)
     print(f"=== {name}: fit {steps} steps (budget left {left():.0f} s)", flush=True)
     done, wall = run_fit(args)
-    times = json.loads(timer.read_text())["times"] if timer.is_file() else []
-    measured = step_seconds(times, min(opts.calibration_warmup, max(0, len(times) - 1)))
+    timing = json.loads(timer.read_text()) if timer.is_file() else {}
+    times, gaps = timing.get("times", []), timing.get("gaps", [])
+    skip = min(opts.calibration_warmup, max(0, len(times) - 1))
+    measured = step_seconds(times, skip)
+    gaps = gaps[skip:]
     info.update({"overrides": overrides, "command": ["unigen", *args], "steps_planned": steps,
                  "steps_done": done, "stopped_by_max_time": done < steps,
                  "fit_seconds": round(wall, 2),
-                 "step_s": round(measured, 5) if measured else None, "export": str(export)})
+                 "step_s": round(measured, 5) if measured else None,
+                 # time between one step's end and the next one's start (loader fetch, hooks)
+                 "between_steps_s": round(sum(gaps) / len(gaps), 5) if gaps else None,
+                 "export": str(export)})
     return info
 
 

@@ -68,6 +68,8 @@ def test_smoke_run_writes_the_result_json(tmp_path, monkeypatch):
         assert info["steps_from"] == "calibration" and info["calibration"]["step_s"] > 0
         assert 1 <= info["steps_planned"] <= info["recipe_max_steps"]
         assert info["steps_done"] == info["steps_planned"] and info["step_s"] > 0
+        # the gaps between steps are part of each step's wall time
+        assert 0 <= info["between_steps_s"] < info["step_s"]
         assert "--trainer.max_steps" in info["command"] and "--trainer.max_time" in info["command"]
     assert (tmp_path / "work" / "model" / "pipeline.json").is_file()
     assert stages["eval"]["num_samples"] >= stages["eval"]["calibration"]["samples"]
