@@ -241,3 +241,26 @@ def test_ema_callback_validates_with_and_finally_applies_the_average(tmp_path):
     assert torch.equal(module.val_weights[-1], ema_weight)  # validated on the EMA
     assert torch.equal(module.net.weight, ema_weight)  # applied on fit end
     assert set(callback.state_dict()) >= {"weight", "bias", "num_updates"}
+
+
+def test_init_from_starts_from_an_exported_tokenizer(tmp_path):
+    torch.manual_seed(0)
+    exported = FSQTokenizer(levels=(5, 5, 5), **TINY)
+    with torch.no_grad():
+        for p in exported.parameters():
+            p.add_(torch.randn_like(p))  # weights no fresh tokenizer of this config has
+    exported.save_pretrained(tmp_path / "tok")
+    module = TokenizerModule(FSQTokenizer(levels=(5, 5, 5), **TINY), init_from=str(tmp_path / "tok"),
+                             ema_decay=0.9)
+    for (name, a), b in zip(exported.state_dict().items(), module.tokenizer.state_dict().values()):
+        assert torch.equal(a, b), name
+    # the EMA starts from the loaded weights too
+    for key, value in module.ema.shadow().items():
+        assert torch.equal(value, exported.state_dict()[key]), key
+
+    with pytest.raises(ValueError, match=r"another config.*levels"):
+        TokenizerModule(FSQTokenizer(levels=(8, 5, 5), **TINY), init_from=str(tmp_path / "tok"))
+    with pytest.raises(ValueError, match="holds a 'fsq' tokenizer"):
+        TokenizerModule(VQTokenizer(codebook_size=16, **TINY), init_from=str(tmp_path / "tok"))
+    with pytest.raises(FileNotFoundError):
+        TokenizerModule(FSQTokenizer(levels=(5, 5, 5), **TINY), init_from=str(tmp_path / "none"))

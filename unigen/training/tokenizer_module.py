@@ -54,6 +54,22 @@ def batch_images(batch: Any) -> Tensor:
 TOKENIZER_KEY = "unigen_tokenizer"
 
 
+def load_exported_weights(tokenizer: ImageTokenizer, path: str) -> None:
+    """Copy the weights of the tokenizer exported to ``path`` into ``tokenizer`` (in place); the
+    two must be the same type with the same config, else one error names the differences."""
+    exported = ImageTokenizer.from_pretrained(path)
+    if type(exported) is not type(tokenizer):
+        raise ValueError(f"init_from {path} holds a {type(exported).type_name!r} tokenizer, the "
+                         f"recipe builds a {type(tokenizer).type_name!r} one")
+    ours, theirs = dict(tokenizer.config), dict(exported.config)
+    if ours != theirs:
+        diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs))
+                if ours.get(k) != theirs.get(k)}
+        raise ValueError(f"init_from {path} was trained with another config; (exported, recipe): "
+                         f"{diff}")
+    tokenizer.load_state_dict(exported.state_dict())
+
+
 class TokenizerModule(RecordsClassPath, L.LightningModule):
     """Trains an :class:`~unigen.tokenizers.base.ImageTokenizer` on batches of images in [0, 1].
 
@@ -70,6 +86,9 @@ class TokenizerModule(RecordsClassPath, L.LightningModule):
         ema_decay: keep an EMA of the tokenizer weights with this decay; validation and export
             use it.  ``None`` disables it.
         num_logged_images: image pairs in the logged reconstruction grid (0 disables it).
+        init_from: directory written by ``save_pretrained`` whose weights the tokenizer starts from
+            (fine-tuning, or continuing an exported run with a fresh schedule); its type and
+            config must equal the recipe's ``tokenizer``.
     """
 
     #: state of parts a checkpoint cannot rebuild from its hyper-parameters (``unigen export`` only
@@ -87,7 +106,7 @@ class TokenizerModule(RecordsClassPath, L.LightningModule):
                  lr: float = 1e-3, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.99), warmup_steps: int = 0,
                  min_lr_ratio: float = 0.1, ema_decay: float | None = None,
-                 num_logged_images: int = 8) -> None:
+                 num_logged_images: int = 8, init_from: str | None = None) -> None:
         super().__init__()
         if reconstruction_loss not in ("l1", "l2"):
             raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {reconstruction_loss!r}")
@@ -95,6 +114,8 @@ class TokenizerModule(RecordsClassPath, L.LightningModule):
             raise ValueError(f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {lr}, "
                              f"{warmup_steps}, {min_lr_ratio}")
         self.save_hyperparameters(ignore=["tokenizer", "perceptual", "adversarial"])
+        if init_from is not None:
+            load_exported_weights(tokenizer, init_from)
         self.tokenizer = tokenizer
         self.reconstruction_loss = reconstruction_loss
         self.perceptual = perceptual
