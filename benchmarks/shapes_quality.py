@@ -418,6 +418,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for stage in STAGES:
         p.add_argument(f"--{stage}-share", type=float, default=DEFAULT_SHARES[stage],
                        help=f"fraction of --minutes for the {stage} stage")
+    p.add_argument("--image-tokenizer", default=None,
+                   help="an image tokenizer directory trained earlier: skips the tokenizer fit "
+                        "(give --tokenizer-share a small value then)")
     p.add_argument("--tokenizer-steps", type=int, default=None,
                    help="image tokenizer max_steps (skips its calibration fit)")
     p.add_argument("--unified-steps", type=int, default=None,
@@ -532,16 +535,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     build_text_tokenizer("shapes", str(work / "text_tokenizer"), seed=args.seed, **text)
     payload["stages"]["text_tokenizer"] = {**text,
                                            "seconds": round(time.perf_counter() - stage_start, 2)}
-    image_tok = work / "image_tokenizer"
-    payload["stages"]["image_tokenizer"] = timed_fit(
-        "image_tokenizer", recipes["tokenizer"],
-        [*common, "--trainer.precision", args.tokenizer_precision], work, stage_budget,
-        stage_start, args.tokenizer_steps, args, image_tok)
-    payload["stages"]["image_tokenizer"]["precision"] = args.tokenizer_precision
+    if args.image_tokenizer:  # trained earlier (e.g. carried to a lent machine): no fit
+        from unigen.tokenizers import ImageTokenizer
+
+        image_tok = Path(args.image_tokenizer)
+        loaded = ImageTokenizer.from_pretrained(image_tok)  # fails here, not in the unified fit
+        payload["stages"]["image_tokenizer"] = {"from": str(image_tok), "steps_done": 0,
+                                                "type": type(loaded).type_name,
+                                                "config": loaded.config}
+        del loaded
+    else:
+        image_tok = work / "image_tokenizer"
+        payload["stages"]["image_tokenizer"] = timed_fit(
+            "image_tokenizer", recipes["tokenizer"],
+            [*common, "--trainer.precision", args.tokenizer_precision], work, stage_budget,
+            stage_start, args.tokenizer_steps, args, image_tok)
+        payload["stages"]["image_tokenizer"]["precision"] = args.tokenizer_precision
+        # the trained tokenizer is small (config + safetensors): bring it back from a lent machine
+        payload["stages"]["image_tokenizer"]["copied_to_out"] = copy_to_out(
+            sorted(image_tok.glob("*")), "image_tokenizer")
     payload["seconds"]["tokenizer"] = round(time.perf_counter() - stage_start, 2)
-    # the trained tokenizer is small (config + safetensors): bring it back from a lent machine
-    payload["stages"]["image_tokenizer"]["copied_to_out"] = copy_to_out(
-        sorted(image_tok.glob("*")), "image_tokenizer")
     save()
 
     # 2. unified model -----------------------------------------------------------------------------

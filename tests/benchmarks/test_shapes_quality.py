@@ -82,6 +82,8 @@ def test_smoke_run_writes_the_result_json(tmp_path, monkeypatch):
             assert target["met"] == (target["value"] >= target["target"])
     assert saved["training_cost"]["device"] == "cpu" and saved["training_cost"]["minutes"] > 0
     assert (tmp_path / "device_out" / "result.json").is_file()  # copied to $OUT
+    for name in ("config.json", "model.safetensors"):  # the trained tokenizer comes back too
+        assert (tmp_path / "device_out" / "image_tokenizer" / name).is_file()
     assert payload["metrics"] == saved["metrics"]
 
 
@@ -92,6 +94,24 @@ def test_step_counts_from_the_command_line_skip_calibration(tmp_path):
         info = saved["stages"][fit]
         assert info["steps_from"] == "command line" and "calibration" not in info
         assert info["steps_planned"] == info["steps_done"] == steps
+
+
+def test_a_tokenizer_trained_earlier_skips_the_tokenizer_fit(tmp_path):
+    first = main(["--smoke", "--minutes", "5", "--tokenizer-steps", "2", "--unified-steps", "1",
+                  "--work-dir", str(tmp_path / "a"), "--out", str(tmp_path / "a.json")])
+    tokenizer = tmp_path / "a" / "image_tokenizer"
+    saved = main(["--smoke", "--minutes", "5", "--image-tokenizer", str(tokenizer),
+                  "--unified-steps", "1", "--work-dir", str(tmp_path / "b"),
+                  "--out", str(tmp_path / "b.json")])
+    info = saved["stages"]["image_tokenizer"]
+    assert info["from"] == str(tokenizer) and info["steps_done"] == 0
+    assert info["config"] == json.loads((tokenizer / "config.json").read_text())["config"]
+    assert first["stages"]["image_tokenizer"]["steps_done"] == 2
+    assert not (tmp_path / "b" / "image_tokenizer").exists()
+    assert saved["stages"]["unified"]["steps_done"] == 1
+    with pytest.raises(FileNotFoundError):
+        main(["--smoke", "--image-tokenizer", str(tmp_path / "missing"), "--work-dir",
+              str(tmp_path / "c"), "--out", str(tmp_path / "c.json")])
 
 
 def test_a_compile_failure_in_calibration_falls_back_to_eager(tmp_path, monkeypatch):
