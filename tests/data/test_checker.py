@@ -283,6 +283,45 @@ def test_caption_metrics_exact_values():
                                                                "f1": 0.0}
 
 
+def test_phrases_listing_one_kind_cell_by_cell_are_read_together():
+    # two small red circles: only a list of both cells can place them (a description does this)
+    scene = Scene([ShapeObject("circle", "red", "small", 0, 0),
+                   ShapeObject("circle", "red", "small", 2, 2),
+                   ShapeObject("square", "blue", "large", 1, 1)])
+    both = "a small red circle in the top left and a small red circle in the bottom right"
+    assert caption_scores(both + " and a large blue square in the center", scene) == {
+        "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert caption_attribute_recall(both, scene) == pytest.approx(8 / 12)
+    # one cell alone keeps the plain reading: "a small red circle" claims the only one
+    one = "a small red circle in the top left"
+    assert caption_attribute_recall(one, scene) == 0.0
+    assert caption_fact_precision(one, scene) == pytest.approx(3 / 5)  # count and cell are wrong
+    # a wrong cell in the list voids every phrase of it: the circles' places are not those named
+    wrong = "a small red circle in the top left and a small red circle in the top right"
+    assert caption_attribute_recall(wrong, scene) == 0.0
+    assert caption_fact_precision(wrong, scene) == pytest.approx(8 / 10)
+    # a cell named twice; one circle too many
+    for bad in (one + " and " + one, both + " and a small red circle in the center"):
+        assert caption_fact_precision(bad, scene) < 1.0
+        assert caption_attribute_recall(bad, scene) == 0.0
+    # phrases of different sizes are not one list: each still claims its own kind alone
+    mixed = "a red circle in the top left and a small red circle in the bottom right"
+    assert caption_attribute_recall(mixed, scene) == 0.0
+
+
+def test_template_captions_read_phrase_by_phrase():
+    # no template lists one kind cell by cell, so their facts are those of each phrase alone,
+    # also against scenes they do not describe
+    world = ShapesWorld("train", 0)
+    for i in range(150):
+        scene, other = world.scene(i), world.scene(i + 1)
+        for query in caption_queries(scene, world.rng(i, 1)).values():
+            for dets in (scene_detections(scene), scene_detections(other)):
+                alone = [f for g in query.groups for f in evaluate_query(SceneQuery((g,)), dets)]
+                facts = evaluate_query(query, dets)
+                assert facts[:len(alone)] == alone, query.text()
+
+
 def test_scene_detections_are_what_detect_finds():
     for s in random_scenes(20, seed=3):
         symbolic = [(d.shape, d.color, d.size, d.cell) for d in scene_detections(s)]

@@ -415,6 +415,37 @@ def _matches(spec: ObjectSpec, detections: Sequence[Detection]) -> list[Detectio
     return [d for d in detections if spec.matches(d.shape, d.color, d.size)]
 
 
+def _listed(query: SceneQuery, g: ObjectSpec) -> list[ObjectSpec]:
+    """The phrases read together with ``g``: when ``g`` names a cell, every phrase of the query
+    with g's shape, color and size that names a cell (g included), else g alone."""
+    if g.cell is None:
+        return [g]
+    kind = (g.shape, g.color, g.size)
+    return [h for h in query.groups if h.cell is not None and (h.shape, h.color, h.size) == kind]
+
+
+def _phrase_facts(query: SceneQuery, g: ObjectSpec, detections: Sequence[Detection]
+                  ) -> list[Fact]:
+    """The facts of the query's phrase ``g`` (:func:`evaluate_query`)."""
+    name = g.text()
+    same_shape = [d for d in detections if d.shape == g.shape]
+    hits = _matches(g, detections)
+    listed = _listed(query, g)
+    facts = [Fact("object_present", name, bool(same_shape))]
+    if g.color is not None:
+        facts.append(Fact("color", name, any(d.color == g.color for d in same_shape)))
+    if g.size is not None:
+        sized = ObjectSpec(g.shape, color=g.color, size=g.size)
+        facts.append(Fact("size", name, bool(_matches(sized, detections))))
+    facts.append(Fact("count", name, len(hits) == sum(h.count for h in listed)))
+    if g.cell is not None:
+        cells = {h.cell for h in listed}
+        in_cell = sum(d.cell == g.cell for d in hits)
+        facts.append(Fact("position", name, bool(hits) and all(d.cell in cells for d in hits)
+                          and (len(listed) == 1 or in_cell == g.count)))
+    return facts
+
+
 def evaluate_query(query: SceneQuery, detections: Sequence[Detection]) -> list[Fact]:
     """Facts of a query, each checked against detections.  Per noun phrase ``g``:
 
@@ -424,22 +455,15 @@ def evaluate_query(query: SceneQuery, detections: Sequence[Detection]) -> list[F
     * ``count``: exactly ``g.count`` objects match all of g's attributes;
     * ``position`` (if g names a cell): g's matches exist and all lie in that cell.
 
+    Phrases that list one kind cell by cell ("a small red circle in the top left and a small red
+    circle in the top right": same shape, color and size, each naming a cell) are read together:
+    ``count`` is their summed count, and ``position`` says that every match lies in one of their
+    cells and g's cell holds ``g.count`` of them.  A kind named in one cell only keeps the reading
+    above.
+
     Per relation: both sides have matches and the relation holds for every pair (grid columns for
     left/right, grid rows for above/below)."""
-    facts = []
-    for g in query.groups:
-        name = g.text()
-        same_shape = [d for d in detections if d.shape == g.shape]
-        hits = _matches(g, detections)
-        facts.append(Fact("object_present", name, bool(same_shape)))
-        if g.color is not None:
-            facts.append(Fact("color", name, any(d.color == g.color for d in same_shape)))
-        if g.size is not None:
-            sized = ObjectSpec(g.shape, color=g.color, size=g.size)
-            facts.append(Fact("size", name, bool(_matches(sized, detections))))
-        facts.append(Fact("count", name, len(hits) == g.count))
-        if g.cell is not None:
-            facts.append(Fact("position", name, bool(hits) and all(d.cell == g.cell for d in hits)))
+    facts = [f for g in query.groups for f in _phrase_facts(query, g, detections)]
     for r in query.relations:
         a, b = _matches(query.groups[r.subject], detections), _matches(query.groups[r.object],
                                                                        detections)
@@ -535,9 +559,9 @@ def caption_attribute_recall(caption: str, scene: Scene) -> float:
     """Fraction of the scene's attribute facts the caption states correctly.
 
     The scene has four facts per object: its shape, color, size and cell.  A noun phrase ``g`` of
-    the caption states, for every object it matches, the shape and whichever of color/size/cell it
-    names, but only if all of g's own facts hold (a wrong count or cell voids the phrase).
-    0.0 if the caption does not parse."""
+    the caption states, for every object it matches (in its cell, if it names one), the shape and
+    whichever of color/size/cell it names, but only if all of g's own facts hold (a wrong count or
+    cell voids the phrase).  0.0 if the caption does not parse."""
     if not scene.objects:
         raise ValueError("attribute recall is undefined for an empty scene")
     try:
@@ -547,12 +571,12 @@ def caption_attribute_recall(caption: str, scene: Scene) -> float:
     dets = scene_detections(scene)
     stated: set[tuple[int, str]] = set()
     for g in query.groups:
-        if not all(f.holds for f in evaluate_query(SceneQuery((g,)), dets)):
+        if not all(f.holds for f in _phrase_facts(query, g, dets)):
             continue
         named = {"shape", *(a for a, v in (("color", g.color), ("size", g.size),
                                           ("position", g.cell)) if v is not None)}
         for i, d in enumerate(dets):
-            if g.matches(d.shape, d.color, d.size):
+            if g.matches(d.shape, d.color, d.size) and g.cell in (None, d.cell):
                 stated.update((i, a) for a in named)
     return len(stated) / (len(_OBJECT_ATTRIBUTES) * len(scene.objects))
 
