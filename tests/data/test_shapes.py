@@ -11,8 +11,9 @@ import torch
 from unigen.data.shapes import (
     CAPTION_TEMPLATES, COLORS, HELDOUT_COLOR_SHAPE, HELDOUT_SHAPE_CELL, MAX_CAPTION_WORDS,
     PALETTE, PLURALS, SHAPES, SIZE_EXTENTS, WORD_PATTERN, ObjectSpec, Relation, Scene, SceneQuery,
-    ShapeObject, ShapesDataset, ShapesWorld, caption, caption_queries, captions, corpus, qa_items,
-    qa_pairs, render, render_array, sample_scene, shape_outline, vocabulary_words,
+    ShapeObject, ShapesDataset, ShapesWorld, caption, caption_queries, captions, corpus,
+    description, description_query, qa_items, qa_pairs, render, render_array, sample_scene,
+    shape_outline, vocabulary_words,
 )
 
 
@@ -179,6 +180,45 @@ def test_every_template_is_used_and_captions_are_exact(mixed):
         assert "two red circles" in t or ("a large red circle" in t and "a small red circle" in t)
 
 
+def test_description_states_every_object_in_reading_order(mixed):
+    assert description(mixed) == (
+        "a large red circle in the top left and a small red circle in the top right and a small "
+        "orange star in the middle left and a large blue square in the bottom center")
+    twins = Scene([ShapeObject("star", "cyan", "small", 2, 2),
+                   ShapeObject("star", "cyan", "small", 1, 1)])
+    assert description(twins) == ("a small cyan star in the center and a small cyan star in the "
+                                  "bottom right")
+    with pytest.raises(ValueError, match="empty scene"):
+        description(Scene())
+
+
+@pytest.mark.parametrize("split", ["train", "val", "heldout"])
+def test_descriptions_are_exhaustive_true_and_parse(split):
+    from unigen.data.checker import caption_attribute_recall, caption_fact_precision, parse_caption
+
+    repeated = 0  # scenes with two objects of one size, color and shape: read as one list
+    for s in scenes(split, n=500, seed=2):
+        text = description(s)
+        assert text == description(s) and text == " ".join(text.split())
+        assert WORD_PATTERN.findall(text) == text.split()
+        assert parse_caption(text) == description_query(s)
+        assert len(description_query(s).groups) == len(s.objects)
+        assert caption_attribute_recall(text, s) == 1.0, text
+        assert caption_fact_precision(text, s) == 1.0, text
+        kinds = [(o.size, o.color, o.shape) for o in s.objects]
+        repeated += len(set(kinds)) < len(kinds)
+    assert repeated > 50  # about a quarter of the scenes
+
+
+def test_description_length_bound():
+    # the longest description: 4 objects off the center, each "a small <color> <shape> in the
+    # <row> <col>" (8 words), joined by 3 "and"; recipes size max_text_len for it
+    four = Scene([ShapeObject("circle", "red", "small", r, c) for r, c in
+                  [(0, 0), (0, 2), (2, 0), (2, 2)]])
+    assert len(description(four).split()) == 35 > MAX_CAPTION_WORDS
+    assert max(len(description(s).split()) for s in scenes(n=500)) <= 35
+
+
 def test_qa_pairs_are_exact_and_unambiguous(mixed):
     pairs = set(qa_pairs(mixed))
     expected = {
@@ -231,13 +271,15 @@ def test_vocabulary_covers_every_text():
             used.update(WORD_PATTERN.findall(text))
     assert used <= vocab
     assert len(vocab - used) < 10  # the list is not padded with words the templates never use
+    world = ShapesWorld("train", 1)  # a tokenizer trained on the corpus has seen descriptions
+    assert {description(world.scene(i)) for i in range(5)} <= set(corpus("train", 5, seed=1))
 
 
 # -- data set ------------------------------------------------------------------------------------
 def test_dataset_items():
     ds = ShapesDataset("train", num_samples=20, image_size=32, seed=5)
     item = ds[7]
-    assert set(item) == {"image", "caption", "question", "answer", "scene", "index"}
+    assert set(item) == {"image", "caption", "description", "question", "answer", "scene", "index"}
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
     assert item["index"] == 7
@@ -247,6 +289,7 @@ def test_dataset_items():
                        .float() / 255)
     assert (item["question"], item["answer"]) in qa_pairs(scene)
     assert item["caption"] in captions(scene, ShapesWorld("train", 5).rng(7, 1))
+    assert item["description"] == description(scene)
     again = ShapesDataset("train", num_samples=20, image_size=32, seed=5)[7]
     assert torch.equal(item["image"], again["image"]) and item["caption"] == again["caption"]
     with pytest.raises(IndexError):
@@ -255,9 +298,9 @@ def test_dataset_items():
 
 def test_dataset_task_text_and_validation():
     cap = ShapesDataset(num_samples=3, task_text="caption")[0]
-    assert cap["caption"] and cap["question"] == "" and cap["answer"] == ""
+    assert cap["caption"] and cap["description"] and cap["question"] == "" and cap["answer"] == ""
     qa = ShapesDataset(num_samples=3, task_text="qa")[0]
-    assert qa["caption"] == "" and qa["question"] and qa["answer"]
+    assert qa["caption"] == qa["description"] == "" and qa["question"] and qa["answer"]
     with pytest.raises(ValueError, match="task_text"):
         ShapesDataset(task_text="poems")
     with pytest.raises(ValueError, match="split"):

@@ -71,6 +71,66 @@ def test_empty_and_too_long_text_are_clear_errors(space):
         TASKS.get("vqa")().build(TaskInputs(torch.zeros(1, 4, 4, dtype=torch.long), ["x"]), space)
 
 
+@pytest.fixture(scope="module")
+def described():
+    """Shapes items: template captions and exhaustive descriptions (up to 35 words)."""
+    from unigen.data.shapes import ShapesDataset
+
+    ds = ShapesDataset("train", 6, 32, seed=0)
+    items = [ds[i] for i in range(6)]
+    return TaskInputs(torch.randint(0, 125, (6, 4, 4)), [x["caption"] for x in items],
+                      [x["question"] for x in items], [x["answer"] for x in items],
+                      [x["description"] for x in items])
+
+
+@pytest.fixture(scope="module")
+def long_space(space):
+    return TokenSpace(space.text_tokenizer, space.vocab, SequenceLayout(40, (4, 4)))
+
+
+@pytest.mark.parametrize("name", ["caption", "joint", "inpaint"])
+def test_caption_tasks_can_train_on_descriptions(name, described, long_space):
+    assert described.descriptions != described.captions
+    text = long_space.sequence.text
+    tb = TASKS.get(name)(text="descriptions").build(described, long_space,
+                                                    torch.Generator().manual_seed(0))
+    assert torch.equal(tb.tokens[:, text], long_space.encode_captions(described.descriptions))
+    plain = TASKS.get(name)().build(described, long_space, torch.Generator().manual_seed(0))
+    assert torch.equal(plain.tokens[:, text], long_space.encode_captions(described.captions))
+
+
+def test_mixture_routes_descriptions_to_captioning_only(described, long_space):
+    mix = TaskMixture({"t2i": 1.0, "caption": 1.0, "vqa": 1.0},
+                      {"caption": {"text": "descriptions"}})
+    tb, assignment = mix.build(described, long_space, torch.Generator().manual_seed(3))
+    text = tb.tokens[:, long_space.sequence.text]
+    captions = long_space.encode_captions(described.captions)
+    descriptions = long_space.encode_captions(described.descriptions)
+    assert set(assignment.tolist()) == {0, 1, 2}
+    for row, task in enumerate(assignment.tolist()):
+        if task == 0:  # t2i keeps the varied template caption as its prompt
+            assert torch.equal(text[row], captions[row])
+        elif task == 1:
+            assert torch.equal(text[row], descriptions[row])
+    assert described.select([4, 1]).descriptions == [described.descriptions[i] for i in (4, 1)]
+
+
+def test_description_text_errors(described, space):
+    codes = torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="task 'caption' needs a description in every sample"):
+        TASKS.get("caption")(text="descriptions").build(TaskInputs(codes, ["a red circle"]), space)
+    with pytest.raises(ValueError, match=r"unknown text 'poems'; expected one of \['captions', "
+                                         r"'descriptions'\]"):
+        TASKS.get("caption")(text="poems")
+    with pytest.raises(ValueError, match="unknown text"):
+        TaskMixture({"inpaint": 1.0}, {"inpaint": {"text": "description"}})
+    longest = max(described.descriptions, key=lambda d: len(d.split()))
+    assert len(longest.split()) + 1 > space.sequence.max_text_len  # 24: a description overflows
+    with pytest.raises(ValueError, match="text too long"):  # a clear error, never a silent cut
+        TASKS.get("caption")(text="descriptions").build(
+            TaskInputs(codes, ["a red circle"], descriptions=[longest]), space)
+
+
 def test_mixture_assigns_tasks_by_ratio_reproducibly(space):
     mix = TaskMixture({"t2i": 3.0, "caption": 1.0})
     a = mix.assign(4000, torch.Generator().manual_seed(0))

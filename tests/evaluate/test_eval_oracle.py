@@ -132,6 +132,18 @@ def test_sources_are_registered_and_validated():
         build_data({"source": "shapes", "split": "test"}, 32)
 
 
+def test_shapes_references_are_the_templates_and_the_description():
+    from unigen.data.shapes import captions, description
+
+    data = build_data(SHAPES, 32)
+    for i in range(12):
+        s = data.sample(i)
+        templates = captions(s.scene, data.world.rng(i, 1))
+        assert s.references[:len(templates)] == templates
+        assert description(s.scene) in s.references
+        assert len(s.references) == len(templates) + (description(s.scene) not in templates)
+
+
 def test_sweep_block_runs_every_point(tmp_path):
     from unigen.evaluate import sweep_pipeline
 

@@ -84,6 +84,27 @@ def test_eval_recipes_are_valid(path):
     assert evaluate.load_eval_config(path)
 
 
+# recipes whose caption task learns the exhaustive shapes descriptions (issue #5's recall target)
+DESCRIBING = ["unified_shapes.yaml", "understand_shapes.yaml", "unified_shapes_cpu.yaml",
+              "debug/understand_debug.yaml"]
+
+
+@pytest.mark.parametrize("name", DESCRIBING)
+def test_recipes_caption_on_descriptions_that_fit(name, tmp_path, monkeypatch):
+    from unigen.data.shapes import Scene, ShapeObject, description
+
+    monkeypatch.chdir(tmp_path)
+    model = instantiate_recipe(ROOT / "recipes" / name).model
+    mixture = model.mixture
+    assert mixture.tasks[mixture.names.index("caption")].text == "descriptions"
+    if "t2i" in mixture.names:  # prompts stay the varied template captions
+        assert mixture.tasks[mixture.names.index("t2i")].text == "captions"
+    # the longest description (4 objects off the center) plus <eos>, one token per word
+    four = Scene([ShapeObject("circle", "red", "small", r, c) for r, c in
+                  [(0, 0), (0, 2), (2, 0), (2, 2)]])
+    assert len(description(four).split()) + 1 <= model.hparams.max_text_len
+
+
 UNIFIED_DEBUG = ["unified_debug.yaml", "t2i_debug.yaml", "understand_debug.yaml"]
 
 

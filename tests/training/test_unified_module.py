@@ -9,7 +9,8 @@ def batch_of(n=8, size=32):
     ds = ShapesDataset("train", n, size, seed=0)
     items = [ds[i] for i in range(n)]
     return {"image": torch.stack([x["image"] for x in items]),
-            **{k: [x[k] for x in items] for k in ("caption", "question", "answer", "scene")}}
+            **{k: [x[k] for x in items]
+               for k in ("caption", "description", "question", "answer", "scene")}}
 
 
 def make(tokenizer_dirs, **kw):
@@ -54,6 +55,38 @@ def test_elbo_complementary_unified_mixture_trains(tokenizer_dirs):
     losses = overfit(module, batch_of(), 60)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_caption_task_trains_on_descriptions_when_the_recipe_says_so(tokenizer_dirs):
+    module = make(tokenizer_dirs, max_text_len=40, tasks={"caption": 1.0, "t2i": 1.0},
+                  task_kwargs={"caption": {"text": "descriptions"}})
+    batch = batch_of(4)
+    inputs = module.task_inputs(batch)
+    assert inputs.descriptions == batch["description"] and inputs.captions == batch["caption"]
+    tb = module.mixture.tasks[0].build(inputs, module.space)
+    expected = module.space.encode_captions(batch["description"])
+    assert torch.equal(tb.tokens[:, module.space.sequence.text], expected)
+    loss, _ = module.diffusion_loss(tb, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    # pretokenized shards and Fashion-MNIST carry no descriptions: no silent fallback to captions
+    no_descriptions = {k: v for k, v in batch.items() if k != "description"}
+    with pytest.raises(ValueError, match="task 'caption' needs a description in every sample"):
+        module.mixture.tasks[0].build(module.task_inputs(no_descriptions), module.space)
+    with pytest.raises(ValueError, match="unknown text 'caption'"):
+        make(tokenizer_dirs, tasks={"caption": 1.0}, task_kwargs={"caption": {"text": "caption"}})
+
+
+def test_validation_scores_captions_against_the_description_too():
+    from unigen.training.validation_sampling import caption_references
+
+    cross = "a small green cross in the top left"  # a positions caption can equal the description
+    batch = {"caption": ["a red circle", "a star", cross],
+             "description": ["a small red circle in the center", "a large white star in the center",
+                             cross]}
+    assert caption_references(batch, 3) == [
+        ["a red circle", "a small red circle in the center"],
+        ["a star", "a large white star in the center"], [cross]]
+    assert caption_references({"caption": ["a photo of a bag"]}, 1) == [["a photo of a bag"]]
 
 
 def test_step_randomness_is_a_function_of_seed_and_step(tokenizer_dirs):

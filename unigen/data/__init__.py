@@ -6,8 +6,8 @@ from unigen.data.checker import (
 )
 from unigen.data.shapes import (
     COLORS, HELDOUT_COLOR_SHAPE, HELDOUT_SHAPE_CELL, SHAPES, SPLITS, ObjectSpec, Relation, Scene,
-    SceneQuery, ShapeObject, ShapesDataset, ShapesWorld, caption, captions, corpus, qa_pairs,
-    render, sample_scene, vocabulary_words,
+    SceneQuery, ShapeObject, ShapesDataset, ShapesWorld, caption, captions, corpus, description,
+    qa_pairs, render, sample_scene, vocabulary_words,
 )
 
 __all__ = [
@@ -15,8 +15,8 @@ __all__ = [
     "Detection", "EpochShuffleSampler", "ObjectSpec", "Relation", "Scene", "SceneQuery",
     "ShapeObject", "ShapesDataModule", "ShapesDataset", "ShapesWorld", "caption",
     "caption_attribute_recall", "caption_fact_precision", "caption_scores", "captions", "check",
-    "corpus", "detect", "parse_caption", "prompt_category", "qa_pairs", "render", "sample_scene",
-    "vocabulary_words",
+    "corpus", "description", "detect", "parse_caption", "prompt_category", "qa_pairs", "render",
+    "sample_scene", "vocabulary_words",
 ]
 
 

@@ -63,6 +63,8 @@ GRID = 3
 MAX_OBJECTS = 4  # objects per sampled scene (a Scene itself may hold up to GRID * GRID)
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven",
                                  "eight", "nine")
+# Template captions stay within this many words (a prefix is only added if it fits), so a short
+# text segment holds every caption; descriptions (see description()) are exempt and longer.
 MAX_CAPTION_WORDS = 20
 
 # Object extent (largest bounding-box side) as a fraction of the cell side, per size class; the
@@ -355,7 +357,8 @@ def sample_scene(rng: np.random.Generator, split: str = "train", max_objects: in
 @dataclass(frozen=True)
 class ObjectSpec:
     """A noun phrase: ``count`` objects of ``shape`` (and ``color`` / ``size`` when given), all in
-    ``cell`` when given.  Asserts that the image holds *exactly* ``count`` such objects."""
+    ``cell`` when given.  Asserts that the image holds *exactly* ``count`` such objects (phrases
+    listing one kind cell by cell are read together: :func:`unigen.data.checker.evaluate_query`)."""
 
     shape: str
     count: int = 1
@@ -556,6 +559,23 @@ def _write(query: SceneQuery, rng: np.random.Generator) -> str:
     return text
 
 
+def description_query(scene: Scene) -> SceneQuery:
+    """Every object in reading order with all its attributes, one noun phrase each."""
+    if not scene.objects:
+        raise ValueError("cannot describe an empty scene")
+    return SceneQuery(tuple(_spec(g, size=True, cell=True)  # one group per object: cells differ
+                            for g in _group_by(scene.objects, lambda o: o.cell)))
+
+
+def description(scene: Scene) -> str:
+    """The exhaustive, deterministic caption of a scene: "a small red circle in the top left and a
+    large blue square in the center".  It states all four facts of every object (shape, color,
+    size, cell), which no caption template does, so a captioner trained on it can reach full
+    attribute recall.  Never truncated and not bound by ``MAX_CAPTION_WORDS`` (up to 35 words for 4
+    objects): recipes that train on descriptions size ``max_text_len`` for them."""
+    return description_query(scene).text()
+
+
 def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
     """One caption per applicable template (lowercase, single spaces, no punctuation)."""
     return [_write(q, rng) for q in caption_queries(scene, rng).values()]
@@ -706,10 +726,11 @@ class ShapesWorld:
 class ShapesDataset(Dataset):
     """Torch data set over a :class:`ShapesWorld` split.
 
-    ``task_text``: ``"all"`` gives caption and QA pair; ``"caption"`` leaves question/answer empty
-    strings; ``"qa"`` leaves the caption empty (skipping the text that is not needed).
-    Items: ``image`` float ``[3, H, W]`` in [0, 1], ``caption``, ``question``, ``answer``, ``scene``
-    (JSON), ``index``."""
+    ``task_text``: ``"all"`` gives caption, description and QA pair; ``"caption"`` leaves
+    question/answer empty strings; ``"qa"`` leaves caption and description empty (skipping the text
+    that is not needed).
+    Items: ``image`` float ``[3, H, W]`` in [0, 1], ``caption`` (a template caption),
+    ``description`` (:func:`description`), ``question``, ``answer``, ``scene`` (JSON), ``index``."""
 
     def __init__(self, split: str = "train", num_samples: int = 1000, image_size: int = 64,
                  seed: int = 0, task_text: str = "all") -> None:
@@ -727,19 +748,22 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         scene = self.world.scene(index)
-        cap = self.world.caption(index, scene) if self.task_text in ("all", "caption") else ""
+        with_caption = self.task_text in ("all", "caption")
+        cap = self.world.caption(index, scene) if with_caption else ""
+        desc = description(scene) if with_caption else ""
         q, a = self.world.qa(index, scene)[:2] if self.task_text in ("all", "qa") else ("", "")
-        return {"image": render_tensor(scene, self.image_size), "caption": cap, "question": q,
-                "answer": a, "scene": scene.to_json(), "index": index}
+        return {"image": render_tensor(scene, self.image_size), "caption": cap, "description": desc,
+                "question": q, "answer": a, "scene": scene.to_json(), "index": index}
 
 
 def corpus(split: str = "train", num_samples: int = 1000, seed: int = 0) -> Iterator[str]:
-    """Every caption template's caption, every question and every answer of the first
-    ``num_samples`` scenes of a split: the text to train a text tokenizer on."""
+    """Every caption template's caption, the description, every question and every answer of the
+    first ``num_samples`` scenes of a split: the text to train a text tokenizer on."""
     world = ShapesWorld(split, seed)
     for i in range(num_samples):
         scene = world.scene(i)
         yield from captions(scene, world.rng(i, 1))
+        yield description(scene)
         for q, a in qa_pairs(scene):
             yield q
             yield a

@@ -2,8 +2,8 @@
 tokenize.
 
 Batches are the default collate of :class:`~unigen.data.shapes.ShapesDataset` items: ``image``
-float ``[B, 3, H, W]`` in [0, 1], ``caption`` / ``question`` / ``answer`` / ``scene`` lists of str,
-``index`` long ``[B]``.
+float ``[B, 3, H, W]`` in [0, 1], ``caption`` / ``description`` / ``question`` / ``answer`` /
+``scene`` lists of str, ``index`` long ``[B]``.
 
 The training order is a pure function of ``(seed, epoch)``
 (:func:`~unigen.data.resumable.shuffled_loader`; Lightning calls the sampler's ``set_epoch``),

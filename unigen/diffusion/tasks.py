@@ -24,17 +24,20 @@ TASKS: Registry[type["Task"]] = Registry("task")
 
 @dataclass
 class TaskInputs:
-    """Raw inputs for one batch; ``image_codes`` are codebook indices [B, h, w] (None if absent)."""
+    """Raw inputs for one batch; ``image_codes`` are codebook indices [B, h, w] (None if absent).
+    ``descriptions``: exhaustive scene descriptions (shapes world), an alternative caption text."""
 
     image_codes: Tensor | None
     captions: Sequence[str] | None = None
     questions: Sequence[str] | None = None
     answers: Sequence[str] | None = None
+    descriptions: Sequence[str] | None = None
 
     def select(self, rows: list[int]) -> "TaskInputs":
         pick = (lambda xs: None if xs is None else [xs[i] for i in rows])  # noqa: E731
         codes = None if self.image_codes is None else self.image_codes[rows]
-        return TaskInputs(codes, pick(self.captions), pick(self.questions), pick(self.answers))
+        return TaskInputs(codes, pick(self.captions), pick(self.questions), pick(self.answers),
+                          pick(self.descriptions))
 
     def __len__(self) -> int:
         for field in (self.image_codes, self.captions, self.questions):
@@ -89,17 +92,31 @@ def _device(inputs: TaskInputs):
     return inputs.image_codes.device if inputs.image_codes is not None else None
 
 
+CAPTION_TEXTS: dict[str, str] = {"captions": "a caption", "descriptions": "a description"}
+
+
 class CaptionImageTask(Task):
     """A caption in the text segment and an image in the image segment; a subclass only names
-    which segments are targets, which are the condition and which form the prefix."""
+    which segments are targets, which are the condition and which form the prefix.
+
+    ``text``: which input fills the text segment, ``"captions"`` or ``"descriptions"`` (the
+    exhaustive shapes-world descriptions: a captioner trained on the varied template captions
+    cannot state every attribute, since most templates leave facts out)."""
 
     target_segments: tuple[str, ...] = ()
     cond_segments: tuple[str, ...] = ()
     prefix_segments: tuple[str, ...] = ()
 
+    def __init__(self, text: str = "captions") -> None:
+        if text not in CAPTION_TEXTS:
+            raise ValueError(f"task {self.name!r}: unknown text {text!r}; expected one of "
+                             f"{list(CAPTION_TEXTS)}")
+        self.text = text
+
     def build(self, inputs, space, generator=None):
         codes = _require(inputs.image_codes, "an image", self.name)
-        text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
+        texts = _require(getattr(inputs, self.text), CAPTION_TEXTS[self.text], self.name)
+        text = space.encode_captions(texts)
         tokens = space.assemble(self.name, text.to(codes.device), codes)
         masks = self._masks(space, len(tokens), tokens.device, self.target_segments,
                             self.cond_segments, self.prefix_segments)
@@ -168,7 +185,9 @@ class Inpainting(CaptionImageTask):
     name = "inpaint"
     cond_segments, prefix_segments = ("text",), ("text",)
 
-    def __init__(self, min_frac: float = 0.2, max_frac: float = 0.7) -> None:
+    def __init__(self, min_frac: float = 0.2, max_frac: float = 0.7, text: str = "captions"
+                 ) -> None:
+        super().__init__(text)
         if not 0 < min_frac <= max_frac <= 1:
             raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
         self.min_frac, self.max_frac = min_frac, max_frac

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
-from unigen.data.shapes import Scene, ShapesWorld, captions, render_array, render_tensor
+from unigen.data.shapes import (Scene, ShapesWorld, captions, description, render_array,
+                                 render_tensor)
 from unigen.evaluate.config import _coerce
 from unigen.registry import Registry
 
@@ -49,7 +50,8 @@ EVAL_DATA: Registry[type[EvalData]] = Registry("eval data source")
 @EVAL_DATA.register("shapes")
 class ShapesEvalData(EvalData):
     """The shapes world (``heldout`` = compositions never seen in training); all caption templates
-    that apply to a scene are its references."""
+    that apply to a scene and its exhaustive description (a true caption too, the text that
+    recipes train captioning on) are its references."""
 
     has_scenes = True
 
@@ -67,9 +69,12 @@ class ShapesEvalData(EvalData):
     def sample(self, index: int) -> EvalSample:
         scene = self.world.scene(index)
         qa = self.world.qa(index, scene)
+        references = captions(scene, self.world.rng(index, 1))
+        full = description(scene)
+        if full not in references:  # a one-object scene's description can equal a template's
+            references.append(full)
         return EvalSample(index, render_tensor(scene, self.image_size),
-                          self.world.caption(index, scene),
-                          captions(scene, self.world.rng(index, 1)), qa.question, qa.answer,
+                          self.world.caption(index, scene), references, qa.question, qa.answer,
                           qa.kind, scene)
 
 

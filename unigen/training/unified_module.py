@@ -46,6 +46,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         dim, depth, heads, mlp_ratio, qk_norm, position, head, dropout: the transformer.
         tasks: task name -> sampling ratio (``t2i``, ``caption``, ``vqa``, ``joint``, ``text``,
             ``inpaint`` or any registered task).
+        task_kwargs: task name -> constructor arguments, e.g. ``{caption: {text: descriptions}}``
+            trains captioning on the exhaustive scene descriptions of the shapes world.
         schedule, schedule_kwargs: masking schedule (``linear``, ``cosine``, ``polynomial``; ``shift``).
         loss: ``ce`` (MaskGIT/Show-o) or ``elbo`` (MDLM 1/t weighting).
         complementary_masking: also train each sample with the complement of its mask (LaViDa).
@@ -169,7 +171,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             codes = batch["codes"].long()
         else:
             codes = self.image_tokenizer.encode(batch["image"])
-        return TaskInputs(codes, batch.get("caption"), batch.get("question"), batch.get("answer"))
+        return TaskInputs(codes, batch.get("caption"), batch.get("question"), batch.get("answer"),
+                          batch.get("description"))
 
     # -- loss ----------------------------------------------------------------------------------------
     def diffusion_loss(self, tb: TaskBatch, generator: Noise) -> tuple[Tensor, Tensor]:

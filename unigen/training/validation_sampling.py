@@ -48,6 +48,13 @@ def build_recipe_metrics(spec, resources: dict[str, Any] | None) -> dict[str, An
     return built
 
 
+def caption_references(batch: dict[str, Any], n: int) -> list[list[str]]:
+    """The first ``n`` samples' reference captions: the caption and, where the batch carries one
+    (shapes world), the scene's description (as ``unigen eval`` scores captions)."""
+    descriptions = batch.get("description") or [""] * n
+    return [[c, *([d] if d and d != c else [])] for c, d in zip(batch["caption"][:n], descriptions)]
+
+
 def _scalars(prefix: str, value: Any) -> dict[str, float]:
     if isinstance(value, dict):
         out: dict[str, float] = {}
@@ -107,7 +114,7 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
         if "caption" in tasks:
             generated = pipe.caption(images_in, num_steps=text_steps, seed=seed)
             for metric in by_kind.get(CAPTION, []):
-                metric.update(generated, [[c] for c in batch["caption"][:n]])
+                metric.update(generated, caption_references(batch, n))
             if scenes is not None and scenes[0]:
                 from unigen.data.checker import caption_attribute_recall
                 from unigen.data.shapes import Scene
