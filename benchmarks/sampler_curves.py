@@ -54,6 +54,8 @@ from unigen.sampling import build_sampler
 
 SAMPLERS = ("maskgit", "ancestral", "confident")
 ACCURACY = {"t2i": "compositional_accuracy/overall", "vqa": "vqa_exact_match"}
+# t2i: how often a sampler leaves no object at all (parallel commits of background tokens)
+EXTRA_METRICS = {"t2i": ("empty_images",)}
 GREEDY = {"temperature": 0.0}  # VQA answers: the most likely tokens (reveal order may still draw)
 
 
@@ -71,7 +73,8 @@ def eval_config(args: argparse.Namespace, task: str, settings: dict[str, Any]) -
     """One-task eval recipe on the held-out shapes samples: accuracy and network calls."""
     return {"data": data_spec(args), "seed": args.seed, "batch_size": args.batch_size,
             "grid_size": args.grid_size,
-            "tasks": {task: {**settings, "metrics": [ACCURACY[task].split("/")[0], "model_calls"]}}}
+            "tasks": {task: {**settings, "metrics": [ACCURACY[task].split("/")[0], "model_calls",
+                                                     *EXTRA_METRICS.get(task, ())]}}}
 
 
 def run_grid(pipe: UnifiedPipeline, args: argparse.Namespace, task: str, name: str,
@@ -95,8 +98,8 @@ def run_grid(pipe: UnifiedPipeline, args: argparse.Namespace, task: str, name: s
             "num_steps": used["num_steps"], "threshold": threshold,
             "guidance_scale": used["guidance_scale"], "accuracy": metrics[ACCURACY[task]],
             "model_calls": metrics[f"model_calls/{task}"],
-            **({"sample_accuracy": metrics["compositional_accuracy/sample_accuracy"]}
-               if task == "t2i" else {}),
+            **({"sample_accuracy": metrics["compositional_accuracy/sample_accuracy"],
+                "empty_images": metrics["empty_images"]} if task == "t2i" else {}),
             "seconds": meta["timings"][task]["seconds"], "run_dir": str(out / run["dir"])})
     return points
 
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache = None if args.no_cache_timing else time_prefix_cache(pipe, args)
 
     print_table(points, ["task", "series", "num_steps", "threshold", "accuracy", "model_calls",
-                         "seconds"])
+                         "empty_images", "seconds"])
     for task, claim in claims.items():
         if not claim["measured"]:
             print(f"{task}: calls claim not measured ({claim['reason']})")

@@ -66,6 +66,9 @@ def test_sampler_curves_on_a_model_directory(tmp_path, tokenizer_dirs):
         records = (Path(p["run_dir"]) / "records.jsonl").read_text().splitlines()
         calls = [json.loads(r)["model_calls"] for r in records]
         assert len(calls) == 3 and sum(calls) / 3 == pytest.approx(p["model_calls"])
+        if p["task"] == "t2i":  # the fraction of records whose image the checker found empty
+            empty = [json.loads(r)["empty"] for r in records]
+            assert p["empty_images"] == pytest.approx(sum(empty) / 3)
     assert all(p["model_calls"] == p["num_steps"] for p in t2i + vqa if p["sampler"] == "maskgit")
     threshold_point = t2i[-1]
     assert threshold_point["threshold"] == 0.0 and threshold_point["model_calls"] == 1.0

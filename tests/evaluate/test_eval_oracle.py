@@ -221,3 +221,15 @@ def test_record_metric_of_one_task_still_refuses_the_others():
         parse_config({"data": SHAPES, "tasks": {"t2i": {"metrics": ["caption_fact_precision"]}}})
     with pytest.raises(ValueError, match="unknown task 'tasks.i2t'; known: caption, t2i, vqa"):
         parse_config({"data": SHAPES, "tasks": {"i2t": {"metrics": ["model_calls"]}}})
+
+
+def test_empty_images_runs_the_checker_on_its_own(tmp_path):
+    data = build_data(SHAPES, 64)
+    config = {"data": SHAPES, "batch_size": 5, "tasks": {"t2i": {"metrics": ["empty_images"]}}}
+    out = evaluate_pipeline(OraclePipeline(data, 64), config, tmp_path, progress=False)
+    assert out["metrics"]["empty_images"] == 0.5  # the oracle draws odd samples blank
+    records = [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert [r["empty"] for r in records] == [i % 2 == 1 for i in range(12)]
+    # the real renders: every object of the scene found, none in the blanks
+    assert [r["detected"] for r in records] == [
+        len(data.sample(i).scene.objects) if i % 2 == 0 else 0 for i in range(12)]

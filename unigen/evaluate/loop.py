@@ -63,8 +63,13 @@ class _TaskRun:
 
     @property
     def checks(self) -> set[str]:
-        wanted = any(kind == COMPOSITIONAL for _, kind, _ in self.record_metrics)
-        return {"compositional"} if wanted else set()
+        wanted: set[str] = set()
+        for name, kind, _ in self.record_metrics:
+            if kind == COMPOSITIONAL:
+                wanted.add("compositional")
+            elif kind == RECORD:  # a record field may come from one of the costly checks
+                wanted.update(RECORD_METRICS.get(name).needs_checks)
+        return wanted
 
 
 def _shared_resources(cfg: EvalConfig, wanted: set[str]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class RecordMean:
     task: str | None = ""  # unset: refused by owner_task
     field: str = ""
     needs_scenes: bool = False
+    needs_checks: tuple[str, ...] = ()  # costly per-sample checks that write ``field``
     higher_is_better = True
 
     def __init__(self) -> None:
@@ -59,6 +60,17 @@ class CaptionAttributeRecall(RecordMean):
     (:func:`unigen.data.checker.caption_attribute_recall`)."""
 
     task, field, needs_scenes = "caption", "attribute_recall", True
+
+
+@RECORD_METRICS.register("empty_images")
+class EmptyImages(RecordMean):
+    """Fraction of generated images in which the shapes checker detects no object at all: the
+    failure of decoding every position in parallel (a background token is the likeliest one almost
+    everywhere, so committing many confident positions at once can leave no room for objects).
+    Lower is better."""
+
+    task, field, needs_checks = "t2i", "empty", ("compositional",)
+    higher_is_better = False
 
 
 @RECORD_METRICS.register("model_calls")

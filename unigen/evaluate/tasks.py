@@ -75,7 +75,8 @@ def _generate_t2i(pipe, settings: TaskSettings, samples: Sequence[EvalSample], s
                 raise ValueError(f"compositional_accuracy needs prompts of the shapes grammar; "
                                  f"sample {sample.index}: {err}") from None
             record.update(correct=result.correct, category=result.category,
-                          attributes=result.attributes)
+                          attributes=result.attributes, detected=len(result.detections),
+                          empty=not result.detections)
         records.append(record)
     return BatchOutput(records, images)
 
