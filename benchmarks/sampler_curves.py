@@ -5,8 +5,9 @@ speed-up for captioning and VQA.
 * **t2i**: shapes checker accuracy (GenEval-style ``compositional_accuracy/overall``) of
   ``maskgit`` (Chang et al. 2022), ``ancestral`` (MDLM, Sahoo et al. 2024) and ``confident``
   (Dimple, Yu et al. 2025; Fast-dLLM, Wu et al. 2025) at every step budget of ``--steps``, plus
-  ``confident`` at each ``--thresholds`` value with a budget of ``--threshold-budget``; the same
-  guidance everywhere. **VQA**: exact match of the same samplers at ``--vqa-steps``, greedy tokens.
+  ``confident`` at each ``--thresholds`` value with a budget of ``--threshold-budget``, and at the
+  values of each ``--confident-rule`` (a joint reveal rule, :mod:`unigen.sampling.reveal_rules`),
+  with the sampler options ``--confident-kwargs``; the same guidance everywhere. **VQA**: exact match of the same samplers at ``--vqa-steps``, greedy tokens.
 * **Claim (b)**: A = MaskGIT's accuracy at ``--reference-steps``; among confident configurations
   whose accuracy is >= A - ``--tolerance``, the fewest mean calls C; ``calls_ratio`` = MaskGIT's
   calls / C and whether it is >= 2.  VQA likewise against MaskGIT at its largest budget.
@@ -51,6 +52,7 @@ from unigen.evaluate import build_data, sweep_pipeline
 from unigen.metrics import Panel, plot_panels
 from unigen.pipeline import UnifiedPipeline
 from unigen.sampling import build_sampler
+from unigen.sampling.reveal_rules import REVEAL_RULES
 
 SAMPLERS = ("maskgit", "ancestral", "confident")
 ACCURACY = {"t2i": "compositional_accuracy/overall", "vqa": "vqa_exact_match"}
@@ -90,12 +92,13 @@ def run_grid(pipe: UnifiedPipeline, args: argparse.Namespace, task: str, name: s
     for run, metrics in zip(result["points"], result["metrics"]):
         meta = json.loads((out / run["dir"] / "results.json").read_text())["metadata"]
         used = meta["tasks"][task]
-        threshold = None
+        threshold = rule = None
         if used["sampler"] == "confident":
-            threshold = used["sampler_kwargs"].get("threshold", build_sampler("confident").threshold)
+            sampler = build_sampler("confident", **used["sampler_kwargs"])
+            threshold, rule = sampler.threshold, sampler.rule
         points.append({
             "task": task, "series": series(used), "sampler": used["sampler"],
-            "num_steps": used["num_steps"], "threshold": threshold,
+            "num_steps": used["num_steps"], "threshold": threshold, "rule": rule,
             "guidance_scale": used["guidance_scale"], "accuracy": metrics[ACCURACY[task]],
             "model_calls": metrics[f"model_calls/{task}"],
             **({"sample_accuracy": metrics["compositional_accuracy/sample_accuracy"],
@@ -109,11 +112,17 @@ def t2i_points(pipe: UnifiedPipeline, args: argparse.Namespace) -> list[dict[str
     points = run_grid(pipe, args, "t2i", "t2i_steps", settings,
                       {"t2i.sampler": args.samplers, "t2i.num_steps": args.steps},
                       lambda used: used["sampler"])
-    if args.thresholds and "confident" in args.samplers:
-        label = f"confident (thresholds, {args.threshold_budget} steps max)"
-        points += run_grid(pipe, args, "t2i", "t2i_thresholds",
-                           {**settings, "sampler": "confident", "num_steps": args.threshold_budget},
-                           {"t2i.sampler_kwargs.threshold": args.thresholds}, lambda used: label)
+    if "confident" not in args.samplers:
+        return points
+    for rule, values in args.confident_rules.items():
+        # the threshold rule keeps its historical folder name so --resume finds older runs
+        name = "t2i_thresholds" if rule == "threshold" else f"t2i_rule_{rule}"
+        label = f"confident ({rule}, {args.threshold_budget} steps max)"
+        kwargs = {**args.confident_kwargs, "rule": rule}
+        points += run_grid(pipe, args, "t2i", name,
+                           {**settings, "sampler": "confident", "num_steps": args.threshold_budget,
+                            "sampler_kwargs": kwargs},
+                           {"t2i.sampler_kwargs.threshold": values}, lambda used, label=label: label)
     return points
 
 
@@ -124,8 +133,8 @@ def vqa_points(pipe: UnifiedPipeline, args: argparse.Namespace) -> list[dict[str
 
 
 def _brief(point: dict[str, Any]) -> dict[str, Any]:
-    keys = ("sampler", "num_steps", "threshold", "accuracy", "model_calls")
-    return {k: point[k] for k in keys}
+    keys = ("sampler", "num_steps", "rule", "threshold", "accuracy", "model_calls")
+    return {k: point.get(k) for k in keys}
 
 
 def calls_claim(points: Sequence[dict[str, Any]], reference_steps: int, tolerance: float
@@ -236,8 +245,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", default="2,4,8,16,32", help="t2i step budgets")
     parser.add_argument("--thresholds", default="0.5,0.7,0.9,0.95",
                         help="confident thresholds for t2i ('' for none)")
+    parser.add_argument("--confident-rule", action="append", default=[], metavar="RULE:V1,V2",
+                        help="t2i confident points of another reveal rule (factor, error_budget, ...)"
+                             " at these values; repeatable")
+    parser.add_argument("--confident-kwargs", type=json.loads, default={}, metavar="JSON",
+                        help="ConfidentSampler options of the t2i threshold/rule points, e.g. "
+                             "'{\"temperature\": 1, \"choice_temperature\": 4.5, \"schedule\": \"cosine\"}'")
     parser.add_argument("--threshold-budget", type=int, default=32,
-                        help="step budget of the threshold points")
+                        help="step budget of the t2i confident points (thresholds and rules)")
     parser.add_argument("--vqa-steps", default="1,2,4,8", help="VQA step budgets ('' for no VQA)")
     parser.add_argument("--guidance", type=float, default=2.0, help="t2i guidance scale (all points)")
     parser.add_argument("--reference-steps", type=int, default=16,
@@ -266,7 +281,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not args.samplers:
         parser.error(f"--samplers: choose from {list(SAMPLERS)}, got {args.samplers}")
     args.steps, args.vqa_steps = numbers(args.steps, int), numbers(args.vqa_steps, int)
-    args.thresholds = numbers(args.thresholds, float)
+    args.confident_rules = {"threshold": numbers(args.thresholds, float)}
+    for spec in args.confident_rule:
+        rule, _, text = spec.partition(":")
+        try:
+            values = numbers(text, float)
+        except ValueError:
+            values = []
+        if rule.strip() not in REVEAL_RULES or not values:
+            parser.error(f"--confident-rule wants RULE:V1,V2 with RULE one of "
+                         f"{sorted(REVEAL_RULES.names())}, got {spec!r}")
+        args.confident_rules[rule.strip()] = values
+    args.confident_rules = {r: v for r, v in args.confident_rules.items() if v}
+    try:
+        build_sampler("confident", **args.confident_kwargs)
+    except (TypeError, ValueError, KeyError) as err:
+        parser.error(f"--confident-kwargs: {err}")
     if not args.steps:
         parser.error("--steps lists no step budget")
     if args.work_dir is None:  # run_all's --results-dir then holds everything a run wrote
@@ -293,14 +323,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                     max(args.vqa_steps), args.tolerance)
     cache = None if args.no_cache_timing else time_prefix_cache(pipe, args)
 
-    print_table(points, ["task", "series", "num_steps", "threshold", "accuracy", "model_calls",
+    print_table(points, ["task", "series", "num_steps", "rule", "threshold", "accuracy", "model_calls",
                          "empty_images", "seconds"])
     for task, claim in claims.items():
         if not claim["measured"]:
             print(f"{task}: calls claim not measured ({claim['reason']})")
             continue
         ref, best = claim["reference"], claim["best_confident"]
-        reached = (f"confident {best['num_steps']} steps, threshold {best['threshold']}: "
+        reached = (f"confident {best['num_steps']} steps, {best['rule']} {best['threshold']}: "
                    f"{best['model_calls']:.2f} calls" if best else "no confident configuration")
         ratio = "-" if claim["calls_ratio"] is None else f"{claim['calls_ratio']:.2f}x"
         print(f"{task}: maskgit-{ref['num_steps']} accuracy {ref['accuracy']:.4f} with "

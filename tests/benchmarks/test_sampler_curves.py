@@ -39,7 +39,7 @@ def test_calls_claim_takes_the_cheapest_confident_point_that_reaches_maskgit():
 
 QUICK = ["--num-samples", "3", "--steps", "2,4", "--reference-steps", "4", "--thresholds", "0.0",
          "--threshold-budget", "4", "--vqa-steps", "1,2", "--batch-size", "2", "--repeats", "1",
-         "--grid-size", "0"]
+         "--grid-size", "0", "--confident-rule", "error_budget:1000"]
 
 
 def test_sampler_curves_on_a_model_directory(tmp_path, tokenizer_dirs):
@@ -56,9 +56,9 @@ def test_sampler_curves_on_a_model_directory(tmp_path, tokenizer_dirs):
     assert saved["points"] == payload["points"]
     t2i = [p for p in saved["points"] if p["task"] == "t2i"]
     vqa = [p for p in saved["points"] if p["task"] == "vqa"]
-    # every sampler x budget, plus the threshold point; VQA at its own budgets
+    # every sampler x budget, plus the threshold and error-budget points; VQA at its own budgets
     assert [(p["sampler"], p["num_steps"]) for p in t2i] == [
-        (s, n) for s in ("maskgit", "ancestral", "confident") for n in (2, 4)] + [("confident", 4)]
+        (s, n) for s in ("maskgit", "ancestral", "confident") for n in (2, 4)] + [("confident", 4)] * 2
     assert [(p["sampler"], p["num_steps"]) for p in vqa] == [
         (s, n) for s in ("maskgit", "ancestral", "confident") for n in (1, 2)]
     for p in saved["points"]:
@@ -70,11 +70,15 @@ def test_sampler_curves_on_a_model_directory(tmp_path, tokenizer_dirs):
             empty = [json.loads(r)["empty"] for r in records]
             assert p["empty_images"] == pytest.approx(sum(empty) / 3)
     assert all(p["model_calls"] == p["num_steps"] for p in t2i + vqa if p["sampler"] == "maskgit")
-    threshold_point = t2i[-1]
+    threshold_point, budget_point = t2i[-2:]
     assert threshold_point["threshold"] == 0.0 and threshold_point["model_calls"] == 1.0
     assert threshold_point["series"] != "confident" and t2i[4]["threshold"] == 0.9  # default
+    assert (threshold_point["rule"], t2i[4]["rule"], t2i[0]["rule"]) == ("threshold", "threshold", None)
+    # a budget no step can exceed reveals everything in one call
+    assert budget_point["rule"] == "error_budget" and budget_point["threshold"] == 1000.0
+    assert budget_point["model_calls"] == 1.0 and "error_budget" in budget_point["series"]
     calls = saved["claims"]["calls"]
-    assert calls["t2i"]["reference"] == {"sampler": "maskgit", "num_steps": 4, "threshold": None,
+    assert calls["t2i"]["reference"] == {"sampler": "maskgit", "num_steps": 4, "threshold": None, "rule": None,
                                          **{k: t2i[1][k] for k in ("accuracy", "model_calls")}}
     assert calls["vqa"]["reference"]["num_steps"] == 2 and "calls_ratio" in calls["vqa"]
     cache = saved["claims"]["prefix_cache"]
@@ -108,3 +112,19 @@ def test_sampler_curves_cache_step_options():
     assert (args.caption_steps, args.vqa_cache_steps) == (12, 4)
     args = parse_args(["--caption-steps", "6", "--vqa-cache-steps", "2"])
     assert (args.caption_steps, args.vqa_cache_steps) == (6, 2)
+
+
+@pytest.mark.parametrize("spec", ["nope:1", "factor", "factor:", "error_budget:x"])
+def test_sampler_curves_refuses_a_bad_confident_rule(spec, capsys):
+    from benchmarks.sampler_curves import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--confident-rule", spec])
+    assert "--confident-rule wants RULE:V1,V2" in capsys.readouterr().err
+    args = parse_args(["--confident-rule", "factor:1,2", "--thresholds", "",
+                       "--confident-kwargs", '{"schedule": "cosine", "temperature": 1}'])
+    assert args.confident_rules == {"factor": [1.0, 2.0]}
+    assert args.confident_kwargs == {"schedule": "cosine", "temperature": 1}
+    with pytest.raises(SystemExit):
+        parse_args(["--confident-kwargs", '{"nope": 1}'])
+    assert "--confident-kwargs:" in capsys.readouterr().err

@@ -11,7 +11,8 @@ from unigen.diffusion.schedules import build_schedule
 from unigen.sampling.categorical import inverse_cdf, legal_logits, sample_tokens
 from unigen.sampling.confidence import token_confidence
 from unigen.sampling.rng import gumbel_rows, make_generators, rand_rows
-from unigen.sampling.selection import masked_counts, reveal_counts, select_top_k
+from unigen.sampling.selection import (masked_counts, replanned_counts, reveal_counts, schedule_time,
+                                      select_top_k)
 
 
 def test_rand_rows_per_row_generators_are_batch_invariant():
@@ -121,3 +122,27 @@ def test_masked_counts_reveal_at_least_one_per_step(name):
 def test_reveal_counts_bounds():
     k = reveal_counts(torch.tensor([5, 5, 0, 3]), torch.tensor([2, 5, 0, 0]))
     assert k.tolist() == [3, 1, 0, 3]
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "polynomial"])
+def test_schedule_time_inverts_the_mask_rate(name):
+    schedule = build_schedule(name)
+    t = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+    assert torch.allclose(schedule_time(schedule, schedule.mask_rate(t)), t, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "polynomial"])
+def test_replanned_counts_follow_maskgit_on_schedule_and_jump_when_ahead(name):
+    schedule = build_schedule(name)
+    for n in (1, 5, 10, 36, 100, 256):
+        for k in (2, 3, 7, 8, 16):
+            expected = masked_counts(schedule, torch.linspace(1, 0, k + 1, dtype=torch.float64), torch.tensor([n]))
+            masked, path = torch.tensor([n]), [n]
+            for i in range(k):
+                count, _ = replanned_counts(schedule, masked, torch.tensor([n]), i, k)
+                masked = masked - count
+                path.append(int(masked))
+            assert path == expected[0].tolist(), (n, k)
+    # a row already down to 10 of 100 at step 1 of 8 is treated as late in the schedule
+    count, t_next = replanned_counts(schedule, torch.tensor([10, 100]), torch.tensor([100, 100]), 1, 8)
+    assert t_next[0] < t_next[1] and 1 <= count[0] <= 10

@@ -27,6 +27,9 @@ FACTORIES: dict[str, Callable[[], Sampler]] = {
     "ancestral": lambda: AncestralSampler(mask_id=MASK),
     "confident": lambda: ConfidentSampler(threshold=0.6, temperature=1.0, mask_id=MASK),
     "confident_entropy": lambda: ConfidentSampler(threshold=0.3, confidence="entropy", temperature=1.0, mask_id=MASK),
+    "confident_scheduled": lambda: ConfidentSampler(
+        threshold=0.5, rule="error_budget", temperature=1.0, choice_temperature=4.5, schedule="cosine", mask_id=MASK
+    ),
     "remask_revise": lambda: RemaskSampler(revise_threshold=0.4, max_revise_fraction=0.3, mask_id=MASK),
     "semi_ar_maskgit": lambda: SemiARSampler(block_length=5, steps_per_block=3, mask_id=MASK),
     "semi_ar_confident": lambda: SemiARSampler(

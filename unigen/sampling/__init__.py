@@ -10,6 +10,7 @@ from unigen.sampling.guidance import GUIDANCE_SCHEDULES, ClassifierFreeGuidance
 from unigen.sampling.inpaint import inpaint_tokens
 from unigen.sampling.maskgit import MaskGITSampler
 from unigen.sampling.remask import RemaskSampler
+from unigen.sampling.reveal_rules import REVEAL_RULES
 from unigen.sampling.rng import GeneratorArg, make_generators, rand_rows
 from unigen.sampling.semi_ar import SemiARSampler
 
@@ -22,6 +23,7 @@ __all__ = [
     "GUIDANCE_SCHEDULES",
     "GeneratorArg",
     "MaskGITSampler",
+    "REVEAL_RULES",
     "RemaskSampler",
     "SAMPLERS",
     "Sampler",

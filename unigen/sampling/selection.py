@@ -43,3 +43,38 @@ def reveal_counts(num_masked: Tensor, num_target_after: Tensor) -> Tensor:
     """How many positions to reveal: enough to reach the target, at least one, at most all masked."""
     k = num_masked - num_target_after
     return torch.minimum(torch.maximum(k, (num_masked > 0).long()), num_masked)
+
+
+def schedule_time(schedule: NoiseSchedule, rate: Tensor, iterations: int = 40) -> Tensor:
+    """The time ``t`` in [0, 1] at which ``schedule.mask_rate(t) == rate`` (smallest such ``t``).
+
+    Bisection, so any increasing schedule (shifted or not) works without a closed-form inverse.
+    """
+    rate = rate.to(torch.float64)
+    lo, hi = torch.zeros_like(rate), torch.ones_like(rate)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        below = schedule.mask_rate(mid) < rate
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return hi
+
+
+def replanned_counts(schedule: NoiseSchedule, num_masked: Tensor, num_editable: Tensor,
+                     step_index: int, num_steps: int) -> tuple[Tensor, Tensor]:
+    """How many positions step ``step_index`` of a ``num_steps`` MaskGIT schedule reveals, for rows
+    that may have got ahead of it (an adaptive sampler revealed extra tokens).
+
+    A row on schedule is at time ``1 - step_index / num_steps`` and gets exactly MaskGIT's count
+    (:func:`masked_counts`). A row with fewer masked positions than that moves to the latest time
+    its ``m`` of ``N`` masked positions allow (where ``N * mask_rate(t) = m + 1``), so it finishes
+    in fewer steps. Returns the counts (at least one while any position is masked) and each row's
+    time after the step, both ``[B]``.
+    """
+    n = num_editable.clamp_min(1).to(torch.float64)
+    grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)  # the samplers' timesteps
+    ahead = schedule_time(schedule, (num_masked + 1) / n)
+    is_ahead = ahead < grid[step_index]
+    # on-schedule rows step along the exact grid, so their counts equal masked_counts' bit for bit
+    t_next = torch.where(is_ahead, (ahead - 1.0 / num_steps).clamp_min(0.0), grid[step_index + 1])
+    target = torch.floor(n * schedule.mask_rate(t_next)).long().to(num_masked.device)
+    return reveal_counts(num_masked, target), t_next
