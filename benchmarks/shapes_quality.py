@@ -28,6 +28,14 @@ cost: building, compiling, loaders), and ``max_steps`` is set to what fits the r
 guard.  The eval stage likewise evaluates ``--eval-calibration-samples`` first and then as many
 samples as fit (at most the recipe's ``data.num_samples``).
 
+One lent session is far shorter than the recipe's training, so a run can continue across
+sessions: ``--return-model`` packs the trained pipeline (bf16 weights, both tokenizers and a
+``training_history.json`` of every session so far) into ``$OUT`` as ``model.tar.partNN`` files
+that the device tool brings back (``cat model.tar.part* | tar -x``), and ``--init-unified DIR``
+starts the next session's unified model from it (``UnifiedModule(init_weights=DIR)``, its
+tokenizers, no tokenizer fit).  Only a model of at most ``--max-parts`` parts is packed
+(``recipes/presets/unified_compact.yaml`` fits in four).
+
 Writes ``benchmarks/results/shapes_quality_<device>.json`` (or ``--out``; after every stage, with
 ``complete: false`` until the end), copied to ``$OUT`` with the t2i sample grid when ``OUT`` is
 set.  ``--smoke`` is the same code path on the CPU with the ``recipes/debug`` recipes (seconds).
@@ -53,6 +61,7 @@ import os  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 import lightning as L  # noqa: E402
@@ -407,6 +416,64 @@ def targets(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# -- bringing a model back from a lent machine -------------------------------------------------------
+HISTORY_FILE = "training_history.json"  # one entry per run that trained the pipeline's weights
+
+
+def pack_parts(folder: Path, out: Path, part_bytes: int, prefix: str = "model.tar.part") -> list[Path]:
+    """``folder`` as an uncompressed tar (bf16 weights do not compress) cut into files of at most
+    ``part_bytes`` in ``out``; ``cat prefix* | tar -x`` restores it."""
+    import io as _io
+    import tarfile
+
+    buffer = _io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(folder, arcname=folder.name)
+    data = buffer.getvalue()
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i, lo in enumerate(range(0, len(data), part_bytes)):
+        parts.append(out / f"{prefix}{i:02d}")
+        parts[-1].write_bytes(data[lo:lo + part_bytes])
+    return parts
+
+
+def return_model(model: Path, work: Path, history: list[dict[str, Any]],
+                 payload: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The trained pipeline with bf16 weights and its training history (earlier runs + this one),
+    packed into ``$OUT`` (or ``work/returned`` without one) for ``--init-unified`` next time."""
+    from unigen.pipeline import UnifiedPipeline
+
+    unified = payload["stages"]["unified"]
+    entry = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+             "unified_steps": unified["steps_done"],
+             "unified_minutes": round(payload["seconds"]["unified"] / 60, 2),
+             "recipes": payload["recipes"]["unified"], "metrics": payload.get("metrics")}
+    history = [*history, entry]
+    folder = work / "returned" / "model_bf16"
+    shutil.rmtree(folder, ignore_errors=True)
+    UnifiedPipeline.from_pretrained(model).save_pretrained(folder, dtype=torch.bfloat16)
+    (folder / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    part_bytes = int(args.part_mb * 2**20)
+    needed = math.ceil(size / part_bytes)
+    info = {"bytes": size, "parts": needed, "total_unified_steps":
+            sum(h["unified_steps"] for h in history), "runs": len(history)}
+    if needed > args.max_parts:
+        info["packed"] = False
+        print(f"=== --return-model: {size / 2**20:.1f} MiB needs {needed} parts of {args.part_mb} "
+              f"MiB, more than --max-parts {args.max_parts}; not packed (a smaller model, e.g. "
+              "recipes/presets/unified_compact.yaml, fits)", flush=True)
+        return info
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else work / "returned"
+    info["packed"] = True
+    info["files"] = [str(p) for p in pack_parts(folder, out, part_bytes)]
+    print(f"=== --return-model: {size / 2**20:.1f} MiB in {needed} parts under {out} "
+          f"({info['total_unified_steps']} unified steps over {len(history)} runs)", flush=True)
+    return info
+
+
 # -- driver ----------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -421,6 +488,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--image-tokenizer", default=None,
                    help="an image tokenizer directory trained earlier: skips the tokenizer fit "
                         "(give --tokenizer-share a small value then)")
+    p.add_argument("--init-unified", default=None,
+                   help="a pipeline directory from an earlier run (e.g. brought back from a lent "
+                        "GPU by --return-model): the unified model continues from its weights, "
+                        "with its text and image tokenizers (no tokenizer fit)")
+    p.add_argument("--return-model", action="store_true",
+                   help="after the eval, pack the pipeline (bf16 weights + its training history) "
+                        "into $OUT as model.tar.partNN files of at most --part-mb MiB")
+    p.add_argument("--part-mb", type=float, default=15.0)
+    p.add_argument("--max-parts", type=int, default=4,
+                   help="--return-model packs nothing if it needs more parts (the device tool "
+                        "brings back 8 files of 16 MiB at most)")
     p.add_argument("--tokenizer-steps", type=int, default=None,
                    help="image tokenizer max_steps (skips its calibration fit)")
     p.add_argument("--unified-steps", type=int, default=None,
@@ -460,6 +538,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None,
                    help="JSON (default benchmarks/results/shapes_quality_<device>.json)")
     args = p.parse_args(argv)
+    if args.init_unified and args.image_tokenizer:
+        p.error("--init-unified brings its own image tokenizer; drop --image-tokenizer")
     if args.smoke:
         args.device = "cpu"
     defaults = {"minutes": (9.0, 1.0), "calibration_warmup": (10, 1), "calibration_steps": (30, 2),
@@ -531,14 +611,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     stage_start, stage_budget = time.perf_counter(), budget.for_stage("tokenizer")
     text = TEXT_TOKENIZER[1 if args.smoke else 0]
-    print(f"=== text tokenizer ({text})", flush=True)
-    build_text_tokenizer("shapes", str(work / "text_tokenizer"), seed=args.seed, **text)
-    payload["stages"]["text_tokenizer"] = {**text,
-                                           "seconds": round(time.perf_counter() - stage_start, 2)}
-    if args.image_tokenizer:  # trained earlier (e.g. carried to a lent machine): no fit
+    history: list[dict[str, Any]] = []
+    if args.init_unified:  # the earlier run's tokenizers: its word ids and codes
+        init = Path(args.init_unified)
+        text_tok = init / "text_tokenizer"
+        if not (init / "pipeline.json").is_file():
+            raise FileNotFoundError(f"--init-unified {init}: no pipeline.json there (a directory "
+                                    "written by --export_dir / save_pretrained, or unpacked from "
+                                    "--return-model's parts)")
+        if (init / HISTORY_FILE).is_file():
+            history = json.loads((init / HISTORY_FILE).read_text())
+        payload["init_unified"] = {"from": str(init), "earlier_runs": history}
+        payload["stages"]["text_tokenizer"] = {"from": str(text_tok), "seconds": 0.0}
+    else:
+        text_tok = work / "text_tokenizer"
+        print(f"=== text tokenizer ({text})", flush=True)
+        build_text_tokenizer("shapes", str(text_tok), seed=args.seed, **text)
+        payload["stages"]["text_tokenizer"] = {**text,
+                                               "seconds": round(time.perf_counter() - stage_start, 2)}
+    earlier = args.image_tokenizer or (str(Path(args.init_unified) / "image_tokenizer")
+                                       if args.init_unified else None)
+    if earlier:  # trained earlier (e.g. carried to a lent machine): no fit
         from unigen.tokenizers import ImageTokenizer
 
-        image_tok = Path(args.image_tokenizer)
+        image_tok = Path(earlier)
         loaded = ImageTokenizer.from_pretrained(image_tok)  # fails here, not in the unified fit
         payload["stages"]["image_tokenizer"] = {"from": str(image_tok), "steps_done": 0,
                                                 "type": type(loaded).type_name,
@@ -552,8 +648,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             stage_start, args.tokenizer_steps, args, image_tok)
         payload["stages"]["image_tokenizer"]["precision"] = args.tokenizer_precision
         # the trained tokenizer is small (config + safetensors): bring it back from a lent machine
-        payload["stages"]["image_tokenizer"]["copied_to_out"] = copy_to_out(
-            sorted(image_tok.glob("*")), "image_tokenizer")
+        # (inside the returned pipeline with --return-model)
+        if not args.return_model:
+            payload["stages"]["image_tokenizer"]["copied_to_out"] = copy_to_out(
+                sorted(image_tok.glob("*")), "image_tokenizer")
     payload["seconds"]["tokenizer"] = round(time.perf_counter() - stage_start, 2)
     save()
 
@@ -563,7 +661,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     payload["stages"]["unified"] = timed_fit(
         "unified", recipes["unified"],
         [*common, "--model.init_args.image_tokenizer", str(image_tok),
-         "--model.init_args.text_tokenizer", str(work / "text_tokenizer")],
+         "--model.init_args.text_tokenizer", str(text_tok),
+         *(["--model.init_args.init_weights", args.init_unified] if args.init_unified else [])],
         work, stage_budget, stage_start, args.unified_steps, args, model)
     payload["seconds"]["unified"] = round(time.perf_counter() - stage_start, 2)
     save()
@@ -615,9 +714,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if key != "all_met":
             print(f"target {key}: {t['value']} >= {t['target']}: {t['met']}")
     print(f"seconds: {payload['seconds']}")
-    copies = [out_path, grid, info.get("report")]
+    # the device tool brings back 8 files: with the model's parts, only the JSONs and the grid
+    copies = [out_path, grid] + ([] if args.return_model else [info.get("report")])
     if args.curves and "json" in payload["curves"]:
-        copies += [payload["curves"]["json"], Path(payload["curves"]["json"]).with_suffix(".png")]
+        copies += [payload["curves"]["json"]]
+        if not args.return_model:
+            copies += [Path(payload["curves"]["json"]).with_suffix(".png")]
+    if args.return_model:
+        payload["returned_model"] = return_model(model, work, history, payload, args)
+        save()
     payload["copied_to_out"] = copy_to_out(copies)
     return payload
 

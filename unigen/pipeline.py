@@ -15,6 +15,7 @@ floating-point differences between batched matrix kernels (exact on CPU in our t
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -87,15 +88,21 @@ class UnifiedPipeline:
                              f"{text_tokenizer.vocab_size}")
 
     # -- persistence ---------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the three parts; the directory is complete or absent."""
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write the three parts; the directory is complete or absent.  ``dtype`` (e.g.
+        ``torch.bfloat16``) stores the transformer's floating-point weights in that type: half the
+        bytes, to move a model through a size-limited channel; loading casts them back to the
+        network's type."""
+        state = self.transformer.state_dict()
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         with io.atomic_directory(path) as tmp:
             io.write_json(tmp / "pipeline.json", {"format_version": FORMAT_VERSION, "kind": self.KIND,
                                                   "image_size": self.image_size,
                                                   "parts": ["transformer", "image_tokenizer",
                                                             "text_tokenizer"]})
             io.write_json(tmp / "transformer" / "config.json", self.transformer.config)
-            io.save_safetensors(self.transformer.state_dict(), tmp / "transformer" / "model.safetensors")
+            io.save_safetensors(state, tmp / "transformer" / "model.safetensors")
             self.image_tokenizer.save_pretrained(tmp / "image_tokenizer")
             self.text_tokenizer.save_pretrained(tmp / "text_tokenizer")
 
@@ -276,3 +283,19 @@ class UnifiedPipeline:
                                      self.generators(len(x), seed, generator), False,
                                      region=region[None].expand(len(x), -1, -1))
         return self._image_output(tokens, output, calls, return_calls)
+
+
+def load_transformer_weights(net: UnifiedTransformer, path: str | os.PathLike) -> UnifiedTransformer:
+    """Copy the transformer weights of the pipeline saved at ``path`` into ``net`` (continuing a
+    run with a fresh optimizer, e.g. across lent GPU sessions).  The saved architecture must be
+    ``net``'s: any difference is one error naming the keys."""
+    path, _ = io.read_model_dir(path, "pipeline", "train with `unigen fit ... --export_dir DIR`",
+                                "pipeline.json")
+    saved = io.read_json(path / "transformer" / "config.json", "transformer config")
+    ours = json.loads(json.dumps(net.config))  # tuples -> lists, as the saved JSON holds them
+    diff = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours))
+            if saved.get(k) != ours.get(k)}
+    if diff:
+        raise ValueError(f"the transformer at {path} has another architecture; (saved, recipe): {diff}")
+    return io.load_weights(net, path / "transformer" / "model.safetensors")
+

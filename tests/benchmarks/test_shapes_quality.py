@@ -133,3 +133,41 @@ def test_a_compile_failure_in_calibration_falls_back_to_eager(tmp_path, monkeypa
     assert "simulated compiler error" in unified["compile_error"] and not unified["compiled"]
     assert "--model.init_args.compile" in unified["command"]
     assert unified["steps_done"] == unified["steps_planned"] and saved["complete"]
+
+
+def test_a_returned_model_continues_in_the_next_run(tmp_path, monkeypatch):
+    import subprocess
+
+    out = tmp_path / "device_out"
+    out.mkdir()
+    monkeypatch.setenv("OUT", str(out))
+    first = main(["--smoke", "--minutes", "5", "--tokenizer-steps", "2", "--unified-steps", "2",
+                  "--return-model", "--part-mb", "0.25", "--max-parts", "99",
+                  "--work-dir", str(tmp_path / "a"), "--out", str(tmp_path / "a.json")])
+    returned = first["returned_model"]
+    parts = sorted(out.glob("model.tar.part*"))
+    assert returned["packed"] and [str(p) for p in parts] == returned["files"]
+    assert len(parts) == returned["parts"] >= 2 and all(p.stat().st_size <= 2**18 for p in parts)
+    assert not (out / "image_tokenizer").exists()  # it travels inside the pipeline
+    # unpack as docs/performance.md says: cat the parts into tar
+    (tmp_path / "back").mkdir()
+    subprocess.run(f"cat {' '.join(map(str, parts))} | tar -x -C {tmp_path / 'back'}", shell=True,
+                   check=True)
+    model = tmp_path / "back" / "model_bf16"
+    history = json.loads((model / "training_history.json").read_text())
+    assert [h["unified_steps"] for h in history] == [2] and history[0]["device"] == "cpu"
+
+    monkeypatch.delenv("OUT")
+    second = main(["--smoke", "--minutes", "5", "--unified-steps", "3", "--init-unified", str(model),
+                   "--return-model", "--part-mb", "0.25", "--max-parts", "1",
+                   "--work-dir", str(tmp_path / "b"), "--out", str(tmp_path / "b.json")])
+    assert second["init_unified"] == {"from": str(model), "earlier_runs": history}
+    assert second["stages"]["image_tokenizer"]["from"] == str(model / "image_tokenizer")
+    assert "--model.init_args.init_weights" in second["stages"]["unified"]["command"]
+    assert second["stages"]["unified"]["steps_done"] == 3
+    assert not (tmp_path / "b" / "text_tokenizer").exists()  # the earlier run's word ids
+    # too big for one part: nothing packed, the history still adds up
+    assert second["returned_model"]["packed"] is False and second["returned_model"]["runs"] == 2
+    assert second["returned_model"]["total_unified_steps"] == 5
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--init-unified", str(model), "--image-tokenizer", str(model / "image_tokenizer")])

@@ -113,3 +113,16 @@ def test_return_calls_counts_early_finishers_of_confident_decoding(pipe):
     _, calls = pipe.caption(images(3), num_steps=8, sampler="confident",
                             sampler_kwargs={"threshold": 1.1}, return_calls=True)
     assert calls == [8, 8, 8]  # never confident enough: one token per step until the budget
+
+
+def test_bf16_save_halves_the_weights_and_loads_back_rounded(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "fp32")
+    pipe.save_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    weights = "transformer/model.safetensors"
+    small, full = ((tmp_path / d / weights).stat().st_size for d in ("bf16", "fp32"))
+    assert small < 0.55 * full
+    loaded = UnifiedPipeline.from_pretrained(tmp_path / "bf16")
+    for k, v in pipe.transformer.state_dict().items():
+        got = loaded.transformer.state_dict()[k]
+        assert got.dtype == v.dtype, k  # cast back to the network's type
+        assert torch.equal(got, v.to(torch.bfloat16).to(v.dtype)), k

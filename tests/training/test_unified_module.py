@@ -114,3 +114,18 @@ def test_bad_arguments_are_refused(tokenizer_dirs):
         UnifiedModule(**tokenizer_dirs, tasks={"painting": 1.0})
     with pytest.raises(FileNotFoundError, match="image tokenizer directory not found"):
         UnifiedModule(image_tokenizer="/nonexistent", text_tokenizer=tokenizer_dirs["text_tokenizer"]).configure_model()
+
+
+def test_init_weights_starts_from_an_exported_pipeline(tokenizer_dirs, tmp_path):
+    first = make(tokenizer_dirs)
+    overfit(first, batch_of(), 2)
+    first.to_pipeline().save_pretrained(tmp_path / "p", dtype=torch.bfloat16)
+    second = make(tokenizer_dirs, seed=7, init_weights=str(tmp_path / "p"))  # builds the net
+    for k, v in first.net.state_dict().items():
+        assert torch.equal(second.net.state_dict()[k], v.to(torch.bfloat16).float()), k
+    fresh = make(tokenizer_dirs)
+    assert not torch.equal(fresh.net.token_emb.weight, second.net.token_emb.weight)
+    with pytest.raises(ValueError, match=r"another architecture; \(saved, recipe\): \{'dim': \(64, 48\)\}"):
+        make(tokenizer_dirs, dim=48, init_weights=str(tmp_path / "p"))
+    with pytest.raises(FileNotFoundError, match="pipeline directory not found"):
+        make(tokenizer_dirs, init_weights=str(tmp_path / "nope"))

@@ -62,6 +62,11 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             generator seeded by (seed, step, the sample's ``index``), not one generator per batch:
             N ranks with batch B then train exactly like one process with batch N*B (with
             ``loss: elbo``, a mean over rows); costs a Python loop over the rows.
+        init_weights: pipeline directory (``--export_dir`` / ``save_pretrained``) whose transformer
+            weights the model starts from, with a fresh optimizer and schedule: continuing a run
+            in pieces (e.g. across lent GPU sessions).  Its architecture must be this recipe's and
+            the tokenizers must be the pipeline's (one error otherwise).  To fine-tune with freezing
+            or LoRA instead, use :class:`~unigen.training.finetune.FinetuneModule`.
     """
 
     def __init__(self, image_tokenizer: str, text_tokenizer: str, image_size: int = 64,
@@ -74,7 +79,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  prefix_attention: bool = True, lr: float = 3e-4, weight_decay: float = 0.05,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100,
                  min_lr_ratio: float = 0.1, compile: bool = False, seed: int = 0,
-                 val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False) -> None:
+                 val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False,
+                 init_weights: str | None = None) -> None:
         super().__init__()
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
@@ -102,6 +108,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         self.net = UnifiedTransformer(vocab, sequence, dim=hp.dim, depth=hp.depth, heads=hp.heads,
                                       mlp_ratio=hp.mlp_ratio, qk_norm=hp.qk_norm,
                                       position=hp.position, head=hp.head, dropout=hp.dropout)
+        if hp.get("init_weights"):
+            from unigen.pipeline import load_transformer_weights
+
+            load_transformer_weights(self.net, hp.init_weights)
         if hp.compile:
             for block in self.net.blocks:
                 block.compile()
