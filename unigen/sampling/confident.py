@@ -30,8 +30,8 @@ from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, resolve_sched
 from unigen.sampling.categorical import sample_tokens
 from unigen.sampling.confidence import check_measure, token_confidence
 from unigen.sampling.reveal_rules import REVEAL_RULES, check_rule
-from unigen.sampling.rng import GeneratorArg, gumbel_rows
-from unigen.sampling.selection import replanned_counts, select_top_k
+from unigen.sampling.rng import GeneratorArg
+from unigen.sampling.selection import choice_scores, replanned_counts, select_top_k
 
 
 @SAMPLERS.register("confident")
@@ -107,12 +107,8 @@ class ConfidentSampler(Sampler):
     def ranking_score(self, confidence: Tensor, remaining: Tensor, generator: GeneratorArg) -> Tensor:
         """Log-confidence plus MaskGIT's Gumbel noise scaled by ``choice_temperature * remaining``
         (``remaining`` ``[B]``: 1 when decoding starts, 0 at its end)."""
-        score = confidence.float().clamp_min(1e-30).log() if self.confidence == "prob" else confidence.float()
-        if self.choice_temperature == 0:
-            return score
-        noise = gumbel_rows(score.shape, generator, device=score.device, purpose="confident choice noise")
-        tau = self.choice_temperature * remaining.to(score.device, torch.float32).unsqueeze(-1)
-        return score + tau * noise
+        tau = self.choice_temperature * remaining.to(confidence.device, torch.float32)
+        return choice_scores(confidence, self.confidence, tau, generator, "confident choice noise")
 
     def _repr_fields(self) -> dict[str, Any]:
         return {

@@ -18,8 +18,8 @@ from unigen.diffusion.schedules import NoiseSchedule
 from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, resolve_schedule
 from unigen.sampling.categorical import sample_tokens
 from unigen.sampling.confidence import check_measure, token_confidence
-from unigen.sampling.rng import GeneratorArg, gumbel_rows
-from unigen.sampling.selection import masked_counts, reveal_counts, select_top_k
+from unigen.sampling.rng import GeneratorArg
+from unigen.sampling.selection import choice_scores, masked_counts, reveal_counts, select_top_k
 
 
 @SAMPLERS.register("maskgit")
@@ -82,13 +82,8 @@ class MaskGITSampler(Sampler):
         return SamplerOutput(new_tokens, (is_masked & ~revealed) | remasked, confidence)
 
     def ranking_score(self, confidence: Tensor, step_index: int, generator: GeneratorArg) -> Tensor:
-        # MaskGIT perturbs log-probabilities; margin and entropy are already on a comparable scale.
-        score = confidence.clamp_min(1e-30).log() if self.confidence == "prob" else confidence
         tau = self.choice_temperature * (1.0 - self.progress(step_index))
-        if tau > 0:
-            noise = gumbel_rows(score.shape, generator, device=score.device, purpose="MaskGIT choice noise")
-            score = score + tau * noise
-        return score
+        return choice_scores(confidence, self.confidence, tau, generator, "MaskGIT choice noise")
 
     def revise(
         self,

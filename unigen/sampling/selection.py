@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from unigen.diffusion.schedules import NoiseSchedule
+from unigen.sampling.rng import GeneratorArg, gumbel_rows
 
 
 def select_top_k(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
@@ -20,6 +21,19 @@ def select_top_k(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     positions = torch.arange(score.shape[-1], device=score.device).expand_as(order)
     ranks = torch.empty_like(order).scatter_(-1, order, positions)
     return candidates & (ranks < k.to(score.device).unsqueeze(-1))
+
+
+def choice_scores(confidence: Tensor, measure: str, tau: float | Tensor, generator: GeneratorArg,
+                  purpose: str = "choice noise") -> Tensor:
+    """MaskGIT's ranking score: log-confidence (``prob``; ``margin`` and ``entropy`` are already on
+    a comparable scale) plus Gumbel noise times ``tau`` (a float, or ``[B]`` per row).  No noise is
+    drawn where ``tau`` is 0 everywhere."""
+    score = confidence.float().clamp_min(1e-30).log() if measure == "prob" else confidence.float()
+    tau = torch.as_tensor(tau, dtype=torch.float32, device=score.device)
+    if not bool((tau > 0).any()):
+        return score
+    noise = gumbel_rows(score.shape, generator, device=score.device, purpose=purpose)
+    return score + (tau.unsqueeze(-1) if tau.ndim else tau) * noise
 
 
 def masked_counts(schedule: NoiseSchedule, timesteps: Tensor, num_editable: Tensor) -> Tensor:
