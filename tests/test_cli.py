@@ -76,6 +76,20 @@ def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):
                  "two blue squares", "--steps", "2", "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert json.loads((tmp_path / "grid.json").read_text())["prompts"] == ["a red circle", "two blue squares"]
+    # sampler options from the command line (values as YAML), recorded next to the grid
+    assert main(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "3",
+                 "--sampler", "confident", "--sampler-arg", "schedule=cosine", "--sampler-arg",
+                 "choice_temperature=4.5", "--sampler-arg", "temperature=1",
+                 "--out", str(tmp_path / "conf.png")]) == 0
+    assert json.loads((tmp_path / "conf.json").read_text())["sampler_kwargs"] == {
+        "schedule": "cosine", "choice_temperature": 4.5, "temperature": 1}
+    for bad, message in ((["--sampler-arg", "nope=1"], "sampler 'confident' does not take these options"),
+                         (["--sampler-arg", "schedule"], "--sampler-arg expects KEY=VALUE")):
+        with pytest.raises(SystemExit):
+            main(["generate", "--model", str(model), "--prompt", "a", "--sampler", "confident", *bad,
+                  "--out", str(tmp_path / "bad.png")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("unigen: error:") and message in err[-1]
     from unigen.data.shapes import Scene
 
     img = tmp_path / "x.png"

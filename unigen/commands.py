@@ -34,7 +34,30 @@ def _common_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     parser.add_argument("--steps", type=int, default=None, help="decoding steps")
     parser.add_argument("--sampler", default="maskgit", help="maskgit | ancestral | confident | remask | semi_ar")
+    parser.add_argument("--sampler-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sampler option, value as YAML (repeatable), e.g. schedule=cosine "
+                             "(docs/samplers.md)")
     parser.add_argument("--out", required=True, help="output file")
+
+
+def _sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--sampler-arg`` pairs, checked by building the sampler (one error line names a bad one)."""
+    import yaml
+
+    from unigen.sampling import build_sampler
+
+    kwargs = {}
+    for item in args.sampler_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--sampler-arg expects KEY=VALUE, got {item!r}")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    try:
+        build_sampler(args.sampler, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"--sampler-arg: sampler {args.sampler!r} does not take these options "
+                         f"({err})") from None
+    return kwargs
 
 
 def _image_args(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +79,15 @@ def _generate(args: argparse.Namespace) -> None:
 
     pipe = _pipeline(args)
     prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
+    kwargs = _sampler_kwargs(args)
     images = pipe.text_to_image(prompts, num_steps=args.steps or 16, guidance_scale=args.guidance,
-                                sampler=args.sampler, seed=args.seed, output="tensor", progress=True)
+                                sampler=args.sampler, sampler_kwargs=kwargs, seed=args.seed,
+                                output="tensor", progress=True)
     out = save_png(captioned_grid(images.cpu(), prompts), args.out)
     io.write_json(out.with_suffix(".json"), {"prompts": prompts, "seed": args.seed,
                                              "steps": args.steps or 16, "guidance": args.guidance,
-                                             "sampler": args.sampler, "model": str(args.model)})
+                                             "sampler": args.sampler, "sampler_kwargs": kwargs,
+                                             "model": str(args.model)})
     print(f"wrote {out} ({len(prompts)} images)")
 
 
@@ -75,7 +101,7 @@ def _caption(args: argparse.Namespace) -> None:
     pipe = _pipeline(args)
     images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
     captions = pipe.caption(images, num_steps=args.steps, sampler=args.sampler, seed=args.seed,
-                            progress=True)
+                            sampler_kwargs=_sampler_kwargs(args), progress=True)
     rows = [{"image": p, "caption": c} for p, c in zip(args.image, captions)]
     io.write_json(args.out, rows)
     for row in rows:
@@ -94,7 +120,7 @@ def _answer(args: argparse.Namespace) -> None:
     images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
     questions = args.question * len(args.image) if len(args.question) == 1 else args.question
     answers = pipe.answer(images, questions, num_steps=args.steps, sampler=args.sampler,
-                          seed=args.seed, progress=True)
+                          seed=args.seed, sampler_kwargs=_sampler_kwargs(args), progress=True)
     rows = [{"image": p, "question": q, "answer": a} for p, q, a in zip(args.image, questions, answers)]
     io.write_json(args.out, rows)
     for row in rows:
