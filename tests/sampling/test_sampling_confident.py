@@ -124,3 +124,15 @@ def test_choice_noise_changes_the_order_reproducibly():
     plain = ConfidentSampler(threshold=0.99, mask_id=MASK)
     assert torch.equal(decode(net, tokens, is_masked, plain, num_steps=24).tokens,
                        decode(net, tokens, is_masked, plain, num_steps=24).tokens)
+
+
+def test_scheduled_confident_decoding_is_exactly_maskgit_when_nothing_passes():
+    from unigen.sampling import MaskGITSampler
+
+    tokens, is_masked = make_batch(4)
+    net = DummyNet(sharpness=2.0)
+    never = ConfidentSampler(threshold=2.0, temperature=1.0, choice_temperature=4.5, schedule="cosine", mask_id=MASK)
+    ours = decode(net, tokens, is_masked, never, num_steps=8, generator=generators([1, 2, 3, 4]))
+    theirs = decode(net, tokens, is_masked, MaskGITSampler(mask_id=MASK), num_steps=8,
+                    generator=generators([1, 2, 3, 4]))
+    assert torch.equal(ours.tokens, theirs.tokens) and ours.num_model_calls == theirs.num_model_calls == 8

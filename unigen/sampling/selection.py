@@ -78,17 +78,18 @@ def replanned_counts(schedule: NoiseSchedule, num_masked: Tensor, num_editable: 
     """How many positions step ``step_index`` of a ``num_steps`` MaskGIT schedule reveals, for rows
     that may have got ahead of it (an adaptive sampler revealed extra tokens).
 
-    A row on schedule is at time ``1 - step_index / num_steps`` and gets exactly MaskGIT's count
-    (:func:`masked_counts`). A row with fewer masked positions than that moves to the latest time
-    its ``m`` of ``N`` masked positions allow (where ``N * mask_rate(t) = m + 1``), so it finishes
-    in fewer steps. Returns the counts (at least one while any position is masked) and each row's
-    time after the step, both ``[B]``.
+    A row on schedule (as many masked positions as MaskGIT would have, :func:`masked_counts`) gets
+    exactly MaskGIT's count and time. A row with fewer moves to the latest time its ``m`` of ``N``
+    masked positions allow (where ``N * mask_rate(t) = m + 1``) and takes one step of
+    ``1 / num_steps`` from there, so it finishes in fewer steps. Returns the counts (at least one
+    while any position is masked) and each row's time after the step (``[B]`` float64).
     """
-    n = num_editable.clamp_min(1).to(torch.float64)
-    grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)  # the samplers' timesteps
-    ahead = schedule_time(schedule, (num_masked + 1) / n)
-    is_ahead = ahead < grid[step_index]
-    # on-schedule rows step along the exact grid, so their counts equal masked_counts' bit for bit
-    t_next = torch.where(is_ahead, (ahead - 1.0 / num_steps).clamp_min(0.0), grid[step_index + 1])
-    target = torch.floor(n * schedule.mask_rate(t_next)).long().to(num_masked.device)
+    device = num_masked.device
+    grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device=device)  # samplers' timesteps
+    planned = masked_counts(schedule, grid, num_editable.to(device))[:, step_index : step_index + 2]
+    n = num_editable.to(device, torch.float64).clamp_min(1)
+    ahead = num_masked < planned[:, 0]
+    t_ahead = (schedule_time(schedule, (num_masked + 1) / n) - 1.0 / num_steps).clamp_min(0.0)
+    t_next = torch.where(ahead, t_ahead, grid[step_index + 1])
+    target = torch.where(ahead, torch.floor(n * schedule.mask_rate(t_next)).long(), planned[:, 1])
     return reveal_counts(num_masked, target), t_next
