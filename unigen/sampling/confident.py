@@ -91,9 +91,9 @@ class ConfidentSampler(Sampler):
             revealed = is_masked
         else:
             num_masked = is_masked.sum(-1)
+            remaining: float | Tensor
             if self.schedule is None:
-                count = (num_masked > 0).long()
-                remaining = torch.full_like(num_masked, 1.0 - self.progress(step_index), dtype=torch.float64)
+                count, remaining = (num_masked > 0).long(), 1.0 - self.progress(step_index)
             else:
                 assert editable is not None  # validate_step checked it
                 count, remaining = replanned_counts(
@@ -104,10 +104,10 @@ class ConfidentSampler(Sampler):
             revealed = (is_masked & passing) | floor
         return SamplerOutput(self.reveal(tokens, sampled, revealed), is_masked & ~revealed, confidence)
 
-    def ranking_score(self, confidence: Tensor, remaining: Tensor, generator: GeneratorArg) -> Tensor:
+    def ranking_score(self, confidence: Tensor, remaining: float | Tensor, generator: GeneratorArg) -> Tensor:
         """Log-confidence plus MaskGIT's Gumbel noise scaled by ``choice_temperature * remaining``
-        (``remaining`` ``[B]``: 1 when decoding starts, 0 at its end)."""
-        tau = self.choice_temperature * remaining.to(confidence.device, torch.float32)
+        (``remaining``, a float or ``[B]``: 1 when decoding starts, 0 at its end)."""
+        tau = 0.0 if self.choice_temperature == 0 else self.choice_temperature * remaining
         return choice_scores(confidence, self.confidence, tau, generator, "confident choice noise")
 
     def _repr_fields(self) -> dict[str, Any]:

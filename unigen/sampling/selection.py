@@ -26,14 +26,16 @@ def select_top_k(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
 def choice_scores(confidence: Tensor, measure: str, tau: float | Tensor, generator: GeneratorArg,
                   purpose: str = "choice noise") -> Tensor:
     """MaskGIT's ranking score: log-confidence (``prob``; ``margin`` and ``entropy`` are already on
-    a comparable scale) plus Gumbel noise times ``tau`` (a float, or ``[B]`` per row).  No noise is
-    drawn where ``tau`` is 0 everywhere."""
+    a comparable scale) plus Gumbel noise times ``tau``, a float or a ``[B]`` tensor (per row).  A
+    float ``tau`` of 0 draws no noise (and reads no device value: no sync in the decoding loop)."""
     score = confidence.float().clamp_min(1e-30).log() if measure == "prob" else confidence.float()
-    tau = torch.as_tensor(tau, dtype=torch.float32, device=score.device)
-    if not bool((tau > 0).any()):
-        return score
+    if not isinstance(tau, Tensor):
+        if tau <= 0:
+            return score
+    else:
+        tau = tau.to(score.device, torch.float32).unsqueeze(-1)
     noise = gumbel_rows(score.shape, generator, device=score.device, purpose=purpose)
-    return score + (tau.unsqueeze(-1) if tau.ndim else tau) * noise
+    return score + tau * noise
 
 
 def masked_counts(schedule: NoiseSchedule, timesteps: Tensor, num_editable: Tensor) -> Tensor:
