@@ -613,12 +613,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     text = TEXT_TOKENIZER[1 if args.smoke else 0]
     history: list[dict[str, Any]] = []
     if args.init_unified:  # the earlier run's tokenizers: its word ids and codes
-        init = Path(args.init_unified)
+        from unigen import io
+
+        init, _ = io.read_model_dir(args.init_unified, "--init-unified pipeline",
+                                    "unpack --return-model's parts, or an --export_dir",
+                                    "pipeline.json")
         text_tok = init / "text_tokenizer"
-        if not (init / "pipeline.json").is_file():
-            raise FileNotFoundError(f"--init-unified {init}: no pipeline.json there (a directory "
-                                    "written by --export_dir / save_pretrained, or unpacked from "
-                                    "--return-model's parts)")
         if (init / HISTORY_FILE).is_file():
             history = json.loads((init / HISTORY_FILE).read_text())
         payload["init_unified"] = {"from": str(init), "earlier_runs": history}

@@ -171,3 +171,6 @@ def test_a_returned_model_continues_in_the_next_run(tmp_path, monkeypatch):
     assert second["returned_model"]["total_unified_steps"] == 5
     with pytest.raises(SystemExit):
         main(["--smoke", "--init-unified", str(model), "--image-tokenizer", str(model / "image_tokenizer")])
+    with pytest.raises(FileNotFoundError, match="--init-unified pipeline directory not found"):
+        main(["--smoke", "--init-unified", str(tmp_path / "missing"), "--work-dir", str(tmp_path / "c"),
+              "--out", str(tmp_path / "c.json")])
