@@ -147,6 +147,47 @@ class StepTimer(L.Callback):
                                                "steps": trainer.global_step}))
 
 
+class StepProfiler(L.Callback):
+    """``torch.profiler`` over training steps ``first + 1 .. first + count`` (after the timed
+    calibration steps, so the profiler's overhead does not enter the planned step time); writes
+    the operators' totals, by device time and by host time, as text tables to ``path``."""
+
+    def __init__(self, path: str, first: int, count: int, rows: int = 30) -> None:
+        self.path, self.first, self.count, self.rows = path, first, count, rows
+        self._prof: Any = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.first and self._prof is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                                   if pl_module.device.type == "cuda" else [])
+            self._prof = profile(activities=activities)
+            self._prof.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._prof is not None and trainer.global_step >= self.first + self.count:
+            self._finish(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._prof is not None:
+            self._finish(pl_module)
+
+    def _finish(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        prof, self._prof = self._prof, None
+        prof.__exit__(None, None, None)
+        averages = prof.key_averages()
+        device_key = "cuda_time_total" if pl_module.device.type == "cuda" else "cpu_time_total"
+        text = (f"{self.count} training steps after step {self.first}\n\n"
+                f"by {device_key}:\n{averages.table(sort_by=device_key, row_limit=self.rows)}\n"
+                f"by self_cpu_time_total:\n"
+                f"{averages.table(sort_by='self_cpu_time_total', row_limit=self.rows)}\n")
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.path).write_text(text)
+
+
 def step_seconds(times: Sequence[float], skip: int) -> float | None:
     """Mean seconds per step after the first ``skip`` steps (compilation, cuDNN autotuning, loader
     start-up); ``times[i]`` is the end of step ``i + 1`` since training started.  ``None`` when no
@@ -223,7 +264,7 @@ def dig(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
 
 def fit_args(recipes: Sequence[str], run_dir: Path, steps: int, seconds: float,
              timer: Path, label: str, extra: Sequence[str], recipe: dict[str, Any],
-             export: Path | None) -> list[str]:
+             export: Path | None, callbacks: Sequence[dict[str, Any]] = ()) -> list[str]:
     """The ``unigen fit`` command line of one timed fit."""
     args = ["fit"]
     for path in recipes:
@@ -237,6 +278,8 @@ def fit_args(recipes: Sequence[str], run_dir: Path, steps: int, seconds: float,
     callback = {"class_path": "benchmarks.shapes_quality.StepTimer",
                 "init_args": {"path": str(timer), "label": label}}
     args += [f"--trainer.callbacks+={json.dumps(callback)}"]
+    for extra_callback in callbacks:
+        args += [f"--trainer.callbacks+={json.dumps(extra_callback)}"]
     return args
 
 
@@ -267,14 +310,20 @@ def timed_fit(name: str, recipes: Sequence[str], common: list[str], work: Path, 
                                        "--trainer.num_sanity_val_steps", "0"]
     left = lambda: budget_s - (time.perf_counter() - stage_start)  # noqa: E731
     if steps is None:
-        cal_steps = opts.calibration_warmup + opts.calibration_steps
+        timed_steps = opts.calibration_warmup + opts.calibration_steps
+        profile_steps = opts.profile_steps if name == "unified" else 0
+        cal_steps = timed_steps + profile_steps
         timer = work / f"{name}_calibration" / "step_times.json"
+        profile_path = work / f"{name}_calibration" / "profile.txt"
+        profiler = ([{"class_path": "benchmarks.shapes_quality.StepProfiler",
+                      "init_args": {"path": str(profile_path), "first": timed_steps,
+                                    "count": profile_steps}}] if profile_steps else [])
 
         def calibrate() -> tuple[int, float]:
             args = fit_args(recipes, work / f"{name}_calibration", cal_steps, max(left(), 1.0),
                             timer, f"{name} calibration",
                             [*common, "--trainer.limit_val_batches", "0",
-                             "--trainer.num_sanity_val_steps", "0"], recipe, None)
+                             "--trainer.num_sanity_val_steps", "0"], recipe, None, profiler)
             return run_fit(args)
 
         try:
@@ -290,10 +339,16 @@ def timed_fit(name: str, recipes: Sequence[str], common: list[str], work: Path, 
             compiled = info["compiled"] = False
             done, wall = calibrate()
         times = json.loads(timer.read_text())["times"]
-        step_s = step_seconds(times, opts.calibration_warmup)
+        if profile_steps and profile_path.is_file():
+            info["profile"] = profile_path.read_text()
+        # the profiled steps run slower: plan from the timed ones (their overhead stays counted)
+        step_s = step_seconds(times[:timed_steps], opts.calibration_warmup)
         if step_s is None:
             raise RuntimeError(f"{name} calibration ran {done} steps; too few to time")
         overhead = wall - step_s * done  # building, compiling, loader start-up, teardown
+        if len(times) > timed_steps:  # the profiler's own cost belongs to no later fit
+            overhead -= max(0.0, times[-1] - times[timed_steps - 1]
+                            - step_s * (len(times) - timed_steps))
         warm = opts.calibration_warmup
         warmup_extra = max(0.0, times[warm - 1] - warm * step_s) if warm else 0.0
         # torch.compile'd blocks are reused by the next fit in this process (dynamo caches the
@@ -509,6 +564,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="calibration steps timed (default 30, smoke 2)")
     p.add_argument("--max-warmup-fraction", type=float, default=0.1,
                    help="cap the recipe's LR warm-up at this fraction of the planned steps")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="torch.profiler over this many unified calibration steps after the timed "
+                        "ones; the operator tables go into the JSON (stages.unified.profile)")
     p.add_argument("--validate", action="store_true",
                    help="keep the recipes' validation inside the timed fits (default off)")
     p.add_argument("--tokenizer-recipe", action="append", default=None,

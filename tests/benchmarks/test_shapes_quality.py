@@ -174,3 +174,17 @@ def test_a_returned_model_continues_in_the_next_run(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="--init-unified pipeline directory not found"):
         main(["--smoke", "--init-unified", str(tmp_path / "missing"), "--work-dir", str(tmp_path / "c"),
               "--out", str(tmp_path / "c.json")])
+
+
+def test_profile_steps_put_operator_tables_in_the_json(tmp_path):
+    saved = main(["--smoke", "--minutes", "5", "--tokenizer-steps", "2", "--profile-steps", "2",
+                  "--calibration-warmup", "1", "--calibration-steps", "2",
+                  "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "r.json")])
+    unified = saved["stages"]["unified"]
+    profile = unified["profile"]
+    assert profile.startswith("2 training steps after step 3")
+    assert "by cpu_time_total:" in profile and "by self_cpu_time_total:" in profile
+    assert "aten::" in profile  # real operator rows
+    calibration = json.loads((tmp_path / "work" / "unified_calibration" / "step_times.json").read_text())
+    assert calibration["steps"] == 5  # 1 warm-up + 2 timed + 2 profiled
+    assert unified["steps_done"] == unified["steps_planned"] >= 1
