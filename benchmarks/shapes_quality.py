@@ -179,7 +179,7 @@ class StepProfiler(L.Callback):
         prof, self._prof = self._prof, None
         prof.__exit__(None, None, None)
         averages = prof.key_averages()
-        device_key = "cuda_time_total" if pl_module.device.type == "cuda" else "cpu_time_total"
+        device_key = "device_time_total" if pl_module.device.type == "cuda" else "cpu_time_total"
         text = (f"{self.count} training steps after step {self.first}\n\n"
                 f"by {device_key}:\n{averages.table(sort_by=device_key, row_limit=self.rows)}\n"
                 f"by self_cpu_time_total:\n"
