@@ -136,6 +136,13 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def config_diff(saved: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``key -> (saved value, our value)`` for every key whose values differ (absent = None); the
+    one-line error of a weights/config mismatch quotes it."""
+    return {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours))
+            if saved.get(k) != ours.get(k)}
+
+
 def read_json(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

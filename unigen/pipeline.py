@@ -293,8 +293,7 @@ def load_transformer_weights(net: UnifiedTransformer, path: str | os.PathLike) -
                                 "pipeline.json")
     saved = io.read_json(path / "transformer" / "config.json", "transformer config")
     ours = json.loads(json.dumps(net.config))  # tuples -> lists, as the saved JSON holds them
-    diff = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours))
-            if saved.get(k) != ours.get(k)}
+    diff = io.config_diff(saved, ours)
     if diff:
         raise ValueError(f"the transformer at {path} has another architecture; (saved, recipe): {diff}")
     return io.load_weights(net, path / "transformer" / "model.safetensors")

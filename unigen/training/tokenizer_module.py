@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from unigen import io
 from unigen.tokenizers.base import ImageTokenizer, TokenizerOutput
 from unigen.tokenizers.codebook_metrics import CodebookUsage
 from unigen.tokenizers.discriminator import AdversarialLoss
@@ -61,10 +62,8 @@ def load_exported_weights(tokenizer: ImageTokenizer, path: str) -> None:
     if type(exported) is not type(tokenizer):
         raise ValueError(f"init_from {path} holds a {type(exported).type_name!r} tokenizer, the "
                          f"recipe builds a {type(tokenizer).type_name!r} one")
-    ours, theirs = dict(tokenizer.config), dict(exported.config)
-    if ours != theirs:
-        diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(ours) | set(theirs))
-                if ours.get(k) != theirs.get(k)}
+    diff = io.config_diff(dict(exported.config), dict(tokenizer.config))
+    if diff:
         raise ValueError(f"init_from {path} was trained with another config; (exported, recipe): "
                          f"{diff}")
     tokenizer.load_state_dict(exported.state_dict())
