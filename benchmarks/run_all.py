@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "sampling": ["--size", "tiny", "--batch-size", "64", "--steps", "16", "--repeats", "1", "--warmup", "1"],
     "scaling": ["--sizes", "tiny,small", "--resolutions", "32,64,128", "--batch-size", "4", "--steps", "3"],
     "tokenizer_throughput": ["--time-budget", "60"],
+    "sampler_overhead": [],
     # random weights here: the calls and cache timings hold, the accuracies mean nothing
     "sampler_curves": ["--num-samples", "32", "--thresholds", "0.5,0.9", "--batch-size", "32",
                        "--repeats", "2"],
@@ -37,6 +38,7 @@ QUICK: dict[str, list[str]] = {
                  "--samplers", "maskgit,ancestral_cached"],
     "scaling": ["--sizes", "tiny", "--resolutions", "32,64", "--batch-size", "2", "--steps", "1"],
     "tokenizer_throughput": ["--steps", "2", "--only", "fsq", "--num-val", "16"],
+    "sampler_overhead": ["--shapes", "4x8x1000", "--steps", "2", "--repeats", "1"],
     "sampler_curves": ["--num-samples", "4", "--steps", "2,4", "--reference-steps", "4",
                        "--thresholds", "0.9", "--threshold-budget", "4", "--vqa-steps", "1,2",
                        "--batch-size", "4", "--repeats", "1", "--grid-size", "0"],

@@ -104,3 +104,30 @@ def test_scaling(tmp_path):
 @pytest.mark.slow
 def test_run_all_quick(tmp_path):
     assert run_all_quick(tmp_path, "scaling")["benchmark"] == "scaling"
+
+
+def test_sampler_overhead_compares_like_with_like(tmp_path):
+    """The textbook step the benchmark times against makes the same MaskGIT decisions as unigen's."""
+    import torch
+
+    from benchmarks.sampler_overhead import legal_model_logits, main, textbook_step
+    from unigen.sampling import build_sampler
+    from unigen.sampling.rng import make_generators
+
+    sampler = build_sampler("maskgit", mask_id=299)
+    sampler.set_timesteps(4)
+    logits = legal_model_logits(6, 10, 300, 299, torch.device("cpu"), seed=0)
+    tokens = torch.full((6, 10), 299)
+    masked = torch.ones(6, 10, dtype=torch.bool)
+    masked[0, :3] = False
+    tokens[0, :3] = torch.tensor([5, 6, 7])
+    ours = sampler.step(logits, tokens, masked, 0, generator=make_generators(range(6)), editable=masked).tokens
+    textbook = textbook_step(sampler, logits, tokens, masked, 0, make_generators(range(6)), masked)
+    assert torch.equal(ours, textbook)
+    assert (ours != 299).sum() > 3  # the step revealed something beyond the given tokens
+
+    result = main(["--shapes", "2x4x300", "--steps", "2", "--repeats", "1", "--threads", "1",
+                   "--out", str(tmp_path / "o.json")])
+    (row,) = result["rows"]
+    assert (row["batch"], row["positions"], row["vocab"]) == (2, 4, 300) and row["speedup"] > 0
+    assert (tmp_path / "o.json").exists()

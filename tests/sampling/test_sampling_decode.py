@@ -106,6 +106,19 @@ def test_guidance_combines_log_probabilities_and_keeps_illegal_tokens_illegal():
     assert out[..., 0].eq(float("-inf")).all() and not out.isnan().any()
 
 
+@pytest.mark.parametrize("scale", [0.3, 2.5, -0.5])
+def test_guidance_makes_a_token_illegal_in_either_pass_illegal(scale):
+    cfg = ClassifierFreeGuidance(scale)
+    batch = cfg.prepare(torch.tensor([[1, 2]]), torch.tensor([[True, False]]), MASK, 0.0)
+    logits = torch.randn(2, 2, 6, generator=torch.Generator().manual_seed(1))
+    logits[0, :, 1] = float("-inf")  # illegal in the conditional pass only
+    logits[1, :, 2] = float("-inf")  # illegal in the unconditional pass only
+    logits[:, :, 3] = float("-inf")  # illegal in both
+    out = cfg.combine(logits, batch)
+    assert out[..., 1:4].eq(float("-inf")).all()
+    assert torch.isfinite(out[..., [0, 4, 5]]).all()
+
+
 def test_guidance_scale_schedules():
     linear = ClassifierFreeGuidance(5.0, schedule="linear")
     assert [linear.scale_at(p) for p in (0.0, 0.5, 1.0)] == pytest.approx([1.0, 3.0, 5.0])

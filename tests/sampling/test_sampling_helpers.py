@@ -53,6 +53,62 @@ def test_inverse_cdf_exact_values_and_edges():
     assert inverse_cdf(trailing_zero, torch.tensor([1.0])).tolist() == [1]
 
 
+def _full_cumsum_draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The textbook inverse CDF: one float64 cumulative sum over the whole vocabulary."""
+    cdf = probs.double().cumsum(-1)
+    return torch.searchsorted(cdf, (u.double() * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+
+
+@pytest.mark.parametrize("vocab_size", [5, 128, 300, 1000])
+def test_two_level_inverse_cdf_draws_what_a_full_cumulative_sum_draws(vocab_size):
+    gen = torch.Generator().manual_seed(vocab_size)
+    probs = torch.rand(4000, vocab_size, generator=gen, dtype=torch.float64) ** 4
+    probs[torch.rand(probs.shape, generator=gen) < 0.3] = 0.0  # runs of zero-mass tokens
+    probs[:, 0] += 1e-3  # every row keeps some mass
+    u = torch.rand(4000, generator=gen, dtype=torch.float64)
+    drawn = inverse_cdf(probs, u, block=16)
+    assert torch.equal(drawn, _full_cumsum_draw(probs, u))
+    assert bool((probs.gather(-1, drawn[:, None]) > 0).all())
+
+
+def test_two_level_inverse_cdf_on_float32_probabilities_never_draws_zero_mass():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2000, 700, generator=gen) * 6
+    logits[:, 100:300] = float("-inf")  # whole blocks without mass
+    probs = torch.softmax(logits, -1)
+    u = torch.cat([torch.rand(1997, generator=gen, dtype=torch.float64), torch.tensor([0.0, 1.0, 1 - 1e-17])])
+    drawn = inverse_cdf(probs, u)
+    assert bool((probs.gather(-1, drawn[:, None]) > 0).all())
+    agree = (drawn[:1997] == _full_cumsum_draw(probs[:1997], u[:1997])).float().mean()
+    assert agree > 0.999  # float32 block sums move a boundary by ~1e-7 of its mass at most
+    assert drawn[1997] == probs[1997].nonzero().min()  # u = 0: the first token with mass
+    assert drawn[1998] == probs[1998].nonzero().max()  # u = 1 (rounded onto the total): the last one
+
+
+def test_legal_logits_copies_only_when_it_must():
+    logits = torch.randn(2, 3, 5)
+    logits[..., 4] = float("-inf")
+    assert legal_logits(logits, 4) is logits  # float32, mask already forbidden: no [B, S, V] copy
+    finite = torch.randn(2, 3, 5)
+    before = finite.clone()
+    out = legal_logits(finite, 4)
+    assert out is not finite and torch.equal(finite, before)  # the caller's logits stay intact
+    assert out[..., 4].eq(float("-inf")).all()
+
+
+def test_sample_tokens_draws_every_position_and_reuses_given_probs():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=gen)
+    where = torch.zeros(3, 7, dtype=torch.bool)
+    where[0, 2] = True
+    probs = torch.softmax(logits, -1)
+    a = sample_tokens(logits, where, 1.0, torch.Generator().manual_seed(5))
+    b = sample_tokens(logits, where, 1.0, torch.Generator().manual_seed(5), probs=probs)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="where must be shaped"):
+        sample_tokens(logits, where[:, :3], 1.0, torch.Generator().manual_seed(5))
+
+
 def test_sample_tokens_temperature_zero_is_argmax_and_needs_no_generator():
     logits = torch.randn(2, 6, 9, generator=torch.Generator().manual_seed(1))
     drawn = sample_tokens(logits, torch.ones(2, 6, dtype=torch.bool), 0.0, None)

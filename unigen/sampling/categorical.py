@@ -2,6 +2,12 @@
 
 Sampling uses ONE uniform number per position (inverse CDF) instead of Gumbel-max over the whole
 vocabulary: memory stays ``[B, S]`` for the draws, and per-row generators stay batch invariant.
+
+A masked step samples at every masked position over the whole vocabulary (``[B, S, V]``, S x 16
+larger than an autoregressive step's ``[B, 1, V]``), so each full pass over it counts: the logits
+are not copied when they are already float32 with the mask token forbidden, one float32 softmax
+serves both the confidence ranking and the draw, and the inverse CDF searches block sums instead
+of writing a float64 cumulative sum of the vocabulary (``benchmarks/sampler_overhead.py``).
 """
 
 from __future__ import annotations
@@ -11,51 +17,84 @@ from torch import Tensor
 
 from unigen.sampling.rng import GeneratorArg, rand_rows
 
+# Vocabulary block of the two-level inverse CDF: block sums are one read of the probabilities, and
+# only one block per drawn position is summed cumulatively.
+CDF_BLOCK = 128
+
 
 def legal_logits(logits: Tensor, mask_id: int) -> Tensor:
-    """Float32 copy of ``logits`` with ``mask_id`` forbidden: a sampler must never emit the mask token."""
-    out = logits.to(torch.float32, copy=True)  # one copy whatever the input dtype; the caller's logits stay intact
-    if mask_id < out.shape[-1]:
+    """Float32 logits with ``mask_id`` forbidden: a sampler must never emit the mask token.
+
+    Returns ``logits`` itself when it already is float32 with ``mask_id`` at -inf (the model's legal
+    bias does that), else a copy; callers must not modify the result in place.
+    """
+    out = logits.float()
+    if mask_id < out.shape[-1] and not bool(torch.isneginf(out[..., mask_id]).all()):
+        out = out.clone()  # the caller's logits stay intact
         out[..., mask_id] = float("-inf")
     if not torch.isfinite(out.amax(-1)).all():
         raise ValueError("logits give no legal token at some position (all -inf once mask_id is removed, or NaN)")
     return out
 
 
-def sample_tokens(logits: Tensor, where: Tensor, temperature: float, generator: GeneratorArg) -> Tensor:
-    """Sample a token at every position of ``logits [B, S, V]`` where ``where [B, S]`` is True.
+def sample_tokens(logits: Tensor, where: Tensor, temperature: float, generator: GeneratorArg,
+                  probs: Tensor | None = None) -> Tensor:
+    """Sample a token at the positions of ``logits [B, S, V]`` where ``where [B, S]`` is True.
 
     Temperature 0 is greedy (argmax, no random draw). Otherwise one uniform per position of every row
-    is drawn (whether or not the position is sampled) so the draws a row consumes never depend on its
-    state or its batch. Positions outside ``where`` get argmax (callers ignore them).
+    is drawn and every position gets a token from its distribution (callers read the ``where``
+    positions): the draws a row consumes never depend on its state or its batch, and no
+    data-dependent indexing makes a GPU wait. ``probs``: ``softmax(logits)`` when the caller has it
+    already (reused at temperature 1).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    tokens = logits.argmax(-1)
+    if where.shape != logits.shape[:-1]:
+        raise ValueError(f"where must be shaped like logits without the vocabulary axis, got {tuple(where.shape)}")
     if temperature == 0:
-        return tokens
+        return logits.argmax(-1)
     u = rand_rows(logits.shape[:-1], generator, device=logits.device, dtype=torch.float64, purpose="token sampling")
-    if not where.any():
-        return tokens
-    probs = torch.softmax(logits[where].double() / temperature, dim=-1)
-    tokens[where] = inverse_cdf(probs, u[where])
-    return tokens
+    if temperature != 1.0 or probs is None:
+        probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+    return inverse_cdf(probs.flatten(0, -2), u.flatten()).view(u.shape)
 
 
-def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+def inverse_cdf(probs: Tensor, u: Tensor, block: int = CDF_BLOCK) -> Tensor:
     """Token ``v`` with ``cdf[v - 1] <= u * total < cdf[v]`` for ``probs [N, V]`` and uniforms ``u [N]``.
 
-    Tokens with zero probability own an empty interval, so they are never returned.
+    Two levels: sums of vocabulary blocks (in ``probs``' dtype; one read, no ``[N, V]`` output)
+    locate the block, then a float64 cumulative sum of that one block locates the token. Tokens
+    with zero probability own an empty interval, so they are never returned.
     """
-    cdf = probs.cumsum(-1)
-    target = u.to(cdf.dtype) * cdf[:, -1]
-    drawn = torch.searchsorted(cdf, target.unsqueeze(-1), right=True).squeeze(-1)
-    # Rounding can push ``target`` onto the total mass and land past the last token with mass; fix
-    # those rare rows only (a full [N, V] scan per step would cost more than the draw itself).
-    vocab_size = probs.shape[-1]
-    landed = probs.gather(-1, drawn.clamp_max(vocab_size - 1).unsqueeze(-1)).squeeze(-1)
-    wrong = (drawn >= vocab_size) | (landed <= 0)
+    n, vocab_size = probs.shape
+    num_blocks = -(-vocab_size // block)
+    full = (vocab_size // block) * block
+    sums = probs.new_zeros(n, num_blocks)
+    if full:
+        sums[:, : full // block] = probs[:, :full].unflatten(-1, (-1, block)).sum(-1)
+    if full < vocab_size:
+        sums[:, -1] = probs[:, full:].sum(-1)
+    block_cdf = sums.to(torch.float64).cumsum(-1)
+    target = u.to(torch.float64) * block_cdf[:, -1]
+    which = torch.searchsorted(block_cdf, target.unsqueeze(-1), right=True).squeeze(-1).clamp_max(num_blocks - 1)
+    before = torch.where(which > 0, block_cdf.gather(-1, (which - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1), 0.0)
+    cols = which.unsqueeze(-1) * block + torch.arange(block, device=probs.device)
+    inside = probs.gather(-1, cols.clamp_max(vocab_size - 1)).to(torch.float64).masked_fill(cols >= vocab_size, 0.0)
+    local = torch.searchsorted(inside.cumsum(-1), (target - before).unsqueeze(-1), right=True).squeeze(-1)
+    drawn = (which * block + local.clamp_max(block - 1)).clamp_max(vocab_size - 1)
+    # Rounding (block sums against the block's own cumulative sum, or a target on the total mass)
+    # can land on a token without mass; fix those rare rows only.
+    landed = probs.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
+    wrong = landed <= 0
     if bool(wrong.any()):
-        vocab = torch.arange(vocab_size, device=probs.device)
-        drawn[wrong] = torch.where(probs[wrong] > 0, vocab, -1).amax(-1)
+        drawn[wrong] = _nearest_with_mass(probs[wrong], drawn[wrong])
     return drawn
+
+
+def _nearest_with_mass(probs: Tensor, drawn: Tensor) -> Tensor:
+    """The last token with mass at or before ``drawn``, else the first one after it."""
+    vocab = torch.arange(probs.shape[-1], device=probs.device)
+    has_mass = probs > 0
+    before = torch.where(has_mass & (vocab <= drawn.unsqueeze(-1)), vocab, -1).amax(-1)
+    after = torch.where(has_mass, vocab, probs.shape[-1]).amin(-1)
+    return torch.where(before >= 0, before, after)

@@ -85,7 +85,7 @@ class ConfidentSampler(Sampler):
     ) -> SamplerOutput:
         logits = self.prepare_step(logits, tokens, is_masked, step_index, generator, editable)
         probs = torch.softmax(logits, dim=-1)
-        sampled = sample_tokens(logits, is_masked, self.temperature, generator)
+        sampled = sample_tokens(logits, is_masked, self.temperature, generator, probs=probs)
         confidence = token_confidence(self.confidence, probs, sampled)
         if self.is_last_step(step_index):
             revealed = is_masked

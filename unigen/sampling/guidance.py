@@ -95,9 +95,11 @@ class ClassifierFreeGuidance:
         if batch.mode != "both":
             return logits
         cond, uncond = rearrange(logits.float(), "(two b) s v -> two b s v", two=2).log_softmax(-1)
-        guided = uncond + batch.scale * (cond - uncond)
-        # A token illegal in either pass (-inf) stays illegal instead of becoming nan.
-        return guided.masked_fill(~(torch.isfinite(cond) & torch.isfinite(uncond)), float("-inf"))
+        guided = torch.lerp(uncond, cond, batch.scale)
+        # Log-probabilities are finite or -inf, so a token illegal in either pass comes out of the
+        # lerp as nan or +-inf, never as a finite value: it stays illegal (-inf), in place, rather
+        # than through a finiteness mask per pass (three fewer [B, S, V] passes per step).
+        return guided.nan_to_num_(nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
 
     def __repr__(self) -> str:
         return (

@@ -69,7 +69,7 @@ class MaskGITSampler(Sampler):
         logits = self.prepare_step(logits, tokens, is_masked, step_index, generator, editable)
         assert editable is not None
         probs = torch.softmax(logits, dim=-1)
-        sampled = sample_tokens(logits, is_masked, self.temperature, generator)
+        sampled = sample_tokens(logits, is_masked, self.temperature, generator, probs=probs)
         confidence = token_confidence(self.confidence, probs, sampled)
         target_after = self.target_counts(editable)[:, step_index + 1]
 
