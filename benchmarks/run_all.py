@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "scaling": ["--sizes", "tiny,small", "--resolutions", "32,64,128", "--batch-size", "4", "--steps", "3"],
     "tokenizer_throughput": ["--time-budget", "60"],
     "sampler_overhead": [],
+    "text_decoding": [],
     # random weights here: the calls and cache timings hold, the accuracies mean nothing
     "sampler_curves": ["--num-samples", "32", "--thresholds", "0.5,0.9", "--batch-size", "32",
                        "--repeats", "2"],
@@ -39,6 +40,7 @@ QUICK: dict[str, list[str]] = {
     "scaling": ["--sizes", "tiny", "--resolutions", "32,64", "--batch-size", "2", "--steps", "1"],
     "tokenizer_throughput": ["--steps", "2", "--only", "fsq", "--num-val", "16"],
     "sampler_overhead": ["--shapes", "4x8x1000", "--steps", "2", "--repeats", "1"],
+    "text_decoding": ["--batch-size", "4", "--repeats", "1", "--caption-steps", "2", "--vqa-steps", "1"],
     "sampler_curves": ["--num-samples", "4", "--steps", "2,4", "--reference-steps", "4",
                        "--thresholds", "0.9", "--threshold-budget", "4", "--vqa-steps", "1,2",
                        "--batch-size", "4", "--repeats", "1", "--grid-size", "0"],

@@ -54,10 +54,12 @@ class PrefixCachedModel:
     and recomputes only the other positions at each step (LaViDa prefix cache).  A cache is kept per
     batch shape (guidance may switch between B and 2B rows) and refreshed if the prefix changes."""
 
-    def __init__(self, net: UnifiedTransformer, prefix: Tensor, positions: Tensor | None = None) -> None:
+    def __init__(self, net: UnifiedTransformer, prefix: Tensor, positions: Tensor | None = None,
+                 vocab_limit: int | None = None) -> None:
         self.net = net
         self.prefix = prefix  # [S] bool, shared by every row
         self.positions = positions  # logits only for these positions (see decode(positions=))
+        self.vocab_limit = vocab_limit  # logits only for the first ids (text decoding)
         self._caches: dict[int, tuple[Tensor, PrefixCache]] = {}
 
     def __call__(self, tokens: Tensor) -> Tensor:
@@ -66,7 +68,7 @@ class PrefixCachedModel:
         if hit is None or not torch.equal(hit[0], key):
             hit = (key.clone(), self.net.prefill(tokens, self.prefix))
             self._caches[tokens.shape[0]] = hit
-        return self.net.forward_cached(tokens, hit[1], self.positions)
+        return self.net.forward_cached(tokens, hit[1], self.positions, self.vocab_limit)
 
 
 class UnifiedPipeline:
@@ -172,13 +174,25 @@ class UnifiedPipeline:
             raise ValueError("targets outside the text and image segments cannot be decoded")
         return keep.nonzero().squeeze(-1)
 
-    def model_fn(self, prefix: Tensor, positions: Tensor | None, use_cache: bool = True):
+    def vocab_limit(self, target: Tensor) -> int | None:
+        """The text vocabulary's size when only text is decoded, else None (the whole vocabulary).
+        Image codes are illegal at text positions, so the heads and samplers skip them: captioning
+        and VQA score ~100 ids instead of the codebook's thousands.  A property of the task's
+        segments, like :meth:`decode_positions`, never of the batch."""
+        if bool(target[:, self.space.sequence.image].any()):
+            return None
+        return self.transformer.vocab.text_size
+
+    def model_fn(self, prefix: Tensor, positions: Tensor | None, use_cache: bool = True,
+                 vocab_limit: int | None = None):
         """The ``model_fn`` that :func:`unigen.sampling.decode` calls: prefix attention, logits for
-        ``positions`` only, and the prefix KV cache when ``use_cache``."""
+        ``positions`` (and the first ``vocab_limit`` ids) only, and the prefix KV cache when
+        ``use_cache``."""
         net = self.transformer
         if use_cache and bool(prefix.any()):
-            return PrefixCachedModel(net, prefix[0], positions)
-        return lambda x: net(x, prefix[:1].expand(x.shape[0], -1), positions=positions)
+            return PrefixCachedModel(net, prefix[0], positions, vocab_limit)
+        return lambda x: net(x, prefix[:1].expand(x.shape[0], -1), positions=positions,
+                             vocab_limit=vocab_limit)
 
     def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
                 progress: bool, region: Tensor | None = None) -> tuple[Tensor, list[int]]:
@@ -197,7 +211,7 @@ class UnifiedPipeline:
         if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
             guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)
         positions = self.decode_positions(target)
-        model_fn = self.model_fn(prefix, positions, cfg.use_cache)
+        model_fn = self.model_fn(prefix, positions, cfg.use_cache, self.vocab_limit(target))
         with torch.inference_mode():
             result = decode(model_fn, tokens, target, sampler, num_steps=cfg.num_steps,
                             guidance=guidance, cond_mask=cond & ~target if guidance else None,

@@ -131,3 +131,15 @@ def test_sampler_overhead_compares_like_with_like(tmp_path):
     (row,) = result["rows"]
     assert (row["batch"], row["positions"], row["vocab"]) == (2, 4, 300) and row["speedup"] > 0
     assert (tmp_path / "o.json").exists()
+
+
+def test_text_decoding_limited_vocabulary_gives_identical_text(tmp_path):
+    from benchmarks.text_decoding import main
+
+    result = main(["--batch-size", "3", "--repeats", "1", "--caption-steps", "3", "--vqa-steps", "2",
+                   "--fsq-levels", "8,5,5", "--threads", "1", "--out", str(tmp_path / "t.json")])
+    rows = {r["task"]: r for r in result["rows"]}
+    assert set(rows) == {"caption", "vqa"}
+    for row in rows.values():
+        assert row["identical"] is True and row["speedup"] > 0
+        assert row["scored_ids_full"] == row["scored_ids_limited"] + 200  # the 8*5*5 codes skipped

@@ -35,6 +35,23 @@ def test_logits_shape_and_modality_restriction(position, head):
     assert torch.isinf(logits[:, SEQ.text, SPECIALS["<mask>"]]).all()
 
 
+@pytest.mark.parametrize("head", HEADS.names())
+@pytest.mark.parametrize("lora", [False, True])
+def test_vocab_limit_scores_the_first_ids_exactly(head, lora):
+    net = make("rope", head)
+    if lora:
+        from unigen.modules.lora import LoRAConfig, apply_lora
+
+        apply_lora(net, LoRAConfig(rank=2, targets=["head"]))
+    tokens = torch.randint(0, VOCAB.total_size, (2, SEQ.length))
+    positions = torch.arange(SEQ.text.start, SEQ.text.stop)
+    full = net(tokens, positions=positions)
+    limited = net(tokens, positions=positions, vocab_limit=VOCAB.text_size)
+    assert limited.shape == (2, len(positions), VOCAB.text_size)
+    assert torch.allclose(limited, full[..., : VOCAB.text_size], atol=1e-6, rtol=0)
+    assert torch.isinf(full[..., VOCAB.text_size:]).all()  # nothing legal was cut off
+
+
 @pytest.mark.parametrize("position", ["learned", "rope"])
 def test_prefix_positions_ignore_the_rest(position):
     net = make(position)

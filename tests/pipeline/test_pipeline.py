@@ -126,3 +126,33 @@ def test_bf16_save_halves_the_weights_and_loads_back_rounded(pipe, tmp_path):
         got = loaded.transformer.state_dict()[k]
         assert got.dtype == v.dtype, k  # cast back to the network's type
         assert torch.equal(got, v.to(torch.bfloat16).to(v.dtype)), k
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_text_decoding_scores_only_the_text_vocabulary_with_the_same_results(pipe, monkeypatch, use_cache):
+    widths = []
+    real_model_fn = pipe.model_fn
+
+    def recording_model_fn(*args, **kwargs):
+        fn = real_model_fn(*args, **kwargs)
+
+        def call(x):
+            out = fn(x)
+            widths.append(out.shape[-1])
+            return out
+        return call
+
+    monkeypatch.setattr(pipe, "model_fn", recording_model_fn)
+    q = ["what color is the star?"] * 3
+    limited = (pipe.caption(images(3), seed=4, use_cache=use_cache),
+               pipe.answer(images(3), q, seed=4, use_cache=use_cache, guidance_scale=2.0))
+    assert set(widths) == {pipe.transformer.vocab.text_size}
+    pipe.text_to_image(["a red circle"], num_steps=2, seed=0, output="tensor", use_cache=use_cache)
+    assert widths[-1] == pipe.transformer.vocab.total_size  # images need the codebook
+
+    widths.clear()
+    monkeypatch.setattr(pipe, "vocab_limit", lambda target: None)  # the whole vocabulary, as before
+    full = (pipe.caption(images(3), seed=4, use_cache=use_cache),
+            pipe.answer(images(3), q, seed=4, use_cache=use_cache, guidance_scale=2.0))
+    assert set(widths) == {pipe.transformer.vocab.total_size}
+    assert limited == full

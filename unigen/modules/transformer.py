@@ -120,9 +120,12 @@ class UnifiedTransformer(nn.Module):
         axes = self.rope_axes if idx is None else self.rope_axes[idx]
         return self.rotary.angles(axes)
 
-    def logits(self, hidden: Tensor, modality: Tensor) -> Tensor:
-        """Logits over the whole vocabulary, illegal ids for the position's modality at -inf."""
-        return self.head(hidden).float() + self.legal_bias[modality]
+    def logits(self, hidden: Tensor, modality: Tensor, vocab_limit: int | None = None) -> Tensor:
+        """Logits over the whole vocabulary (or its first ``vocab_limit`` ids), illegal ids for the
+        position's modality at -inf."""
+        if vocab_limit is None:
+            return self.head(hidden).float() + self.legal_bias[modality]
+        return self.head(hidden, vocab_limit).float() + self.legal_bias[modality, :vocab_limit]
 
     # -- full forward ---------------------------------------------------------------------------------
     def hidden_states(self, tokens: Tensor, prefix: Tensor | None = None, causal: bool = False) -> Tensor:
@@ -143,13 +146,14 @@ class UnifiedTransformer(nn.Module):
         return self.norm(x)
 
     def forward(self, tokens: Tensor, prefix: Tensor | None = None, causal: bool = False,
-                positions: Tensor | None = None) -> Tensor:
+                positions: Tensor | None = None, vocab_limit: int | None = None) -> Tensor:
         """[B, S] -> logits [B, S, V] (``causal``: see :meth:`hidden_states`).  With ``positions``
-        [P] only those positions get logits: [B, P, V] (samplers need no logits for given tokens)."""
+        [P] only those positions get logits: [B, P, V] (samplers need no logits for given tokens);
+        with ``vocab_limit`` only the first ids: [..., vocab_limit] (text positions: the text range)."""
         hidden = self.hidden_states(tokens, prefix, causal)
         if positions is None:
-            return self.logits(hidden, self.modality)
-        return self.logits(hidden[:, positions], self.modality[positions])
+            return self.logits(hidden, self.modality, vocab_limit)
+        return self.logits(hidden[:, positions], self.modality[positions], vocab_limit)
 
     # -- prefix KV cache ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -169,11 +173,11 @@ class UnifiedTransformer(nn.Module):
             kv.append(layer_kv)
         return PrefixCache(kv, recompute_idx, cached_idx)
 
-    def forward_cached(self, tokens: Tensor, cache: PrefixCache, positions: Tensor | None = None
-                       ) -> Tensor:
+    def forward_cached(self, tokens: Tensor, cache: PrefixCache, positions: Tensor | None = None,
+                       vocab_limit: int | None = None) -> Tensor:
         """Logits from the cache: only the non-prefix positions are computed.  With ``positions``
         (a subset of the non-prefix positions) returns [B, P, V] for them; without, [B, S, V] with
-        prefix rows 0 (they are given, so no sampler reads them)."""
+        prefix rows 0 (they are given, so no sampler reads them).  ``vocab_limit``: see :meth:`forward`."""
         idx = cache.recompute_idx
         x = self.embed(tokens[:, idx], idx)
         rotary = self.rotary_angles(idx)
@@ -186,8 +190,8 @@ class UnifiedTransformer(nn.Module):
             rows = lookup[positions]
             if bool((rows < 0).any()):
                 raise ValueError("positions must lie outside the cached prefix")
-            return self.logits(x[:, rows], self.modality[positions])
-        sub = self.logits(x, self.modality[idx])
+            return self.logits(x[:, rows], self.modality[positions], vocab_limit)
+        sub = self.logits(x, self.modality[idx], vocab_limit)
         out = sub.new_zeros(tokens.shape[0], tokens.shape[1], sub.shape[-1])
         out[:, idx] = sub
         return out
