@@ -121,14 +121,22 @@ def test_low_temperature_concentrates_on_the_argmax():
     assert (drawn == 1).float().mean() > 0.99
 
 
-def test_legal_logits_forbids_mask_id_and_rejects_positions_without_legal_tokens():
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 0.7])
+@pytest.mark.parametrize("bad", ["only_mask", "nan"])
+def test_legal_logits_forbids_mask_id_and_sampling_rejects_positions_without_legal_tokens(temperature, bad):
     logits = torch.zeros(1, 2, 4)
     assert legal_logits(logits, 3)[..., 3].eq(float("-inf")).all()
     assert torch.equal(legal_logits(logits, 7), logits)  # mask_id outside the output vocabulary
-    only_mask = torch.full((1, 1, 4), float("-inf"))
-    only_mask[..., 3] = 0.0
+    broken = torch.zeros(1, 3, 4)
+    if bad == "only_mask":
+        broken[0, 1] = float("-inf")
+        broken[0, 1, 3] = 0.0
+    else:
+        broken[0, 1, 2] = float("nan")
+        broken[0, 1, [0, 1, 3]] = float("-inf")
+    where = torch.ones(1, 3, dtype=torch.bool)
     with pytest.raises(ValueError, match="no legal token"):
-        legal_logits(only_mask, 3)
+        sample_tokens(legal_logits(broken, 3), where, temperature, torch.Generator().manual_seed(0))
 
 
 def test_confidence_measures_known_values():

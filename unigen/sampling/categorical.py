@@ -22,18 +22,21 @@ from unigen.sampling.rng import GeneratorArg, rand_rows
 CDF_BLOCK = 128
 
 
+NO_LEGAL_TOKEN = "logits give no legal token at some position (all -inf once mask_id is removed, or NaN)"
+
+
 def legal_logits(logits: Tensor, mask_id: int) -> Tensor:
     """Float32 logits with ``mask_id`` forbidden: a sampler must never emit the mask token.
 
     Returns ``logits`` itself when it already is float32 with ``mask_id`` at -inf (the model's legal
-    bias does that), else a copy; callers must not modify the result in place.
+    bias does that), else a copy; callers must not modify the result in place.  Rows without a
+    legal token are caught by :func:`sample_tokens` from the draw's own totals, not by another
+    pass over ``[B, S, V]`` here.
     """
     out = logits.float()
     if mask_id < out.shape[-1] and not bool(torch.isneginf(out[..., mask_id]).all()):
         out = out.clone()  # the caller's logits stay intact
         out[..., mask_id] = float("-inf")
-    if not torch.isfinite(out.amax(-1)).all():
-        raise ValueError("logits give no legal token at some position (all -inf once mask_id is removed, or NaN)")
     return out
 
 
@@ -52,7 +55,10 @@ def sample_tokens(logits: Tensor, where: Tensor, temperature: float, generator: 
     if where.shape != logits.shape[:-1]:
         raise ValueError(f"where must be shaped like logits without the vocabulary axis, got {tuple(where.shape)}")
     if temperature == 0:
-        return logits.argmax(-1)
+        tokens = logits.argmax(-1)
+        if not bool(torch.isfinite(logits.gather(-1, tokens.unsqueeze(-1))).all()):
+            raise ValueError(NO_LEGAL_TOKEN)
+        return tokens
     u = rand_rows(logits.shape[:-1], generator, device=logits.device, dtype=torch.float64, purpose="token sampling")
     if temperature != 1.0 or probs is None:
         probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
@@ -86,7 +92,11 @@ def inverse_cdf(probs: Tensor, u: Tensor, block: int = CDF_BLOCK) -> Tensor:
     # can land on a token without mass; fix those rare rows only.
     landed = probs.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
     wrong = landed <= 0
-    if bool(wrong.any()):
+    no_mass = ~(block_cdf[:, -1] > 0) | ~torch.isfinite(block_cdf[:, -1])  # all -inf logits, or NaN
+    any_no_mass, any_wrong = torch.stack((no_mass.any(), wrong.any())).tolist()  # one host sync
+    if any_no_mass:
+        raise ValueError(NO_LEGAL_TOKEN)
+    if any_wrong:
         drawn[wrong] = _nearest_with_mass(probs[wrong], drawn[wrong])
     return drawn
 
