@@ -28,7 +28,10 @@ def mask_targets(target: Tensor, rate: Tensor, generator: torch.Generator | None
     k = torch.minimum(k, n)
     noise = torch.rand(target.shape, generator=generator).to(target.device)
     noise = noise.masked_fill(~target, 2.0)  # non-targets rank last
-    rank = noise.argsort(dim=1).argsort(dim=1)
+    order = noise.argsort(dim=1)
+    # the inverse permutation (each position's rank) by a scatter, not a second argsort
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
     return (rank < k[:, None]) & target
 
 
