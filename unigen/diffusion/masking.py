@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from unigen.diffusion.schedules import NoiseSchedule
+from unigen.transfer import to_device
 
 
 def sample_times(batch_size: int, generator: torch.Generator | None, stratified: bool = True,
@@ -17,16 +18,16 @@ def sample_times(batch_size: int, generator: torch.Generator | None, stratified:
         t = (offset + torch.arange(batch_size) / batch_size) % 1.0
     else:
         t = torch.rand(batch_size, generator=generator)
-    return (eps + (1 - eps) * t).to(device)
+    return to_device(eps + (1 - eps) * t, device)
 
 
 def mask_targets(target: Tensor, rate: Tensor, generator: torch.Generator | None) -> Tensor:
     """Mask exactly ``round(rate * n)`` (at least 1) of each row's ``n`` target positions, chosen
     uniformly at random (MaskGIT).  Returns the [B, S] bool mask of masked positions."""
     n = target.sum(dim=1)
-    k = (rate.to(target.device) * n).round().long().clamp(min=1)
+    k = (to_device(rate, target.device) * n).round().long().clamp(min=1)
     k = torch.minimum(k, n)
-    noise = torch.rand(target.shape, generator=generator).to(target.device)
+    noise = to_device(torch.rand(target.shape, generator=generator), target.device)
     noise = noise.masked_fill(~target, 2.0)  # non-targets rank last
     order = noise.argsort(dim=1)
     # the inverse permutation (each position's rank) by a scatter, not a second argsort
@@ -40,7 +41,7 @@ def drop_condition(tokens: Tensor, cond: Tensor, prob: float, mask_id: int,
     """Classifier-free guidance training: with probability ``prob`` a row's whole condition is
     replaced by ``<mask>`` (the unconditional input used at sampling time).  Returns the new tokens
     and which rows were dropped."""
-    dropped = (torch.rand(tokens.shape[0], generator=generator) < prob).to(tokens.device)
+    dropped = to_device(torch.rand(tokens.shape[0], generator=generator) < prob, tokens.device)
     tokens = tokens.masked_fill(cond & dropped[:, None], mask_id)
     return tokens, dropped
 

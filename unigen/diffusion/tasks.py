@@ -18,6 +18,7 @@ from torch import Tensor
 
 from unigen.diffusion.token_space import TokenSpace
 from unigen.registry import Registry
+from unigen.transfer import to_device
 
 TASKS: Registry[type["Task"]] = Registry("task")
 
@@ -35,7 +36,10 @@ class TaskInputs:
 
     def select(self, rows: list[int]) -> "TaskInputs":
         pick = (lambda xs: None if xs is None else [xs[i] for i in rows])  # noqa: E731
-        codes = None if self.image_codes is None else self.image_codes[rows]
+        codes = None
+        if self.image_codes is not None:
+            index = to_device(torch.tensor(rows, dtype=torch.long), self.image_codes.device)
+            codes = self.image_codes.index_select(0, index)
         return TaskInputs(codes, pick(self.captions), pick(self.questions), pick(self.answers),
                           pick(self.descriptions))
 
@@ -60,7 +64,7 @@ class TaskBatch:
         out = {k: getattr(first, k).new_empty((batch_size, *getattr(first, k).shape[1:]))
                for k in ("tokens", "target", "cond", "prefix")}
         for rows, part in parts:
-            idx = torch.tensor(rows, dtype=torch.long, device=first.tokens.device)
+            idx = to_device(torch.tensor(rows, dtype=torch.long), first.tokens.device)
             for k, v in out.items():
                 v[idx] = getattr(part, k)
         return TaskBatch(**out)
@@ -117,7 +121,7 @@ class CaptionImageTask(Task):
         codes = _require(inputs.image_codes, "an image", self.name)
         texts = _require(getattr(inputs, self.text), CAPTION_TEXTS[self.text], self.name)
         text = space.encode_captions(texts)
-        tokens = space.assemble(self.name, text.to(codes.device), codes)
+        tokens = space.assemble(self.name, to_device(text, codes.device), codes)
         masks = self._masks(space, len(tokens), tokens.device, self.target_segments,
                             self.cond_segments, self.prefix_segments)
         return TaskBatch(tokens, *masks)
@@ -149,11 +153,11 @@ class VisualQuestionAnswering(Task):
         codes = _require(inputs.image_codes, "an image", self.name)
         text, starts = space.encode_questions(_require(inputs.questions, "a question", self.name),
                                               _require(inputs.answers, "an answer", self.name))
-        tokens = space.assemble(self.name, text.to(codes.device), codes)
+        tokens = space.assemble(self.name, to_device(text, codes.device), codes)
         b, seq = len(tokens), space.sequence
         target, cond, prefix = self._masks(space, b, tokens.device, [], ["image"], ["image"])
         col = torch.arange(seq.max_text_len, device=tokens.device)
-        target[:, seq.text] = col[None] >= starts.to(tokens.device)[:, None]
+        target[:, seq.text] = col[None] >= to_device(starts, tokens.device)[:, None]
         return TaskBatch(tokens, target, cond, prefix)
 
 
@@ -173,7 +177,7 @@ class TextOnly(Task):
 
     def build(self, inputs, space, generator=None):
         text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
-        tokens = space.assemble(self.name, text.to(_device(inputs) or "cpu"), None)
+        tokens = space.assemble(self.name, to_device(text, _device(inputs)), None)
         target, cond, prefix = self._masks(space, len(tokens), tokens.device, ["text"], [], ["image"])
         return TaskBatch(tokens, target, cond, prefix)
 
@@ -204,7 +208,7 @@ class Inpainting(CaptionImageTask):
         rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
         inside = ((rows >= top[:, None, None]) & (rows < (top + hh)[:, None, None])
                   & (cols >= left[:, None, None]) & (cols < (left + ww)[:, None, None]))
-        return inside.to(device)
+        return to_device(inside, device)
 
     def build(self, inputs, space, generator=None):
         tb = super().build(inputs, space, generator)

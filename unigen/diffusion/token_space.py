@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from unigen.diffusion.vocab import SequenceLayout, VocabLayout
+from unigen.transfer import to_device
 
 
 class TokenSpace:
@@ -86,13 +87,13 @@ class TokenSpace:
         tokens[:, seq.soi_pos] = vocab.special("<soi>")
         tokens[:, seq.image.stop] = vocab.special("<eoi>")
         if text_ids is not None:
-            tokens[:, seq.text] = text_ids.to(tokens.device)
+            tokens[:, seq.text] = to_device(text_ids, tokens.device)
         if image_codes is not None:
             codes = image_codes.reshape(b, -1)
             if codes.shape[1] != seq.num_image_tokens:
                 raise ValueError(f"image has {codes.shape[1]} tokens but the model expects "
                                  f"{seq.num_image_tokens} ({seq.grid[0]}x{seq.grid[1]})")
-            tokens[:, seq.image] = vocab.image_to_vocab(codes.to(tokens.device))
+            tokens[:, seq.image] = vocab.image_to_vocab(to_device(codes, tokens.device))
         return tokens
 
     def image_codes(self, tokens: Tensor) -> Tensor:
@@ -103,7 +104,7 @@ class TokenSpace:
     def segment_mask(self, batch_size: int, *segments: str, device: torch.device | None = None) -> Tensor:
         """[B, S] bool covering the named segments (``text``, ``image``, ``structure``)."""
         seq = self.sequence
-        mask = torch.zeros(seq.length, dtype=torch.bool, device=device)
+        mask = torch.zeros(seq.length, dtype=torch.bool)  # built on the host, copied once
         for name in segments:
             if name == "text":
                 mask[seq.text] = True
@@ -113,4 +114,4 @@ class TokenSpace:
                 mask[[seq.task_pos, seq.task_pos + 1, seq.soi_pos, seq.image.stop]] = True
             else:
                 raise ValueError(f"unknown segment {name!r}")
-        return mask.expand(batch_size, -1).clone()
+        return to_device(mask, device).expand(batch_size, -1).clone()

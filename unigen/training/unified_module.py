@@ -30,6 +30,7 @@ from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.frozen import FrozenImageTokenizer
 from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_cosine
 from unigen.training.reliability import non_finite_loss_error, step_seed
+from unigen.transfer import to_device
 
 Noise = torch.Generator | list[torch.Generator]  # one per batch, or one per sample
 
@@ -221,7 +222,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         for i, name in enumerate(self.mixture.names):
             rows = (assignment == i).nonzero().squeeze(-1)
             if len(rows):
-                self.log(f"{stage}/loss_{name}", per_row[rows.to(per_row.device)].mean(),
+                self.log(f"{stage}/loss_{name}", per_row[to_device(rows, per_row.device)].mean(),
                          batch_size=len(rows))
 
     def _writes_step_logs(self) -> bool:
