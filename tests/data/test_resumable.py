@@ -227,3 +227,16 @@ def test_fashion_mnist_resumes_exactly_with_a_real_trainer(tmp_path):
         warnings.filterwarnings("error", message=".*not resumable.*")
         fit(resumed, ckpt_path=tmp_path / "step=11.ckpt", enable_checkpointing=False)
     assert resumed.seen == full.seen[11:]
+
+
+def test_train_batches_are_pinned_only_when_training_on_cuda():
+    from unigen.data.resumable import pins_memory
+
+    def trainer_on(device: str) -> SimpleNamespace:
+        return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+
+    assert pins_memory(trainer_on("cuda:0")) and not pins_memory(trainer_on("cpu"))
+    assert not pins_memory(None)
+    dm = ShapesDataModule(image_size=32, batch_size=4, num_train=16, num_val=4, num_test=4)
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    assert dm.train_dataloader().pin_memory is False
