@@ -12,7 +12,9 @@ a second (float32) softmax for the confidences and an argmax over every position
 (``unigen.sampling.categorical``) skips the copy when the model's legal bias already forbids the
 mask token, shares one float32 softmax between draw and ranking, draws every position without a
 data-dependent gather, and searches float64 sums of 128-token blocks instead of a ``[B, S, V]``
-float64 cumulative sum.  Both rank with the same MaskGIT schedule, Gumbel noise and top-k.
+float64 cumulative sum.  Both rank with the same MaskGIT schedule, Gumbel noise and top-k.  With
+classifier-free guidance each step also combines the conditional and unconditional log-probabilities
+(``cfg_combine``: textbook masking of non-finite entries per pass vs one lerp and an in-place fix-up).
 
     PYTHONPATH=. python benchmarks/sampler_overhead.py --threads 1
     PYTHONPATH=. python benchmarks/sampler_overhead.py --device cuda --shapes 64x256x15488
@@ -37,6 +39,7 @@ from torch import Tensor  # noqa: E402
 from benchmarks.common import median, print_table, save_result  # noqa: E402
 from unigen.sampling import build_sampler  # noqa: E402
 from unigen.sampling.confidence import token_confidence  # noqa: E402
+from unigen.sampling.guidance import ClassifierFreeGuidance, GuidedBatch  # noqa: E402
 from unigen.sampling.rng import GeneratorArg, make_generators, rand_rows  # noqa: E402
 from unigen.sampling.selection import reveal_counts, select_top_k  # noqa: E402
 
@@ -70,6 +73,14 @@ def textbook_step(sampler, logits: Tensor, tokens: Tensor, is_masked: Tensor, st
     num_reveal = reveal_counts(is_masked.sum(-1), target_after)
     revealed = select_top_k(sampler.ranking_score(confidence, step_index, generator), is_masked, num_reveal)
     return torch.where(revealed, sampled, tokens)
+
+
+def textbook_combine(logits: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance on log-probabilities with a finiteness mask per pass."""
+    cond, uncond = logits.float().chunk(2)
+    cond, uncond = cond.log_softmax(-1), uncond.log_softmax(-1)
+    guided = uncond + scale * (cond - uncond)
+    return guided.masked_fill(~(torch.isfinite(cond) & torch.isfinite(uncond)), float("-inf"))
 
 
 def legal_model_logits(batch: int, positions: int, vocab: int, mask_id: int, device: torch.device,
@@ -114,13 +125,22 @@ def measure(shape: tuple[int, int, int], num_steps: int, repeats: int, device: t
     def textbook(i: int) -> None:
         textbook_step(sampler, logits, tokens, masked, i, make_generators(range(batch)), masked)
 
+    # guidance: the network returns conditional and unconditional rows, [2B, S, V]
+    guided = torch.cat([logits, logits.roll(1, dims=-1)])
+    guided[..., mask_id] = float("-inf")
+    cfg = ClassifierFreeGuidance(3.0)
+    pair = GuidedBatch(guided, "both", 3.0)
+
     # every step sees all positions masked: the first step's work, the most a step does
-    seconds = {name: time_steps(fn, num_steps, device, repeats) for name, fn in
-               (("textbook", textbook), ("unigen", ours))}
+    contenders = {"textbook": textbook, "unigen": ours,
+                  "cfg_textbook": lambda i: textbook_combine(guided, 3.0),
+                  "cfg_unigen": lambda i: cfg.combine(guided, pair)}
+    ms = {name: 1000 * time_steps(fn, num_steps, device, repeats) / num_steps for name, fn in contenders.items()}
     return {"batch": batch, "positions": positions, "vocab": vocab,
-            "ms_per_step_textbook": 1000 * seconds["textbook"] / num_steps,
-            "ms_per_step_unigen": 1000 * seconds["unigen"] / num_steps,
-            "speedup": seconds["textbook"] / seconds["unigen"]}
+            "ms_per_step_textbook": ms["textbook"], "ms_per_step_unigen": ms["unigen"],
+            "speedup": ms["textbook"] / ms["unigen"],
+            "cfg_combine_ms_textbook": ms["cfg_textbook"], "cfg_combine_ms_unigen": ms["cfg_unigen"],
+            "cfg_combine_speedup": ms["cfg_textbook"] / ms["cfg_unigen"]}
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -149,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
     rows = [measure(shape, args.steps, args.repeats, device, args.seed) for shape in parse_shapes(args.shapes)]
-    print_table(rows, ["batch", "positions", "vocab", "ms_per_step_textbook", "ms_per_step_unigen", "speedup"])
+    print_table(rows, ["batch", "positions", "vocab", "ms_per_step_textbook", "ms_per_step_unigen", "speedup",
+                       "cfg_combine_ms_textbook", "cfg_combine_ms_unigen", "cfg_combine_speedup"])
     payload = {"settings": vars(args), "rows": rows,
                "note": "one MaskGIT step with every position masked; wall seconds, median of repeats"}
     save_result("sampler_overhead", device, payload, args.out)

@@ -126,10 +126,22 @@ def test_sampler_overhead_compares_like_with_like(tmp_path):
     assert torch.equal(ours, textbook)
     assert (ours != 299).sum() > 3  # the step revealed something beyond the given tokens
 
+    from benchmarks.sampler_overhead import textbook_combine
+    from unigen.sampling.guidance import ClassifierFreeGuidance, GuidedBatch
+
+    pair = torch.cat([logits, logits.flip(-1)])
+    pair[..., 299] = float("-inf")
+    combined = ClassifierFreeGuidance(3.0).combine(pair, GuidedBatch(pair, "both", 3.0))
+    reference = textbook_combine(pair, 3.0)
+    finite = torch.isfinite(reference)
+    assert torch.equal(finite, torch.isfinite(combined))
+    assert torch.allclose(combined[finite], reference[finite], atol=1e-5)
+
     result = main(["--shapes", "2x4x300", "--steps", "2", "--repeats", "1", "--threads", "1",
                    "--out", str(tmp_path / "o.json")])
     (row,) = result["rows"]
     assert (row["batch"], row["positions"], row["vocab"]) == (2, 4, 300) and row["speedup"] > 0
+    assert row["cfg_combine_speedup"] > 0
     assert (tmp_path / "o.json").exists()
 
 
