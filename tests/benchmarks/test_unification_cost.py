@@ -1,0 +1,40 @@
+"""benchmarks/unification_cost.py: paired per-sample comparison of two ``unigen eval`` runs."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks.unification_cost import main
+
+
+def write_records(path, records):
+    path.mkdir(parents=True)
+    (path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def vqa(index, prediction, answer="two"):
+    return {"task": "vqa", "index": index, "prediction": prediction, "answer": answer}
+
+
+def test_paired_difference_and_standard_error_are_exact(tmp_path):
+    # unified right on 0, 1, 2; single right on 0 and 3: per-sample differences 0, 1, 1, -1
+    write_records(tmp_path / "u", [vqa(0, "two"), vqa(1, "Two."), vqa(2, "two"), vqa(3, "one"),
+                                   {"task": "caption", "index": 0, "attribute_recall": 0.5, "fact_precision": 1.0}])
+    write_records(tmp_path / "s", [vqa(0, "two"), vqa(1, "one"), vqa(2, "three"), vqa(3, "two"),
+                                   {"task": "t2i", "index": 0, "correct": True}])
+    result = main(["--unified", str(tmp_path / "u"), "--single", str(tmp_path / "s"),
+                   "--out", str(tmp_path / "r.json")])
+    (row,) = result["comparisons"]  # only VQA is scored by both
+    assert (row["task"], row["samples"], row["unified"], row["single"]) == ("vqa", 4, 0.75, 0.5)
+    assert row["unified_minus_single"] == pytest.approx(0.25)
+    var = sum((d - 0.25) ** 2 for d in (0, 1, 1, -1)) / 3
+    assert row["standard_error"] == pytest.approx(math.sqrt(var / 4))
+    assert row["no_worse_than_2_points_below"] and result["all_no_worse_than_bar"]
+    assert json.loads((tmp_path / "r.json").read_text())["comparisons"] == result["comparisons"]
+
+
+def test_missing_records_is_one_clear_error(tmp_path):
+    write_records(tmp_path / "u", [vqa(0, "two"), vqa(1, "two")])
+    with pytest.raises(SystemExit, match="records.jsonl: missing"):
+        main(["--unified", str(tmp_path / "u"), "--single", str(tmp_path / "nope"), "--out", str(tmp_path / "r.json")])
