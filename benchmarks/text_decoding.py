@@ -47,16 +47,27 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[Unifi
     return pipe, {"model": f"random {args.size}", "weights": "random", "fsq_levels": args.fsq_levels}
 
 
-def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, Any]:
-    out = fn()  # warm-up, and the output to compare
-    times = []
+def timed_pair(run: Callable[[], Any], pipe: UnifiedPipeline, repeats: int, device: torch.device
+               ) -> tuple[float, float, Any, Any]:
+    """Median seconds of ``run`` with the text vocabulary only and with every id, the two runs
+    interleaved (so drifts in machine load hit both), plus one output of each to compare."""
+    def full_vocabulary() -> Any:
+        pipe.vocab_limit = lambda target: None  # the whole vocabulary, as before
+        try:
+            return run()
+        finally:
+            del pipe.vocab_limit
+
+    outputs = (run(), full_vocabulary())  # warm-up, and the outputs to compare
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return median(times), out
+        for fn, bucket in ((run, times[0]), (full_vocabulary, times[1])):
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            bucket.append(time.perf_counter() - start)
+    return median(times[0]), median(times[1]), *outputs
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -83,10 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     vocab = pipe.transformer.vocab
     rows = []
     for name, run in tasks.items():
-        limited_s, limited = timed(run, args.repeats, device)
-        pipe.vocab_limit = lambda target: None  # the whole vocabulary, as before
-        full_s, full = timed(run, args.repeats, device)
-        del pipe.vocab_limit
+        limited_s, full_s, limited, full = timed_pair(run, pipe, args.repeats, device)
         rows.append({"task": name, "scored_ids_limited": vocab.text_size, "scored_ids_full": vocab.total_size,
                      "seconds_limited": limited_s, "seconds_full": full_s, "speedup": full_s / limited_s,
                      "identical": limited == full})
