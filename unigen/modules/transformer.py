@@ -123,8 +123,9 @@ class UnifiedTransformer(nn.Module):
     def logits(self, hidden: Tensor, modality: Tensor, vocab_limit: int | None = None) -> Tensor:
         """Logits over the whole vocabulary (or its first ``vocab_limit`` ids), illegal ids for the
         position's modality at -inf."""
+        # heads registered before vocab_limit existed take the hidden states alone
         out = self.head(hidden) if vocab_limit is None else self.head(hidden, vocab_limit)
-        bias = self.legal_bias[modality] if vocab_limit is None else self.legal_bias[modality, :vocab_limit]
+        bias = self.legal_bias[modality, :vocab_limit]
         # bf16 head output + float32 bias promotes to float32 in the add itself: no separate
         # [B, S, V] float32 copy first (same values: the bf16 -> float32 cast is exact)
         return out + bias if bias.dtype == torch.float32 else out.float() + bias

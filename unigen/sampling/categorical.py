@@ -3,11 +3,12 @@
 Sampling uses ONE uniform number per position (inverse CDF) instead of Gumbel-max over the whole
 vocabulary: memory stays ``[B, S]`` for the draws, and per-row generators stay batch invariant.
 
-A masked step samples at every masked position over the whole vocabulary (``[B, S, V]``, S x 16
-larger than an autoregressive step's ``[B, 1, V]``), so each full pass over it counts: the logits
-are not copied when they are already float32 with the mask token forbidden, one float32 softmax
-serves both the confidence ranking and the draw, and the inverse CDF searches block sums instead
-of writing a float64 cumulative sum of the vocabulary (``benchmarks/sampler_overhead.py``).
+A masked step samples every position of its segment over the whole vocabulary (``[B, S, V]``
+logits, where an autoregressive step has ``[B, 1, V]``), so each full pass over them counts: the
+logits are not copied when they are already float32 with the mask token forbidden, one float32
+softmax serves both the confidence ranking and the draw, no argmax pass is made when sampling,
+and the inverse CDF searches block sums instead of writing a float64 cumulative sum of the
+vocabulary (``benchmarks/sampler_overhead.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from unigen.sampling.rng import GeneratorArg, rand_rows
 # Vocabulary block of the two-level inverse CDF: block sums are one read of the probabilities, and
 # only one block per drawn position is summed cumulatively.
 CDF_BLOCK = 128
-
 
 NO_LEGAL_TOKEN = "logits give no legal token at some position (all -inf once mask_id is removed, or NaN)"
 
