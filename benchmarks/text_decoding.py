@@ -35,16 +35,17 @@ from unigen.pipeline import UnifiedPipeline  # noqa: E402
 DEFAULT_FSQ_LEVELS = "8,8,8,6,5"
 
 
-def load_pipeline(args: argparse.Namespace, device: torch.device) -> tuple[UnifiedPipeline, dict[str, Any]]:
+def load_pipeline(args: argparse.Namespace, device: torch.device
+                  ) -> tuple[UnifiedPipeline, dict[str, Any], TokenizerDirs | None]:
+    """The pipeline, what it is, and (random weights) the temporary tokenizer files behind it."""
     if args.model:
         pipe = UnifiedPipeline.from_pretrained(args.model).to(device)
-        return pipe, {"model": args.model, "weights": "trained"}
+        return pipe, {"model": args.model, "weights": "trained"}, None
     dirs = TokenizerDirs([int(v) for v in args.fsq_levels.split(",")])
     module = build_module("masked", dirs, SIZES[args.size], args.image_size, args.seed,
                           tasks={"caption": 1.0, "vqa": 1.0}, prefix_attention=True)
     pipe = module.to_pipeline().to(device)
-    pipe._bench_dirs = dirs  # the tokenizer files live as long as the pipeline
-    return pipe, {"model": f"random {args.size}", "weights": "random", "fsq_levels": args.fsq_levels}
+    return pipe, {"model": f"random {args.size}", "weights": "random", "fsq_levels": args.fsq_levels}, dirs
 
 
 def timed_pair(run: Callable[[], Any], pipe: UnifiedPipeline, repeats: int, device: torch.device
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     device = setup(args)
-    pipe, model_info = load_pipeline(args, device)
+    pipe, model_info, _tokenizer_files = load_pipeline(args, device)  # the files live until main returns
     ds = ShapesDataset("val", args.batch_size, pipe.image_size, seed=args.seed)
     images = torch.stack([ds[i]["image"] for i in range(args.batch_size)])
     questions = [ds[i]["question"] for i in range(args.batch_size)]
