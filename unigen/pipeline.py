@@ -163,11 +163,12 @@ class UnifiedPipeline:
         return x.to(self.device)
 
     def decode_positions(self, target: Tensor) -> Tensor:
-        """The segments (text and/or image) holding any target: the sampler's compact view.  Whole
-        segments, never per-batch unions, so a sample's random draws do not depend on its batch."""
+        """The segments (question slot, rest of the text, image) holding any target: the sampler's
+        compact view.  Whole segments, never per-batch unions, so a sample's random draws do not
+        depend on its batch."""
         seq = self.space.sequence
         keep = torch.zeros(seq.length, dtype=torch.bool, device=target.device)
-        for segment in (seq.text, seq.image):
+        for segment in (seq.question, seq.after_question, seq.image):
             if bool(target[:, segment].any()):
                 keep[segment] = True
         if bool((target & ~keep).any()):

@@ -176,3 +176,28 @@ def test_stratified_times_cover_the_interval():
     assert t.min() > 0 and t.max() <= 1
     gaps = t.sort().values.diff()
     assert torch.allclose(gaps, torch.full_like(gaps, (1 - 1e-3) / 8), atol=1e-5)
+
+
+def test_question_slot_puts_every_question_in_one_cacheable_prefix(space):
+    slotted = TokenSpace(space.text_tokenizer, space.vocab, SequenceLayout(24, (4, 4), question_slot=10))
+    seq = slotted.sequence
+    questions = ["what color is the circle?", "how many objects are there?"]
+    tb = TASKS.get("vqa")().build(TaskInputs(torch.randint(0, 125, (2, 4, 4)), None, questions,
+                                             ["red", "two"]), slotted)
+    # every row: image + question slot + structure is the prefix, the rest of the text the target
+    assert (tb.prefix == tb.prefix[:1]).all()
+    assert tb.prefix[:, seq.image].all() and tb.prefix[:, seq.question].all()
+    assert not tb.prefix[:, seq.after_question].any()
+    assert tb.target[:, seq.after_question].all() and not tb.target[:, seq.question].any()
+    assert not (tb.prefix & tb.target).any()
+    assert slotted.decode_answers(tb.tokens) == ["red", "two"]
+    # the question sits at the start of the slot, padded after its <sep>
+    row = tb.tokens[0, seq.question].tolist()
+    assert row.index(slotted.sep_id) == len(slotted.text_tokenizer.encode(questions[0]))
+    assert set(row[row.index(slotted.sep_id) + 1:]) == {slotted.pad_id}
+    # without a slot the prefix is the image alone (the question's end differs between rows)
+    plain = TASKS.get("vqa")().build(TaskInputs(tb.tokens.new_zeros(2, 4, 4), None, questions,
+                                                ["red", "two"]), space)
+    assert not plain.prefix[:, space.sequence.text].any()
+    with pytest.raises(ValueError, match="question too long: .* > question_slot 10"):
+        slotted.encode_questions(["which shape is to the left of the small red circle?"])

@@ -45,3 +45,17 @@ def test_sequence_layout_positions():
     rope = s.axes()
     assert len(set(map(tuple, rope.tolist()))) == s.length  # every position distinct
     assert SequenceLayout(**s.to_dict()) == s
+
+
+def test_question_slot_splits_the_text_segment_and_round_trips():
+    s = SequenceLayout(max_text_len=10, grid=(2, 2), question_slot=4)
+    assert (s.question.start, s.question.stop) == (s.text.start, s.text.start + 4)
+    assert (s.after_question.start, s.after_question.stop) == (s.text.start + 4, s.text.stop)
+    assert s.length == SequenceLayout(10, (2, 2)).length  # the slot moves nothing
+    assert SequenceLayout(**s.to_dict()) == s and s.to_dict()["question_slot"] == 4
+    plain = SequenceLayout(10, (2, 2))
+    assert "question_slot" not in plain.to_dict()  # configs saved before the slot stay equal
+    assert plain.question.stop == plain.question.start and plain.after_question == plain.text
+    for bad in (1, 9, 10):
+        with pytest.raises(ValueError, match="question_slot"):
+            SequenceLayout(10, (2, 2), question_slot=bad)

@@ -156,3 +156,26 @@ def test_text_decoding_scores_only_the_text_vocabulary_with_the_same_results(pip
             pipe.answer(images(3), q, seed=4, use_cache=use_cache, guidance_scale=2.0))
     assert set(widths) == {pipe.transformer.vocab.total_size}
     assert limited == full
+
+
+def test_question_slot_caches_the_question_with_identical_answers(tokenizer_dirs, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    m = UnifiedModule(**tokenizer_dirs, image_size=32, max_text_len=24, question_slot=12, dim=32,
+                      depth=2, heads=4, tasks={"vqa": 1})
+    slotted = m.to_pipeline()
+    seq = slotted.space.sequence
+    prefills = []
+    prefill = type(slotted.transformer).prefill
+    monkeypatch.setattr(type(slotted.transformer), "prefill",
+                        lambda self, *a: prefills.append(prefill(self, *a)) or prefills[-1])
+    questions = ["what color is the star?", "how many objects are there?", "is there a red circle?"]
+    kw = dict(seed=3, num_steps=4, return_calls=True)
+    cached = slotted.answer(images(3), questions, use_cache=True, **kw)
+    assert slotted.answer(images(3), questions, use_cache=False, **kw) == cached
+    # one prefill for rows with three question lengths; each step recomputes only the answer part
+    assert len(prefills) == 1
+    assert prefills[0].recompute_idx.tolist() == list(range(seq.after_question.start,
+                                                            seq.after_question.stop))
+    slotted.save_pretrained(tmp_path / "p")
+    loaded = UnifiedPipeline.from_pretrained(tmp_path / "p")
+    assert loaded.space.sequence == seq and loaded.answer(images(3), questions, **kw) == cached

@@ -145,7 +145,10 @@ class Captioning(CaptionImageTask):
 
 @TASKS.register("vqa")
 class VisualQuestionAnswering(Task):
-    """Clean image and question, masked answer (everything after ``<sep>``)."""
+    """Clean image and question, masked answer (everything after ``<sep>``).  With a question slot
+    in the layout the question joins the image in the prefix: it attends only to the image and
+    itself, so decoding caches both (LaViDa); without one only the image is the prefix, since the
+    question's end differs from row to row."""
 
     name = "vqa"
 
@@ -155,7 +158,8 @@ class VisualQuestionAnswering(Task):
                                               _require(inputs.answers, "an answer", self.name))
         tokens = space.assemble(self.name, to_device(text, codes.device), codes)
         b, seq = len(tokens), space.sequence
-        target, cond, prefix = self._masks(space, b, tokens.device, [], ["image"], ["image"])
+        target, cond, prefix = self._masks(space, b, tokens.device, [], ["image"],
+                                           ["image", "question"])
         col = torch.arange(seq.max_text_len, device=tokens.device)
         target[:, seq.text] = col[None] >= to_device(starts, tokens.device)[:, None]
         return TaskBatch(tokens, target, cond, prefix)

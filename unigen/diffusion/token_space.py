@@ -44,10 +44,17 @@ class TokenSpace:
     def encode_questions(self, questions: Sequence[str], answers: Sequence[str] | None = None
                          ) -> tuple[Tensor, Tensor]:
         """``question <sep> answer <eos> <pad>...`` rows and the index where the answer starts.
-        Without answers the answer part is padding (to be masked and generated)."""
+        Without answers the answer part is padding (to be masked and generated).  With a question
+        slot the question is padded to the slot, so every answer starts at the slot's end."""
         rows, starts = [], []
+        slot = self.sequence.question_slot
         for i, q in enumerate(questions):
             ids = self._words(q, "question") + [self.sep_id]
+            if slot:
+                if len(ids) > slot:
+                    raise ValueError(f"question too long: {len(ids) - 1} tokens + <sep> > "
+                                     f"question_slot {slot}: {q[:80]!r}")
+                ids += [self.pad_id] * (slot - len(ids))
             starts.append(len(ids))
             if answers is not None:
                 ids += self._words(answers[i], "answer") + [self.eos_id]
@@ -65,10 +72,11 @@ class TokenSpace:
         return [self._decode_span(row) for row in tokens[:, self.sequence.text].tolist()]
 
     def decode_answers(self, tokens: Tensor) -> list[str]:
-        """The part after ``<sep>`` of each row's text segment, up to ``<eos>`` (VQA answers)."""
-        out = []
+        """The part after ``<sep>`` (after the question slot, if any) of each row's text segment, up
+        to ``<eos>`` (VQA answers)."""
+        out, slot = [], self.sequence.question_slot
         for row in tokens[:, self.sequence.text].tolist():
-            start = row.index(self.sep_id) + 1 if self.sep_id in row else 0
+            start = slot or (row.index(self.sep_id) + 1 if self.sep_id in row else 0)
             out.append(self._decode_span(row[start:]))
         return out
 
@@ -102,7 +110,8 @@ class TokenSpace:
         return self.vocab.vocab_to_image(tokens[:, self.sequence.image]).reshape(-1, h, w)
 
     def segment_mask(self, batch_size: int, *segments: str, device: torch.device | None = None) -> Tensor:
-        """[B, S] bool covering the named segments (``text``, ``image``, ``structure``)."""
+        """[B, S] bool covering the named segments (``text``, ``image``, ``structure``,
+        ``question``: the question slot, empty without one)."""
         seq = self.sequence
         mask = torch.zeros(seq.length, dtype=torch.bool)  # built on the host, copied once
         for name in segments:
@@ -110,6 +119,8 @@ class TokenSpace:
                 mask[seq.text] = True
             elif name == "image":
                 mask[seq.image] = True
+            elif name == "question":
+                mask[seq.question] = True
             elif name == "structure":
                 mask[[seq.task_pos, seq.task_pos + 1, seq.soi_pos, seq.image.stop]] = True
             else:

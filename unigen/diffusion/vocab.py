@@ -9,6 +9,10 @@ Sequence (one layout for every task, so any batch mixes tasks freely)::
     [task] [bos] text (max_text_len) [soi] image (h * w) [eoi]
 
 The text segment holds ``caption <eos> <pad>...`` or ``question <sep> answer <eos> <pad>...``.
+With a *question slot* of ``q`` positions (``question_slot=q``) a question always fills the first
+``q`` text positions (``question <sep> <pad>...``) and its answer starts at text position ``q``, so
+every VQA row shares one prefix pattern (image + question) that can be KV-cached while the answer
+is decoded (LaViDa's prefix-DLM); captions still use the whole text segment.
 Tasks differ only in which positions are given and which are predicted (``unigen.diffusion.tasks``).
 """
 
@@ -116,15 +120,22 @@ class VocabLayout:
 
 @dataclass(frozen=True)
 class SequenceLayout:
-    """Positions of each segment in the shared sequence."""
+    """Positions of each segment in the shared sequence.  ``question_slot``: 0 (questions and
+    answers share the text segment freely) or the fixed number of text positions a question (with
+    its ``<sep>``) occupies, the rest holding the answer (see the module docstring)."""
 
     max_text_len: int
     grid: tuple[int, int]
+    question_slot: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
         if self.max_text_len < 2:
             raise ValueError(f"max_text_len must be >= 2, got {self.max_text_len}")
+        if self.question_slot and not 2 <= self.question_slot <= self.max_text_len - 2:
+            raise ValueError(f"question_slot must be 0 or in [2, max_text_len - 2] (a question word "
+                             f"+ <sep>, and room for an answer + <eos>), got {self.question_slot} "
+                             f"with max_text_len {self.max_text_len}")
 
     @property
     def num_image_tokens(self) -> int:
@@ -137,6 +148,16 @@ class SequenceLayout:
     @property
     def text(self) -> slice:
         return slice(2, 2 + self.max_text_len)
+
+    @property
+    def question(self) -> slice:
+        """The question slot (empty without one)."""
+        return slice(2, 2 + self.question_slot)
+
+    @property
+    def after_question(self) -> slice:
+        """The text positions after the question slot (the whole text segment without one)."""
+        return slice(2 + self.question_slot, 2 + self.max_text_len)
 
     @property
     def soi_pos(self) -> int:
@@ -180,4 +201,7 @@ class SequenceLayout:
         return axes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_text_len": self.max_text_len, "grid": list(self.grid)}
+        out: dict[str, Any] = {"max_text_len": self.max_text_len, "grid": list(self.grid)}
+        if self.question_slot:  # absent when 0: configs saved before the slot existed stay equal
+            out["question_slot"] = self.question_slot
+        return out

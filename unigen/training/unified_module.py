@@ -44,6 +44,9 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         text_tokenizer: directory (or ``tokenizer.json``) written by ``TextTokenizer.save_pretrained``.
         image_size: training image size (linked from the data module by the CLI).
         max_text_len: length of the text segment (caption or question + answer, with ``<eos>``).
+        question_slot: 0, or the text positions every question (+ ``<sep>``) is padded to, so the
+            VQA answer always starts there and image + question form a cacheable prefix (LaViDa);
+            see :class:`~unigen.diffusion.vocab.SequenceLayout`.
         dim, depth, heads, mlp_ratio, qk_norm, position, head, dropout: the transformer.
         tasks: task name -> sampling ratio (``t2i``, ``caption``, ``vqa``, ``joint``, ``text``,
             ``inpaint`` or any registered task).
@@ -81,7 +84,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100,
                  min_lr_ratio: float = 0.1, compile: bool = False, seed: int = 0,
                  val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False,
-                 init_weights: str | None = None) -> None:
+                 init_weights: str | None = None, question_slot: int = 0) -> None:
         super().__init__()
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
@@ -103,7 +106,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         image_tok = ImageTokenizer.from_pretrained(hp.image_tokenizer)
         image_tok.requires_grad_(False).eval()
         vocab = VocabLayout.from_tokenizers(text_tok, image_tok.codebook_size)
-        sequence = SequenceLayout(hp.max_text_len, image_tok.latent_grid(hp.image_size))
+        sequence = SequenceLayout(hp.max_text_len, image_tok.latent_grid(hp.image_size),
+                                  hp.get("question_slot", 0))
         self.space = TokenSpace(text_tok, vocab, sequence)
         self.image_tokenizer = image_tok
         self.net = UnifiedTransformer(vocab, sequence, dim=hp.dim, depth=hp.depth, heads=hp.heads,
