@@ -9,7 +9,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-all bench clean
 
+# a CUDA build of torch fills ~5.6 GB of .venv: say so before pip fails half-way with ENOSPC
+NEED_GB ?= 7
 $(STAMP): pyproject.toml
+	@$(PY) -c "import torch" 2>/dev/null || $(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; \
+	sys.exit(0 if free >= $(NEED_GB) else f'make: only {free:.1f} GB free on this disk; installing torch into $(VENV) needs about $(NEED_GB) GB')"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
