@@ -1,11 +1,9 @@
 """The cost (or benefit) of unification, issue #5: one model trained on every task against models of
 the same size trained on fewer tasks, scored on the same samples by ``unigen eval``.
 
-Reads the ``records.jsonl`` that ``unigen eval`` writes for each model and compares every
-per-sample score both runs have (VQA exact match, caption attribute recall and fact precision,
-text-to-image checker correctness), paired by task and sample index: the difference of the means
-and its paired standard error (the same questions, images and prompts on both sides, so the
-sample-to-sample spread cancels). The issue's bar: the unified model is no more than 2 points
+Compares the ``records.jsonl`` that ``unigen eval`` writes for each model sample by sample
+(:mod:`benchmarks.paired_eval`: every score both runs have, the difference of the means and its
+paired standard error). The issue's bar: the unified model is no more than 2 points
 below the single-task one.
 
     PYTHONPATH=. python benchmarks/unification_cost.py --unified runs/eval/unified_shapes_cpu_desc \\
@@ -24,61 +22,26 @@ if __package__ in (None, ""):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 from typing import Any  # noqa: E402
 
+from benchmarks.paired_eval import compare as compare_runs, describe  # noqa: E402
 from unigen import io  # noqa: E402
-from unigen.metrics.vqa import exact_matches  # noqa: E402
 
-# (task, score name) -> how one record gives the score
-SCORES = {
-    ("vqa", "vqa_exact_match"): lambda r: float(exact_matches([r["prediction"]], [r["answer"]])[0]),
-    ("caption", "caption_attribute_recall"): lambda r: float(r["attribute_recall"]),
-    ("caption", "caption_fact_precision"): lambda r: float(r["fact_precision"]),
-    ("t2i", "compositional_accuracy/sample_accuracy"): lambda r: float(r["correct"]),
-}
 BAR_POINTS = 2.0
-
-
-def per_sample_scores(eval_dir: Path) -> dict[tuple[str, str], dict[int, float]]:
-    """``(task, score) -> {sample index: score}`` from an eval directory's ``records.jsonl``."""
-    path = eval_dir / "records.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"{path}: missing (run `unigen eval ... --out {eval_dir}` first)")
-    scores: dict[tuple[str, str], dict[int, float]] = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        for (task, name), score in SCORES.items():
-            if record.get("task") == task:
-                scores.setdefault((task, name), {})[int(record["index"])] = score(record)
-    return scores
-
-
-def paired(unified: dict[int, float], single: dict[int, float]) -> dict[str, Any]:
-    """Means over the samples both runs scored, their difference and its paired standard error."""
-    common = sorted(set(unified) & set(single))
-    if len(common) < 2:
-        raise SystemExit("fewer than two samples in common: were both runs evaluated on the same split?")
-    diffs = [unified[i] - single[i] for i in common]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-    return {"samples": n, "unified": sum(unified[i] for i in common) / n,
-            "single": sum(single[i] for i in common) / n, "unified_minus_single": mean,
-            "standard_error": math.sqrt(var / n),
-            f"no_worse_than_{BAR_POINTS:g}_points_below": mean >= -BAR_POINTS / 100}
+BAR_KEY = f"no_worse_than_{BAR_POINTS:g}_points_below"
 
 
 def compare(unified_dir: Path, single_dirs: list[Path]) -> list[dict[str, Any]]:
-    unified = per_sample_scores(unified_dir)
+    """:func:`benchmarks.paired_eval.compare` of the unified run against each single-task run,
+    with the issue's labels and bar."""
     rows = []
     for single_dir in single_dirs:
-        single = per_sample_scores(single_dir)
-        for key in sorted(set(unified) & set(single)):
-            rows.append({"task": key[0], "score": key[1], "single_model": str(single_dir),
-                         **paired(unified[key], single[key])})
-    if not rows:
-        raise SystemExit("the runs share no scored task")
+        for row in compare_runs(unified_dir, single_dir):
+            rows.append({"task": row["task"], "score": row["score"], "single_model": str(single_dir),
+                         "samples": row["samples"], "unified": row["a"], "single": row["b"],
+                         "unified_minus_single": row["a_minus_b"],
+                         "standard_error": row["standard_error"],
+                         BAR_KEY: row["a_minus_b"] >= -BAR_POINTS / 100})
     return rows
 
 
@@ -92,13 +55,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     rows = compare(Path(args.unified), [Path(p) for p in args.single])
     for r in rows:
-        print(f"{r['task']:8s} {r['score']:40s} unified {r['unified']:.4f}  single {r['single']:.4f}  "
-              f"diff {100 * r['unified_minus_single']:+.1f} ± {100 * r['standard_error']:.1f} points "
-              f"(n={r['samples']})")
+        print(describe({"a": r["unified"], "b": r["single"], "a_minus_b": r["unified_minus_single"],
+                        **r}, "unified", "single"))
     payload: dict[str, Any] = {"benchmark": "unification_cost", "unified": args.unified,
                                "single": args.single, "comparisons": rows,
-                               "all_no_worse_than_bar": all(r[f"no_worse_than_{BAR_POINTS:g}_points_below"]
-                                                            for r in rows)}
+                               "all_no_worse_than_bar": all(r[BAR_KEY] for r in rows)}
     if args.notes:
         payload.update(json.loads(Path(args.notes).read_text()))
     io.write_json(Path(args.out), payload)

@@ -1,0 +1,48 @@
+"""benchmarks/paired_eval.py: two eval runs of the same samples, compared per sample."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks.paired_eval import main
+
+
+def write_records(path, records):
+    path.mkdir(parents=True)
+    (path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_every_shared_score_is_compared_on_the_common_samples(tmp_path, capsys):
+    # captions: a's recall minus b's per sample is 0.5, 0, -0.25 (sample 3 only in a: not counted)
+    write_records(tmp_path / "a", [
+        {"task": "caption", "index": i, "attribute_recall": r, "fact_precision": 1.0}
+        for i, r in enumerate((1.0, 0.5, 0.25, 0.0))] + [
+        {"task": "t2i", "index": 0, "correct": True}, {"task": "t2i", "index": 1, "correct": False}])
+    write_records(tmp_path / "b", [
+        {"task": "caption", "index": i, "attribute_recall": r, "fact_precision": 0.5}
+        for i, r in enumerate((0.5, 0.5, 0.5))] + [
+        {"task": "t2i", "index": 0, "correct": False}, {"task": "t2i", "index": 1, "correct": False}])
+    result = main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--label-a", "slot",
+                   "--label-b", "plain", "--out", str(tmp_path / "r.json")])
+    rows = {(r["task"], r["score"]): r for r in result["comparisons"]}
+    assert set(rows) == {("caption", "caption_attribute_recall"), ("caption", "caption_fact_precision"),
+                         ("t2i", "compositional_accuracy/sample_accuracy")}
+    recall = rows[("caption", "caption_attribute_recall")]
+    assert recall["samples"] == 3 and recall["a"] == pytest.approx(7 / 12) and recall["b"] == 0.5
+    diffs = (0.5, 0.0, -0.25)
+    mean = sum(diffs) / 3
+    assert recall["a_minus_b"] == pytest.approx(mean)
+    assert recall["standard_error"] == pytest.approx(
+        math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2 / 3))
+    assert rows[("caption", "caption_fact_precision")]["standard_error"] == 0.0
+    assert rows[("t2i", "compositional_accuracy/sample_accuracy")]["a_minus_b"] == 0.5
+    assert result["a"] == {"label": "slot", "eval": str(tmp_path / "a")}
+    assert "slot 0.5833  plain 0.5000  diff +8.3" in capsys.readouterr().out
+
+
+def test_runs_without_a_shared_score_are_one_clear_error(tmp_path):
+    write_records(tmp_path / "a", [{"task": "t2i", "index": 0, "correct": True}])
+    write_records(tmp_path / "b", [{"task": "vqa", "index": 0, "prediction": "x", "answer": "x"}])
+    with pytest.raises(SystemExit, match="share no scored task"):
+        main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out", str(tmp_path / "r.json")])
