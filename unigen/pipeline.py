@@ -190,6 +190,9 @@ class UnifiedPipeline:
         ``positions`` (and the first ``vocab_limit`` ids) only, and the prefix KV cache when
         ``use_cache``."""
         net = self.transformer
+        if not bool((prefix == prefix[:1]).all()):
+            raise ValueError("the task gives the rows of a batch different prefix positions; decoding "
+                             "needs one prefix pattern per batch (see docs/extending.md, 'A task')")
         if use_cache and bool(prefix.any()):
             return PrefixCachedModel(net, prefix[0], positions, vocab_limit)
         return lambda x: net(x, prefix[:1].expand(x.shape[0], -1), positions=positions,

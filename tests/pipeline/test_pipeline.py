@@ -179,3 +179,10 @@ def test_question_slot_caches_the_question_with_identical_answers(tokenizer_dirs
     slotted.save_pretrained(tmp_path / "p")
     loaded = UnifiedPipeline.from_pretrained(tmp_path / "p")
     assert loaded.space.sequence == seq and loaded.answer(images(3), questions, **kw) == cached
+
+
+def test_a_task_with_per_row_prefixes_is_refused_not_decoded_with_row_0s(pipe):
+    prefix = torch.zeros(2, pipe.space.sequence.length, dtype=torch.bool)
+    prefix[0, pipe.space.sequence.image] = True
+    with pytest.raises(ValueError, match="one prefix pattern per batch"):
+        pipe.model_fn(prefix, None)
