@@ -84,6 +84,15 @@ def describe(row: dict[str, Any], label_a: str = "a", label_b: str = "b") -> str
             f"(n={row['samples']})")
 
 
+def write_result(payload: dict[str, Any], notes: str | None, out: str) -> dict[str, Any]:
+    """Merge the ``--notes`` JSON file (if any) into ``payload`` and write it to ``out``."""
+    if notes:
+        payload.update(json.loads(Path(notes).read_text()))
+    io.write_json(Path(out), payload)
+    print(f"wrote {out}")
+    return payload
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--a", required=True, help="eval directory of one run")
@@ -98,11 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(describe(row, args.label_a, args.label_b))
     payload: dict[str, Any] = {"benchmark": "paired_eval", "a": {"label": args.label_a, "eval": args.a},
                                "b": {"label": args.label_b, "eval": args.b}, "comparisons": rows}
-    if args.notes:
-        payload.update(json.loads(Path(args.notes).read_text()))
-    io.write_json(Path(args.out), payload)
-    print(f"wrote {args.out}")
-    return payload
+    return write_result(payload, args.notes, args.out)
 
 
 if __name__ == "__main__":

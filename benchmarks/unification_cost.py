@@ -21,11 +21,9 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 from typing import Any  # noqa: E402
 
-from benchmarks.paired_eval import compare as compare_runs, describe  # noqa: E402
-from unigen import io  # noqa: E402
+from benchmarks.paired_eval import compare as compare_runs, describe, write_result  # noqa: E402
 
 BAR_POINTS = 2.0
 BAR_KEY = f"no_worse_than_{BAR_POINTS:g}_points_below"
@@ -60,11 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"benchmark": "unification_cost", "unified": args.unified,
                                "single": args.single, "comparisons": rows,
                                "all_no_worse_than_bar": all(r[BAR_KEY] for r in rows)}
-    if args.notes:
-        payload.update(json.loads(Path(args.notes).read_text()))
-    io.write_json(Path(args.out), payload)
-    print(f"wrote {args.out}")
-    return payload
+    return write_result(payload, args.notes, args.out)
 
 
 if __name__ == "__main__":
