@@ -233,3 +233,35 @@ def test_empty_images_runs_the_checker_on_its_own(tmp_path):
     # the real renders: every object of the scene found, none in the blanks
     assert [r["detected"] for r in records] == [
         len(data.sample(i).scene.objects) if i % 2 == 0 else 0 for i in range(12)]
+
+
+def test_class_accuracy_is_fed_the_generated_images_and_prompts(tmp_path):
+    from unigen.metrics import DomainClassifier
+    from unigen.metrics.features import DomainClassifierExtractor
+
+    root = tmp_path / "folder"
+    root.mkdir()
+    names = ["red", "green", "blue"]
+    lines = []
+    for i in range(7):
+        Image.new("RGB", (32, 32), (60 * i, 255 - 30 * i, 20 * i)).save(root / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"a {names[i % 3]} thing"}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    torch.manual_seed(0)
+    DomainClassifier(names, image_size=32, channels=(8, 16), feature_dim=16).save_pretrained(
+        tmp_path / "clf")
+    spec = {"source": "folder", "root": str(root)}
+    data = build_data(spec, 32)
+    out = evaluate_pipeline(OraclePipeline(data, 32), {"data": spec, "batch_size": 3, "tasks": {
+        "t2i": {"metrics": [{"name": "class_accuracy", "classifier": str(tmp_path / "clf")}]}}},
+        tmp_path / "out", progress=False)
+    # the oracle draws sample i's real image for even i and a blank one for odd i
+    shown = torch.stack([data.sample(i).image if i % 2 == 0 else torch.zeros(3, 32, 32)
+                         for i in range(7)])
+    predicted = DomainClassifierExtractor(str(tmp_path / "clf"))(shown).logits.argmax(-1)
+    right = [int(predicted[i]) == i % 3 for i in range(7)]
+    m = out["metrics"]
+    assert m["class_accuracy"] == pytest.approx(sum(right) / 7)
+    for k, name in enumerate(names):
+        rows = [right[i] for i in range(7) if i % 3 == k]
+        assert m[f"class_accuracy/{name}"] == pytest.approx(sum(rows) / len(rows))

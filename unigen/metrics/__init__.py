@@ -8,6 +8,7 @@ from unigen.metrics.base import (CAPTION, COMPOSITIONAL, DISTRIBUTION, KINDS, ME
                                  RECONSTRUCTION, TEXT_IMAGE, VQA, HostMetric, build_metric,
                                  build_metrics, register_metric)
 from unigen.metrics.captioning import BLEU4, CIDErD, cider_d_scores
+from unigen.metrics.class_accuracy import ClassAccuracy, prompt_class
 from unigen.metrics.clip_score import CLIPScore, ClipEncoder
 from unigen.metrics.compositional import (GENEVAL_CATEGORIES, CheckResultLike,
                                           CompositionalAccuracy, per_category_accuracy)
@@ -27,7 +28,8 @@ from unigen.metrics.text_normalize import normalize_answer, normalize_caption
 from unigen.metrics.vqa import VQAExactMatch, exact_matches
 
 __all__ = [
-    "BLEU4", "CAPTION", "CIDErD", "CLIPScore", "COMPOSITIONAL", "CheckResultLike", "ClipEncoder",
+    "BLEU4", "CAPTION", "CIDErD", "CLIPScore", "COMPOSITIONAL", "CheckResultLike", "ClassAccuracy",
+    "ClipEncoder",
     "CompositionalAccuracy", "DISTRIBUTION", "DomainClassifier", "DomainClassifierExtractor",
     "ExtractorOutput", "FEATURE_EXTRACTORS", "FID", "FeatureExtractor", "GENEVAL_CATEGORIES",
     "HostMetric", "InceptionScore", "InceptionV3", "KID", "KINDS", "METRICS", "PSNR", "Panel",
@@ -36,6 +38,6 @@ __all__ = [
     "compute_metrics", "evaluate_reconstruction", "exact_matches", "find_fid_helper_weights",
     "flatten_results", "frechet_distance", "gaussian_statistics", "inception_score",
     "kernel_inception_distance", "normalize_answer", "normalize_caption", "per_category_accuracy",
-    "plot_panels",
+    "plot_panels", "prompt_class",
     "register_extractor", "register_metric", "retrieval_accuracy", "write_report",
 ]

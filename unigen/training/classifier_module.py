@@ -148,14 +148,21 @@ class ClassifierModule(FusedOptimizerClipping, L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
         loss, logits, target = self._loss(batch)
         n = len(batch["image"])
-        self.log("val/loss", loss, prog_bar=True, batch_size=n)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n)
         preds = torch.sigmoid(logits) if self.target.multilabel else logits
         for name, metric in self.val_metrics.items():
             metric(preds, target.long())
-            self.log(f"val/{name}", metric, batch_size=n)
+            self.log(f"{stage}/{name}", metric, batch_size=n)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """Same scores as validation on the data module's test split (``unigen test``)."""
+        self._evaluate(batch, "test")
 
     def configure_optimizers(self):
         hp = self.hparams
