@@ -2,7 +2,8 @@
 decoding, the calls confident decoding needs to match 16-step MaskGIT, and the prefix KV cache's
 speed-up for captioning and VQA.
 
-* **t2i**: shapes checker accuracy (GenEval-style ``compositional_accuracy/overall``) of
+* **t2i**: shapes checker accuracy (GenEval-style ``compositional_accuracy/overall``), or with
+  ``--data fashion_mnist`` the class accuracy of a Fashion-MNIST classifier (``--classifier``), of
   ``maskgit`` (Chang et al. 2022), ``ancestral`` (MDLM, Sahoo et al. 2024) and ``confident``
   (Dimple, Yu et al. 2025; Fast-dLLM, Wu et al. 2025) at every step budget of ``--steps``, plus
   ``confident`` at each ``--thresholds`` value with a budget of ``--threshold-budget``, and at the
@@ -16,7 +17,7 @@ speed-up for captioning and VQA.
   seconds, the speed-up and whether the outputs are identical.
 
 Every configuration is one :func:`unigen.evaluate.sweep_pipeline` point on the same held-out
-shapes samples with the same per-sample seeds, so the records, checker verdicts and per-sample
+samples with the same per-sample seeds, so the records, checker verdicts and per-sample
 ``model_calls`` come from ``unigen.evaluate``; run folders go under ``--work-dir``.  Writes
 ``benchmarks/results/sampler_curves_<device>.json`` (or ``--out``) and a PNG next to it (accuracy vs
 mean network calls, one line per sampler, a t2i and a VQA panel).  Without ``--model`` the network
@@ -25,6 +26,8 @@ JSON says "random weights").
 
     PYTHONPATH=. python benchmarks/sampler_curves.py --model runs/shapes/pipeline --device cuda
     PYTHONPATH=. python benchmarks/sampler_curves.py --num-samples 8 --steps 2,4 --reference-steps 4
+    PYTHONPATH=. python benchmarks/sampler_curves.py --model runs/models/unified_fashion_mnist_cpu \
+        --data fashion_mnist --classifier runs/classifiers/fashion_mnist
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -55,9 +59,6 @@ from unigen.sampling import build_sampler
 from unigen.sampling.reveal_rules import REVEAL_RULES
 
 SAMPLERS = ("maskgit", "ancestral", "confident")
-ACCURACY = {"t2i": "compositional_accuracy/overall", "vqa": "vqa_exact_match"}
-# t2i: how often a sampler leaves no object at all (parallel commits of background tokens)
-EXTRA_METRICS = {"t2i": ("empty_images",)}
 GREEDY = {"temperature": 0.0}  # VQA answers: the most likely tokens (reveal order may still draw)
 
 
@@ -65,18 +66,58 @@ def numbers(text: str, kind: Callable[[str], Any]) -> list[Any]:
     return [kind(v) for v in text.split(",") if v.strip()]
 
 
+@dataclass(frozen=True)
+class CurveData:
+    """An evaluation data source and how its text-to-image accuracy is read: ``t2i_metric`` is the
+    eval recipe's metric entry (``classifier`` filled in from ``--classifier`` when it has one),
+    ``t2i_accuracy`` the result key plotted, ``t2i_extra_metrics`` further metrics to list and
+    ``t2i_extra`` the result keys kept per point."""
+
+    split: str
+    t2i_metric: str
+    t2i_accuracy: str
+    t2i_title: str
+    t2i_extra_metrics: tuple[str, ...] = ()
+    t2i_extra: tuple[tuple[str, str], ...] = ()  # (point key, result key)
+    needs_classifier: bool = False
+
+
+CURVE_DATA = {
+    # t2i extras: how often a sampler leaves no object at all (parallel commits of background)
+    "shapes": CurveData("heldout", "compositional_accuracy", "compositional_accuracy/overall",
+                        "text-to-image (shapes checker)", ("empty_images",),
+                        (("sample_accuracy", "compositional_accuracy/sample_accuracy"),
+                         ("empty_images", "empty_images"))),
+    "fashion_mnist": CurveData("test", "class_accuracy", "class_accuracy",
+                               "text-to-image (Fashion-MNIST classifier)", needs_classifier=True),
+}
+VQA_ACCURACY = "vqa_exact_match"
+
+
+def accuracy_key(args: argparse.Namespace, task: str) -> str:
+    return CURVE_DATA[args.data].t2i_accuracy if task == "t2i" else VQA_ACCURACY
+
+
 def data_spec(args: argparse.Namespace) -> dict[str, Any]:
-    """The eval recipe's ``data:`` block: the same shapes samples for every configuration."""
-    return {"source": "shapes", "split": args.split, "num_samples": args.num_samples,
+    """The eval recipe's ``data:`` block: the same samples for every configuration."""
+    return {"source": args.data, "split": args.split, "num_samples": args.num_samples,
             "seed": args.data_seed}
 
 
+def task_metrics(args: argparse.Namespace, task: str) -> list[Any]:
+    if task != "t2i":
+        return [VQA_ACCURACY, "model_calls"]
+    source = CURVE_DATA[args.data]
+    accuracy = ({"name": source.t2i_metric, "classifier": args.classifier}
+                if source.needs_classifier else source.t2i_metric)
+    return [accuracy, "model_calls", *source.t2i_extra_metrics]
+
+
 def eval_config(args: argparse.Namespace, task: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """One-task eval recipe on the held-out shapes samples: accuracy and network calls."""
+    """One-task eval recipe on the held-out samples: accuracy and network calls."""
     return {"data": data_spec(args), "seed": args.seed, "batch_size": args.batch_size,
             "grid_size": args.grid_size,
-            "tasks": {task: {**settings, "metrics": [ACCURACY[task].split("/")[0], "model_calls",
-                                                     *EXTRA_METRICS.get(task, ())]}}}
+            "tasks": {task: {**settings, "metrics": task_metrics(args, task)}}}
 
 
 def run_grid(pipe: UnifiedPipeline, args: argparse.Namespace, task: str, name: str,
@@ -99,10 +140,10 @@ def run_grid(pipe: UnifiedPipeline, args: argparse.Namespace, task: str, name: s
         points.append({
             "task": task, "series": series(used), "sampler": used["sampler"],
             "num_steps": used["num_steps"], "threshold": threshold, "rule": rule,
-            "guidance_scale": used["guidance_scale"], "accuracy": metrics[ACCURACY[task]],
+            "guidance_scale": used["guidance_scale"], "accuracy": metrics[accuracy_key(args, task)],
             "model_calls": metrics[f"model_calls/{task}"],
-            **({"sample_accuracy": metrics["compositional_accuracy/sample_accuracy"],
-                "empty_images": metrics["empty_images"]} if task == "t2i" else {}),
+            **({k: metrics[v] for k, v in CURVE_DATA[args.data].t2i_extra}
+               if task == "t2i" else {}),
             "seconds": meta["timings"][task]["seconds"], "run_dir": str(out / run["dir"])})
     return points
 
@@ -211,11 +252,12 @@ def time_prefix_cache(pipe: UnifiedPipeline, args: argparse.Namespace) -> dict[s
     return out
 
 
-def plot(points: Sequence[dict[str, Any]], path: Path, weights: str) -> Path:
+def plot(points: Sequence[dict[str, Any]], path: Path, weights: str, args: argparse.Namespace
+         ) -> Path:
     """Accuracy against mean network calls, one line per sampler; a t2i and a VQA panel."""
     panels = []
     mark = "" if weights == "trained" else f" [{weights}]"
-    for task, title in (("t2i", f"text-to-image (shapes checker){mark}"),
+    for task, title in (("t2i", f"{CURVE_DATA[args.data].t2i_title}{mark}"),
                         ("vqa", f"VQA (exact match){mark}")):
         series: dict[str, list[dict[str, Any]]] = {}
         for p in points:
@@ -226,7 +268,7 @@ def plot(points: Sequence[dict[str, Any]], path: Path, weights: str) -> Path:
             for label, group in series.items():
                 group = sorted(group, key=lambda p: p["model_calls"])
                 lines[label] = ([p["model_calls"] for p in group], [p["accuracy"] for p in group])
-            panels.append(Panel(title, "mean network calls per sample", ACCURACY[task], lines,
+            panels.append(Panel(title, "mean network calls per sample", accuracy_key(args, task), lines,
                                 log_x=True, ylim=(-0.02, 1.02)))
     return plot_panels(panels, path)
 
@@ -239,8 +281,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=None,
                         help="random-weight model only: default the preset's")
     parser.add_argument("--num-samples", type=int, default=256)
-    parser.add_argument("--split", default="heldout", help="shapes split (held-out compositions)")
-    parser.add_argument("--data-seed", type=int, default=0, help="which shapes scenes")
+    parser.add_argument("--data", default="shapes", choices=sorted(CURVE_DATA),
+                        help="evaluation data: its t2i accuracy is the shapes checker's or, for "
+                             "fashion_mnist, the class accuracy of --classifier")
+    parser.add_argument("--classifier", default=None,
+                        help="domain classifier directory (--data fashion_mnist: "
+                             "recipes/classifier_fashion_mnist.yaml exports one)")
+    parser.add_argument("--split", default=None,
+                        help="data split (default: shapes heldout compositions, fashion_mnist test)")
+    parser.add_argument("--data-seed", type=int, default=0, help="which samples of the split")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--steps", default="2,4,8,16,32", help="t2i step budgets")
     parser.add_argument("--thresholds", default="0.5,0.7,0.9,0.95",
@@ -276,6 +325,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag in ("num_samples", "repeats", "caption_steps", "vqa_cache_steps"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    source = CURVE_DATA[args.data]
+    if source.needs_classifier and not args.classifier:
+        parser.error(f"--data {args.data} needs --classifier DIR (its t2i accuracy is "
+                     f"{source.t2i_metric})")
+    args.split = args.split or source.split
     args.samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     unknown = sorted(set(args.samplers) - set(SAMPLERS))
     if unknown or not args.samplers:
@@ -324,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache = None if args.no_cache_timing else time_prefix_cache(pipe, args)
 
     print_table(points, ["task", "series", "num_steps", "rule", "threshold", "accuracy", "model_calls",
-                         "empty_images", "seconds"])
+                         *(k for k, _ in CURVE_DATA[args.data].t2i_extra), "seconds"])
     for task, claim in claims.items():
         if not claim["measured"]:
             print(f"{task}: calls claim not measured ({claim['reason']})")
@@ -347,12 +401,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {"settings": {**settings, "weights": weights, "image_size": pipe.image_size,
                             "num_image_tokens": seq.num_image_tokens,
                             "max_text_len": seq.max_text_len,
-                            "accuracy_metrics": ACCURACY, "vqa_sampler_kwargs": GREEDY},
+                            "accuracy_metrics": {t: accuracy_key(args, t) for t in ("t2i", "vqa")},
+                            "vqa_sampler_kwargs": GREEDY},
                "note": ("random weights: timings only, accuracies are meaningless" if not trained
                         else "trained model: accuracy vs network calls"),
                "points": points, "claims": {"calls": claims, "prefix_cache": cache}}
     path = result_path("sampler_curves", device, args.out)
-    payload["plot"] = str(plot(points, path.with_suffix(".png"), weights))
+    payload["plot"] = str(plot(points, path.with_suffix(".png"), weights, args))
     save_result("sampler_curves", device, payload, args.out)
     return payload
 

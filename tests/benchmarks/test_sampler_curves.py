@@ -128,3 +128,23 @@ def test_sampler_curves_refuses_a_bad_confident_rule(spec, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--confident-kwargs", '{"nope": 1}'])
     assert "--confident-kwargs:" in capsys.readouterr().err
+
+
+def test_sampler_curves_data_sources(capsys):
+    from benchmarks.sampler_curves import eval_config, parse_args
+
+    shapes = parse_args([])
+    assert (shapes.data, shapes.split) == ("shapes", "heldout")
+    assert eval_config(shapes, "t2i", {})["tasks"]["t2i"]["metrics"] == [
+        "compositional_accuracy", "model_calls", "empty_images"]
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "fashion_mnist"])
+    assert "--data fashion_mnist needs --classifier DIR" in capsys.readouterr().err
+    fashion = parse_args(["--data", "fashion_mnist", "--classifier", "clf", "--num-samples", "5"])
+    config = eval_config(fashion, "t2i", {"guidance_scale": 2.0})
+    assert config["data"] == {"source": "fashion_mnist", "split": "test", "num_samples": 5,
+                              "seed": 0}
+    assert config["tasks"]["t2i"] == {"guidance_scale": 2.0, "metrics": [
+        {"name": "class_accuracy", "classifier": "clf"}, "model_calls"]}
+    assert eval_config(fashion, "vqa", {})["tasks"]["vqa"]["metrics"] == ["vqa_exact_match",
+                                                                           "model_calls"]
