@@ -1,5 +1,6 @@
 """Quality of one trained image tokenizer: PSNR, SSIM, codebook usage and perplexity on a data
-split, and, on the shapes world, what the pixel checker still reads after encode + decode.
+split, and, on the shapes world, what the pixel checker still reads after encode + decode (on
+Fashion-MNIST, with ``--classifier``, what a garment classifier still recognises).
 
 The checker part is the ceiling a unified model can reach on text-to-image: a generated image is at
 best a tokenizer reconstruction, so if the checker fails on reconstructions of real scenes, no
@@ -9,7 +10,7 @@ the full scene (every object's shape, color, size and cell) on originals and rec
     PYTHONPATH=. python benchmarks/tokenizer_quality.py --tokenizer runs/tokenizers/fsq_shapes_cpu \
         --data shapes --image-size 48 --split heldout --num-samples 512
     PYTHONPATH=. python benchmarks/tokenizer_quality.py --tokenizer runs/tokenizers/fsq_fashion_mnist \
-        --data fashion_mnist --image-size 32
+        --data fashion_mnist --image-size 32 --classifier runs/classifiers/fashion_mnist
 """
 
 from __future__ import annotations
@@ -44,11 +45,22 @@ def shapes_images(split: str, num: int, size: int, seed: int) -> tuple[Tensor, l
     return torch.stack([s["image"] for s in samples]), scenes, [s["caption"] for s in samples]
 
 
-def fashion_images(num: int, size: int, root: str | None) -> Tensor:
+def fashion_images(num: int, size: int, root: str | None) -> tuple[Tensor, Tensor]:
+    """The first ``num`` test images and their labels."""
     from unigen.data.fashion_mnist import FashionMNISTDataset
 
     dataset = FashionMNISTDataset(root=root, split="test", image_size=size)
-    return torch.stack([dataset.image(i) for i in range(min(num, len(dataset)))])
+    n = min(num, len(dataset))
+    return (torch.stack([dataset.image(i) for i in range(n)]),
+            torch.as_tensor(dataset.labels[:n]).long())
+
+
+@torch.inference_mode()
+def classifier_accuracy(classifier: Any, images: Tensor, labels: Tensor, batch_size: int) -> float:
+    """Fraction of ``images`` that ``classifier`` (a domain classifier extractor) puts in their
+    labelled class: on reconstructions, the ceiling of a class-conditional model's class accuracy."""
+    predicted = torch.cat([classifier(b).logits.argmax(-1) for b in images.split(batch_size)])
+    return float((predicted == labels).float().mean())
 
 
 @torch.inference_mode()
@@ -96,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--root", default=None, help="Fashion-MNIST folder (default: Debian's)")
+    parser.add_argument("--classifier", default=None,
+                        help="Fashion-MNIST: domain classifier directory; scores its accuracy on "
+                             "the originals and the reconstructions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/)")
@@ -112,16 +127,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["checker"] = {"originals": checker_scores(images, scenes, captions),
                              "reconstructions": checker_scores(recon, scenes, captions)}
     else:
-        images = fashion_images(args.num_samples, args.image_size, args.root)
+        images, labels = fashion_images(args.num_samples, args.image_size, args.root)
         result["split"] = "test"
-        result["reconstruction"], _ = evaluate(tokenizer, images, args.batch_size)
+        result["reconstruction"], recon = evaluate(tokenizer, images, args.batch_size)
+        if args.classifier:
+            from unigen.metrics import DomainClassifierExtractor
+
+            classifier = DomainClassifierExtractor(args.classifier)
+            result["classifier"] = {"path": str(args.classifier), **{
+                where: {"accuracy": classifier_accuracy(classifier, x, labels, args.batch_size)}
+                for where, x in (("originals", images), ("reconstructions", recon))}}
     result["num_samples"] = len(images)
     name = f"tokenizer_quality_{args.data}_{args.image_size}"
     save_result(name, torch.device("cpu"), result, args.out)
     for key, value in result["reconstruction"].items():
         print(f"{key:>28}: {value}")
-    for where, scores in result.get("checker", {}).items():
-        print(f"{'checker on ' + where:>28}: " + ", ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+    for judge in ("checker", "classifier"):
+        for where, scores in result.get(judge, {}).items():
+            if isinstance(scores, dict):
+                print(f"{judge + ' on ' + where:>28}: "
+                      + ", ".join(f"{k}={v:.3f}" for k, v in scores.items()))
     return result
 
 

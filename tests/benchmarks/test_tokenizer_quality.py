@@ -34,3 +34,17 @@ def test_script_writes_reconstruction_and_checker_json(tmp_path, image_tokenizer
 def test_missing_tokenizer_directory_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         tokenizer_quality.main(["--tokenizer", str(tmp_path / "missing"), "--image-size", "32"])
+
+
+def test_classifier_accuracy_counts_the_labelled_class(tmp_path):
+    from unigen.metrics import DomainClassifier, DomainClassifierExtractor
+
+    torch.manual_seed(0)
+    DomainClassifier(["a", "b", "c"], image_size=32, channels=(8, 16), feature_dim=16) \
+        .save_pretrained(tmp_path / "clf")
+    classifier = DomainClassifierExtractor(str(tmp_path / "clf"))
+    images = torch.rand(10, 3, 32, 32)
+    predicted = classifier(images).logits.argmax(-1)
+    labels = predicted.clone()
+    labels[:3] = (labels[:3] + 1) % 3  # 3 of 10 wrong, across batch boundaries of 4
+    assert tokenizer_quality.classifier_accuracy(classifier, images, labels, 4) == pytest.approx(0.7)
