@@ -38,3 +38,30 @@ def test_missing_records_is_one_clear_error(tmp_path):
     write_records(tmp_path / "u", [vqa(0, "two"), vqa(1, "two")])
     with pytest.raises(SystemExit, match="records.jsonl: missing"):
         main(["--unified", str(tmp_path / "u"), "--single", str(tmp_path / "nope"), "--out", str(tmp_path / "r.json")])
+
+
+def test_pairs_of_seeds_give_the_mean_and_spread_of_the_differences(tmp_path):
+    # seed 0: unified 3/4 vs single 1/4 (+0.5); seed 1: unified 1/4 vs single 2/4 (-0.25)
+    right, wrong = "two", "one"
+    for name, predictions in {"u0": [right, right, right, wrong], "s0": [right, wrong, wrong, wrong],
+                              "u1": [right, wrong, wrong, wrong], "s1": [right, right, wrong, wrong]
+                              }.items():
+        write_records(tmp_path / name, [vqa(i, p) for i, p in enumerate(predictions)])
+    result = main(["--pair", str(tmp_path / "u0"), str(tmp_path / "s0"),
+                   "--pair", str(tmp_path / "u1"), str(tmp_path / "s1"), "--out", str(tmp_path / "r.json")])
+    assert [(r["pair"], r["unified_minus_single"]) for r in result["comparisons"]] == [(0, 0.5), (1, -0.25)]
+    (summary,) = result["over_pairs"]
+    assert summary["pairs"] == 2 and summary["mean_unified_minus_single"] == pytest.approx(0.125)
+    assert (summary["min"], summary["max"]) == (-0.25, 0.5)
+    assert (summary["unified_mean"], summary["single_mean"]) == (0.5, 0.375)
+    # the mean passes the 2-point bar, seed 1 alone does not
+    assert summary["no_worse_than_2_points_below"] and not summary["every_pair_no_worse_than_2_points_below"]
+    assert result["all_no_worse_than_bar"]
+
+
+@pytest.mark.parametrize("args", [[], ["--unified", "u"], ["--single", "s"],
+                                  ["--unified", "u", "--single", "s", "--pair", "u", "s"]])
+def test_pairs_and_unified_single_are_exclusive(tmp_path, args, capsys):
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "r.json")])
+    assert "--unified" in capsys.readouterr().err
