@@ -55,22 +55,14 @@ def caption_references(batch: dict[str, Any], n: int) -> list[list[str]]:
     return [[c, *([d] if d and d != c else [])] for c, d in zip(batch["caption"][:n], descriptions)]
 
 
-def _scalars(prefix: str, value: Any) -> dict[str, float]:
-    if isinstance(value, dict):
-        out: dict[str, float] = {}
-        for key, inner in value.items():
-            out.update(_scalars(f"{prefix}/{key}", inner))
-        return out
-    return {prefix: float(value)}
-
-
 def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, num_steps: int = 12,
                            guidance_scale: float = 1.0, sampler: str = "maskgit",
                            text_steps: int | None = None, seed: int = 0,
                            metrics: list | dict | None = None,
                            metric_resources: dict[str, Any] | None = None) -> dict[str, float]:
     """Generate with the module's current weights and log grids + metrics; returns the metrics."""
-    from unigen.metrics import CAPTION, COMPOSITIONAL, DISTRIBUTION, TEXT_IMAGE, VQA
+    from unigen.metrics import (CAPTION, COMPOSITIONAL, DISTRIBUTION, TEXT_IMAGE, VQA,
+                                flatten_results)
 
     pipe = module.to_pipeline()
     tasks = set(module.mixture.names)
@@ -130,15 +122,11 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
     for name, metric in recipe_metrics.items():
         if getattr(metric, "update_count", 1):  # a metric whose task did not run has nothing
             try:
-                metrics.update(_scalars(f"val/{name}", _to_python(metric.compute())))
+                # the keys eval writes: "class_accuracy", "class_accuracy/<class>", ...
+                flat = flatten_results({name: metric.compute()})
+                metrics.update({f"val/{key}": value for key, value in flat.items()})
             except RuntimeError as err:  # e.g. compositional accuracy without shapes scenes
                 raise ValueError(f"validation metric {name!r} could not be computed: {err}") from None
     for key, value in metrics.items():
         module.log(key, torch.tensor(value), sync_dist=True)
     return metrics
-
-
-def _to_python(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_python(v) for k, v in value.items()}
-    return value.item() if torch.is_tensor(value) else value
