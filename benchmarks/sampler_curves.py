@@ -71,7 +71,9 @@ class CurveData:
     """An evaluation data source and how its text-to-image accuracy is read: ``t2i_metric`` is the
     eval recipe's metric entry (``classifier`` filled in from ``--classifier`` when it has one),
     ``t2i_accuracy`` the result key plotted, ``t2i_extra_metrics`` further metrics to list and
-    ``t2i_extra`` the result keys kept per point."""
+    ``t2i_extra`` the result keys kept per point; ``t2i_fid`` adds FID against the real images of
+    the same samples, because an accuracy that a classifier reads off one typical image per class says
+    nothing of diversity (greedy decoding can score perfectly while collapsing to modes)."""
 
     split: str
     t2i_metric: str
@@ -80,6 +82,7 @@ class CurveData:
     t2i_extra_metrics: tuple[str, ...] = ()
     t2i_extra: tuple[tuple[str, str], ...] = ()  # (point key, result key)
     needs_classifier: bool = False
+    t2i_fid: bool = False
 
 
 CURVE_DATA = {
@@ -89,7 +92,8 @@ CURVE_DATA = {
                         (("sample_accuracy", "compositional_accuracy/sample_accuracy"),
                          ("empty_images", "empty_images"))),
     "fashion_mnist": CurveData("test", "class_accuracy", "class_accuracy",
-                               "text-to-image (Fashion-MNIST classifier)", needs_classifier=True),
+                               "text-to-image (Fashion-MNIST classifier)",
+                               t2i_extra=(("fid", "fid"),), needs_classifier=True, t2i_fid=True),
 }
 VQA_ACCURACY = "vqa_exact_match"
 
@@ -115,9 +119,10 @@ def task_metrics(args: argparse.Namespace, task: str) -> list[Any]:
 
 def eval_config(args: argparse.Namespace, task: str, settings: dict[str, Any]) -> dict[str, Any]:
     """One-task eval recipe on the held-out samples: accuracy and network calls."""
+    fid = {"fid": True} if task == "t2i" and CURVE_DATA[args.data].t2i_fid else {}
     return {"data": data_spec(args), "seed": args.seed, "batch_size": args.batch_size,
             "grid_size": args.grid_size,
-            "tasks": {task: {**settings, "metrics": task_metrics(args, task)}}}
+            "tasks": {task: {**settings, **fid, "metrics": task_metrics(args, task)}}}
 
 
 def run_grid(pipe: UnifiedPipeline, args: argparse.Namespace, task: str, name: str,

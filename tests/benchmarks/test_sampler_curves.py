@@ -144,7 +144,8 @@ def test_sampler_curves_data_sources(capsys):
     config = eval_config(fashion, "t2i", {"guidance_scale": 2.0})
     assert config["data"] == {"source": "fashion_mnist", "split": "test", "num_samples": 5,
                               "seed": 0}
-    assert config["tasks"]["t2i"] == {"guidance_scale": 2.0, "metrics": [
+    assert config["tasks"]["t2i"] == {"guidance_scale": 2.0, "fid": True, "metrics": [
         {"name": "class_accuracy", "classifier": "clf"}, "model_calls"]}
+    assert "fid" not in eval_config(shapes, "t2i", {})["tasks"]["t2i"]
     assert eval_config(fashion, "vqa", {})["tasks"]["vqa"]["metrics"] == ["vqa_exact_match",
                                                                            "model_calls"]
