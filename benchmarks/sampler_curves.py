@@ -11,7 +11,10 @@ speed-up for captioning and VQA.
   with the sampler options ``--confident-kwargs``; the same guidance everywhere. **VQA**: exact match of the same samplers at ``--vqa-steps``, greedy tokens.
 * **Claim (b)**: A = MaskGIT's accuracy at ``--reference-steps``; among confident configurations
   whose accuracy is >= A - ``--tolerance``, the fewest mean calls C; ``calls_ratio`` = MaskGIT's
-  calls / C and whether it is >= 2.  VQA likewise against MaskGIT at its largest budget.
+  calls / C and whether it is >= 2.  Where the points carry FID (``--data fashion_mnist``), a
+  confident configuration must also keep FID within ``--fid-tolerance`` (relative) of MaskGIT's:
+  greedy decoding can buy accuracy with mode collapse.  VQA likewise against MaskGIT at its
+  largest budget.
 * **Claim (c)**: captioning and VQA with the prefix KV cache (LaViDa) on and off on the same
   samples and seeds, in ``--caption-steps`` and ``--vqa-cache-steps`` steps: best-of-``--repeats``
   seconds, the speed-up and whether the outputs are identical.
@@ -179,25 +182,30 @@ def vqa_points(pipe: UnifiedPipeline, args: argparse.Namespace) -> list[dict[str
 
 
 def _brief(point: dict[str, Any]) -> dict[str, Any]:
-    keys = ("sampler", "num_steps", "rule", "threshold", "accuracy", "model_calls")
-    return {k: point.get(k) for k in keys}
+    keys = ("sampler", "num_steps", "rule", "threshold", "accuracy", "model_calls", "fid")
+    return {k: point.get(k) for k in keys if k in point}
 
 
-def calls_claim(points: Sequence[dict[str, Any]], reference_steps: int, tolerance: float
-                ) -> dict[str, Any]:
+def calls_claim(points: Sequence[dict[str, Any]], reference_steps: int, tolerance: float,
+                fid_tolerance: float = 0.1) -> dict[str, Any]:
     """Issue #6 (b): does confident decoding reach MaskGIT-``reference_steps`` accuracy (within
     ``tolerance``) with at least 2x fewer mean network calls?  ``calls_ratio`` is MaskGIT's mean
-    calls over the fewest of any confident configuration that reaches the accuracy."""
+    calls over the fewest of any confident configuration that reaches the accuracy and, when the
+    points carry ``fid``, keeps FID at most ``1 + fid_tolerance`` times MaskGIT's."""
     reference = next((p for p in points
                       if p["sampler"] == "maskgit" and p["num_steps"] == reference_steps), None)
     if reference is None:
         return {"measured": False, "reason": f"no maskgit point at {reference_steps} steps"}
     target = reference["accuracy"] - tolerance
-    reaching = [p for p in points if p["sampler"] == "confident" and p["accuracy"] >= target]
+    fid_limit = reference["fid"] * (1 + fid_tolerance) if "fid" in reference else None
+    reaching = [p for p in points if p["sampler"] == "confident" and p["accuracy"] >= target
+                and (fid_limit is None or p["fid"] <= fid_limit)]
     best = min(reaching, key=lambda p: (p["model_calls"], -p["accuracy"]), default=None)
     ratio = reference["model_calls"] / best["model_calls"] if best else None
     return {"measured": True, "reference": _brief(reference), "tolerance": tolerance,
-            "target_accuracy": target, "best_confident": _brief(best) if best else None,
+            "target_accuracy": target,
+            **({"fid_tolerance": fid_tolerance, "fid_limit": fid_limit} if fid_limit else {}),
+            "best_confident": _brief(best) if best else None,
             "calls_ratio": ratio, "at_least_2x": ratio is not None and ratio >= 2.0}
 
 
@@ -311,6 +319,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=2.0, help="t2i guidance scale (all points)")
     parser.add_argument("--reference-steps", type=int, default=16,
                         help="MaskGIT step budget confident decoding must match (t2i)")
+    parser.add_argument("--fid-tolerance", type=float, default=0.1,
+                        help="points with FID: a confident point counts only with FID at most "
+                             "(1 + this) x MaskGIT's")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="accuracy below the MaskGIT reference that still counts as reaching it")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -376,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.vqa_steps:
         points += vqa_points(pipe, args)
     claims = {"t2i": calls_claim([p for p in points if p["task"] == "t2i"], args.reference_steps,
-                                 args.tolerance)}
+                                 args.tolerance, args.fid_tolerance)}
     if args.vqa_steps:
         claims["vqa"] = calls_claim([p for p in points if p["task"] == "vqa"],
                                     max(args.vqa_steps), args.tolerance)

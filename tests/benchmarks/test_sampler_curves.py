@@ -149,3 +149,16 @@ def test_sampler_curves_data_sources(capsys):
     assert "fid" not in eval_config(shapes, "t2i", {})["tasks"]["t2i"]
     assert eval_config(fashion, "vqa", {})["tasks"]["vqa"]["metrics"] == ["vqa_exact_match",
                                                                            "model_calls"]
+
+
+def test_calls_claim_with_fid_refuses_collapsed_samples():
+    def at(sampler, steps, accuracy, calls, fid):
+        return {**point(sampler, steps, accuracy, calls, 0.9), "fid": fid}
+
+    points = [at("maskgit", 16, 0.97, 16.0, 73.4), at("confident", 4, 1.0, 4.0, 151.6),
+              at("confident", 8, 0.98, 8.0, 74.5), at("confident", 6, 0.99, 6.0, 80.8)]
+    claim = calls_claim(points, 16, 0.0)  # FID limit 73.4 * 1.1 = 80.74: 80.8 is out
+    assert claim["fid_limit"] == pytest.approx(80.74)
+    assert claim["best_confident"]["model_calls"] == 8.0 and claim["calls_ratio"] == 2.0
+    assert calls_claim(points, 16, 0.0, fid_tolerance=0.2)["best_confident"]["model_calls"] == 6.0
+    assert calls_claim(points, 16, 0.0, fid_tolerance=2.0)["best_confident"]["model_calls"] == 4.0
