@@ -87,6 +87,11 @@ class CurveData:
     needs_classifier: bool = False
     t2i_fid: bool = False
 
+    @property
+    def point_extras(self) -> tuple[tuple[str, str], ...]:
+        """Result keys copied into every t2i point (FID too when the source asks for it)."""
+        return self.t2i_extra + ((("fid", "fid"),) if self.t2i_fid else ())
+
 
 CURVE_DATA = {
     # t2i extras: how often a sampler leaves no object at all (parallel commits of background)
@@ -96,7 +101,7 @@ CURVE_DATA = {
                          ("empty_images", "empty_images"))),
     "fashion_mnist": CurveData("test", "class_accuracy", "class_accuracy",
                                "text-to-image (Fashion-MNIST classifier)",
-                               t2i_extra=(("fid", "fid"),), needs_classifier=True, t2i_fid=True),
+                               needs_classifier=True, t2i_fid=True),
 }
 VQA_ACCURACY = "vqa_exact_match"
 
@@ -150,7 +155,7 @@ def run_grid(pipe: UnifiedPipeline, args: argparse.Namespace, task: str, name: s
             "num_steps": used["num_steps"], "threshold": threshold, "rule": rule,
             "guidance_scale": used["guidance_scale"], "accuracy": metrics[accuracy_key(args, task)],
             "model_calls": metrics[f"model_calls/{task}"],
-            **({k: metrics[v] for k, v in CURVE_DATA[args.data].t2i_extra}
+            **({k: metrics[v] for k, v in CURVE_DATA[args.data].point_extras}
                if task == "t2i" else {}),
             "seconds": meta["timings"][task]["seconds"], "run_dir": str(out / run["dir"])})
     return points
@@ -204,7 +209,8 @@ def calls_claim(points: Sequence[dict[str, Any]], reference_steps: int, toleranc
     ratio = reference["model_calls"] / best["model_calls"] if best else None
     return {"measured": True, "reference": _brief(reference), "tolerance": tolerance,
             "target_accuracy": target,
-            **({"fid_tolerance": fid_tolerance, "fid_limit": fid_limit} if fid_limit else {}),
+            **({"fid_tolerance": fid_tolerance, "fid_limit": fid_limit}
+               if fid_limit is not None else {}),
             "best_confident": _brief(best) if best else None,
             "calls_ratio": ratio, "at_least_2x": ratio is not None and ratio >= 2.0}
 
@@ -394,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache = None if args.no_cache_timing else time_prefix_cache(pipe, args)
 
     print_table(points, ["task", "series", "num_steps", "rule", "threshold", "accuracy", "model_calls",
-                         *(k for k, _ in CURVE_DATA[args.data].t2i_extra), "seconds"])
+                         *(k for k, _ in CURVE_DATA[args.data].point_extras), "seconds"])
     for task, claim in claims.items():
         if not claim["measured"]:
             print(f"{task}: calls claim not measured ({claim['reason']})")
