@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
 
 class FrozenImageTokenizer:
     """Mixin (before ``LightningModule``): the tokenizer stays in eval mode, checkpoints keep only
@@ -12,6 +16,33 @@ class FrozenImageTokenizer:
         if getattr(self, "image_tokenizer", None) is not None:
             self.image_tokenizer.eval()  # frozen: its norms/quantizer stats never update
         return self
+
+    def on_fit_start(self) -> None:
+        # Lightning warns about every module in eval mode when training starts; the tokenizer's are
+        # so by design.  Hide the warning only for exactly their count, so that any other module
+        # left in eval mode still makes Lightning warn (the count then differs).
+        super().on_fit_start()
+        tokenizer = getattr(self, "image_tokenizer", None)
+        if tokenizer is not None:
+            count = sum(1 for _ in tokenizer.modules())
+            self._eval_mode_warnings = warnings.catch_warnings()
+            self._eval_mode_warnings.__enter__()
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {count} module\(s\) in eval mode at the start of training",
+                category=PossibleUserWarning)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._restore_warnings()
+
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        self._restore_warnings()  # fit may end without training (max_steps already reached)
+
+    def _restore_warnings(self) -> None:
+        context = self.__dict__.pop("_eval_mode_warnings", None)
+        if context is not None:
+            context.__exit__(None, None, None)
 
     def state_dict(self, *args, **kwargs):
         # the image tokenizer is loaded from its own directory; keep checkpoints to trained weights
