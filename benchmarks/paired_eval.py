@@ -2,7 +2,7 @@
 better, by how much, and how sure that is.
 
 Reads each run's ``records.jsonl`` and pairs every per-sample score both runs have (VQA exact match,
-caption attribute recall and fact precision, text-to-image checker correctness) by task and sample
+caption attribute recall and fact precision, text-to-image checker or classifier correctness) by task and sample
 index.  For each score it reports both means over the common samples, their difference ``a - b``
 and its paired standard error: the same questions, images and prompts on both sides, so the
 sample-to-sample spread cancels and a 1,000-sample difference of a few points is resolvable.
@@ -31,12 +31,16 @@ from typing import Any  # noqa: E402
 from unigen import io  # noqa: E402
 from unigen.metrics.vqa import exact_matches  # noqa: E402
 
-# (task, score name) -> how one record gives the score
+# (task, score name) -> (the record fields it needs, how a record gives the score); a record without
+# those fields is not scored (shapes records have no class verdict, Fashion-MNIST ones no checker's)
 SCORES = {
-    ("vqa", "vqa_exact_match"): lambda r: float(exact_matches([r["prediction"]], [r["answer"]])[0]),
-    ("caption", "caption_attribute_recall"): lambda r: float(r["attribute_recall"]),
-    ("caption", "caption_fact_precision"): lambda r: float(r["fact_precision"]),
-    ("t2i", "compositional_accuracy/sample_accuracy"): lambda r: float(r["correct"]),
+    ("vqa", "vqa_exact_match"): (("prediction", "answer"), lambda r: float(
+        exact_matches([r["prediction"]], [r["answer"]])[0])),
+    ("caption", "caption_attribute_recall"): (("attribute_recall",),
+                                              lambda r: float(r["attribute_recall"])),
+    ("caption", "caption_fact_precision"): (("fact_precision",), lambda r: float(r["fact_precision"])),
+    ("t2i", "compositional_accuracy/sample_accuracy"): (("correct",), lambda r: float(r["correct"])),
+    ("t2i", "class_accuracy"): (("class_correct",), lambda r: float(r["class_correct"])),
 }
 
 
@@ -48,8 +52,8 @@ def per_sample_scores(eval_dir: Path) -> dict[tuple[str, str], dict[int, float]]
     scores: dict[tuple[str, str], dict[int, float]] = {}
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        for (task, name), score in SCORES.items():
-            if record.get("task") == task:
+        for (task, name), (fields, score) in SCORES.items():
+            if record.get("task") == task and all(f in record for f in fields):
                 scores.setdefault((task, name), {})[int(record["index"])] = score(record)
     return scores
 

@@ -46,3 +46,17 @@ def test_runs_without_a_shared_score_are_one_clear_error(tmp_path):
     write_records(tmp_path / "b", [{"task": "vqa", "index": 0, "prediction": "x", "answer": "x"}])
     with pytest.raises(SystemExit, match="share no scored task"):
         main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out", str(tmp_path / "r.json")])
+
+
+def test_classifier_verdicts_pair_and_records_without_a_score_are_skipped(tmp_path):
+    # Fashion-MNIST t2i records carry class_accuracy's verdict and no checker fields, VQA records
+    # both scores' fields: each score pairs only the records that hold what it reads
+    write_records(tmp_path / "a", [
+        {"task": "t2i", "index": i, "class_correct": ok} for i, ok in enumerate((True, True, False))])
+    write_records(tmp_path / "b", [
+        {"task": "t2i", "index": i, "class_correct": ok} for i, ok in enumerate((True, False, False))]
+        + [{"task": "t2i", "index": 3, "correct": True}])
+    result = main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out", str(tmp_path / "r.json")])
+    [row] = result["comparisons"]
+    assert (row["task"], row["score"], row["samples"]) == ("t2i", "class_accuracy", 3)
+    assert row["a_minus_b"] == pytest.approx(1 / 3)

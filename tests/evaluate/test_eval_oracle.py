@@ -265,3 +265,29 @@ def test_class_accuracy_is_fed_the_generated_images_and_prompts(tmp_path):
     for k, name in enumerate(names):
         rows = [right[i] for i in range(7) if i % 3 == k]
         assert m[f"class_accuracy/{name}"] == pytest.approx(sum(rows) / len(rows))
+    # every record carries its sample's verdict, so failures can be found and runs paired
+    records = sorted((json.loads(line) for line in (tmp_path / "out" / "records.jsonl").open()),
+                     key=lambda r: r["index"])
+    assert [(r["class_prompted"], r["class_predicted"], r["class_correct"]) for r in records] == [
+        (names[i % 3], names[int(predicted[i])], right[i]) for i in range(7)]
+
+
+class _Verdicts:
+    def __init__(self, fields):
+        self.fields = fields
+
+    def sample_fields(self):
+        return self.fields
+
+
+def test_per_sample_metric_fields_must_match_the_batch():
+    from unigen.evaluate.loop import _add_sample_fields
+
+    records = [{"task": "t2i", "index": 0}, {"task": "t2i", "index": 1}]
+    _add_sample_fields(records, "judge", _Verdicts([{"ok": True}, {"ok": False}]))
+    assert records == [{"task": "t2i", "index": 0, "ok": True}, {"task": "t2i", "index": 1, "ok": False}]
+    _add_sample_fields(records, "fid", object())  # a metric without verdicts adds nothing
+    with pytest.raises(RuntimeError, match="judge: sample_fields\\(\\) gave 1 entries for a batch of 2"):
+        _add_sample_fields(records, "judge", _Verdicts([{"x": 1}]))
+    with pytest.raises(RuntimeError, match=r"judge: sample field\(s\) \['index'\] already in the record"):
+        _add_sample_fields(records, "judge", _Verdicts([{"index": 5}, {"index": 6}]))

@@ -63,6 +63,10 @@ def test_counts_exactly_what_the_classifier_predicts(tmp_path):
     wanted = torch.cat((predicted[:8], (predicted[8:] + 1) % 3))
     metric.update(images[:5], [f"a {names[i]} block" for i in wanted[:5]])
     metric.update(images[5:], [f"a {names[i]} block" for i in wanted[5:]])
+    # each sample's verdict in the last update: eval writes these into its records
+    assert metric.sample_fields() == [
+        {"class_prompted": names[int(w)], "class_predicted": names[int(p)], "class_correct": i < 8}
+        for i, (w, p) in enumerate(zip(wanted, predicted)) if i >= 5]
     out = metric.compute()
     assert out["class_accuracy"].item() == pytest.approx(8 / 12)
     for k, name in enumerate(names):

@@ -155,8 +155,9 @@ def _run_task(pipe, plan: _TaskRun, cfg: EvalConfig, data: EvalData, log: Record
                 batch = plan.spec.generate(pipe, plan.settings, samples, seeds, plan.checks)
             if batch.images is not None:
                 real = torch.stack([s.image for s in samples]).to(batch.images.device)
-                for kind, metric in plan.image_metrics.values():
+                for name, (kind, metric) in plan.image_metrics.items():
                     _feed_images(metric, kind, real, batch.images, [s.prompt for s in samples])
+                    _add_sample_fields(batch.records, name, metric)
                 for s, image in zip(samples, batch.images):
                     if s.index < cfg.grid_size:  # the grid reads these back, also after a resume
                         _save_png(image, out / SAMPLES_DIR / plan.name / f"{s.index:06d}.png")
@@ -169,6 +170,23 @@ def _run_task(pipe, plan: _TaskRun, cfg: EvalConfig, data: EvalData, log: Record
                 since_save = 0
             bar.update(len(samples))
     plan.seconds = time.perf_counter() - start
+
+
+def _add_sample_fields(records: list[dict[str, Any]], name: str, metric: Any) -> None:
+    """Merge a metric's per-sample verdicts (``sample_fields()``, see :mod:`unigen.metrics.base`)
+    into the batch's records."""
+    sample_fields = getattr(metric, "sample_fields", None)
+    if sample_fields is None:
+        return
+    fields = sample_fields()
+    if len(fields) != len(records):
+        raise RuntimeError(f"metric {name}: sample_fields() gave {len(fields)} entries for a batch "
+                           f"of {len(records)} samples")
+    for record, extra in zip(records, fields):
+        clash = set(record) & set(extra)
+        if clash:
+            raise RuntimeError(f"metric {name}: sample field(s) {sorted(clash)} already in the record")
+        record.update(extra)
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:

@@ -112,9 +112,12 @@ def _generate_vqa(pipe, settings: TaskSettings, samples: Sequence[EvalSample], s
 
 
 def _t2i_grid_text(record: Mapping[str, Any]) -> str:
-    if "correct" not in record:
-        return record["prompt"]
-    return f"{'OK' if record['correct'] else 'NO'} {record['prompt']}"
+    if "correct" in record:  # the shapes checker's verdict
+        return f"{'OK' if record['correct'] else 'NO'} {record['prompt']}"
+    if "class_correct" in record:  # class_accuracy's classifier: what it saw when it disagrees
+        seen = "" if record["class_correct"] else f" (seen: {record['class_predicted']})"
+        return f"{'OK' if record['class_correct'] else 'NO'} {record['prompt']}{seen}"
+    return record["prompt"]
 
 
 EVAL_TASKS.register("t2i")(TaskSpec(_generate_t2i, (COMPOSITIONAL, RECORD),

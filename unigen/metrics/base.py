@@ -27,6 +27,11 @@ VQA = "vqa"  # update(predictions: list[str], answers: list[str] | list[list[str
 COMPOSITIONAL = "compositional"  # update(results: Sequence[objects with .correct and .category])
 KINDS = (DISTRIBUTION, RECONSTRUCTION, TEXT_IMAGE, CAPTION, VQA, COMPOSITIONAL)
 
+# An image-fed metric that judges each sample (a classifier's verdict, say) may also define
+# ``sample_fields() -> list[dict]``: one dict per sample of its last ``update`` call, which
+# ``unigen eval`` adds to those samples' records, so a run shows which samples failed and two runs
+# can be compared sample by sample (benchmarks/paired_eval.py).
+
 
 def register_metric(name: str, kind: str):
     """Class decorator: register under ``name`` (the word a recipe lists) with update ``kind``."""

@@ -46,7 +46,8 @@ def prompt_class(prompt: str, class_names: Sequence[str]) -> int:
 @register_metric("class_accuracy", TEXT_IMAGE)
 class ClassAccuracy(Metric):
     """``update(images, prompts)``; ``compute()`` -> ``{"class_accuracy": overall, <class>: ...}``
-    (per-class accuracy over the classes that were prompted).
+    (per-class accuracy over the classes that were prompted); ``sample_fields()`` -> each sample's
+    verdict in the last update.
 
     ``classifier``: directory of a single-label domain classifier (``export_dir`` of a classifier
     recipe) or a loaded :class:`~unigen.metrics.DomainClassifierExtractor`."""
@@ -68,6 +69,7 @@ class ClassAccuracy(Metric):
         k = len(self.class_names)
         self.add_state("correct", torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
+        self._last: list[dict[str, Any]] = []
 
     def predict(self, images: Tensor) -> Tensor:
         """Classifier's class index [B] of each image."""
@@ -77,10 +79,19 @@ class ClassAccuracy(Metric):
         check_same_length(images, texts, "images", "prompts")
         labels = torch.tensor([prompt_class(t, self.class_names) for t in texts],
                               device=self.total.device)
-        hits = self.predict(images).to(labels.device) == labels
+        predicted = self.predict(images).to(labels.device)
+        hits = predicted == labels
         k = len(self.class_names)
         self.total += torch.bincount(labels, minlength=k)
         self.correct += torch.bincount(labels[hits], minlength=k)
+        self._last = [{"class_prompted": self.class_names[int(want)],
+                       "class_predicted": self.class_names[int(got)], "class_correct": bool(hit)}
+                      for want, got, hit in zip(labels.tolist(), predicted.tolist(), hits.tolist())]
+
+    def sample_fields(self) -> list[dict[str, Any]]:
+        """Per sample of the last ``update``: the class prompted, the class the classifier sees and
+        whether they agree (eval writes these into the records)."""
+        return list(self._last)
 
     def compute(self) -> dict[str, Tensor]:
         if int(self.total.sum()) == 0:
