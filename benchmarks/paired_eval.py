@@ -29,6 +29,7 @@ import math  # noqa: E402
 from typing import Any  # noqa: E402
 
 from unigen import io  # noqa: E402
+from unigen.metrics import CAPTION, DISTRIBUTION, METRICS  # noqa: E402
 from unigen.metrics.vqa import exact_matches  # noqa: E402
 
 # (task, score name) -> (the record fields it needs, how a record gives the score); a record without
@@ -82,6 +83,36 @@ def compare(a_dir: Path, b_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# whole-run metrics (no per-sample score to pair) -> the task they score
+CORPUS_TASKS = {DISTRIBUTION: "t2i", CAPTION: "caption"}
+
+
+def _metrics(eval_dir: Path) -> dict[str, Any]:
+    path = eval_dir / "results.json"
+    return json.loads(path.read_text())["metrics"] if path.is_file() else {}
+
+
+def compare_corpus(a_dir: Path, b_dir: Path) -> list[dict[str, Any]]:
+    """Whole-run scores both ``results.json`` hold (FID, KID, BLEU-4, CIDEr-D, ...): both values
+    and ``a - b``, with the metric's direction; one number per run, so no standard error."""
+    a, b = _metrics(a_dir), _metrics(b_dir)
+    rows = []
+    for key in sorted(set(a) & set(b)):
+        name = key.split("/")[0]
+        kind = METRICS.get(name).kind if name in METRICS else None
+        if kind in CORPUS_TASKS and isinstance(a[key], (int, float)) and isinstance(b[key], (int, float)):
+            rows.append({"task": CORPUS_TASKS[kind], "score": key, "a": a[key], "b": b[key],
+                         "a_minus_b": a[key] - b[key],
+                         "higher_is_better": bool(METRICS.get(name).higher_is_better)})
+    return rows
+
+
+def describe_corpus(row: dict[str, Any], label_a: str = "a", label_b: str = "b") -> str:
+    better = "higher" if row["higher_is_better"] else "lower"
+    return (f"{row['task']:8s} {row['score']:40s} {label_a} {row['a']:.4f}  {label_b} {row['b']:.4f}  "
+            f"diff {row['a_minus_b']:+.4f} (whole run, {better} is better)")
+
+
 def describe(row: dict[str, Any], label_a: str = "a", label_b: str = "b") -> str:
     return (f"{row['task']:8s} {row['score']:40s} {label_a} {row['a']:.4f}  {label_b} {row['b']:.4f}  "
             f"diff {100 * row['a_minus_b']:+.1f} ± {100 * row['standard_error']:.1f} points "
@@ -107,10 +138,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     rows = compare(Path(args.a), Path(args.b))
+    corpus = compare_corpus(Path(args.a), Path(args.b))
     for row in rows:
         print(describe(row, args.label_a, args.label_b))
+    for row in corpus:
+        print(describe_corpus(row, args.label_a, args.label_b))
     payload: dict[str, Any] = {"benchmark": "paired_eval", "a": {"label": args.label_a, "eval": args.a},
-                               "b": {"label": args.label_b, "eval": args.b}, "comparisons": rows}
+                               "b": {"label": args.label_b, "eval": args.b}, "comparisons": rows,
+                               "whole_run": corpus}
     return write_result(payload, args.notes, args.out)
 
 

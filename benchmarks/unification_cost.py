@@ -30,7 +30,8 @@ if __package__ in (None, ""):
 import argparse  # noqa: E402
 from typing import Any  # noqa: E402
 
-from benchmarks.paired_eval import compare as compare_runs, describe, write_result  # noqa: E402
+from benchmarks.paired_eval import (compare as compare_runs, compare_corpus, describe,  # noqa: E402
+                                   describe_corpus, write_result)
 
 BAR_POINTS = 2.0
 BAR_KEY = f"no_worse_than_{BAR_POINTS:g}_points_below"
@@ -85,14 +86,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.pair and not (args.unified and args.single):
         parser.error("--unified and --single go together")
     pairs = args.pair or [(args.unified, s) for s in args.single]
-    rows = []
+    rows, whole_run = [], []
     for index, (unified, single) in enumerate(pairs):
         for row in compare(Path(unified), [Path(single)]):
             rows.append({**row, "pair": index} if args.pair else row)
+        # FID, BLEU-4, ...: reported beside the paired scores, outside the bar (no per-sample pairs)
+        for row in compare_corpus(Path(unified), Path(single)):
+            whole_run.append({"task": row["task"], "score": row["score"], "single_model": single,
+                              "unified": row["a"], "single": row["b"],
+                              "unified_minus_single": row["a_minus_b"],
+                              "higher_is_better": row["higher_is_better"],
+                              **({"pair": index} if args.pair else {})})
+            print(describe_corpus(row, "unified", "single"))
     for r in rows:
         print(describe({"a": r["unified"], "b": r["single"], "a_minus_b": r["unified_minus_single"],
                         **r}, "unified", "single"))
-    payload: dict[str, Any] = {"benchmark": "unification_cost", "comparisons": rows}
+    payload: dict[str, Any] = {"benchmark": "unification_cost", "comparisons": rows,
+                               "whole_run": whole_run}
     if args.pair:
         payload["pairs"] = [list(p) for p in args.pair]
         payload["over_pairs"] = over_pairs(rows)

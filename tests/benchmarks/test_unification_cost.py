@@ -47,6 +47,8 @@ def test_pairs_of_seeds_give_the_mean_and_spread_of_the_differences(tmp_path):
                               "u1": [right, wrong, wrong, wrong], "s1": [right, right, wrong, wrong]
                               }.items():
         write_records(tmp_path / name, [vqa(i, p) for i, p in enumerate(predictions)])
+    for name, fid in (("u0", 30.0), ("s0", 32.5)):  # whole-run scores only for seed 0
+        (tmp_path / name / "results.json").write_text(json.dumps({"metrics": {"fid": fid}}))
     result = main(["--pair", str(tmp_path / "u0"), str(tmp_path / "s0"),
                    "--pair", str(tmp_path / "u1"), str(tmp_path / "s1"), "--out", str(tmp_path / "r.json")])
     assert [(r["pair"], r["unified_minus_single"]) for r in result["comparisons"]] == [(0, 0.5), (1, -0.25)]
@@ -57,6 +59,8 @@ def test_pairs_of_seeds_give_the_mean_and_spread_of_the_differences(tmp_path):
     # the mean passes the 2-point bar, seed 1 alone does not
     assert summary["no_worse_than_2_points_below"] and not summary["every_pair_no_worse_than_2_points_below"]
     assert result["all_no_worse_than_bar"]
+    assert [(r["pair"], r["score"], r["unified_minus_single"], r["higher_is_better"])
+            for r in result["whole_run"]] == [(0, "fid", -2.5, False)]
 
 
 @pytest.mark.parametrize("args", [[], ["--unified", "u"], ["--single", "s"],
