@@ -79,6 +79,18 @@ def test_load_recipe_applies_overrides(tmp_path):
         load_eval_config(tmp_path / "bad.yaml")
 
 
+def test_a_null_task_is_left_out_of_the_run():
+    config = {"data": {"source": "shapes"}, "tasks": {"t2i": {"metrics": ["compositional_accuracy"]},
+                                                      "vqa": {"metrics": ["vqa_exact_match"]}}}
+    dropped = with_setting(config, "tasks.t2i", None)
+    assert list(parse_config(dropped).tasks) == ["vqa"]
+    # a setting of every task then reaches only the tasks still in the run
+    assert with_setting(dropped, "num_steps", 3)["tasks"] == {
+        "t2i": None, "vqa": {"metrics": ["vqa_exact_match"], "num_steps": 3}}
+    with pytest.raises(ValueError, match="recipe key 'tasks' lists no task"):
+        parse_config(with_setting(dropped, "vqa", None))
+
+
 def test_parse_sweep():
     assert parse_sweep(["guidance_scale=1,2.5", "sampler=maskgit,confident"]) == {
         "guidance_scale": [1, 2.5], "sampler": ["maskgit", "confident"]}

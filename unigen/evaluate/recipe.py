@@ -25,6 +25,9 @@ from unigen.sampling import SAMPLERS
 def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
     """Validate a recipe mapping (keys, types, task / sampler / metric names) into an
     :class:`EvalConfig`."""
+    if not isinstance(config, EvalConfig) and isinstance(config.get("tasks"), Mapping):
+        # a task set to null (``--override tasks.t2i=null``) is left out of the run
+        config = {**config, "tasks": {k: v for k, v in config["tasks"].items() if v is not None}}
     cfg = config if isinstance(config, EvalConfig) else _from_mapping(EvalConfig, config, "")
     for key, least in (("batch_size", 1), ("checkpoint_every", 1), ("grid_size", 0), ("seed", 0)):
         if getattr(cfg, key) < least:
@@ -102,7 +105,7 @@ def setting_paths(config: Mapping[str, Any], key: str) -> list[tuple[str, ...]]:
         tasks = config.get("tasks") or {}
         if not tasks:
             raise ValueError(f"setting {key!r} applies to every task, but the recipe has none")
-        return [("tasks", t, key) for t in tasks]
+        return [("tasks", t, key) for t, settings in tasks.items() if settings is not None]
     return [parts]
 
 
