@@ -30,6 +30,7 @@ from typing import Any  # noqa: E402
 
 from unigen import io  # noqa: E402
 from unigen.metrics import CAPTION, DISTRIBUTION, METRICS  # noqa: E402
+from unigen.metrics.text_normalize import normalize_caption  # noqa: E402
 from unigen.metrics.vqa import exact_matches  # noqa: E402
 
 # (task, score name) -> (the record fields it needs, how a record gives the score); a record without
@@ -40,6 +41,8 @@ SCORES = {
     ("caption", "caption_attribute_recall"): (("attribute_recall",),
                                               lambda r: float(r["attribute_recall"])),
     ("caption", "caption_fact_precision"): (("fact_precision",), lambda r: float(r["fact_precision"])),
+    ("caption", "caption_exact_match"): (("caption", "references"), lambda r: float(
+        exact_matches([r["caption"]], [r["references"]], normalize_caption)[0])),
     ("t2i", "compositional_accuracy/sample_accuracy"): (("correct",), lambda r: float(r["correct"])),
     ("t2i", "class_accuracy"): (("class_correct",), lambda r: float(r["class_correct"])),
 }
@@ -96,8 +99,9 @@ def compare_corpus(a_dir: Path, b_dir: Path) -> list[dict[str, Any]]:
     """Whole-run scores both ``results.json`` hold (FID, KID, BLEU-4, CIDEr-D, ...): both values
     and ``a - b``, with the metric's direction; one number per run, so no standard error."""
     a, b = _metrics(a_dir), _metrics(b_dir)
+    paired_names = {score for _, score in SCORES}  # compared sample by sample already
     rows = []
-    for key in sorted(set(a) & set(b)):
+    for key in sorted(set(a) & set(b) - paired_names):
         name = key.split("/")[0]
         kind = METRICS.get(name).kind if name in METRICS else None
         if kind in CORPUS_TASKS and isinstance(a[key], (int, float)) and isinstance(b[key], (int, float)):

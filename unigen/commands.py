@@ -28,12 +28,13 @@ def _pipeline(args: argparse.Namespace):
     return UnifiedPipeline.from_pretrained(args.model, device=args.device)
 
 
-def _common_model_args(parser: argparse.ArgumentParser) -> None:
+def _common_model_args(parser: argparse.ArgumentParser, sampler: str = "maskgit") -> None:
     parser.add_argument("--model", required=True, help="pipeline directory (save_pretrained / --export_dir)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     parser.add_argument("--steps", type=int, default=None, help="decoding steps")
-    parser.add_argument("--sampler", default="maskgit", help="maskgit | ancestral | confident | remask | semi_ar")
+    parser.add_argument("--sampler", default=sampler,
+                        help=f"maskgit | ancestral | confident | remask | semi_ar (default {sampler})")
     parser.add_argument("--sampler-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="a sampler option, value as YAML (repeatable), e.g. schedule=cosine "
                              "(docs/samplers.md)")
@@ -93,7 +94,9 @@ def _generate(args: argparse.Namespace) -> None:
 
 # -- caption / answer -------------------------------------------------------------------------------
 def _caption_args(p: argparse.ArgumentParser) -> None:
-    _common_model_args(p)
+    from unigen.pipeline import TEXT_SAMPLER
+
+    _common_model_args(p, TEXT_SAMPLER)
     _image_args(p)
 
 
@@ -109,7 +112,9 @@ def _caption(args: argparse.Namespace) -> None:
 
 
 def _answer_args(p: argparse.ArgumentParser) -> None:
-    _common_model_args(p)
+    from unigen.pipeline import TEXT_SAMPLER
+
+    _common_model_args(p, TEXT_SAMPLER)
     _image_args(p)
     p.add_argument("--question", action="append", required=True,
                    help="question (one for all images, or one per image)")

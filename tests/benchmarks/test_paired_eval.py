@@ -68,14 +68,29 @@ def test_whole_run_scores_are_reported_with_their_direction(tmp_path, capsys):
     write_records(tmp_path / "b", [{"task": "vqa", "index": i, "prediction": "y", "answer": "x"}
                                    for i in range(2)])
     (tmp_path / "a" / "results.json").write_text(json.dumps({"metrics": {
-        "fid": 40.5, "bleu4": 0.8, "vqa_exact_match": 1.0, "model_calls/t2i": 12.0, "only_a": 1.0}}))
+        "fid": 40.5, "bleu4": 0.8, "vqa_exact_match": 1.0, "model_calls/t2i": 12.0, "only_a": 1.0,
+        "caption_exact_match": 0.5}}))
     (tmp_path / "b" / "results.json").write_text(json.dumps({"metrics": {
-        "fid": 38.0, "bleu4": 0.7, "vqa_exact_match": 0.0, "model_calls/t2i": 8.0}}))
+        "fid": 38.0, "bleu4": 0.7, "vqa_exact_match": 0.0, "model_calls/t2i": 8.0,
+        "caption_exact_match": 0.25}}))
     result = main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out", str(tmp_path / "r.json")])
-    # per-sample scores are paired above; here only whole-run (distribution, caption corpus) metrics
+    # only whole-run (distribution, caption corpus) metrics that are not paired per sample
     assert result["whole_run"] == [
         {"task": "caption", "score": "bleu4", "a": 0.8, "b": 0.7, "a_minus_b": pytest.approx(0.1),
          "higher_is_better": True},
         {"task": "t2i", "score": "fid", "a": 40.5, "b": 38.0, "a_minus_b": 2.5, "higher_is_better": False}]
     [fid_line] = [line for line in capsys.readouterr().out.splitlines() if " fid " in line]
     assert "diff +2.5000 (whole run, lower is better)" in fid_line
+
+
+def test_captions_pair_on_exact_reference_matches(tmp_path):
+    refs = ["a bag", "a photo of a bag"]
+    write_records(tmp_path / "a", [{"task": "caption", "index": i, "caption": c, "references": refs}
+                                   for i, c in enumerate(("a photo of a bag", "A bag.", "a bag bag"))])
+    write_records(tmp_path / "b", [{"task": "caption", "index": i, "caption": c, "references": refs}
+                                   for i, c in enumerate(("a bag of a", "a bag", "a photo of a bag"))])
+    result = main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out", str(tmp_path / "r.json")])
+    [row] = result["comparisons"]
+    assert (row["score"], row["a"], row["b"]) == ("caption_exact_match", pytest.approx(2 / 3),
+                                                  pytest.approx(2 / 3))
+    assert row["a_minus_b"] == pytest.approx(0.0) and row["standard_error"] > 0  # +1, 0, -1

@@ -16,7 +16,8 @@ MINIMAL = {"data": {"source": "shapes"}, "tasks": {"vqa": {"metrics": ["vqa_exac
 def test_defaults_and_types():
     cfg = parse_config(MINIMAL)
     assert (cfg.seed, cfg.batch_size, cfg.sweep) == (0, 16, {})
-    assert cfg.tasks["vqa"].num_steps is None and cfg.tasks["vqa"].sampler == "maskgit"
+    # unset sampler and steps: the pipeline's defaults for the task (confident decoding for text)
+    assert cfg.tasks["vqa"].num_steps is None and cfg.tasks["vqa"].sampler is None
     assert cfg.resources.extractor == {"name": "inception_v3", "weights": "auto"}
     cfg = parse_config(with_setting(MINIMAL, "vqa.guidance_scale", 2))
     scale = cfg.tasks["vqa"].guidance_scale
@@ -77,6 +78,18 @@ def test_load_recipe_applies_overrides(tmp_path):
     (tmp_path / "bad.yaml").write_text("tasks: [a\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_eval_config(tmp_path / "bad.yaml")
+
+
+def test_unset_sampler_and_steps_are_left_to_the_pipeline():
+    from unigen.evaluate.tasks import sampling_kwargs
+
+    cfg = parse_config(with_setting(MINIMAL, "vqa.sampler_kwargs", {"threshold": 0.5}))
+    assert sampling_kwargs(cfg.tasks["vqa"]) == {
+        "guidance_scale": 1.0, "sampler_kwargs": {"threshold": 0.5}, "guidance_kwargs": {},
+        "use_cache": True}
+    cfg = parse_config(with_setting(with_setting(MINIMAL, "vqa.sampler", "maskgit"), "num_steps", 2))
+    kwargs = sampling_kwargs(cfg.tasks["vqa"])
+    assert (kwargs["sampler"], kwargs["num_steps"]) == ("maskgit", 2)
 
 
 def test_a_null_task_is_left_out_of_the_run():

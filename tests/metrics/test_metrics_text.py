@@ -89,3 +89,17 @@ def test_vqa_exact_match():
         exact_matches(["a"], [[]])
     with pytest.raises(TypeError, match="must be a str"):
         exact_matches([3], ["3"])
+
+
+def test_caption_exact_match_keeps_articles_and_word_order():
+    from unigen.metrics import METRICS, CaptionExactMatch
+
+    assert METRICS.get("caption_exact_match") is CaptionExactMatch
+    metric = CaptionExactMatch()
+    refs = ["a t-shirt", "a photo of a t-shirt"]
+    # punctuation and case go (caption normalisation); articles and order count, unlike VQA's
+    metric.update(["A photo of a T-shirt.", "photo of t-shirt", "a t-shirt photo of a"], [refs] * 3)
+    metric.update(["an pair of trousers pair of", "a pair of trousers"], [["a pair of trousers"]] * 2)
+    assert metric.compute().item() == pytest.approx(2 / 5)
+    with pytest.raises(RuntimeError, match="caption_exact_match: compute"):
+        CaptionExactMatch().compute()

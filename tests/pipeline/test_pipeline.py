@@ -90,8 +90,9 @@ def test_return_calls_adds_per_sample_calls_and_keeps_the_results(pipe):
     runs = {
         "t2i": lambda **kw: pipe.text_to_image(["a red circle", "two blue squares"], num_steps=4,
                                                guidance_scale=2.0, output="tensor", seed=3, **kw),
-        "caption": lambda **kw: pipe.caption(x, num_steps=6, seed=3, **kw),
-        "vqa": lambda **kw: pipe.answer(x, "what color is the star?", seed=3, **kw),
+        "caption": lambda **kw: pipe.caption(x, num_steps=6, sampler="maskgit", seed=3, **kw),
+        "vqa": lambda **kw: pipe.answer(x, "what color is the star?", sampler="maskgit", seed=3,
+                                        **kw),
         "inpaint": lambda **kw: pipe.inpaint(x, mask, "a red circle", num_steps=4, output="tensor",
                                              **kw),
     }
@@ -103,6 +104,24 @@ def test_return_calls_adds_per_sample_calls_and_keeps_the_results(pipe):
         assert calls == [calls[0]] * 2 and all(type(c) is int for c in calls), task  # maskgit: every step
     _, t2i_calls = runs["t2i"](return_calls=True)
     assert t2i_calls == [4, 4]  # guidance runs both passes in one call
+
+
+def test_understanding_decodes_greedily_by_default(pipe):
+    # a caption or an answer is the model's prediction: the seed does not change it (MaskGIT's
+    # sampled tokens, an image-generation default, do)
+    x, question = images(4), "what color is the star?"
+    assert pipe.caption(x, seed=0) == pipe.caption(x, seed=1)
+    assert pipe.answer(x, question, seed=0) == pipe.answer(x, question, seed=1)
+    assert (pipe.caption(x, sampler="maskgit", seed=0) != pipe.caption(x, sampler="maskgit", seed=1))
+    # the default is confident decoding with a budget of one call per token (answers: ANSWER_STEPS)
+    from unigen.pipeline import ANSWER_STEPS, TEXT_SAMPLER
+
+    budget = pipe.space.sequence.max_text_len
+    assert TEXT_SAMPLER == "confident"
+    assert pipe.caption(x, return_calls=True) == pipe.caption(x, sampler="confident", num_steps=budget,
+                                                              return_calls=True)
+    assert pipe.answer(x, question, return_calls=True) == pipe.answer(
+        x, question, sampler="confident", num_steps=ANSWER_STEPS, return_calls=True)
 
 
 def test_return_calls_counts_early_finishers_of_confident_decoding(pipe):

@@ -17,7 +17,7 @@ class TaskSettings:
     """One task of a recipe: how to decode (see :class:`unigen.pipeline.SamplingConfig`) and what to
     compute."""
 
-    sampler: str = "maskgit"
+    sampler: str | None = None  # None: the pipeline's default (maskgit for t2i, confident for text)
     num_steps: int | None = None  # None: the pipeline's default for the task
     guidance_scale: float = 1.0
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -45,7 +45,7 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
     for name, task in cfg.tasks.items():
         if name not in EVAL_TASKS:
             raise ValueError(f"unknown task 'tasks.{name}'; known: {', '.join(EVAL_TASKS.names())}")
-        if task.sampler not in SAMPLERS:
+        if task.sampler is not None and task.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {task.sampler!r} in tasks.{name}.sampler; known: "
                              f"{', '.join(SAMPLERS.names())}")
         if task.num_steps is not None and task.num_steps < 1:

@@ -45,12 +45,13 @@ EVAL_TASKS: Registry[TaskSpec] = Registry("eval task")
 
 
 def sampling_kwargs(settings: TaskSettings) -> dict[str, Any]:
-    """Pipeline keyword arguments of a task's sampler settings (num_steps only when set)."""
-    out = dict(sampler=settings.sampler, guidance_scale=settings.guidance_scale,
-               sampler_kwargs=dict(settings.sampler_kwargs),
+    """Pipeline keyword arguments of a task's sampler settings (sampler and num_steps only when
+    set: otherwise the pipeline's default for the task)."""
+    out = dict(guidance_scale=settings.guidance_scale, sampler_kwargs=dict(settings.sampler_kwargs),
                guidance_kwargs=dict(settings.guidance_kwargs), use_cache=settings.use_cache)
-    if settings.num_steps is not None:
-        out["num_steps"] = settings.num_steps
+    for key in ("sampler", "num_steps"):
+        if getattr(settings, key) is not None:
+            out[key] = getattr(settings, key)
     return out
 
 

@@ -7,7 +7,7 @@ Importing this package registers all metrics in :data:`METRICS` and all feature 
 from unigen.metrics.base import (CAPTION, COMPOSITIONAL, DISTRIBUTION, KINDS, METRICS,
                                  RECONSTRUCTION, TEXT_IMAGE, VQA, HostMetric, build_metric,
                                  build_metrics, register_metric)
-from unigen.metrics.captioning import BLEU4, CIDErD, cider_d_scores
+from unigen.metrics.captioning import BLEU4, CaptionExactMatch, CIDErD, cider_d_scores
 from unigen.metrics.class_accuracy import ClassAccuracy, prompt_class
 from unigen.metrics.clip_score import CLIPScore, ClipEncoder
 from unigen.metrics.compositional import (GENEVAL_CATEGORIES, CheckResultLike,
@@ -28,7 +28,7 @@ from unigen.metrics.text_normalize import normalize_answer, normalize_caption
 from unigen.metrics.vqa import VQAExactMatch, exact_matches
 
 __all__ = [
-    "BLEU4", "CAPTION", "CIDErD", "CLIPScore", "COMPOSITIONAL", "CheckResultLike", "ClassAccuracy",
+    "BLEU4", "CAPTION", "CIDErD", "CaptionExactMatch", "CLIPScore", "COMPOSITIONAL", "CheckResultLike", "ClassAccuracy",
     "ClipEncoder",
     "CompositionalAccuracy", "DISTRIBUTION", "DomainClassifier", "DomainClassifierExtractor",
     "ExtractorOutput", "FEATURE_EXTRACTORS", "FID", "FeatureExtractor", "GENEVAL_CATEGORIES",

@@ -20,6 +20,7 @@ from torchmetrics.text import BLEUScore
 
 from unigen.metrics.base import CAPTION, HostMetric, check_same_length, register_metric
 from unigen.metrics.text_normalize import caption_tokens, normalize_caption
+from unigen.metrics.vqa import ExactMatchRate
 
 Ngram = tuple[str, ...]
 
@@ -127,3 +128,15 @@ class BLEU4(BLEUScore):
         _check_references(references)
         super().update([normalize_caption(c) for c in candidates],
                        [[normalize_caption(r) for r in refs] for refs in references])
+
+
+@register_metric("caption_exact_match", CAPTION)
+class CaptionExactMatch(ExactMatchRate):
+    """Fraction of captions equal to one of their references (after caption normalisation).
+
+    Meaningful where the captions come from a few templates, as Fashion-MNIST's "a photo of a
+    sneaker": there a caption is either one of its class's templates (well formed and right) or
+    not (a wrong class, or garbled by parallel decoding: "a pair of trousers pair of").  On
+    free-form captions it is near 0; BLEU-4 and CIDEr-D are the scores there."""
+
+    normalize = staticmethod(normalize_caption)
