@@ -161,3 +161,22 @@ def test_shipped_recipes_parse():
     assert not any(t.fid for t in debug.tasks.values())
     fashion = parse_config(load_eval_config(RECIPES / "eval_fashion_mnist.yaml"))
     assert fashion.data["source"] == "fashion_mnist" and fashion.tasks["t2i"].fid
+
+
+def test_results_name_the_sampler_an_unset_setting_left_to_the_pipeline(tokenizer_dirs):
+    from unigen.evaluate.tasks import settings_used
+    from unigen.training.unified_module import UnifiedModule
+
+    pipe = UnifiedModule(**tokenizer_dirs, image_size=32, max_text_len=24, dim=32, depth=1,
+                         heads=4).to_pipeline()
+    cfg = parse_config({"data": {"source": "shapes"}, "tasks": {
+        "t2i": {"metrics": ["compositional_accuracy"]}, "caption": {"metrics": ["bleu4"]},
+        "vqa": {"sampler": "remask", "metrics": ["vqa_exact_match"]}}})
+    used = {task: settings_used(pipe, task, cfg.tasks[task])["sampler"] for task in cfg.tasks}
+    assert used == {"t2i": "maskgit", "caption": "confident", "vqa": "remask"}
+
+    class NoSamplerArgument:  # e.g. an autoregressive pipeline
+        def caption(self, images, **options):
+            return []
+
+    assert settings_used(NoSamplerArgument(), "caption", cfg.tasks["caption"])["sampler"] is None

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import time
@@ -36,7 +35,7 @@ from unigen.evaluate.persistence import (RECORDS_NAME, RUN_NAME, SAMPLES_DIR, ST
 from unigen.evaluate.recipe import metric_entries, metric_kind, parse_config
 from unigen.evaluate.record_metrics import (RECORD, RECORD_METRICS, _feed_images, _feed_records,
                                             result_name)
-from unigen.evaluate.tasks import EVAL_TASKS, TaskSpec
+from unigen.evaluate.tasks import EVAL_TASKS, TaskSpec, settings_used
 from unigen.metrics import (COMPOSITIONAL, METRICS, ClipEncoder, build_feature_extractor,
                             build_metric, flatten_results, write_report)
 from unigen.metrics.report import REPORT_NAME, RESULTS_NAME
@@ -311,7 +310,7 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
     meta = {
         **(metadata or {}),
         "data": dict(cfg.data, image_size=pipe.image_size, num_samples=len(data)),
-        "tasks": {p.name: dataclasses.asdict(p.settings) for p in plans},
+        "tasks": {p.name: settings_used(pipe, p.name, p.settings) for p in plans},
         "seed": cfg.seed, "batch_size": cfg.batch_size, "device": _device_name(pipe.device),
         "model_sha1": identity["model_sha1"],
         "resources": {k: v.describe() if hasattr(v, "describe") else getattr(v, "source", str(v))

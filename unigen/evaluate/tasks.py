@@ -8,6 +8,8 @@ the data's real images on a local feature extractor.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +41,7 @@ class TaskSpec:
     image_kinds: tuple[str, ...] = ()
     grid_text: Callable[[Mapping[str, Any]], str] = lambda r: ""
     grid_from_generated: bool = False  # grid shows generated images (else the data's images)
+    method: str = ""  # the pipeline method that decodes the task (its defaults fill unset settings)
 
 
 EVAL_TASKS: Registry[TaskSpec] = Registry("eval task")
@@ -123,10 +126,23 @@ def _t2i_grid_text(record: Mapping[str, Any]) -> str:
 
 EVAL_TASKS.register("t2i")(TaskSpec(_generate_t2i, (COMPOSITIONAL, RECORD),
                                     (DISTRIBUTION, TEXT_IMAGE), _t2i_grid_text,
-                                    grid_from_generated=True))
+                                    grid_from_generated=True, method="text_to_image"))
 EVAL_TASKS.register("caption")(TaskSpec(_generate_caption, (CAPTION, RECORD),
-                                        grid_text=lambda r: r["caption"]))
+                                        grid_text=lambda r: r["caption"], method="caption"))
 EVAL_TASKS.register("vqa")(TaskSpec(
     _generate_vqa, (VQA, RECORD),
     # the verdict first: the grid cuts long texts after three lines
-    grid_text=lambda r: f"{r['prediction'] or '-'} (truth: {r['answer']}) {r['question']}"))
+    grid_text=lambda r: f"{r['prediction'] or '-'} (truth: {r['answer']}) {r['question']}",
+    method="answer"))
+
+
+def settings_used(pipe: Any, task: str, settings: TaskSettings) -> dict[str, Any]:
+    """``settings`` as the run used them, for the results: an unset sampler is named by the default
+    of the pipeline method that decodes the task (None where that method takes no sampler)."""
+    used = dataclasses.asdict(settings)
+    if used["sampler"] is None:
+        method = getattr(pipe, EVAL_TASKS.get(task).method, None)
+        param = inspect.signature(method).parameters.get("sampler") if method else None
+        if param is not None and param.default is not inspect.Parameter.empty:
+            used["sampler"] = param.default
+    return used

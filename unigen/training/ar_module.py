@@ -14,7 +14,6 @@ and saves/loads like :class:`~unigen.pipeline.UnifiedPipeline`, marked ``"kind":
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +23,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from unigen import io
 from unigen.diffusion.masking import drop_condition
 from unigen.diffusion.tasks import TASKS, TaskBatch, TaskInputs
 from unigen.pipeline import UnifiedPipeline
