@@ -62,6 +62,17 @@ def per_sample_scores(eval_dir: Path) -> dict[tuple[str, str], dict[int, float]]
     return scores
 
 
+def mean_calls(eval_dir: Path) -> dict[str, float]:
+    """Mean network calls per sample of each task (the records' ``model_calls``): the cost side of
+    a comparison of samplers or settings."""
+    totals: dict[str, list[float]] = {}
+    for line in (eval_dir / "records.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "model_calls" in record:
+            totals.setdefault(record["task"], []).append(float(record["model_calls"]))
+    return {task: sum(calls) / len(calls) for task, calls in sorted(totals.items())}
+
+
 def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
     """Means over the samples both runs scored, the difference ``a - b`` and its paired standard
     error."""
@@ -149,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(describe_corpus(row, args.label_a, args.label_b))
     payload: dict[str, Any] = {"benchmark": "paired_eval", "a": {"label": args.label_a, "eval": args.a},
                                "b": {"label": args.label_b, "eval": args.b}, "comparisons": rows,
-                               "whole_run": corpus}
+                               "whole_run": corpus,
+                               "mean_model_calls": {args.label_a: mean_calls(Path(args.a)),
+                                                    args.label_b: mean_calls(Path(args.b))}}
     return write_result(payload, args.notes, args.out)
 
 

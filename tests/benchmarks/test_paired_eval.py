@@ -59,12 +59,13 @@ def test_classifier_verdicts_pair_and_records_without_a_score_are_skipped(tmp_pa
     result = main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out", str(tmp_path / "r.json")])
     [row] = result["comparisons"]
     assert (row["task"], row["score"], row["samples"]) == ("t2i", "class_accuracy", 3)
+    assert result["mean_model_calls"] == {"a": {}, "b": {}}  # these records carry no calls
     assert row["a_minus_b"] == pytest.approx(1 / 3)
 
 
 def test_whole_run_scores_are_reported_with_their_direction(tmp_path, capsys):
-    write_records(tmp_path / "a", [{"task": "vqa", "index": i, "prediction": "x", "answer": "x"}
-                                   for i in range(2)])
+    write_records(tmp_path / "a", [{"task": "vqa", "index": i, "prediction": "x", "answer": "x",
+                                    "model_calls": 1 + i} for i in range(2)])
     write_records(tmp_path / "b", [{"task": "vqa", "index": i, "prediction": "y", "answer": "x"}
                                    for i in range(2)])
     (tmp_path / "a" / "results.json").write_text(json.dumps({"metrics": {
@@ -79,6 +80,7 @@ def test_whole_run_scores_are_reported_with_their_direction(tmp_path, capsys):
         {"task": "caption", "score": "bleu4", "a": 0.8, "b": 0.7, "a_minus_b": pytest.approx(0.1),
          "higher_is_better": True},
         {"task": "t2i", "score": "fid", "a": 40.5, "b": 38.0, "a_minus_b": 2.5, "higher_is_better": False}]
+    assert result["mean_model_calls"] == {"a": {"vqa": 1.5}, "b": {}}
     [fid_line] = [line for line in capsys.readouterr().out.splitlines() if " fid " in line]
     assert "diff +2.5000 (whole run, lower is better)" in fid_line
 
