@@ -742,6 +742,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                     payload["stages"]["image_tokenizer"]["steps_done"]}
     payload["seconds"]["stages_total"] = round(budget.elapsed(), 2)
 
+    # the model goes back before the (unbudgeted) curves: a run killed there keeps its training
+    if args.return_model:
+        payload["returned_model"] = return_model(model, work, history, payload, args)
+        save()
     if args.curves:  # outside the budget
         from benchmarks import sampler_curves
 
@@ -778,9 +782,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         copies += [payload["curves"]["json"]]
         if not args.return_model:
             copies += [Path(payload["curves"]["json"]).with_suffix(".png")]
-    if args.return_model:
-        payload["returned_model"] = return_model(model, work, history, payload, args)
-        save()
     payload["copied_to_out"] = copy_to_out(copies)
     return payload
 
