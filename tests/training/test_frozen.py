@@ -1,6 +1,7 @@
 import warnings
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 
@@ -53,3 +54,20 @@ def test_the_frozen_tokenizer_alone_does_not_make_lightning_warn():
 def test_any_other_module_in_eval_mode_still_warns():
     messages = fit_messages(Holder(extra_eval=True))
     assert len(messages) == 1 and messages[0].startswith("Found 4 module(s)"), messages
+
+
+class FailsInSanityCheck(Holder):
+    def validation_step(self, batch, batch_idx):
+        raise RuntimeError("broken validation")
+
+    def val_dataloader(self):
+        return self.train_dataloader()
+
+
+def test_a_fit_that_fails_before_training_lifts_the_filter():
+    before = list(warnings.filters)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(RuntimeError, match="broken validation"):
+        trainer.fit(FailsInSanityCheck())
+    assert warnings.filters == before

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import warnings
 
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+
+class _RestoreWarningsOnError(Callback):
+    """A fit that fails before training starts (e.g. in the sanity check) never reaches the
+    module's hooks that lift the eval-mode warning filter; ``on_exception`` is a callback-only
+    hook, so the module hands Lightning this callback to lift it there too."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        restore = getattr(pl_module, "_restore_warnings", None)
+        if restore is not None:
+            restore()
 
 
 class FrozenImageTokenizer:
@@ -38,6 +50,11 @@ class FrozenImageTokenizer:
     def on_fit_end(self) -> None:
         super().on_fit_end()
         self._restore_warnings()  # fit may end without training (max_steps already reached)
+
+    def configure_callbacks(self):
+        callbacks = super().configure_callbacks()
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        return [*callbacks, _RestoreWarningsOnError()]
 
     def _restore_warnings(self) -> None:
         context = self.__dict__.pop("_eval_mode_warnings", None)
