@@ -118,8 +118,8 @@ def run_plain(module, loader: DataLoader, device: torch.device, precision: str, 
         batch = to_device(next(batches), device)
         gen = torch.Generator().manual_seed(step)
         with autocast(device, precision):
-            tb, _ = module.mixture.build(module.task_inputs(batch), module.space, gen)
-            loss, _ = module.diffusion_loss(tb, gen)
+            tb, assignment = module.mixture.build(module.task_inputs(batch), module.space, gen)
+            loss, _ = module.diffusion_loss(tb, gen, assignment)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), GRADIENT_CLIP)

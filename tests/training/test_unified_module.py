@@ -129,3 +129,54 @@ def test_init_weights_starts_from_an_exported_pipeline(tokenizer_dirs, tmp_path)
         make(tokenizer_dirs, dim=48, init_weights=str(tmp_path / "p"))
     with pytest.raises(FileNotFoundError, match="pipeline directory not found"):
         make(tokenizer_dirs, init_weights=str(tmp_path / "nope"))
+
+
+def test_tasks_loss_reduction_is_the_mean_of_each_tasks_token_mean(tokenizer_dirs):
+    torch.manual_seed(0)
+    module = make(tokenizer_dirs, tasks={"t2i": 1.0, "vqa": 1.0}, loss_reduction="tasks")
+    inputs = module.task_inputs(batch_of(8))
+    tb, assignment = module.mixture.build(inputs, module.space, torch.Generator().manual_seed(3))
+    assert set(assignment.tolist()) == {0, 1}  # both tasks in the batch
+    loss, per_row = module.diffusion_loss(tb, torch.Generator().manual_seed(5), assignment)
+    per_row = per_row.detach()
+    # the same masks again: how many tokens each row scored
+    masked, _ = module._mask(tb.target, torch.Generator().manual_seed(5))
+    counts = masked.sum(1).double()
+    task_means = [(per_row.double() * counts)[assignment == k].sum() / counts[assignment == k].sum()
+                  for k in (0, 1)]
+    assert loss.item() == pytest.approx(float(sum(task_means) / 2), rel=1e-5)
+    tokens_loss = float((per_row.double() * counts).sum() / counts.sum())
+    unbalanced, _ = module.diffusion_loss(tb, torch.Generator().manual_seed(5))  # no assignment
+    assert unbalanced.item() == pytest.approx(tokens_loss, rel=1e-5)
+    assert abs(loss.item() - tokens_loss) > 1e-3  # image rows mask far more tokens than answers
+
+
+def test_tasks_loss_reduction_trains_a_mixture(tokenizer_dirs):
+    torch.manual_seed(0)
+    module = make(tokenizer_dirs, tasks={"t2i": 1.0, "caption": 0.5, "vqa": 1.0},
+                  loss_reduction="tasks", task_loss_weights={"vqa": 2.0}, complementary_masking=True)
+    batch = batch_of()
+    batch["codes"] = module.image_tokenizer.encode(batch["image"])
+    opt = torch.optim.AdamW(module.net.parameters(), lr=module.hparams.lr)
+    losses = []
+    for step in range(60):
+        gen = torch.Generator().manual_seed(step)
+        tb, assignment = module.mixture.build(module.task_inputs(batch), module.space, gen)
+        loss, _ = module.diffusion_loss(tb, gen, assignment)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"loss_reduction": "rows"}, "loss_reduction must be one of"),
+    ({"task_loss_weights": {"vqa": 2.0}}, "task_loss_weights needs loss_reduction: tasks"),
+    ({"loss_reduction": "tasks", "task_loss_weights": {"joint": 2.0}},
+     r"names tasks the recipe does not train: \['joint'\]"),
+    ({"loss_reduction": "tasks", "task_loss_weights": {"vqa": 0.0}}, "must be > 0"),
+])
+def test_loss_reduction_settings_are_checked(tokenizer_dirs, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UnifiedModule(image_size=32, tasks={"t2i": 1.0, "vqa": 1.0}, **tokenizer_dirs, **kwargs)

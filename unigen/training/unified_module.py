@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from unigen.diffusion.losses import LOSS_KINDS, masked_token_loss
+from unigen.diffusion.losses import LOSS_KINDS, LOSS_REDUCTIONS, masked_token_loss
 from unigen.diffusion.masking import Noiser, drop_condition
 from unigen.diffusion.schedules import build_schedule
 from unigen.diffusion.tasks import TaskBatch, TaskInputs, TaskMixture
@@ -54,6 +54,11 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             trains captioning on the exhaustive scene descriptions of the shapes world.
         schedule, schedule_kwargs: masking schedule (``linear``, ``cosine``, ``polynomial``; ``shift``).
         loss: ``ce`` (MaskGIT/Show-o) or ``elbo`` (MDLM 1/t weighting).
+        loss_reduction: ``tokens`` (one mean over the batch: long targets such as images dominate)
+            or ``tasks`` (each task's mean, then their weighted mean: Show-o's per-task losses);
+            see :mod:`unigen.diffusion.losses`.
+        task_loss_weights: task name -> weight with ``loss_reduction: tasks`` (default 1 each;
+            Show-o's ``t2i_coeff`` / ``mmu_coeff``).
         complementary_masking: also train each sample with the complement of its mask (LaViDa).
         cond_dropout: probability of dropping a row's whole condition (classifier-free guidance).
         prefix_attention: condition positions attend only to the condition (enables the prefix cache).
@@ -84,14 +89,19 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100,
                  min_lr_ratio: float = 0.1, compile: bool = False, seed: int = 0,
                  val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False,
-                 init_weights: str | None = None, question_slot: int = 0) -> None:
+                 init_weights: str | None = None, question_slot: int = 0,
+                 loss_reduction: str = "tokens", task_loss_weights: dict[str, float] | None = None
+                 ) -> None:
         super().__init__()
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.save_hyperparameters()
         self.mixture = TaskMixture(tasks or {"t2i": 1.0}, task_kwargs)
+        self._task_weights = task_weight_vector(self.mixture.names, loss_reduction, task_loss_weights)
         self.noiser = Noiser(build_schedule(schedule, **(schedule_kwargs or {})))
         self.net: UnifiedTransformer | None = None
         self.image_tokenizer: ImageTokenizer | None = None
@@ -190,8 +200,11 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                           batch.get("description"))
 
     # -- loss ----------------------------------------------------------------------------------------
-    def diffusion_loss(self, tb: TaskBatch, generator: Noise) -> tuple[Tensor, Tensor]:
-        """Mask, predict, score.  Returns (loss, per-row mean CE [B])."""
+    def diffusion_loss(self, tb: TaskBatch, generator: Noise, assignment: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        """Mask, predict, score.  ``assignment`` [B] (each row's task index, on the CPU) turns on
+        the ``tasks`` loss reduction when the recipe asks for it.  Returns (loss, per-row mean CE
+        [B])."""
         hp, mask_id = self.hparams, self.space.mask_id
         masked, t = self._mask(tb.target, generator)
         if hp.loss == "elbo":
@@ -214,8 +227,13 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         hidden = self.net.hidden_states(inputs, prefix if hp.prefix_attention else None)
         rows, cols = masked.nonzero(as_tuple=True)
         logits = self.net.logits(hidden[rows, cols], self.net.modality[cols])
+        row_task = task_weight = None
+        if self._task_weights is not None and assignment is not None:
+            copies = len(tokens) // len(assignment)  # complementary masking doubled the rows
+            row_task = to_device(assignment.repeat(copies), hidden.device)
+            task_weight = to_device(self._task_weights, hidden.device)
         loss, per_row = masked_token_loss(logits, tokens[rows, cols], rows, weight.to(hidden.device),
-                                          target.sum(1), hp.loss)
+                                          target.sum(1), hp.loss, row_task, task_weight)
         if hp.complementary_masking:
             half = per_row.shape[0] // 2
             per_row = (per_row[:half] + per_row[half:]) / 2
@@ -240,7 +258,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         gen = self._sample_generators(batch) if self.hparams.get("per_sample_noise") else self._generator(0)
         tb, assignment = self._build_tasks(self.task_inputs(batch), gen)
-        loss, per_row = self.diffusion_loss(tb, gen)
+        loss, per_row = self.diffusion_loss(tb, gen, assignment)
         if not torch.isfinite(loss):  # before backward: the weights stay those of the last step
             raise non_finite_loss_error(loss, self._trainer)
         b = len(per_row)
@@ -292,3 +310,22 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
 
     def export(self, path: str | Path) -> None:
         self.to_pipeline().save_pretrained(path)
+
+
+def task_weight_vector(names: list[str], reduction: str, weights: dict[str, float] | None
+                       ) -> Tensor | None:
+    """The ``tasks`` reduction's weight per task, in the mixture's order (None: ``tokens``)."""
+    if reduction == "tokens":
+        if weights:
+            raise ValueError("task_loss_weights needs loss_reduction: tasks (with tokens every masked "
+                             "token counts once)")
+        return None
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"task_loss_weights names tasks the recipe does not train: {unknown} "
+                         f"(tasks: {names})")
+    bad = {k: v for k, v in weights.items() if not v > 0}
+    if bad:
+        raise ValueError(f"task_loss_weights must be > 0 (leave a task out of tasks instead): {bad}")
+    return torch.tensor([float(weights.get(n, 1.0)) for n in names])
