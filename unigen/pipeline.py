@@ -285,7 +285,7 @@ class UnifiedPipeline:
         cfg = SamplingConfig(sampler, num_steps or ANSWER_STEPS, **options)
         codes = self.image_tokenizer.encode(x)
         tokens, calls = self._decode("vqa", TaskInputs(codes, questions=questions,
-                                                       answers=["<mask>"] * len(x)), cfg,
+                                                       answers=[None] * len(x)), cfg,
                                      self.generators(len(x), seed, generator), progress)
         return self._with_calls(self.space.decode_answers(tokens), calls, return_calls)
 

@@ -201,3 +201,28 @@ def test_question_slot_puts_every_question_in_one_cacheable_prefix(space):
     assert not plain.prefix[:, space.sequence.text].any()
     with pytest.raises(ValueError, match="question too long: .* > question_slot 10"):
         slotted.encode_questions(["which shape is to the left of the small red circle?"])
+
+
+def test_answer_len_limits_the_vqa_targets_and_gives_the_padding(space):
+    short = TokenSpace(space.text_tokenizer, space.vocab, SequenceLayout(24, (4, 4), answer_len=3))
+    seq = short.sequence
+    questions = ["what color is the circle?", "how many objects are there?"]
+    tb = TASKS.get("vqa")().build(TaskInputs(torch.randint(0, 125, (2, 4, 4)), None, questions,
+                                             ["red", "two"]), short)
+    text_target = tb.target[:, seq.text]
+    for row, q in enumerate(questions):
+        start = len(short.text_tokenizer.encode(q)) + 1  # question + <sep>
+        assert text_target[row].nonzero().squeeze(-1).tolist() == [start, start + 1, start + 2]
+        after = tb.tokens[row, seq.text][start + 3:]
+        assert set(after.tolist()) == {short.pad_id}  # given, not predicted
+    assert short.decode_answers(tb.tokens) == ["red", "two"]
+    # without a limit every position after the question is a target (mostly padding to predict)
+    full = TASKS.get("vqa")().build(TaskInputs(tb.tokens.new_zeros(2, 4, 4), None, questions,
+                                               ["red", "two"]), space)
+    assert int(full.target.sum()) > int(tb.target.sum()) == 6
+    with pytest.raises(ValueError, match="answer too long: 2 tokens \\+ <eos> > answer_len 2"):
+        TokenSpace(space.text_tokenizer, space.vocab, SequenceLayout(24, (4, 4), answer_len=2)
+                   ).encode_questions(["where is the circle?"], ["top left"])
+    cramped = TokenSpace(space.text_tokenizer, space.vocab, SequenceLayout(8, (4, 4), answer_len=3))
+    with pytest.raises(ValueError, match="leave fewer than answer_len 3 of the 8 text positions"):
+        cramped.encode_questions(["how many objects are there?"])

@@ -59,3 +59,12 @@ def test_question_slot_splits_the_text_segment_and_round_trips():
     for bad in (1, 9, 10):
         with pytest.raises(ValueError, match="question_slot"):
             SequenceLayout(10, (2, 2), question_slot=bad)
+
+
+def test_answer_len_is_checked_and_round_trips():
+    s = SequenceLayout(max_text_len=10, grid=(2, 2), question_slot=4, answer_len=3)
+    assert SequenceLayout(**s.to_dict()) == s and s.to_dict()["answer_len"] == 3
+    assert "answer_len" not in SequenceLayout(10, (2, 2)).to_dict()  # older configs stay equal
+    for bad in (1, 5):  # a word + <eos> at least; 4 + 5 > 10 - 2
+        with pytest.raises(ValueError, match="answer_len must be 0 or in"):
+            SequenceLayout(10, (2, 2), question_slot=4, answer_len=bad)

@@ -205,3 +205,18 @@ def test_a_task_with_per_row_prefixes_is_refused_not_decoded_with_row_0s(pipe):
     prefix[0, pipe.space.sequence.image] = True
     with pytest.raises(ValueError, match="one prefix pattern per batch"):
         pipe.model_fn(prefix, None)
+
+
+def test_answer_len_models_decode_only_the_answer_region_and_round_trip(tokenizer_dirs, tmp_path):
+    torch.manual_seed(0)
+    m = UnifiedModule(**tokenizer_dirs, image_size=32, max_text_len=24, answer_len=3, dim=32,
+                      depth=2, heads=4, tasks={"vqa": 1})
+    pipe = m.to_pipeline()
+    questions = ["what color is the star?", "how many objects are there?"]
+    answers, calls = pipe.answer(images(2), questions, seed=1, num_steps=3, return_calls=True)
+    assert len(answers) == 2 and all(c <= 3 for c in calls)
+    assert all(len(a.split()) <= 3 for a in answers)  # decoded in answer_len positions only
+    pipe.save_pretrained(tmp_path / "p")
+    loaded = UnifiedPipeline.from_pretrained(tmp_path / "p")
+    assert loaded.space.sequence.answer_len == 3
+    assert loaded.answer(images(2), questions, seed=1, num_steps=3) == answers

@@ -31,7 +31,7 @@ class TaskInputs:
     image_codes: Tensor | None
     captions: Sequence[str] | None = None
     questions: Sequence[str] | None = None
-    answers: Sequence[str] | None = None
+    answers: Sequence[str | None] | None = None  # None in a row: to be generated (inference)
     descriptions: Sequence[str] | None = None
 
     def select(self, rows: list[int]) -> "TaskInputs":
@@ -160,8 +160,11 @@ class VisualQuestionAnswering(Task):
         b, seq = len(tokens), space.sequence
         target, cond, prefix = self._masks(space, b, tokens.device, [], ["image"],
                                            ["image", "question"])
-        col = torch.arange(seq.max_text_len, device=tokens.device)
-        target[:, seq.text] = col[None] >= to_device(starts, tokens.device)[:, None]
+        col = torch.arange(seq.max_text_len)[None]
+        answer = col >= starts[:, None]
+        if seq.answer_len:  # the positions after the answer region hold given <pad>
+            answer &= col < (starts + seq.answer_len)[:, None]
+        target[:, seq.text] = to_device(answer, tokens.device)
         return TaskBatch(tokens, target, cond, prefix)
 
 

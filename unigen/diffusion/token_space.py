@@ -44,10 +44,11 @@ class TokenSpace:
     def encode_questions(self, questions: Sequence[str], answers: Sequence[str] | None = None
                          ) -> tuple[Tensor, Tensor]:
         """``question <sep> answer <eos> <pad>...`` rows and the index where the answer starts.
-        Without answers the answer part is padding (to be masked and generated).  With a question
+        Without answers (or where an answer is None) the answer part is padding (to be masked and
+        generated).  With a question
         slot the question is padded to the slot, so every answer starts at the slot's end."""
         rows, starts = [], []
-        slot = self.sequence.question_slot
+        slot, answer_len = self.sequence.question_slot, self.sequence.answer_len
         for i, q in enumerate(questions):
             ids = self._words(q, "question") + [self.sep_id]
             if slot:
@@ -56,8 +57,16 @@ class TokenSpace:
                                      f"question_slot {slot}: {q[:80]!r}")
                 ids += [self.pad_id] * (slot - len(ids))
             starts.append(len(ids))
-            if answers is not None:
-                ids += self._words(answers[i], "answer") + [self.eos_id]
+            if answer_len and len(ids) + answer_len > self.sequence.max_text_len:
+                raise ValueError(f"question too long: {len(ids) - 1} tokens + <sep> leave fewer than "
+                                 f"answer_len {answer_len} of the {self.sequence.max_text_len} text "
+                                 f"positions: {q[:80]!r}")
+            if answers is not None and answers[i] is not None:
+                answer = self._words(answers[i], "answer") + [self.eos_id]
+                if answer_len and len(answer) > answer_len:
+                    raise ValueError(f"answer too long: {len(answer) - 1} tokens + <eos> > answer_len "
+                                     f"{answer_len}: {answers[i][:80]!r}")
+                ids += answer
             rows.append(self._pad(ids, q))
         return torch.tensor(rows, dtype=torch.long), torch.tensor(starts, dtype=torch.long)
 

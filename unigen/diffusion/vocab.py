@@ -122,11 +122,15 @@ class VocabLayout:
 class SequenceLayout:
     """Positions of each segment in the shared sequence.  ``question_slot``: 0 (questions and
     answers share the text segment freely) or the fixed number of text positions a question (with
-    its ``<sep>``) occupies, the rest holding the answer (see the module docstring)."""
+    its ``<sep>``) occupies, the rest holding the answer (see the module docstring).
+    ``answer_len``: 0 (a VQA answer is decoded in every text position after its question) or the
+    number of positions it is decoded in (answer + ``<eos>`` + padding); the positions after them
+    hold given ``<pad>`` tokens, so short answers are not outweighed by predicting padding."""
 
     max_text_len: int
     grid: tuple[int, int]
     question_slot: int = 0
+    answer_len: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -136,6 +140,11 @@ class SequenceLayout:
             raise ValueError(f"question_slot must be 0 or in [2, max_text_len - 2] (a question word "
                              f"+ <sep>, and room for an answer + <eos>), got {self.question_slot} "
                              f"with max_text_len {self.max_text_len}")
+        if self.answer_len and not 2 <= self.answer_len <= self.max_text_len - 2 - self.question_slot:
+            raise ValueError(f"answer_len must be 0 or in [2, max_text_len - 2 - question_slot] (an "
+                             f"answer word + <eos>, after at least a question word + <sep>), got "
+                             f"{self.answer_len} with max_text_len {self.max_text_len} and "
+                             f"question_slot {self.question_slot}")
 
     @property
     def num_image_tokens(self) -> int:
@@ -204,4 +213,6 @@ class SequenceLayout:
         out: dict[str, Any] = {"max_text_len": self.max_text_len, "grid": list(self.grid)}
         if self.question_slot:  # absent when 0: configs saved before the slot existed stay equal
             out["question_slot"] = self.question_slot
+        if self.answer_len:  # likewise
+            out["answer_len"] = self.answer_len
         return out

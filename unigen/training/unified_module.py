@@ -47,6 +47,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         question_slot: 0, or the text positions every question (+ ``<sep>``) is padded to, so the
             VQA answer always starts there and image + question form a cacheable prefix (LaViDa);
             see :class:`~unigen.diffusion.vocab.SequenceLayout`.
+        answer_len: 0, or the text positions a VQA answer is trained and decoded in (answer +
+            ``<eos>`` + padding; later positions are given ``<pad>``); see ``SequenceLayout``.
         dim, depth, heads, mlp_ratio, qk_norm, position, head, dropout: the transformer.
         tasks: task name -> sampling ratio (``t2i``, ``caption``, ``vqa``, ``joint``, ``text``,
             ``inpaint`` or any registered task).
@@ -90,8 +92,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  min_lr_ratio: float = 0.1, compile: bool = False, seed: int = 0,
                  val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False,
                  init_weights: str | None = None, question_slot: int = 0,
-                 loss_reduction: str = "tokens", task_loss_weights: dict[str, float] | None = None
-                 ) -> None:
+                 loss_reduction: str = "tokens", task_loss_weights: dict[str, float] | None = None,
+                 answer_len: int = 0) -> None:
         super().__init__()
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
@@ -117,7 +119,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         image_tok.requires_grad_(False).eval()
         vocab = VocabLayout.from_tokenizers(text_tok, image_tok.codebook_size)
         sequence = SequenceLayout(hp.max_text_len, image_tok.latent_grid(hp.image_size),
-                                  hp.get("question_slot", 0))
+                                  hp.get("question_slot", 0), hp.get("answer_len", 0))
         self.space = TokenSpace(text_tok, vocab, sequence)
         self.image_tokenizer = image_tok
         self.net = UnifiedTransformer(vocab, sequence, dim=hp.dim, depth=hp.depth, heads=hp.heads,
