@@ -315,11 +315,14 @@ class UnifiedPipeline:
 def load_transformer_weights(net: UnifiedTransformer, path: str | os.PathLike) -> UnifiedTransformer:
     """Copy the transformer weights of the pipeline saved at ``path`` into ``net`` (continuing a
     run with a fresh optimizer, e.g. across lent GPU sessions).  The saved architecture must be
-    ``net``'s: any difference is one error naming the keys."""
+    ``net``'s: any difference is one error naming the keys.  ``answer_len`` may differ: it decides
+    which positions VQA trains and decodes, not the weights."""
     path, _ = io.read_model_dir(path, "pipeline", "train with `unigen fit ... --export_dir DIR`",
                                 "pipeline.json")
     saved = io.read_json(path / "transformer" / "config.json", "transformer config")
     ours = json.loads(json.dumps(net.config))  # tuples -> lists, as the saved JSON holds them
+    for cfg in (saved, ours):  # a training/decoding choice that no weight depends on
+        cfg.get("sequence", {}).pop("answer_len", None)
     diff = io.config_diff(saved, ours)
     if diff:
         raise ValueError(f"the transformer at {path} has another architecture; (saved, recipe): {diff}")

@@ -129,6 +129,10 @@ def test_init_weights_starts_from_an_exported_pipeline(tokenizer_dirs, tmp_path)
         make(tokenizer_dirs, dim=48, init_weights=str(tmp_path / "p"))
     with pytest.raises(FileNotFoundError, match="pipeline directory not found"):
         make(tokenizer_dirs, init_weights=str(tmp_path / "nope"))
+    # the VQA answer region is a training choice: a run may start using it from earlier weights
+    shorter = make(tokenizer_dirs, answer_len=4, init_weights=str(tmp_path / "p"))
+    assert torch.equal(shorter.net.token_emb.weight, second.net.token_emb.weight)
+    assert shorter.space.sequence.answer_len == 4
 
 
 def test_tasks_loss_reduction_is_the_mean_of_each_tasks_token_mean(tokenizer_dirs):
