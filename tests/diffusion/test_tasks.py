@@ -178,12 +178,21 @@ def test_stratified_times_cover_the_interval():
     assert torch.allclose(gaps, torch.full_like(gaps, (1 - 1e-3) / 8), atol=1e-5)
 
 
+QUESTIONS = ["what color is the circle?", "how many objects are there?"]
+
+
+def vqa_batch(space, **layout):
+    """A TokenSpace with the given layout options and a VQA batch of two questions built in it."""
+    laid_out = TokenSpace(space.text_tokenizer, space.vocab, SequenceLayout(24, (4, 4), **layout))
+    tb = TASKS.get("vqa")().build(TaskInputs(torch.randint(0, 125, (2, 4, 4)), None, QUESTIONS,
+                                             ["red", "two"]), laid_out)
+    return laid_out, tb
+
+
 def test_question_slot_puts_every_question_in_one_cacheable_prefix(space):
-    slotted = TokenSpace(space.text_tokenizer, space.vocab, SequenceLayout(24, (4, 4), question_slot=10))
+    slotted, tb = vqa_batch(space, question_slot=10)
     seq = slotted.sequence
-    questions = ["what color is the circle?", "how many objects are there?"]
-    tb = TASKS.get("vqa")().build(TaskInputs(torch.randint(0, 125, (2, 4, 4)), None, questions,
-                                             ["red", "two"]), slotted)
+    questions = QUESTIONS
     # every row: image + question slot + structure is the prefix, the rest of the text the target
     assert (tb.prefix == tb.prefix[:1]).all()
     assert tb.prefix[:, seq.image].all() and tb.prefix[:, seq.question].all()
@@ -204,11 +213,9 @@ def test_question_slot_puts_every_question_in_one_cacheable_prefix(space):
 
 
 def test_answer_len_limits_the_vqa_targets_and_gives_the_padding(space):
-    short = TokenSpace(space.text_tokenizer, space.vocab, SequenceLayout(24, (4, 4), answer_len=3))
+    short, tb = vqa_batch(space, answer_len=3)
     seq = short.sequence
-    questions = ["what color is the circle?", "how many objects are there?"]
-    tb = TASKS.get("vqa")().build(TaskInputs(torch.randint(0, 125, (2, 4, 4)), None, questions,
-                                             ["red", "two"]), short)
+    questions = QUESTIONS
     text_target = tb.target[:, seq.text]
     for row, q in enumerate(questions):
         start = len(short.text_tokenizer.encode(q)) + 1  # question + <sep>
