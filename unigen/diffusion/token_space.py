@@ -45,8 +45,8 @@ class TokenSpace:
                          ) -> tuple[Tensor, Tensor]:
         """``question <sep> answer <eos> <pad>...`` rows and the index where the answer starts.
         Without answers (or where an answer is None) the answer part is padding (to be masked and
-        generated).  With a question
-        slot the question is padded to the slot, so every answer starts at the slot's end."""
+        generated).  With a question slot the question is padded to the slot, so every answer
+        starts at the slot's end; with ``answer_len`` an answer must fit in that many positions."""
         rows, starts = [], []
         slot, answer_len = self.sequence.question_slot, self.sequence.answer_len
         for i, q in enumerate(questions):

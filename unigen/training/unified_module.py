@@ -103,7 +103,9 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.save_hyperparameters()
         self.mixture = TaskMixture(tasks or {"t2i": 1.0}, task_kwargs)
-        self._task_weights = task_weight_vector(self.mixture.names, loss_reduction, task_loss_weights)
+        # a buffer, so it is on the training device without a copy every step (not checkpointed)
+        self.register_buffer("task_loss_weight", task_weight_vector(
+            self.mixture.names, loss_reduction, task_loss_weights), persistent=False)
         self.noiser = Noiser(build_schedule(schedule, **(schedule_kwargs or {})))
         self.net: UnifiedTransformer | None = None
         self.image_tokenizer: ImageTokenizer | None = None
@@ -230,10 +232,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         rows, cols = masked.nonzero(as_tuple=True)
         logits = self.net.logits(hidden[rows, cols], self.net.modality[cols])
         row_task = task_weight = None
-        if self._task_weights is not None and assignment is not None:
+        if self.task_loss_weight is not None and assignment is not None:
             copies = len(tokens) // len(assignment)  # complementary masking doubled the rows
             row_task = to_device(assignment.repeat(copies), hidden.device)
-            task_weight = to_device(self._task_weights, hidden.device)
+            task_weight = self.task_loss_weight
         loss, per_row = masked_token_loss(logits, tokens[rows, cols], rows, weight.to(hidden.device),
                                           target.sum(1), hp.loss, row_task, task_weight)
         if hp.complementary_masking:
