@@ -29,8 +29,8 @@ def overfit(module, batch, steps):
     losses = []
     for step in range(steps):
         gen = torch.Generator().manual_seed(step)
-        tb, _ = module.mixture.build(module.task_inputs(batch), module.space, gen)
-        loss, _ = module.diffusion_loss(tb, gen)
+        tb, assignment = module.mixture.build(module.task_inputs(batch), module.space, gen)
+        loss, _ = module.diffusion_loss(tb, gen, assignment)  # as training_step does
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -159,18 +159,7 @@ def test_tasks_loss_reduction_trains_a_mixture(tokenizer_dirs):
     torch.manual_seed(0)
     module = make(tokenizer_dirs, tasks={"t2i": 1.0, "caption": 0.5, "vqa": 1.0},
                   loss_reduction="tasks", task_loss_weights={"vqa": 2.0}, complementary_masking=True)
-    batch = batch_of()
-    batch["codes"] = module.image_tokenizer.encode(batch["image"])
-    opt = torch.optim.AdamW(module.net.parameters(), lr=module.hparams.lr)
-    losses = []
-    for step in range(60):
-        gen = torch.Generator().manual_seed(step)
-        tb, assignment = module.mixture.build(module.task_inputs(batch), module.space, gen)
-        loss, _ = module.diffusion_loss(tb, gen, assignment)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit(module, batch_of(), 60)
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
 
 
