@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from unigen.diffusion.vocab import IMAGE, SequenceLayout, VocabLayout
-from unigen.modules.attention import SelfAttention
+from unigen.modules.attention import KVBuffer, SelfAttention
 from unigen.modules.heads import HEADS
 from unigen.modules.mlp import SwiGLU
 from unigen.modules.norm import RMSNorm
@@ -38,7 +38,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, mlp_ratio, dropout=dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None, rotary: tuple[Tensor, Tensor] | None,
-                past: KV | None = None) -> tuple[Tensor, KV]:
+                past: KV | KVBuffer | None = None) -> tuple[Tensor, KV]:
         attn, kv = self.attn(self.norm1(x), attn_mask, rotary, past)
         x = x + attn
         return x + self.mlp(self.norm2(x)), kv
@@ -58,13 +58,30 @@ def causal_attention_mask(num_queries: int, num_keys: int | None = None, device=
     return torch.arange(num_keys, device=device)[None, :] <= query_pos[:, None]
 
 
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 @dataclass
 class PrefixCache:
-    """Keys/values of the prefix positions for every layer, and which positions are recomputed."""
+    """Keys/values of the prefix positions for every layer, in buffers with room for the
+    recomputed positions after them, and which positions are recomputed."""
 
-    kv: list[KV]
+    kv: list[KVBuffer]
     recompute_idx: Tensor  # [R] positions recomputed at every step
     cached_idx: Tensor  # [P] prefix positions whose K/V are cached
+
+    def copy_(self, other: "PrefixCache") -> "PrefixCache":
+        """Overwrite these keys/values in place with ``other``'s (same prefix pattern and batch
+        shape): a CUDA graph captured on this cache then reads the new prefix."""
+        if not torch.equal(self.cached_idx, other.cached_idx):
+            raise ValueError("a prefix cache can only be refreshed with the same prefix positions")
+        if [b.keys.shape for b in self.kv] != [b.keys.shape for b in other.kv]:
+            raise ValueError("a prefix cache can only be refreshed by one of the same batch shape")
+        for buffer, new in zip(self.kv, other.kv):
+            buffer.keys.copy_(new.keys)
+            buffer.values.copy_(new.values)
+        return self
 
 
 class UnifiedTransformer(nn.Module):
@@ -170,10 +187,11 @@ class UnifiedTransformer(nn.Module):
         recompute_idx = (~prefix).nonzero().squeeze(-1)
         x = self.embed(tokens[:, cached_idx], cached_idx)
         rotary = self.rotary_angles(cached_idx)
-        kv: list[KV] = []
+        kv: list[KVBuffer] = []
         for block in self.blocks:
-            x, layer_kv = block(x, None, rotary)  # prefix positions see only the prefix
-            kv.append(layer_kv)
+            x, (k, v) = block(x, None, rotary)  # prefix positions see only the prefix
+            # room for the recomputed positions after the prefix: each step writes its keys there
+            kv.append(KVBuffer.holding(k, v, len(recompute_idx)))
         return PrefixCache(kv, recompute_idx, cached_idx)
 
     def forward_cached(self, tokens: Tensor, cache: PrefixCache, positions: Tensor | None = None,
@@ -191,7 +209,9 @@ class UnifiedTransformer(nn.Module):
             lookup = torch.full((tokens.shape[1],), -1, dtype=torch.long, device=idx.device)
             lookup[idx] = torch.arange(len(idx), device=idx.device)
             rows = lookup[positions]
-            if bool((rows < 0).any()):
+            # a host read is illegal while a CUDA graph records; the eager warm-up calls that
+            # precede every capture (unigen.sampling.graphed) have checked the same positions
+            if not _capturing() and bool((rows < 0).any()):
                 raise ValueError("positions must lie outside the cached prefix")
             return self.logits(x[:, rows], self.modality[positions], vocab_limit)
         sub = self.logits(x, self.modality[idx], vocab_limit)
