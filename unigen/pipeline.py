@@ -29,6 +29,7 @@ from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.modules.transformer import PrefixCache, UnifiedTransformer
 from unigen.sampling import ClassifierFreeGuidance, build_sampler, decode
+from unigen.sampling.graphed import GraphedModelFn, check_cuda_graphs
 from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
 from unigen.tokenizers.text import TextTokenizer
 
@@ -55,28 +56,38 @@ class SamplingConfig:
     guidance_kwargs: dict[str, Any] = field(default_factory=dict)
     use_cache: bool = True  # prefix KV cache: the condition is encoded once
     cache_unchanged: bool = False  # skip the network when its input did not change (MDLM cache)
+    cuda_graphs: bool = False  # replay each step's network call as a CUDA graph (GPU only)
 
 
 class PrefixCachedModel:
     """``model_fn`` for :func:`unigen.sampling.decode` that encodes the prefix (the condition) once
     and recomputes only the other positions at each step (LaViDa prefix cache).  A cache is kept per
-    batch shape (guidance may switch between B and 2B rows) and refreshed if the prefix changes."""
+    batch shape (guidance may switch between B and 2B rows) and refreshed if the prefix changes.
+    With ``cuda_graphs`` the cached step is replayed as a CUDA graph, and a changed prefix is
+    written into the captured cache in place."""
 
     def __init__(self, net: UnifiedTransformer, prefix: Tensor, positions: Tensor | None = None,
-                 vocab_limit: int | None = None) -> None:
+                 vocab_limit: int | None = None, cuda_graphs: bool = False) -> None:
         self.net = net
         self.prefix = prefix  # [S] bool, shared by every row
         self.positions = positions  # logits only for these positions (see decode(positions=))
         self.vocab_limit = vocab_limit  # logits only for the first ids (text decoding)
         self._caches: dict[int, tuple[Tensor, PrefixCache]] = {}
+        self._step = GraphedModelFn(self._cached_step) if cuda_graphs else self._cached_step
+
+    def _cached_step(self, tokens: Tensor) -> Tensor:
+        cache = self._caches[tokens.shape[0]][1]
+        return self.net.forward_cached(tokens, cache, self.positions, self.vocab_limit)
 
     def __call__(self, tokens: Tensor) -> Tensor:
         key = tokens[:, self.prefix]
         hit = self._caches.get(tokens.shape[0])
         if hit is None or not torch.equal(hit[0], key):
-            hit = (key.clone(), self.net.prefill(tokens, self.prefix))
-            self._caches[tokens.shape[0]] = hit
-        return self.net.forward_cached(tokens, hit[1], self.positions, self.vocab_limit)
+            cache = self.net.prefill(tokens, self.prefix)
+            if hit is not None and isinstance(self._step, GraphedModelFn):
+                cache = hit[1].copy_(cache)  # the graph reads the captured tensors
+            self._caches[tokens.shape[0]] = (key.clone(), cache)
+        return self._step(tokens)
 
 
 class UnifiedPipeline:
@@ -88,6 +99,7 @@ class UnifiedPipeline:
         self.image_tokenizer = image_tokenizer
         self.text_tokenizer = text_tokenizer
         self.space = TokenSpace(text_tokenizer, transformer.vocab, transformer.sequence)
+        self._graphed: dict[tuple, Any] = {}  # CUDA-graphed model_fns (SamplingConfig.cuda_graphs)
         if transformer.vocab.image_size != image_tokenizer.codebook_size:
             raise ValueError(f"codebook size mismatch: the transformer expects "
                              f"{transformer.vocab.image_size} image codes, the image tokenizer has "
@@ -139,6 +151,7 @@ class UnifiedPipeline:
     def to(self, device: str | torch.device) -> "UnifiedPipeline":
         self.transformer.to(device)
         self.image_tokenizer.to(device)
+        self._graphed.clear()  # captured on the old device's tensors
         return self
 
     @property
@@ -193,18 +206,35 @@ class UnifiedPipeline:
         return self.transformer.vocab.text_size
 
     def model_fn(self, prefix: Tensor, positions: Tensor | None, use_cache: bool = True,
-                 vocab_limit: int | None = None):
+                 vocab_limit: int | None = None, cuda_graphs: bool = False):
         """The ``model_fn`` that :func:`unigen.sampling.decode` calls: prefix attention, logits for
-        ``positions`` (and the first ``vocab_limit`` ids) only, and the prefix KV cache when
-        ``use_cache``."""
+        ``positions`` (and the first ``vocab_limit`` ids) only, the prefix KV cache when
+        ``use_cache``, each call a CUDA-graph replay when ``cuda_graphs``."""
         net = self.transformer
         if not bool((prefix == prefix[:1]).all()):
             raise ValueError("the task gives the rows of a batch different prefix positions; decoding "
                              "needs one prefix pattern per batch (see docs/extending.md, 'A task')")
-        if use_cache and bool(prefix.any()):
-            return PrefixCachedModel(net, prefix[0], positions, vocab_limit)
-        return lambda x: net(x, prefix[:1].expand(x.shape[0], -1), positions=positions,
-                             vocab_limit=vocab_limit)
+        cached = use_cache and bool(prefix.any())
+        if cuda_graphs:  # captured once per task pattern and batch shape, replayed by later calls
+            check_cuda_graphs(self.device)
+            key = (cached, tuple(prefix[0].tolist()), vocab_limit,
+                   None if positions is None else tuple(positions.tolist()))
+            if key not in self._graphed:
+                self._graphed[key] = self._model_fn(net, prefix, positions, cached, vocab_limit, True)
+            return self._graphed[key]
+        return self._model_fn(net, prefix, positions, cached, vocab_limit, False)
+
+    @staticmethod
+    def _model_fn(net: UnifiedTransformer, prefix: Tensor, positions: Tensor | None, cached: bool,
+                  vocab_limit: int | None, cuda_graphs: bool):
+        if cached:
+            return PrefixCachedModel(net, prefix[0], positions, vocab_limit, cuda_graphs)
+
+        def full(x: Tensor) -> Tensor:
+            return net(x, prefix[:1].expand(x.shape[0], -1), positions=positions,
+                       vocab_limit=vocab_limit)
+
+        return GraphedModelFn(full) if cuda_graphs else full
 
     def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
                 progress: bool, region: Tensor | None = None) -> tuple[Tensor, list[int]]:
@@ -223,7 +253,8 @@ class UnifiedPipeline:
         if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
             guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)
         positions = self.decode_positions(target)
-        model_fn = self.model_fn(prefix, positions, cfg.use_cache, self.vocab_limit(target))
+        model_fn = self.model_fn(prefix, positions, cfg.use_cache, self.vocab_limit(target),
+                                 cfg.cuda_graphs)
         with torch.inference_mode():
             result = decode(model_fn, tokens, target, sampler, num_steps=cfg.num_steps,
                             guidance=guidance, cond_mask=cond & ~target if guidance else None,

@@ -86,7 +86,7 @@ def test_unset_sampler_and_steps_are_left_to_the_pipeline():
     cfg = parse_config(with_setting(MINIMAL, "vqa.sampler_kwargs", {"threshold": 0.5}))
     assert sampling_kwargs(cfg.tasks["vqa"]) == {
         "guidance_scale": 1.0, "sampler_kwargs": {"threshold": 0.5}, "guidance_kwargs": {},
-        "use_cache": True}
+        "use_cache": True, "cuda_graphs": False}
     cfg = parse_config(with_setting(with_setting(MINIMAL, "vqa.sampler", "maskgit"), "num_steps", 2))
     kwargs = sampling_kwargs(cfg.tasks["vqa"])
     assert (kwargs["sampler"], kwargs["num_steps"]) == ("maskgit", 2)

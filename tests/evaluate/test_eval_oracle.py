@@ -87,7 +87,7 @@ def test_metrics_have_their_known_values(tmp_path):
     assert [n for _, n, _ in t2i] == [5, 5, 2]
     assert t2i[0][2] == {"sampler": "confident", "num_steps": 6, "guidance_scale": 3.0,
                          "sampler_kwargs": {"threshold": 0.8}, "guidance_kwargs": {},
-                         "use_cache": True}
+                         "use_cache": True, "cuda_graphs": False}
     assert "num_steps" not in [c for c in pipe.calls if c[0] == "caption"][0][2]  # model default
     # grids hold grid_size samples; t2i is captioned with the checker's verdict
     with Image.open(out["paths"]["samples_t2i"]) as grid:

@@ -23,6 +23,7 @@ class TaskSettings:
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
     guidance_kwargs: dict[str, Any] = field(default_factory=dict)
     use_cache: bool = True
+    cuda_graphs: bool = False  # replay each decoding step as a CUDA graph (GPU only)
     metrics: list[str | dict[str, Any]] = field(default_factory=list)
     fid: bool = False  # t2i only: FID of generated vs real images on resources.extractor features
 

@@ -51,7 +51,8 @@ def sampling_kwargs(settings: TaskSettings) -> dict[str, Any]:
     """Pipeline keyword arguments of a task's sampler settings (sampler and num_steps only when
     set: otherwise the pipeline's default for the task)."""
     out = dict(guidance_scale=settings.guidance_scale, sampler_kwargs=dict(settings.sampler_kwargs),
-               guidance_kwargs=dict(settings.guidance_kwargs), use_cache=settings.use_cache)
+               guidance_kwargs=dict(settings.guidance_kwargs), use_cache=settings.use_cache,
+               cuda_graphs=settings.cuda_graphs)
     for key in ("sampler", "num_steps"):
         if getattr(settings, key) is not None:
             out[key] = getattr(settings, key)
