@@ -219,17 +219,17 @@ Batch = tuple[torch.Tensor, list[str], list[int]]  # images on the device, quest
 
 
 def _generate(pipe: UnifiedPipeline, task: str, batches: Sequence[Batch], use_cache: bool,
-              num_steps: int) -> tuple[list[str], list[int]]:
+              num_steps: int, cuda_graphs: bool = False) -> tuple[list[str], list[int]]:
     """Captions or greedy answers for ``batches`` in ``num_steps`` steps, and each sample's
     network calls."""
     texts, calls = [], []
+    options = {"use_cache": use_cache, "cuda_graphs": cuda_graphs, "return_calls": True}
     for images, questions, seeds in batches:
         if task == "caption":
-            out, n = pipe.caption(images, num_steps=num_steps, seed=seeds, use_cache=use_cache,
-                                  return_calls=True)
+            out, n = pipe.caption(images, num_steps=num_steps, seed=seeds, **options)
         else:
             out, n = pipe.answer(images, questions, num_steps=num_steps, seed=seeds,
-                                 use_cache=use_cache, sampler_kwargs=GREEDY, return_calls=True)
+                                 sampler_kwargs=GREEDY, **options)
         texts += out
         calls += n
     return texts, calls
@@ -239,7 +239,8 @@ def time_prefix_cache(pipe: UnifiedPipeline, args: argparse.Namespace) -> dict[s
     """Issue #6 (c): captioning and VQA with the prefix KV cache (LaViDa) on and off, best of
     ``--repeats`` (alternating, so drift hits both alike), outputs compared sample by sample.
     Sample ``i`` uses seed ``seed + i`` as in ``unigen.evaluate``; the inputs are prepared on the
-    device before the clock starts, so only generation is timed."""
+    device before the clock starts, so only generation is timed.  With ``--cuda-graphs`` both
+    sides replay their steps as CUDA graphs (captured in the warm-up)."""
     data = build_data(data_spec(args), pipe.image_size)
     batches: list[Batch] = []
     for lo in range(0, len(data), args.batch_size):
@@ -253,20 +254,25 @@ def time_prefix_cache(pipe: UnifiedPipeline, args: argparse.Namespace) -> dict[s
         texts: dict[bool, list[str]] = {}
         with torch.inference_mode(), autocast(pipe.device, args.precision):
             for use_cache in (True, False):  # warm-up: kernels, allocator, lazy initialisation
-                _generate(pipe, task, batches[:1], use_cache, steps[task])
+                _generate(pipe, task, batches[:1], use_cache, steps[task], args.cuda_graphs)
             for _ in range(args.repeats):
                 for use_cache in (True, False):
                     synchronize(pipe.device)
                     start = time.perf_counter()
                     texts[use_cache], calls = _generate(pipe, task, batches, use_cache,
-                                                         steps[task])
+                                                         steps[task], args.cuda_graphs)
                     synchronize(pipe.device)
                     best[use_cache] = min(best[use_cache], time.perf_counter() - start)
+            if args.cuda_graphs:  # the replays must give what eager decoding gives
+                eager, _ = _generate(pipe, task, batches, True, steps[task])
         same = [a == b for a, b in zip(texts[True], texts[False])]
         out[task] = {"samples": len(data), "seconds_cached": best[True],
                      "seconds_uncached": best[False], "speedup": best[False] / best[True],
                      "identical": all(same), "identical_fraction": sum(same) / len(same),
-                     "mean_calls": sum(calls) / len(calls), "num_steps": steps[task]}
+                     "mean_calls": sum(calls) / len(calls), "num_steps": steps[task],
+                     "cuda_graphs": args.cuda_graphs}
+        if args.cuda_graphs:
+            out[task]["identical_to_eager"] = eager == texts[True]
     out["at_least_1_8x"] = all(out[t]["speedup"] >= 1.8 for t in ("caption", "vqa"))
     return out
 
@@ -337,6 +343,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vqa-cache-steps", type=int, default=4,
                         help="prefix-cache timings: VQA step budget")
     parser.add_argument("--no-cache-timing", action="store_true", help="skip claim (c)")
+    parser.add_argument("--cache-only", action="store_true",
+                        help="claim (c) alone: no accuracy curves")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="claim (c) with every decoding step a CUDA-graph replay (GPU)")
     parser.add_argument("--grid-size", type=int, default=16, help="sample grid of each run (0: none)")
     parser.add_argument("--work-dir", default=None,
                         help="evaluation runs: records, reports, sample grids (default: next to "
@@ -373,7 +383,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         build_sampler("confident", **args.confident_kwargs)
     except (TypeError, ValueError, KeyError) as err:
         parser.error(f"--confident-kwargs: {err}")
-    if not args.steps:
+    if args.cache_only and args.no_cache_timing:
+        parser.error("--cache-only and --no-cache-timing leave nothing to measure")
+    if args.cuda_graphs and args.device != "cuda":
+        parser.error("--cuda-graphs needs --device cuda")
+    if not args.steps and not args.cache_only:
         parser.error("--steps lists no step budget")
     if args.work_dir is None:  # run_all's --results-dir then holds everything a run wrote
         args.work_dir = (str(Path(args.out).with_name(f"{Path(args.out).stem}_runs")) if args.out
@@ -389,18 +403,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     weights = "trained" if trained else "random weights"
     if not trained:
         print("random weights: the timings hold, the accuracies mean nothing")
-    points = t2i_points(pipe, args)
-    if args.vqa_steps:
+    points = [] if args.cache_only else t2i_points(pipe, args)
+    if args.vqa_steps and not args.cache_only:
         points += vqa_points(pipe, args)
-    claims = {"t2i": calls_claim([p for p in points if p["task"] == "t2i"], args.reference_steps,
-                                 args.tolerance, args.fid_tolerance)}
-    if args.vqa_steps:
+    claims = {} if args.cache_only else {
+        "t2i": calls_claim([p for p in points if p["task"] == "t2i"], args.reference_steps,
+                           args.tolerance, args.fid_tolerance)}
+    if args.vqa_steps and not args.cache_only:
         claims["vqa"] = calls_claim([p for p in points if p["task"] == "vqa"],
                                     max(args.vqa_steps), args.tolerance)
     cache = None if args.no_cache_timing else time_prefix_cache(pipe, args)
 
-    print_table(points, ["task", "series", "num_steps", "rule", "threshold", "accuracy", "model_calls",
-                         *(k for k, _ in CURVE_DATA[args.data].point_extras), "seconds"])
+    if points:
+        print_table(points, ["task", "series", "num_steps", "rule", "threshold", "accuracy",
+                             "model_calls", *(k for k, _ in CURVE_DATA[args.data].point_extras),
+                             "seconds"])
     for task, claim in claims.items():
         if not claim["measured"]:
             print(f"{task}: calls claim not measured ({claim['reason']})")
@@ -429,7 +446,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         else "trained model: accuracy vs network calls"),
                "points": points, "claims": {"calls": claims, "prefix_cache": cache}}
     path = result_path("sampler_curves", device, args.out)
-    payload["plot"] = str(plot(points, path.with_suffix(".png"), weights, args))
+    if points:
+        payload["plot"] = str(plot(points, path.with_suffix(".png"), weights, args))
     save_result("sampler_curves", device, payload, args.out)
     return payload
 

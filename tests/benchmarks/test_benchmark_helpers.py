@@ -1,5 +1,8 @@
 """Benchmark plumbing that needs no timing: argument parsing, case grids, data, summaries."""
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -66,3 +69,11 @@ def test_size_presets_are_what_their_names_say():
     assert 30 < millions(SIZES["34m"]) < 38
     assert 200 < millions(SIZES["219m"]) < 240
     assert 950 < millions(SIZES["1b"]) < 1100
+
+
+@pytest.mark.parametrize("script", sorted((Path(__file__).resolve().parents[2] / "benchmarks").glob("*.sh")),
+                         ids=lambda p: p.name)
+def test_gpu_wrapper_scripts_are_valid_bash(script):
+    """The GPU wrappers only run on a lent machine: at least their syntax is checked here."""
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -92,6 +92,34 @@ def test_sampler_curves_on_a_model_directory(tmp_path, tokenizer_dirs):
     assert (out.parent / "curves_runs" / "t2i_steps" / "results.json").is_file()  # --work-dir default
 
 
+def test_cache_only_times_the_prefix_cache_without_curves(tmp_path, tokenizer_dirs):
+    from unigen.training.unified_module import UnifiedModule
+
+    torch.manual_seed(0)
+    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).to_pipeline() \
+        .save_pretrained(tmp_path / "model")
+    out = tmp_path / "cache.json"
+    saved = main(["--model", str(tmp_path / "model"), "--device", "cpu", "--num-samples", "4",
+                  "--batch-size", "2", "--repeats", "1", "--cache-only", "--out", str(out)])
+    assert saved["points"] == [] and saved["claims"]["calls"] == {} and "plot" not in saved
+    for task in ("caption", "vqa"):  # two batches of two, each decoded with and without the cache
+        c = saved["claims"]["prefix_cache"][task]
+        assert c["samples"] == 4 and c["identical"] is True and c["cuda_graphs"] is False
+        assert "identical_to_eager" not in c
+    assert not out.with_suffix(".png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cache-only", "--no-cache-timing"], "leave nothing to measure"),
+    (["--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs --device cuda"),
+])
+def test_sampler_curves_refuses_contradictory_cache_flags(argv, message, capsys):
+    from benchmarks.sampler_curves import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("flag", ["--repeats", "--num-samples", "--caption-steps",
                                   "--vqa-cache-steps"])
