@@ -151,8 +151,13 @@ class UnifiedPipeline:
     def to(self, device: str | torch.device) -> "UnifiedPipeline":
         self.transformer.to(device)
         self.image_tokenizer.to(device)
-        self._graphed.clear()  # captured on the old device's tensors
+        self.free_cuda_graphs()  # captured on the old device's tensors
         return self
+
+    def free_cuda_graphs(self) -> None:
+        """Drop the captured CUDA graphs (``cuda_graphs=True``) and the prefix caches and memory
+        pools they hold; the next graphed call captures again."""
+        self._graphed.clear()
 
     @property
     def device(self) -> torch.device:

@@ -4,6 +4,8 @@ place, a clear error without CUDA, and (on a GPU) replays identical to eager dec
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -99,6 +101,8 @@ def test_graphed_decoding_reuses_one_model_fn_per_task_and_refreshes_the_prefix(
     assert len(pipe._graphed) == len(RecordingGraph.made) == 3
     assert keys == {(True, pipe.transformer.vocab.text_size), (True, None),
                     (False, pipe.transformer.vocab.text_size)}
+    pipe.free_cuda_graphs()  # the captured graphs and the caches they hold go
+    assert pipe._graphed == {}
 
 
 def test_cuda_graphs_without_cuda_is_one_clear_error(pipe):
@@ -116,7 +120,8 @@ def test_replays_equal_eager_decoding_on_a_gpu(tokenizer_dirs, precision):
     m = UnifiedModule(**tokenizer_dirs, image_size=32, max_text_len=24, dim=64, depth=2, heads=4,
                       tasks={"t2i": 1, "caption": 1, "vqa": 1})
     gpu = m.to_pipeline().to("cuda")
-    with torch.autocast("cuda", dtype=precision or torch.float32, enabled=precision is not None):
+    region = torch.autocast("cuda", dtype=precision) if precision else contextlib.nullcontext()
+    with region:
         for seed in (0, 1):
             x = images(4, seed).cuda()
             assert gpu.caption(x, seed=2, cuda_graphs=True) == gpu.caption(x, seed=2)
