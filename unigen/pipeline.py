@@ -73,6 +73,7 @@ class PrefixCachedModel:
         self.positions = positions  # logits only for these positions (see decode(positions=))
         self.vocab_limit = vocab_limit  # logits only for the first ids (text decoding)
         self._caches: dict[int, tuple[Tensor, PrefixCache]] = {}
+        self.cuda_graphs = cuda_graphs
         self._step = GraphedModelFn(self._cached_step) if cuda_graphs else self._cached_step
 
     def _cached_step(self, tokens: Tensor) -> Tensor:
@@ -84,7 +85,7 @@ class PrefixCachedModel:
         hit = self._caches.get(tokens.shape[0])
         if hit is None or not torch.equal(hit[0], key):
             cache = self.net.prefill(tokens, self.prefix)
-            if hit is not None and isinstance(self._step, GraphedModelFn):
+            if hit is not None and self.cuda_graphs:
                 cache = hit[1].copy_(cache)  # the graph reads the captured tensors
             self._caches[tokens.shape[0]] = (key.clone(), cache)
         return self._step(tokens)
