@@ -180,3 +180,14 @@ def test_results_name_the_sampler_an_unset_setting_left_to_the_pipeline(tokenize
             return []
 
     assert settings_used(NoSamplerArgument(), "caption", cfg.tasks["caption"])["sampler"] is None
+
+
+def test_run_identity_ignores_speed_only_keys_but_not_decoding_ones():
+    from unigen.evaluate.persistence import identity_recipe
+
+    base = identity_recipe(parse_config(MINIMAL))
+    graphed = parse_config(with_setting(MINIMAL, "vqa.cuda_graphs", True))
+    assert graphed.tasks["vqa"].cuda_graphs is True
+    assert identity_recipe(graphed) == base  # replays give the eager tokens: a run resumes
+    assert identity_recipe(parse_config({**MINIMAL, "batch_size": 7})) == base
+    assert identity_recipe(parse_config(with_setting(MINIMAL, "vqa.num_steps", 2))) != base

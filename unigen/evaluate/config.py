@@ -54,6 +54,7 @@ class EvalConfig:
 
 # keys that change how fast a run goes but not its numbers: a run may resume with other values
 _RUN_ONLY_KEYS = ("batch_size", "checkpoint_every", "out_dir", "sweep")
+_RUN_ONLY_TASK_KEYS = ("cuda_graphs",)  # the same, inside each task's settings
 
 
 def _type_name(tp: Any) -> str:

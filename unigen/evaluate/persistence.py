@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from unigen import io
-from unigen.evaluate.config import _RUN_ONLY_KEYS, EvalConfig
+from unigen.evaluate.config import _RUN_ONLY_KEYS, _RUN_ONLY_TASK_KEYS, EvalConfig
 
 RECORDS_NAME, STATE_NAME, RUN_NAME = "records.jsonl", "metric_state.safetensors", "run.json"
 SAMPLES_DIR, POINTS_DIR = "samples", "points"
@@ -96,8 +96,17 @@ def model_fingerprint(pipe) -> str:
     return digest.hexdigest()
 
 
-def _run_identity(cfg: EvalConfig, pipe) -> dict[str, Any]:
+def identity_recipe(cfg: EvalConfig) -> dict[str, Any]:
+    """The recipe keys that decide a run's numbers: not the run-only keys, nor a task's
+    ``cuda_graphs`` (graph replays give the eager tokens), so a run resumes across them."""
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUN_ONLY_KEYS}
+    recipe["tasks"] = {name: {k: v for k, v in task.items() if k not in _RUN_ONLY_TASK_KEYS}
+                       for name, task in recipe["tasks"].items()}
+    return recipe
+
+
+def _run_identity(cfg: EvalConfig, pipe) -> dict[str, Any]:
+    recipe = identity_recipe(cfg)
     return {"recipe": recipe, "recipe_sha1": _fingerprint(recipe),
             "model_sha1": model_fingerprint(pipe)}
 
