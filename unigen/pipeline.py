@@ -29,7 +29,7 @@ from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.modules.transformer import PrefixCache, UnifiedTransformer
 from unigen.sampling import ClassifierFreeGuidance, build_sampler, decode
-from unigen.sampling.graphed import GraphedModelFn, check_cuda_graphs
+from unigen.sampling.graphed import GraphedModelFn, autocast_state, check_cuda_graphs
 from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
 from unigen.tokenizers.text import TextTokenizer
 
@@ -223,8 +223,9 @@ class UnifiedPipeline:
         cached = use_cache and bool(prefix.any())
         if cuda_graphs:  # captured once per task pattern and batch shape, replayed by later calls
             check_cuda_graphs(self.device)
+            # per autocast state too: a prefix cache holds the keys in the precision it was made
             key = (cached, tuple(prefix[0].tolist()), vocab_limit,
-                   None if positions is None else tuple(positions.tolist()))
+                   None if positions is None else tuple(positions.tolist()), *autocast_state())
             if key not in self._graphed:
                 self._graphed[key] = self._model_fn(net, prefix, positions, cached, vocab_limit, True)
             return self._graphed[key]

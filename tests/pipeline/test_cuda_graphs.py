@@ -89,10 +89,14 @@ def test_graphed_decoding_reuses_one_model_fn_per_task_and_refreshes_the_prefix(
         assert uncached == pipe.caption(x, seed=4, use_cache=False)
     # one captured model_fn per (prefix pattern, decoded positions, cache on/off), reused by the
     # second batch: captions and answers share one here (image prefix, the whole text decoded)
-    keys = {(cached, limit) for cached, _, limit, _ in pipe._graphed}
+    keys = {(cached, limit) for cached, _, limit, *_ in pipe._graphed}
     assert len(pipe._graphed) == len(RecordingGraph.made) == 3
     assert keys == {(True, pipe.transformer.vocab.text_size), (True, None),
                     (False, pipe.transformer.vocab.text_size)}
+    # another autocast state gets its own graphs and cache (they replay their own precision)
+    monkeypatch.setattr(pipeline_module, "autocast_state", lambda: (True, torch.bfloat16))
+    pipe.caption(images(3), seed=4, cuda_graphs=True)
+    assert len(pipe._graphed) == len(RecordingGraph.made) == 4
     pipe.free_cuda_graphs()  # the captured graphs and the caches they hold go
     assert pipe._graphed == {}
 

@@ -18,6 +18,12 @@ from torch import Tensor
 ModelFn = Callable[[Tensor], Tensor]
 
 
+def autocast_state() -> tuple[bool, torch.dtype]:
+    """Whether CUDA autocast is on, and to what dtype: a graph replays the precision it was
+    captured in, so graphs are kept per state."""
+    return torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+
+
 def check_cuda_graphs(device: torch.device) -> None:
     """One clear error when CUDA graphs are asked for where there are none."""
     if device.type != "cuda":
@@ -38,26 +44,28 @@ class GraphedModelFn:
     def __init__(self, fn: ModelFn, warmup: int = 2) -> None:
         self.fn = fn
         self.warmup = warmup
-        self._graphs: dict[tuple[int, ...], tuple[Tensor, torch.cuda.CUDAGraph, Tensor]] = {}
+        # per input shape and autocast state
+        self._graphs: dict[tuple, tuple[Tensor, torch.cuda.CUDAGraph, Tensor]] = {}
 
     @property
     def num_graphs(self) -> int:
         return len(self._graphs)
 
     def __call__(self, tokens: Tensor) -> Tensor:
-        entry = self._graphs.get(tuple(tokens.shape))
+        key = (*tokens.shape, *autocast_state())
+        entry = self._graphs.get(key)
         if entry is None:
             entry = self._capture(tokens)
-            self._graphs[tuple(tokens.shape)] = entry
+            self._graphs[key] = entry
         static_in, graph, static_out = entry
         static_in.copy_(tokens)
         graph.replay()
         return static_out.clone()
 
-    def _autocast(self):
-        if not torch.is_autocast_enabled("cuda"):
-            return torch.autocast("cuda", enabled=False)
-        return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+    @staticmethod
+    def _autocast():
+        enabled, dtype = autocast_state()
+        return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
 
     def _capture(self, tokens: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
         check_cuda_graphs(tokens.device)
