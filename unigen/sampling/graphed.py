@@ -47,10 +47,6 @@ class GraphedModelFn:
         # per input shape and autocast state
         self._graphs: dict[tuple, tuple[Tensor, torch.cuda.CUDAGraph, Tensor]] = {}
 
-    @property
-    def num_graphs(self) -> int:
-        return len(self._graphs)
-
     def __call__(self, tokens: Tensor) -> Tensor:
         key = (*tokens.shape, *autocast_state())
         entry = self._graphs.get(key)
