@@ -16,12 +16,14 @@ BAD_STEP = 3
 
 
 class Regression(L.LightningModule):
-    """Fits y = 2x; its loss turns NaN at ``BAD_STEP`` (as an overflow would)."""
+    """Fits y = 2x; its loss turns NaN at ``BAD_STEP`` (as an overflow would).  ``fused``: a fused
+    AdamW (which can skip a step on the device) instead of SGD."""
 
-    def __init__(self, manual: bool = False) -> None:
+    def __init__(self, manual: bool = False, fused: bool = False) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(()))
         self.automatic_optimization = not manual
+        self.fused = fused
         self.weights_seen: dict[int, torch.Tensor] = {}
 
     def training_step(self, batch, batch_idx):
@@ -39,6 +41,8 @@ class Regression(L.LightningModule):
         return None
 
     def configure_optimizers(self):
+        if self.fused:
+            return torch.optim.AdamW(self.parameters(), lr=0.1, fused=True)
         return torch.optim.SGD(self.parameters(), lr=0.5)
 
     def train_dataloader(self):
@@ -64,6 +68,58 @@ def test_guard_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_pa
     good = model.weights_seen[BAD_STEP]
     assert torch.isfinite(good) and torch.equal(ckpt["state_dict"]["weight"], good)
     assert torch.equal(model.weight.detach(), good), "the NaN step must not update the weights"
+
+
+@pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual_backward"])
+def test_deferred_guard_skips_the_bad_update_on_the_device_and_stops_before_the_next_save(
+        tmp_path, manual):
+    """The GPU mode (forced here on the CPU, whose AdamW has the same fused kernel): no host read
+    before backward, the bad step's update dropped through ``found_inf``, the error raised before
+    the next checkpoint is written, the same files and weights as the immediate check."""
+    model = Regression(manual, fused=True)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[NonFiniteLossGuard(defer=True, check_every_n_steps=100),
+                   ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1,
+                                   save_top_k=-1, save_last=True)])
+    with pytest.raises(FloatingPointError) as err:
+        trainer.fit(model)
+    message = str(err.value)
+    assert f"at step {BAD_STEP}: its update was skipped" in message and "\n" not in message
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert str(last) in message
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert saved == [*(f"epoch=0-step={s}.ckpt" for s in range(1, BAD_STEP + 1)), "last.ckpt"]
+    good = model.weights_seen[BAD_STEP]
+    assert torch.equal(model.weight.detach(), good), "the NaN step must not update the weights"
+    opt = trainer.optimizers[0]
+    assert int(opt.state[model.weight]["step"]) == BAD_STEP, "a skipped step does not count"
+    assert not hasattr(opt, "found_inf"), "no skip flag is left on the optimizer"
+
+
+def test_deferred_guard_trains_on_after_a_bad_step_until_its_check(tmp_path):
+    """Between checks a finite step after the bad one trains normally; the error names the bad
+    step and where it was found."""
+    model = Regression(fused=True)
+    trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path,
+                        callbacks=[NonFiniteLossGuard(defer=True, check_every_n_steps=5)])
+    with pytest.raises(FloatingPointError, match=f"at step {BAD_STEP}: .*found at step 5"):
+        trainer.fit(model)
+    seen = model.weights_seen
+    assert torch.equal(seen[BAD_STEP + 1], seen[BAD_STEP]), "the bad step changed the weights"
+    assert torch.isfinite(model.weight) and not torch.equal(model.weight.detach(), seen[BAD_STEP + 1])
+    assert int(trainer.optimizers[0].state[model.weight]["step"]) == 4  # 5 steps, one skipped
+
+
+def test_deferred_guard_needs_an_optimizer_that_can_skip(tmp_path):
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path,
+                        callbacks=[NonFiniteLossGuard(defer=True)])
+    with pytest.raises(ValueError, match="needs one process and one fused optimizer"):
+        trainer.fit(Regression())  # SGD, not fused
 
 
 def test_guard_without_any_checkpoint_says_so(tmp_path):

@@ -1,7 +1,10 @@
+import lightning as L
 import pytest
 import torch
 
 from unigen.data.shapes import ShapesDataset
+from unigen.diffusion.tasks import TaskInputs
+from unigen.training.ar_module import AutoregressiveModule
 from unigen.training.unified_module import UnifiedModule
 
 
@@ -173,3 +176,101 @@ def test_tasks_loss_reduction_trains_a_mixture(tokenizer_dirs):
 def test_loss_reduction_settings_are_checked(tokenizer_dirs, kwargs, message):
     with pytest.raises(ValueError, match=message):
         UnifiedModule(image_size=32, tasks={"t2i": 1.0, "vqa": 1.0}, **tokenizer_dirs, **kwargs)
+
+
+# -- no host reads in the training step (issue #8) ---------------------------------------------------
+# Each read of a device value (``.item()``, ``bool(tensor)``, ``nonzero``, boolean indexing) makes
+# the host wait until the GPU has run everything queued, so it cannot prepare the next step
+# meanwhile.  On the ``meta`` device every one of them raises, and so does mixing host and device
+# tensors, so a step that runs there end to end (forward, loss, backward) has neither.
+ALL_TASKS = {"t2i": 1, "caption": 1, "vqa": 1, "joint": 1, "inpaint": 1, "text": 1}
+
+
+def on_meta(module, batch):
+    codes = module.image_tokenizer.encode(batch["image"])
+    module.to("meta")
+    return {**batch, "image": None, "codes": torch.empty_like(codes, device="meta")}
+
+
+def test_meta_device_catches_host_reads():
+    """The premise: these raise on meta (else the tests below could not fail)."""
+    x = torch.ones(4, device="meta")
+    for read in (lambda: x.sum().item(), lambda: bool(x.sum()), lambda: x.nonzero(),
+                 lambda: x[x > 0], lambda: x + torch.ones(4)):
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            read()
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(tasks=ALL_TASKS, complementary_masking=True, cond_dropout=0.2, loss_reduction="tasks",
+         task_loss_weights={"t2i": 4.0, "vqa": 1.5}, answer_len=3),
+    dict(tasks=ALL_TASKS, loss="elbo", schedule="linear", complementary_masking=True,
+         cond_dropout=0.2, question_slot=12),
+    dict(tasks={"t2i": 1, "vqa": 1}, per_sample_noise=True, cond_dropout=0.5),
+], ids=["tasks_reduction", "elbo_question_slot", "per_sample_noise"])
+def test_unified_training_step_runs_on_the_meta_device(tokenizer_dirs, kwargs):
+    module = make(tokenizer_dirs, **kwargs)
+    batch = on_meta(module, {**batch_of(), "index": torch.arange(8)})
+    with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached: nothing is logged
+        loss = module.training_step(batch, 0)
+    assert loss.device.type == "meta" and loss.shape == ()
+    loss.backward()
+    grads = [p.grad for p in module.net.parameters()]
+    assert all(g is not None and g.device.type == "meta" for g in grads)
+
+
+def test_task_masks_are_built_on_the_host(tokenizer_dirs):
+    module = make(tokenizer_dirs, tasks=ALL_TASKS)
+    codes = torch.empty(8, 8, 8, dtype=torch.long, device="meta")
+    batch = batch_of()
+    inputs = TaskInputs(codes, batch["caption"], batch["question"], batch["answer"])
+    tb, _ = module.mixture.build(inputs, module.space, torch.Generator().manual_seed(0))
+    assert tb.tokens.device.type == "meta"
+    assert {m.device.type for m in (tb.target, tb.cond, tb.prefix)} == {"cpu"}
+
+
+def test_autoregressive_training_step_runs_on_the_meta_device(tokenizer_dirs):
+    module = AutoregressiveModule(image_size=32, max_text_len=24, dim=64, depth=2, heads=4,
+                                  cond_dropout=0.5, **tokenizer_dirs)
+    module.configure_model()
+    batch = on_meta(module, batch_of())
+    with pytest.warns(UserWarning, match="self.log"):
+        loss = module.training_step(batch, 0)
+    loss.backward()
+    assert loss.device.type == "meta"
+
+
+class SyncWindow(L.Callback):
+    """CUDA's sync debug mode set to ``error`` for each training step from the third on (the
+    step itself: task building, forward, loss, backward, clipping, the optimizer, the NaN guard)."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= 2:
+            torch.cuda.set_sync_debug_mode("error")
+            self.checked += 1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_training_step_never_waits_for_the_gpu(tokenizer_dirs, tmp_path, precision):
+    from unigen.data.shapes_datamodule import ShapesDataModule
+    from unigen.training.reliability import harden_trainer
+
+    module = make(tokenizer_dirs, tasks=ALL_TASKS, complementary_masking=True, cond_dropout=0.2,
+                  loss_reduction="tasks", task_loss_weights={"t2i": 4.0})
+    data = ShapesDataModule(image_size=32, batch_size=8, num_train=64, num_val=8)
+    window = SyncWindow()
+    trainer = harden_trainer(L.Trainer(
+        accelerator="gpu", devices=1, precision=precision, max_steps=6, log_every_n_steps=1000,
+        gradient_clip_val=1.0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        limit_val_batches=0, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[window]), seed=0)
+    trainer.fit(module, datamodule=data)
+    assert window.checked == 4 and trainer.global_step == 6

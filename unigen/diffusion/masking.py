@@ -40,10 +40,11 @@ def drop_condition(tokens: Tensor, cond: Tensor, prob: float, mask_id: int,
                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """Classifier-free guidance training: with probability ``prob`` a row's whole condition is
     replaced by ``<mask>`` (the unconditional input used at sampling time).  Returns the new tokens
-    and which rows were dropped."""
-    dropped = to_device(torch.rand(tokens.shape[0], generator=generator) < prob, tokens.device)
-    tokens = tokens.masked_fill(cond & dropped[:, None], mask_id)
-    return tokens, dropped
+    and which rows were dropped (on the host)."""
+    dropped = torch.rand(tokens.shape[0], generator=generator) < prob
+    # decided where ``cond`` lives (the host, for TaskBatch masks), then copied once
+    drop = cond & to_device(dropped, cond.device)[:, None]
+    return tokens.masked_fill(to_device(drop, tokens.device), mask_id), dropped
 
 
 class Noiser:

@@ -5,6 +5,11 @@ A task turns raw samples (caption / question / answer strings and image codes) i
 the *condition* (dropped for classifier-free guidance) and which form the cacheable *prefix* (prefix
 attention, see :mod:`unigen.modules.transformer`).  The model never knows which task it is running:
 adding a task is one class registered in ``TASKS`` plus its ``<name>`` special token.
+
+The tokens live where the inputs' image codes live (the training device); the three masks are
+built on the host.  They follow from the layout and the text alone, so the training step can pick
+its masked positions (``nonzero``) on the CPU and copy them over without waiting for the GPU
+(issue #8); consumers move them with :func:`unigen.transfer.to_device` or ``.to``.
 """
 
 from __future__ import annotations
@@ -52,10 +57,10 @@ class TaskInputs:
 
 @dataclass
 class TaskBatch:
-    tokens: Tensor  # [B, S] clean tokens
-    target: Tensor  # [B, S] positions to predict
-    cond: Tensor  # [B, S] condition positions (replaced by <mask> for unconditional guidance)
-    prefix: Tensor  # [B, S] positions that attend only to each other (cacheable)
+    tokens: Tensor  # [B, S] clean tokens, on the inputs' device
+    target: Tensor  # [B, S] positions to predict (host)
+    cond: Tensor  # [B, S] condition positions, replaced by <mask> for unconditional guidance (host)
+    prefix: Tensor  # [B, S] positions that attend only to each other, cacheable (host)
 
     @staticmethod
     def concat_rows(parts: list[tuple[list[int], "TaskBatch"]], batch_size: int) -> "TaskBatch":
@@ -64,9 +69,10 @@ class TaskBatch:
         out = {k: getattr(first, k).new_empty((batch_size, *getattr(first, k).shape[1:]))
                for k in ("tokens", "target", "cond", "prefix")}
         for rows, part in parts:
-            idx = to_device(torch.tensor(rows, dtype=torch.long), first.tokens.device)
+            idx = torch.tensor(rows, dtype=torch.long)
+            on_device = to_device(idx, first.tokens.device)
             for k, v in out.items():
-                v[idx] = getattr(part, k)
+                v[on_device if k == "tokens" else idx] = getattr(part, k)
         return TaskBatch(**out)
 
 
@@ -79,11 +85,11 @@ class Task(ABC):
     def build(self, inputs: TaskInputs, space: TokenSpace, generator: torch.Generator | None = None
               ) -> TaskBatch: ...
 
-    def _masks(self, space: TokenSpace, b: int, device, target: Sequence[str], cond: Sequence[str],
+    def _masks(self, space: TokenSpace, b: int, target: Sequence[str], cond: Sequence[str],
                prefix: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """The (target, cond, prefix) masks of ``b`` rows, on the host."""
         seg = space.segment_mask
-        return (seg(b, *target, device=device), seg(b, *cond, device=device),
-                seg(b, "structure", *prefix, device=device))
+        return seg(b, *target), seg(b, *cond), seg(b, "structure", *prefix)
 
 
 def _require(value, what: str, task: str):
@@ -122,8 +128,8 @@ class CaptionImageTask(Task):
         texts = _require(getattr(inputs, self.text), CAPTION_TEXTS[self.text], self.name)
         text = space.encode_captions(texts)
         tokens = space.assemble(self.name, to_device(text, codes.device), codes)
-        masks = self._masks(space, len(tokens), tokens.device, self.target_segments,
-                            self.cond_segments, self.prefix_segments)
+        masks = self._masks(space, len(tokens), self.target_segments, self.cond_segments,
+                            self.prefix_segments)
         return TaskBatch(tokens, *masks)
 
 
@@ -158,13 +164,12 @@ class VisualQuestionAnswering(Task):
                                               _require(inputs.answers, "an answer", self.name))
         tokens = space.assemble(self.name, to_device(text, codes.device), codes)
         b, seq = len(tokens), space.sequence
-        target, cond, prefix = self._masks(space, b, tokens.device, [], ["image"],
-                                           ["image", "question"])
+        target, cond, prefix = self._masks(space, b, [], ["image"], ["image", "question"])
         col = torch.arange(seq.max_text_len)[None]
         answer = col >= starts[:, None]
         if seq.answer_len:  # the positions after the answer region hold given <pad>
             answer &= col < (starts + seq.answer_len)[:, None]
-        target[:, seq.text] = to_device(answer, tokens.device)
+        target[:, seq.text] = answer
         return TaskBatch(tokens, target, cond, prefix)
 
 
@@ -185,7 +190,7 @@ class TextOnly(Task):
     def build(self, inputs, space, generator=None):
         text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
         tokens = space.assemble(self.name, to_device(text, _device(inputs)), None)
-        target, cond, prefix = self._masks(space, len(tokens), tokens.device, ["text"], [], ["image"])
+        target, cond, prefix = self._masks(space, len(tokens), ["text"], [], ["image"])
         return TaskBatch(tokens, target, cond, prefix)
 
 
@@ -203,9 +208,8 @@ class Inpainting(CaptionImageTask):
             raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
         self.min_frac, self.max_frac = min_frac, max_frac
 
-    def region(self, b: int, grid: tuple[int, int], generator: torch.Generator | None,
-               device=None) -> Tensor:
-        """[B, h, w] bool random rectangles covering ``min_frac..max_frac`` of each side."""
+    def region(self, b: int, grid: tuple[int, int], generator: torch.Generator | None) -> Tensor:
+        """[B, h, w] bool random rectangles covering ``min_frac..max_frac`` of each side (host)."""
         h, w = grid
         u = torch.rand(b, 4, generator=generator)
         hh = (self.min_frac + (self.max_frac - self.min_frac) * u[:, 0]).mul(h).ceil().long().clamp(1, h)
@@ -215,13 +219,12 @@ class Inpainting(CaptionImageTask):
         rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
         inside = ((rows >= top[:, None, None]) & (rows < (top + hh)[:, None, None])
                   & (cols >= left[:, None, None]) & (cols < (left + ww)[:, None, None]))
-        return to_device(inside, device)
+        return inside
 
     def build(self, inputs, space, generator=None):
         tb = super().build(inputs, space, generator)
         b = len(tb.tokens)
-        tb.target[:, space.sequence.image] = self.region(b, space.sequence.grid, generator,
-                                                         tb.tokens.device).flatten(1)
+        tb.target[:, space.sequence.image] = self.region(b, space.sequence.grid, generator).flatten(1)
         return tb
 
 

@@ -31,7 +31,6 @@ from unigen.sampling.guidance import ClassifierFreeGuidance
 from unigen.tokenizers.base import ImageTokenizer
 from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.frozen import FrozenImageTokenizer
-from unigen.training.reliability import non_finite_loss_error
 from unigen.training.unified_module import UnifiedModule
 from unigen.training.validation_sampling import _log_dir, _log_image
 from unigen.visual import captioned_grid, save_png
@@ -77,6 +76,8 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
     _generator = UnifiedModule._generator
     task_inputs = UnifiedModule.task_inputs
     configure_optimizers = UnifiedModule.configure_optimizers
+    configure_callbacks = UnifiedModule.configure_callbacks
+    _writes_step_logs = UnifiedModule._writes_step_logs
 
     # -- loss ----------------------------------------------------------------------------------------
     def next_token_loss(self, tb: TaskBatch, generator: torch.Generator | None) -> Tensor:
@@ -96,9 +97,8 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
         gen = self._generator(0)
         tb = self.task.build(self.task_inputs(batch), self.space, gen)
         loss = self.next_token_loss(tb, gen)
-        if not torch.isfinite(loss):  # before backward: the weights stay those of the last step
-            raise non_finite_loss_error(loss, self._trainer)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(tb.tokens))
+        if self._writes_step_logs():  # as UnifiedModule: no host read of the loss between logs
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(tb.tokens))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

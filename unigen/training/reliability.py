@@ -6,6 +6,8 @@
   (:func:`unigen.training.checkpoint.read_checkpoint`): a stranger's checkpoint cannot run code.
 * :class:`NonFiniteLossGuard` stops training at the first NaN/inf loss, before the bad gradients
   touch the weights, and names the step and the last good checkpoint (nothing newer is written).
+  On a GPU with a fused optimizer it does so without a host read per step (the bad update is
+  skipped on the device, the error raised at the next check).
 * :class:`ReseedEveryStep` reseeds the global RNGs (torch, NumPy, ``random``) from
   ``(seed, global_step, rank, micro-batch)`` before every training batch: randomness that does not
   take an explicit generator (dropout, k-means init, dead-code restarts) becomes a function of the
@@ -91,30 +93,134 @@ def last_good_checkpoint(trainer: L.Trainer | None) -> str | None:
     return max(found, key=os.path.getmtime) if found else None
 
 
-def non_finite_loss_error(loss: Tensor, trainer: L.Trainer | None) -> FloatingPointError:
-    """The error for a NaN/inf loss: which step, and where the last good weights are."""
+def non_finite_loss_error(loss: Tensor, trainer: L.Trainer | None, step: int | None = None
+                          ) -> FloatingPointError:
+    """The error for a NaN/inf loss: which step, and where the last good weights are.  ``step``:
+    the bad step when it was found later (deferred check); its update was skipped."""
     value = loss.detach().float().flatten()
     bad = value[~torch.isfinite(value)]
     shown = bad[0].item() if bad.numel() else value.sum().item()
-    step = f" at step {trainer.global_step}" if trainer is not None else ""
     ckpt = last_good_checkpoint(trainer)
     kept = (f"the last good checkpoint is {ckpt}" if ckpt
             else "no checkpoint had been written yet")
-    return FloatingPointError(f"non-finite training loss ({shown}){step}: training stopped before "
-                              f"the update and nothing new was saved; {kept}")
+    if step is None:
+        at = f" at step {trainer.global_step}" if trainer is not None else ""
+        return FloatingPointError(f"non-finite training loss ({shown}){at}: training stopped before "
+                                  f"the update and nothing new was saved; {kept}")
+    now = f", found at step {trainer.global_step}" if trainer is not None else ""
+    return FloatingPointError(f"non-finite training loss ({shown}) at step {step}: its update was "
+                              f"skipped and training stopped before saving anything newer{now}; "
+                              f"{kept}")
+
+
+def _skips_on_device(trainer: L.Trainer) -> bool:
+    """Whether a bad step's update can be dropped on the device: one process, one fused optimizer
+    (``found_inf``, the on-device skip of ``torch.amp.GradScaler``) and no grad scaler of its own."""
+    opts = trainer.optimizers
+    return (trainer.world_size == 1 and len(opts) == 1 and bool(opts[0].defaults.get("fused"))
+            and getattr(trainer.precision_plugin, "scaler", None) is None)
 
 
 class NonFiniteLossGuard(Callback):
-    """Stop at the first non-finite loss, before ``backward`` (so before the optimizer step).
+    """Stop at the first non-finite loss; its gradients never reach the weights.
+
+    *Immediate* check (losses on the CPU, or optimizers that cannot skip a step on the device): the
+    loss is read before ``backward`` and the error raised there.
+
+    *Deferred* check (a loss on an accelerator, one process, one fused optimizer, no grad scaler):
+    reading the loss every step would make the host wait for each forward pass before queuing the
+    backward and preparing the next batch (issue #8).  The flag stays on the device instead and is
+    handed to the fused optimizer as ``found_inf``, which drops that step's update in the kernel
+    (the skip ``GradScaler`` uses); the host reads the first bad step every ``check_every_n_steps``
+    (default: the trainer's ``log_every_n_steps``, where logging reads the device anyway), before
+    every checkpoint is written, at validation and at the end, and raises naming it.  A finite step
+    after a bad one trains normally, so the weights are never touched by a NaN.
 
     Raising makes Lightning stop without running ``ModelCheckpoint`` again, so the newest checkpoint
-    on disk is the last good one; the error names it and the step.  Works with automatic and
-    manual optimization (``manual_backward`` calls the same hook)."""
+    on disk is the last good one; the error names it and the step.  Works with automatic and manual
+    optimization (``manual_backward`` calls the same hook).
+
+    Args:
+        defer: ``None`` picks as above; ``True`` forces the deferred check (one clear error where
+            the optimizer cannot skip on the device), ``False`` the immediate one.
+        check_every_n_steps: how often the deferred check reads the device.
+    """
+
+    def __init__(self, defer: bool | None = None, check_every_n_steps: int | None = None) -> None:
+        if check_every_n_steps is not None and check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        self.defer = defer
+        self.check_every_n_steps = check_every_n_steps
+        self._pending: Tensor | None = None  # bad loss in the current accumulation window
+        self._first: Tensor | None = None  # [step of the first bad loss or -1, its value]
+
+    def _deferred(self, trainer: L.Trainer, loss: Tensor) -> bool:
+        if self.defer is False:
+            return False
+        skips = _skips_on_device(trainer)
+        if self.defer and not skips:
+            raise ValueError("NonFiniteLossGuard(defer=True) needs one process and one fused "
+                             "optimizer without a grad scaler (it skips bad updates via found_inf)")
+        return skips and (bool(self.defer) or loss.device.type != "cpu")
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            loss: Tensor) -> None:
-        if not bool(torch.isfinite(loss.detach()).all()):
-            raise non_finite_loss_error(loss, trainer)
+        loss = loss.detach()
+        if not self._deferred(trainer, loss):
+            if not bool(torch.isfinite(loss).all()):
+                raise non_finite_loss_error(loss, trainer)
+            return
+        bad = ~torch.isfinite(loss).all()
+        self._pending = bad if self._pending is None else self._pending | bad
+        if self._first is None:
+            self._first = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=loss.device)
+        new = bad & (self._first[0] < 0)
+        found = torch.stack((torch.full_like(self._first[0], trainer.global_step),
+                             loss.double().flatten()[0]))
+        self._first = torch.where(new, found, self._first)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        if self._pending is not None:
+            optimizer.found_inf = self._pending.float()  # fused kernels skip the update when 1
+            self._pending = None
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Raise if a deferred step had a non-finite loss (one host read)."""
+        if self._first is None:
+            return
+        step, value = self._first.tolist()
+        if step >= 0:
+            raise non_finite_loss_error(torch.tensor(value), trainer, step=int(step))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        for opt in trainer.optimizers:
+            if hasattr(opt, "found_inf"):  # stepped: do not leave a skip flag on the optimizer
+                del opt.found_inf
+        every = self.check_every_n_steps or max(1, trainer.log_every_n_steps)
+        if self._first is not None and (trainer.global_step % every == 0
+                                        or _checkpoints_at(trainer, trainer.global_step)):
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.check(trainer)  # before the file is written
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+
+def _checkpoints_at(trainer: L.Trainer, step: int) -> bool:
+    """Whether a step-interval ModelCheckpoint (weights-only ones included) saves at ``step``."""
+    return any(isinstance(cb, ModelCheckpoint) and cb._every_n_train_steps
+               and step % cb._every_n_train_steps == 0 for cb in trainer.checkpoint_callbacks)
 
 
 def step_seed(seed: int, *key: int) -> int:

@@ -29,7 +29,7 @@ from unigen.tokenizers.text import TextTokenizer
 from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.frozen import FrozenImageTokenizer
 from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_cosine
-from unigen.training.reliability import non_finite_loss_error, step_seed
+from unigen.training.reliability import NonFiniteLossGuard, step_seed
 from unigen.transfer import to_device
 
 Noise = torch.Generator | list[torch.Generator]  # one per batch, or one per sample
@@ -208,8 +208,12 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                        ) -> tuple[Tensor, Tensor]:
         """Mask, predict, score.  ``assignment`` [B] (each row's task index, on the CPU) turns on
         the ``tasks`` loss reduction when the recipe asks for it.  Returns (loss, per-row mean CE
-        [B])."""
-        hp, mask_id = self.hparams, self.space.mask_id
+        [B]).
+
+        Every choice is made on the host (the task batch's masks live there) and copied to the
+        device without waiting for it: picking the masked positions on the GPU (``nonzero``)
+        would hold the host until the forward pass could start, every step (issue #8)."""
+        hp, mask_id, device = self.hparams, self.space.mask_id, tb.tokens.device
         masked, t = self._mask(tb.target, generator)
         if hp.loss == "elbo":
             weight = self.noiser.schedule.loss_weight(t)
@@ -225,19 +229,21 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             tokens, target, cond, prefix = (torch.cat((x, x)) for x in (tokens, target, cond, prefix))
             masked = torch.cat((masked, comp))
             weight = torch.cat((weight, comp_weight.to(weight)))
-        inputs = tokens.masked_fill(masked, mask_id)
+        rows, cols = masked.nonzero(as_tuple=True)
+        inputs = tokens.masked_fill(to_device(masked, device), mask_id)
         if hp.cond_dropout > 0:
             inputs = self._drop_condition(inputs, cond, generator)
-        hidden = self.net.hidden_states(inputs, prefix if hp.prefix_attention else None)
-        rows, cols = masked.nonzero(as_tuple=True)
+        hidden = self.net.hidden_states(inputs, to_device(prefix, device) if hp.prefix_attention else None)
+        rows, cols = to_device(rows, device), to_device(cols, device)
         logits = self.net.logits(hidden[rows, cols], self.net.modality[cols])
         row_task = task_weight = None
         if self.task_loss_weight is not None and assignment is not None:
             copies = len(tokens) // len(assignment)  # complementary masking doubled the rows
-            row_task = to_device(assignment.repeat(copies), hidden.device)
+            row_task = to_device(assignment.repeat(copies), device)
             task_weight = self.task_loss_weight
-        loss, per_row = masked_token_loss(logits, tokens[rows, cols], rows, weight.to(hidden.device),
-                                          target.sum(1), hp.loss, row_task, task_weight)
+        loss, per_row = masked_token_loss(logits, tokens[rows, cols], rows, to_device(weight, device),
+                                          to_device(target.sum(1), device), hp.loss, row_task,
+                                          task_weight)
         if hp.complementary_masking:
             half = per_row.shape[0] // 2
             per_row = (per_row[:half] + per_row[half:]) / 2
@@ -263,11 +269,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         gen = self._sample_generators(batch) if self.hparams.get("per_sample_noise") else self._generator(0)
         tb, assignment = self._build_tasks(self.task_inputs(batch), gen)
         loss, per_row = self.diffusion_loss(tb, gen, assignment)
-        if not torch.isfinite(loss):  # before backward: the weights stay those of the last step
-            raise non_finite_loss_error(loss, self._trainer)
-        b = len(per_row)
-        self.log("train/loss", loss, prog_bar=True, batch_size=b)
         if self._writes_step_logs():
+            # only where the logger writes: the progress bar reads every value logged, and each read
+            # makes the host wait for the GPU (the bar then refreshes its loss at these steps)
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(per_row))
             self._log_task_losses("train", per_row.detach(), assignment)
         return loss
 
@@ -297,6 +302,11 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         self._val_batch = None
 
     # -- optimisation --------------------------------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The NaN guard comes with the module, whatever builds the Trainer (``unigen fit`` installs
+        it too): on a GPU it checks without a host read per step."""
+        return [NonFiniteLossGuard()]
+
     def configure_optimizers(self):
         hp = self.hparams
         opt = build_adamw(self.net, hp.lr, hp.weight_decay, tuple(hp.betas))
