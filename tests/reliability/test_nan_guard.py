@@ -173,3 +173,18 @@ def test_fit_reports_the_step_and_checkpoint_in_one_line(recipe, tokenizer_dirs,
     assert str(last) in errors[0]
     assert read_checkpoint(last)["global_step"] == 2
     assert not (root / "export").exists(), "a run stopped by a NaN exports nothing"
+
+
+def test_unified_module_brings_its_guard_and_keeps_the_trainers(tokenizer_dirs, tmp_path):
+    """A plain Trainer gets the guard from the module; one already on the Trainer (as ``unigen
+    fit`` installs, or a recipe's own settings) is kept, not replaced."""
+    from unigen.training.unified_module import UnifiedModule
+
+    module = UnifiedModule(image_size=32, max_text_len=24, dim=32, depth=1, heads=2, **tokenizer_dirs)
+    plain = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path)
+    module.trainer = plain
+    assert [type(cb) for cb in module.configure_callbacks()] == [NonFiniteLossGuard]
+    own = NonFiniteLossGuard(defer=False, check_every_n_steps=7)
+    hardened = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, callbacks=[own])
+    module.trainer = hardened
+    assert module.configure_callbacks() == []

@@ -303,8 +303,12 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
 
     # -- optimisation --------------------------------------------------------------------------------
     def configure_callbacks(self) -> list[L.Callback]:
-        """The NaN guard comes with the module, whatever builds the Trainer (``unigen fit`` installs
-        it too): on a GPU it checks without a host read per step."""
+        """The NaN guard comes with the module, whatever builds the Trainer (on a GPU it checks
+        without a host read per step); a guard the Trainer has already (``unigen fit`` installs
+        one, a recipe may configure its own) is kept."""
+        trainer = self._trainer
+        if trainer is not None and any(isinstance(cb, NonFiniteLossGuard) for cb in trainer.callbacks):
+            return []
         return [NonFiniteLossGuard()]
 
     def configure_optimizers(self):
