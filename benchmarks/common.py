@@ -38,6 +38,10 @@ class ModelSize:
 SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(64, 2, 4, (8, 5, 5, 5), 32, 16),
     "small": ModelSize(256, 6, 4, (8, 5, 5, 5), 32, 16),
+    # the GPU legs' compact shapes model (recipes/presets/unified_compact.yaml, batch 256 of
+    # unified_task_balance.yaml): 20M in blocks + head, 26M with the token table; its recipe's text
+    # segment is 40 long, MAX_TEXT_LEN here
+    "compact": ModelSize(384, 8, 6, (8, 8, 8, 6, 5), 64, 256),
     "34m": ModelSize(512, 10, 8, (7, 5, 5, 5, 5), 64, 64),
     "219m": ModelSize(1024, 16, 16, (8, 8, 8, 6, 5), 128, 32),
     "1b": ModelSize(2048, 20, 16, (8, 8, 8, 6, 5), 128, 16),

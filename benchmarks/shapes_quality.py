@@ -300,12 +300,15 @@ def timed_fit(name: str, recipes: Sequence[str], common: list[str], work: Path, 
               ) -> dict[str, Any]:
     """Calibrate (unless ``steps`` is given), plan max_steps into the stage's budget, fit and
     export."""
+    from unigen.training.compilation import compile_mode
+
     recipe = merged_recipe(recipes)
     cap = int(dig(recipe, "trainer.max_steps", 10 ** 9) or 10 ** 9)
     warmup = dig(recipe, "model.init_args.warmup_steps")
-    compiled = bool(dig(recipe, "model.init_args.compile", False))
+    mode = compile_mode(dig(recipe, "model.init_args.compile", False))
+    compiled = mode is not None
     info: dict[str, Any] = {"recipes": list(recipes), "recipe_max_steps": cap,
-                            "budget_s": round(budget_s, 1), "compiled": compiled}
+                            "budget_s": round(budget_s, 1), "compiled": compiled, "compile_mode": mode}
     no_val = [] if opts.validate else ["--trainer.limit_val_batches", "0",
                                        "--trainer.num_sanity_val_steps", "0"]
     left = lambda: budget_s - (time.perf_counter() - stage_start)  # noqa: E731
@@ -313,32 +316,62 @@ def timed_fit(name: str, recipes: Sequence[str], common: list[str], work: Path, 
         timed_steps = opts.calibration_warmup + opts.calibration_steps
         profile_steps = opts.profile_steps if name == "unified" else 0
         cal_steps = timed_steps + profile_steps
-        timer = work / f"{name}_calibration" / "step_times.json"
-        profile_path = work / f"{name}_calibration" / "profile.txt"
-        profiler = ([{"class_path": "benchmarks.shapes_quality.StepProfiler",
-                      "init_args": {"path": str(profile_path), "first": timed_steps,
-                                    "count": profile_steps}}] if profile_steps else [])
+        # --compile-modes: calibrate each mode and fit with the fastest (the unified stage only)
+        trial_modes = list(opts.compile_modes or []) if name == "unified" and compiled else []
 
-        def calibrate() -> tuple[int, float]:
-            args = fit_args(recipes, work / f"{name}_calibration", cal_steps, max(left(), 1.0),
-                            timer, f"{name} calibration",
-                            [*common, "--trainer.limit_val_batches", "0",
+        def calibrate(label: str, mode_args: list[str]) -> tuple[int, float, list[float], Path]:
+            run_dir = work / f"{name}_calibration{label}"
+            timer, profile_path = run_dir / "step_times.json", run_dir / "profile.txt"
+            profiler = ([{"class_path": "benchmarks.shapes_quality.StepProfiler",
+                          "init_args": {"path": str(profile_path), "first": timed_steps,
+                                        "count": profile_steps}}] if profile_steps else [])
+            args = fit_args(recipes, run_dir, cal_steps, max(left(), 1.0), timer,
+                            f"{name} calibration{label}",
+                            [*common, *mode_args, "--trainer.limit_val_batches", "0",
                              "--trainer.num_sanity_val_steps", "0"], recipe, None, profiler)
-            return run_fit(args)
+            done, wall = run_fit(args)
+            return done, wall, json.loads(timer.read_text())["times"], profile_path
 
-        try:
-            done, wall = calibrate()
-        except Exception as err:  # a one-shot GPU run should not die of a compiler error
-            if not compiled:
-                raise
-            print(f"=== {name}: calibration with torch.compile failed ({err!r}); again without",
+        if trial_modes:
+            trials: dict[str, Any] = {}
+            for trial in trial_modes:
+                try:
+                    result = calibrate(f"_{trial}", ["--model.init_args.compile", trial])
+                except Exception as err:  # e.g. CUDA graphs refused: the other modes still run
+                    print(f"=== {name}: calibration with compile {trial} failed ({err!r})", flush=True)
+                    torch._dynamo.reset()
+                    trials[trial] = {"error": repr(err)[:2000]}
+                    continue
+                trials[trial] = {"result": result,
+                                 "step_s": step_seconds(result[2][:timed_steps], opts.calibration_warmup)}
+            timed = {m: t["step_s"] for m, t in trials.items() if t.get("step_s")}
+            if not timed:
+                raise RuntimeError(f"{name}: every --compile-modes calibration failed: "
+                                   + "; ".join(t.get("error", "too few steps") for t in trials.values()))
+            mode = min(timed, key=timed.get)
+            done, wall, times, profile_path = trials[mode]["result"]
+            common = [*common, "--model.init_args.compile", mode]
+            info["compile_mode"] = mode
+            info["compile_trials"] = {m: ({"step_s": round(t["step_s"], 5)} if t.get("step_s")
+                                          else {"error": t.get("error", "too few steps")})
+                                      for m, t in trials.items()}
+            print(f"=== {name}: compile mode {mode} ("
+                  + ", ".join(f"{m} {1e3 * s:.1f} ms" for m, s in timed.items()) + " a step)",
                   flush=True)
-            torch._dynamo.reset()
-            info["compile_error"] = repr(err)[:2000]
-            common = [*common, "--model.init_args.compile", "false"]
-            compiled = info["compiled"] = False
-            done, wall = calibrate()
-        times = json.loads(timer.read_text())["times"]
+        else:
+            try:
+                done, wall, times, profile_path = calibrate("", [])
+            except Exception as err:  # a one-shot GPU run should not die of a compiler error
+                if not compiled:
+                    raise
+                print(f"=== {name}: calibration with torch.compile failed ({err!r}); again without",
+                      flush=True)
+                torch._dynamo.reset()
+                info["compile_error"] = repr(err)[:2000]
+                common = [*common, "--model.init_args.compile", "false"]
+                compiled = info["compiled"] = False
+                info["compile_mode"] = None
+                done, wall, times, profile_path = calibrate("", [])
         if profile_steps and profile_path.is_file():
             info["profile"] = profile_path.read_text()
         # the profiled steps run slower: plan from the timed ones (their overhead stays counted)
@@ -567,6 +600,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=0,
                    help="torch.profiler over this many unified calibration steps after the timed "
                         "ones; the operator tables go into the JSON (stages.unified.profile)")
+    p.add_argument("--compile-modes", type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+                   default=None,
+                   help="torch.compile modes to calibrate the (compiled) unified model with, e.g. "
+                        "default,reduce-overhead; the fit uses the fastest, the JSON lists each "
+                        "mode's step time (compile_trials)")
     p.add_argument("--validate", action="store_true",
                    help="keep the recipes' validation inside the timed fits (default off)")
     p.add_argument("--tokenizer-recipe", action="append", default=None,
@@ -598,6 +636,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.init_unified and args.image_tokenizer:
         p.error("--init-unified brings its own image tokenizer; drop --image-tokenizer")
+    from unigen.training.compilation import COMPILE_MODES
+
+    unknown = [m for m in args.compile_modes or [] if m not in COMPILE_MODES]
+    if unknown:
+        p.error(f"--compile-modes takes modes of {list(COMPILE_MODES)}, got {unknown}")
     if args.smoke:
         args.device = "cpu"
     defaults = {"minutes": (9.0, 1.0), "calibration_warmup": (10, 1), "calibration_steps": (30, 2),

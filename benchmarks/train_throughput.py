@@ -13,6 +13,8 @@ raw-image loader (+ tokenizer encode), next to the compute time per step.
 
     python benchmarks/train_throughput.py --size tiny --device cpu --loader
     python benchmarks/train_throughput.py --size 219m --device cuda --precision bf16-mixed --compile
+    python benchmarks/train_throughput.py --size compact --device cuda --precision bf16-mixed --compile \
+        --no-eager --compile-mode default,reduce-overhead   # CUDA graphs vs not, the GPU leg's model
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from benchmarks.common import (
 from benchmarks.flops import (
     TransformerShape, datasheet_peak, forward_flops, measure_matmul_peak, mfu, synchronize,
 )
+from unigen.training.compilation import COMPILE_MODES, compile_mode, mark_step_begin
 from unigen.training.optim import build_adamw, warmup_cosine
 
 DEFAULT_TASKS = "t2i=1,caption=0.5,vqa=1,joint=0.25,inpaint=0.25"
@@ -60,6 +63,16 @@ def parse_tasks(text: str) -> dict[str, float]:
             raise ValueError(f"--tasks entries look like name=ratio, got {item!r}")
         tasks[name.strip()] = float(ratio)
     return tasks
+
+
+def mode_label(mode: str) -> str:
+    """A run's ``mode`` in the results: ``compile`` for the default mode (as in earlier results)."""
+    return "compile" if mode == "default" else f"compile:{mode}"
+
+
+def compile_option(label: str) -> bool | str:
+    """The modules' ``compile`` option for a run's ``mode`` label."""
+    return False if label == "eager" else label.partition(":")[2] or True
 
 
 class HeadPositions:
@@ -80,7 +93,7 @@ class HeadPositions:
 @dataclass
 class LoopResult:
     loop: str  # "plain" | "lightning"
-    mode: str  # "eager" | "compile"
+    mode: str  # "eager" | "compile" (default mode) | "compile:<mode>", e.g. compile:reduce-overhead
     steps: int
     seconds: float  # wall clock over the timed steps
     cpu_seconds: float  # this process's CPU time over them: robust to other load on a shared CPU
@@ -115,6 +128,7 @@ def run_plain(module, loader: DataLoader, device: torch.device, precision: str, 
         if step == warmup:
             synchronize(device)
             start, cpu_start, counter.count = time.perf_counter(), time.process_time(), 0
+        mark_step_begin(hp.compile)  # as the modules' on_train_batch_start
         batch = to_device(next(batches), device)
         gen = torch.Generator().manual_seed(step)
         with autocast(device, precision):
@@ -170,7 +184,8 @@ RUNNERS = {"plain": run_plain, "lightning": run_lightning}
 
 def summarize(results: list[LoopResult], shape: TransformerShape, batch: int, peak: float,
               datasheet: float | None) -> list[dict[str, Any]]:
-    """One row per (mode, loop): median step time, tokens/s, model TFLOP/s, MFU."""
+    """One row per (mode, loop): median step time, tokens/s, model TFLOP/s, MFU; ``over_first_mode``
+    is the throughput against the same loop in the first mode (eager, or the first compile mode)."""
     rows = []
     for mode in dict.fromkeys(r.mode for r in results):
         for loop in ("plain", "lightning"):
@@ -190,6 +205,9 @@ def summarize(results: list[LoopResult], shape: TransformerShape, batch: int, pe
         lightning["lightning_over_plain"] = lightning["tokens_per_s"] / plain["tokens_per_s"]
         # throughput ratio from CPU time: what a loaded CPU's wall clock blurs (CPU runs only)
         lightning["lightning_over_plain_cpu_time"] = plain["cpu_ms_per_step"] / lightning["cpu_ms_per_step"]
+    for row in rows:
+        row["over_first_mode"] = row["tokens_per_s"] / next(
+            r["tokens_per_s"] for r in rows if r["loop"] == row["loop"])
     return rows
 
 
@@ -238,6 +256,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=2, help="runs per loop, alternating which goes first")
     parser.add_argument("--compile", action="store_true", help="also run with torch.compile (slow to start on CPU)")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager runs (with --compile)")
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile mode(s) for --compile, comma-separated, each run in turn: "
+                             f"{', '.join(COMPILE_MODES)} (reduce-overhead: CUDA graphs)")
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="task mixture, name=ratio,...")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--loader", action="store_true", help="add the data-loading check")
@@ -252,7 +273,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = SIZES[args.size]
     image_size = args.image_size or size.image_size
     batch = args.batch_size or size.batch_size
-    modes = ([] if args.no_eager else ["eager"]) + (["compile"] if args.compile else [])
+    compile_modes = [m.strip() for m in args.compile_mode.split(",") if m.strip()]
+    for m in compile_modes:
+        compile_mode(m)  # one error naming the choices
+    modes = ([] if args.no_eager else ["eager"]) + ([mode_label(m) for m in compile_modes]
+                                                    if args.compile else [])
     if not modes:
         raise SystemExit("--no-eager needs --compile: nothing to run")
     tasks = parse_tasks(args.tasks)
@@ -274,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for rep in range(args.repeats):
             for loop in (("plain", "lightning") if rep % 2 == 0 else ("lightning", "plain")):
                 module = build_module("masked", dirs, size, image_size, args.seed, tasks=tasks,
-                                      compile=mode == "compile")
+                                      compile=compile_option(mode))
                 loader = DataLoader(dataset, batch_size=batch, num_workers=args.num_workers,
                                     drop_last=True, pin_memory=device.type == "cuda")
                 results.append(RUNNERS[loop](module, loader, device, args.precision, args.steps,
@@ -282,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 del module, loader
     rows = summarize(results, shape, batch, peak, datasheet)
     print_table(rows, ["mode", "loop", "step_ms", "cpu_ms_per_step", "tokens_per_s", "model_tflops_per_s",
-                       "mfu_vs_measured_matmul", "peak_memory_mb", "lightning_over_plain",
+                       "mfu_vs_measured_matmul", "peak_memory_mb", "over_first_mode", "lightning_over_plain",
                        "lightning_over_plain_cpu_time"])
 
     payload: dict[str, Any] = {

@@ -9,7 +9,7 @@ import torch
 from benchmarks.common import SIZES, PretokenizedSamples
 from benchmarks.flops import TransformerShape, forward_flops
 from benchmarks.sampling import MASKED_SAMPLERS, Case, cases
-from benchmarks.train_throughput import LoopResult, parse_tasks, summarize
+from benchmarks.train_throughput import LoopResult, compile_option, mode_label, parse_tasks, summarize
 
 
 def test_parse_tasks():
@@ -41,6 +41,14 @@ def test_pretokenized_samples_are_a_function_of_the_seed():
     assert not torch.equal(a.codes, PretokenizedSamples(6, (4, 4), 1000, seed=2).codes)
 
 
+def test_compile_mode_labels_round_trip():
+    assert mode_label("default") == "compile"  # the label of every earlier result
+    assert mode_label("reduce-overhead") == "compile:reduce-overhead"
+    for mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"):
+        assert compile_option(mode_label(mode)) == (True if mode == "default" else mode)
+    assert compile_option("eager") is False
+
+
 def test_summarize_medians_and_ratio():
     shape = TransformerShape(dim=32, depth=2, mlp_hidden=128, seq_len=19, vocab_size=67)
     runs = [LoopResult("plain", "eager", 10, 1.0, 1.0, 100, None),
@@ -55,6 +63,11 @@ def test_summarize_medians_and_ratio():
     flops = 3 * forward_flops(shape, 4, 10)
     assert lightning["mfu_vs_measured_matmul"] == pytest.approx(flops / 0.125 / 1e9)
     assert lightning["mfu_vs_datasheet_bf16"] is None
+    assert plain["over_first_mode"] == lightning["over_first_mode"] == 1.0
+    graphs = summarize([*runs, LoopResult("plain", "compile:reduce-overhead", 10, 0.5, 0.5, 100, None),
+                        LoopResult("lightning", "compile:reduce-overhead", 10, 1.0, 0.6, 100, None)],
+                       shape, batch=4, peak=1e9, datasheet=None)
+    assert [r["over_first_mode"] for r in graphs[2:]] == pytest.approx([4.0, 1.25])
 
 
 def test_size_presets_are_what_their_names_say():
@@ -66,6 +79,7 @@ def test_size_presets_are_what_their_names_say():
         shape = TransformerShape(size.dim, size.depth, hidden, 0, text_vocab + math.prod(size.fsq_levels))
         return (shape.block_params + shape.head_params) / 1e6
 
+    assert 19 < millions(SIZES["compact"]) < 21  # 26M with the token table (not counted here)
     assert 30 < millions(SIZES["34m"]) < 38
     assert 200 < millions(SIZES["219m"]) < 240
     assert 950 < millions(SIZES["1b"]) < 1100

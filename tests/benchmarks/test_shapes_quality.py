@@ -135,6 +135,45 @@ def test_a_compile_failure_in_calibration_falls_back_to_eager(tmp_path, monkeypa
     assert unified["steps_done"] == unified["steps_planned"] and saved["complete"]
 
 
+def test_compile_modes_are_calibrated_and_the_fastest_fits(tmp_path, monkeypatch):
+    import time
+
+    from unigen.modules.transformer import Block
+
+    def fake_compile(self, mode=None):  # stand-ins: a fast mode, a slow one, one that fails
+        eager = self.forward
+
+        def slow(*a, **k):
+            time.sleep(0.02)
+            return eager(*a, **k)
+
+        def fail(*a, **k):
+            raise RuntimeError("simulated CUDA graph error")
+
+        self.forward = {None: eager, "max-autotune-no-cudagraphs": slow, "reduce-overhead": fail}[mode]
+
+    monkeypatch.setattr(Block, "compile", fake_compile)
+    compiled = tmp_path / "compile.yaml"
+    compiled.write_text("model:\n  init_args:\n    compile: true\n")
+    saved = main(["--smoke", "--minutes", "5", "--tokenizer-steps", "2",
+                  "--unified-recipe", "recipes/debug/unified_debug.yaml",
+                  "--unified-recipe", str(compiled), "--calibration-steps", "3",
+                  "--compile-modes", "max-autotune-no-cudagraphs,reduce-overhead,default",
+                  "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "r.json")])
+    unified = saved["stages"]["unified"]
+    trials = unified["compile_trials"]
+    assert "simulated CUDA graph error" in trials["reduce-overhead"]["error"]
+    assert trials["max-autotune-no-cudagraphs"]["step_s"] > trials["default"]["step_s"]
+    assert unified["compile_mode"] == "default" and unified["compiled"]
+    cmd = unified["command"]
+    last = len(cmd) - 1 - cmd[::-1].index("--model.init_args.compile")  # the fit's, after the recipes
+    assert cmd[last + 1] == "default"
+    assert unified["calibration"]["step_s"] == trials["default"]["step_s"]
+    assert unified["steps_done"] == unified["steps_planned"] and saved["complete"]
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--compile-modes", "reduce_overhead"])
+
+
 def test_a_returned_model_continues_in_the_next_run(tmp_path, monkeypatch):
     import subprocess
 

@@ -30,6 +30,7 @@ from unigen.sampling.autoregressive import generate_image_tokens
 from unigen.sampling.guidance import ClassifierFreeGuidance
 from unigen.tokenizers.base import ImageTokenizer
 from unigen.training.checkpoint import RecordsClassPath
+from unigen.training.compilation import compile_mode
 from unigen.training.frozen import FrozenImageTokenizer
 from unigen.training.unified_module import UnifiedModule
 from unigen.training.validation_sampling import _log_dir, _log_image
@@ -47,7 +48,7 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
         dim, depth, heads, mlp_ratio, qk_norm, position, head, dropout: the transformer.
         cond_dropout: probability of replacing a row's prompt by ``<mask>`` (classifier-free guidance).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
-        compile: ``torch.compile`` each transformer block.
+        compile: ``torch.compile`` each transformer block: ``true`` or a mode name.
         seed: seeds the per-step generators (condition dropout): exact resume on CPU.
         val_sampling: ``{num_samples, guidance_scale, temperature, top_k, seed}`` for the sample grid
             and checker accuracy logged at validation; ``{}`` turns it off.
@@ -58,11 +59,12 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
                  mlp_ratio: float = 4.0, qk_norm: bool = True, position: str = "learned",
                  head: str = "shared", dropout: float = 0.0, cond_dropout: float = 0.1,
                  lr: float = 3e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup_steps: int = 100, min_lr_ratio: float = 0.1, compile: bool = False,
+                 warmup_steps: int = 100, min_lr_ratio: float = 0.1, compile: bool | str = False,
                  seed: int = 0, val_sampling: dict[str, Any] | None = None) -> None:
         super().__init__()
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        compile_mode(compile)
         self.save_hyperparameters()
         # the masked model's own t2i task: identical token layout and condition segment
         self.task = TASKS.get("t2i")()
@@ -78,6 +80,7 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
     configure_optimizers = UnifiedModule.configure_optimizers
     configure_callbacks = UnifiedModule.configure_callbacks
     _writes_step_logs = UnifiedModule._writes_step_logs
+    on_train_batch_start = UnifiedModule.on_train_batch_start
 
     # -- loss ----------------------------------------------------------------------------------------
     def next_token_loss(self, tb: TaskBatch, generator: torch.Generator | None) -> Tensor:

@@ -27,6 +27,7 @@ from unigen.modules.transformer import UnifiedTransformer
 from unigen.tokenizers.base import ImageTokenizer
 from unigen.tokenizers.text import TextTokenizer
 from unigen.training.checkpoint import RecordsClassPath
+from unigen.training.compilation import compile_blocks, compile_mode, mark_step_begin
 from unigen.training.frozen import FrozenImageTokenizer
 from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_cosine
 from unigen.training.reliability import NonFiniteLossGuard, step_seed
@@ -65,7 +66,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         cond_dropout: probability of dropping a row's whole condition (classifier-free guidance).
         prefix_attention: condition positions attend only to the condition (enables the prefix cache).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
-        compile: ``torch.compile`` each transformer block.
+        compile: ``torch.compile`` each transformer block: ``true`` (default mode) or a mode name,
+            e.g. ``reduce-overhead`` (CUDA graphs; :mod:`unigen.training.compilation`).
         seed: seeds the per-step generators (task mixing, masking, dropout): exact resume on CPU.
         val_sampling: options for the sample grids and metrics logged at validation (see
             :meth:`validation_sampling`); ``{}`` turns them off.
@@ -89,7 +91,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  loss: str = "ce", complementary_masking: bool = False, cond_dropout: float = 0.1,
                  prefix_attention: bool = True, lr: float = 3e-4, weight_decay: float = 0.05,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100,
-                 min_lr_ratio: float = 0.1, compile: bool = False, seed: int = 0,
+                 min_lr_ratio: float = 0.1, compile: bool | str = False, seed: int = 0,
                  val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False,
                  init_weights: str | None = None, question_slot: int = 0,
                  loss_reduction: str = "tokens", task_loss_weights: dict[str, float] | None = None,
@@ -101,6 +103,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        compile_mode(compile)  # an unknown mode fails here, not when the model is built
         self.save_hyperparameters()
         self.mixture = TaskMixture(tasks or {"t2i": 1.0}, task_kwargs)
         # a buffer, so it is on the training device without a copy every step (not checkpointed)
@@ -131,9 +134,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             from unigen.pipeline import load_transformer_weights
 
             load_transformer_weights(self.net, hp.init_weights)
-        if hp.compile:
-            for block in self.net.blocks:
-                block.compile()
+        compile_blocks(self.net.blocks, hp.compile)
 
     def check_state_shapes(self, state_dict) -> None:
         """One clear error when a checkpoint was trained with other tokenizers (torch would raise
@@ -264,6 +265,9 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         logged only on these steps."""
         trainer = self._trainer
         return trainer is None or trainer._logger_connector.should_update_logs
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        mark_step_begin(self.hparams.compile)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         gen = self._sample_generators(batch) if self.hparams.get("per_sample_noise") else self._generator(0)
