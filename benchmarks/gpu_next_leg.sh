@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The next leg of issue #5's GPU training, whatever this checkout kept (one command; see
+# docs/performance.md, "Next lent GPU").  It looks for, in this order:
+#   1. a returned model (runs/gpu_models/model_bf16, from --return-model): the unified model
+#      continues from its weights (--init-unified);
+#   2. the shipped CPU-trained image tokenizer (runs/tokenizers/fsq_shapes_default, 21 CPU minutes:
+#      unigen fit --config recipes/tokenizer_fsq_shapes.yaml --export_dir runs/tokenizers/fsq_shapes_default):
+#      a first leg from fresh weights with it;
+#   3. neither: a first leg that also trains that tokenizer recipe (the CPU recipe, validated at
+#      37.8 dB; its steps are planned into the tokenizer share).
+# The git-ignored runs/ folder is not guaranteed to survive between sessions (on 2026-11-27 a
+# fresh checkout lost the 12.3-minute model), so the leg never assumes it did.
+#
+#   MINUTES=8.2 EXTRA_S=50 bash benchmarks/gpu_next_leg.sh        # on the GPU machine
+#   DRY_RUN=1 bash benchmarks/gpu_next_leg.sh                     # print the command, run nothing
+#
+# Extra arguments go to benchmarks/shapes_quality.py (e.g. --compile-modes default,reduce-overhead).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-runs/gpu_models/model_bf16}
+TOKENIZER=${TOKENIZER:-runs/tokenizers/fsq_shapes_default}
+
+recipes=(--unified-recipe recipes/unified_shapes.yaml --unified-recipe recipes/presets/gpu_bf16.yaml
+         --unified-recipe recipes/presets/unified_compact.yaml
+         --unified-recipe recipes/presets/unified_task_balance.yaml
+         --unified-recipe recipes/presets/unified_t2i_weight.yaml)
+if [ -f "$MODEL/training_history.json" ]; then
+  start=(--init-unified "$MODEL" --tokenizer-share 0.02 --unified-share 0.86 --eval-share 0.12)
+  what="continues $MODEL"
+elif [ -f "$TOKENIZER/config.json" ]; then
+  start=(--image-tokenizer "$TOKENIZER" --tokenizer-share 0.02 --unified-share 0.86 --eval-share 0.12)
+  what="first leg with the tokenizer $TOKENIZER"
+else
+  start=(--tokenizer-recipe recipes/tokenizer_fsq_shapes.yaml --tokenizer-share 0.2
+         --unified-share 0.68 --eval-share 0.12)
+  what="first leg, tokenizer trained here (no $MODEL, no $TOKENIZER)"
+fi
+cmd=(bash benchmarks/gpu_quality.sh "${start[@]}" "${recipes[@]}" --eval-batch-size 64
+     --return-model --profile-steps 5 "$@")
+echo "gpu_next_leg: $what"
+echo "gpu_next_leg: ${cmd[*]}"
+[ -n "${DRY_RUN:-}" ] && exit 0
+exec "${cmd[@]}"

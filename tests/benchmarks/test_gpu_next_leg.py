@@ -1,0 +1,51 @@
+"""benchmarks/gpu_next_leg.sh: which leg it runs for what the checkout kept, and that the command it
+would run parses (a lent GPU session has no minutes for a typo)."""
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks.shapes_quality import parse_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dry_run(tmp_path, model=False, tokenizer=False):
+    model_dir, tokenizer_dir = tmp_path / "model", tmp_path / "tokenizer"
+    if model:
+        model_dir.mkdir()
+        (model_dir / "training_history.json").write_text("{}")
+    if tokenizer:
+        tokenizer_dir.mkdir()
+        (tokenizer_dir / "config.json").write_text("{}")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_next_leg.sh"), "--compile-modes",
+                           "default,reduce-overhead"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "MODEL": str(model_dir),
+                               "TOKENIZER": str(tokenizer_dir)})
+    assert proc.returncode == 0, proc.stderr
+    what, command = (line.split(": ", 1)[1] for line in proc.stdout.splitlines())
+    args = shlex.split(command)
+    assert args[:2] == ["bash", "benchmarks/gpu_quality.sh"]
+    return what, parse_args(args[2:]), model_dir, tokenizer_dir
+
+
+@pytest.mark.parametrize("kept", ["model", "model_and_tokenizer", "tokenizer", "nothing"])
+def test_the_leg_starts_from_what_the_checkout_kept(tmp_path, kept):
+    what, args, model_dir, tokenizer_dir = dry_run(tmp_path, model="model" in kept,
+                                                   tokenizer="tokenizer" in kept)
+    if "model" in kept:
+        assert args.init_unified == str(model_dir) and args.image_tokenizer is None
+        assert what.startswith("continues")
+    elif kept == "tokenizer":
+        assert args.image_tokenizer == str(tokenizer_dir) and args.init_unified is None
+    else:
+        assert args.init_unified is None and args.image_tokenizer is None
+        assert args.tokenizer_recipe == ["recipes/tokenizer_fsq_shapes.yaml"]
+        assert args.shares["tokenizer"] == pytest.approx(0.2)
+    assert sum(args.shares.values()) == pytest.approx(1.0)
+    assert args.return_model and args.profile_steps == 5
+    assert args.compile_modes == ["default", "reduce-overhead"]  # extra arguments pass through
+    assert all((ROOT / recipe).is_file() for recipe in args.unified_recipe)
+    assert args.unified_recipe[-1] == "recipes/presets/unified_t2i_weight.yaml"
