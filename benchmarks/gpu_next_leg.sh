@@ -3,11 +3,10 @@
 # docs/performance.md, "Next lent GPU").  It looks for, in this order:
 #   1. a returned model (runs/gpu_models/model_bf16, from --return-model): the unified model
 #      continues from its weights (--init-unified);
-#   2. the shipped CPU-trained image tokenizer (runs/tokenizers/fsq_shapes_default, 21 CPU minutes:
-#      unigen fit --config recipes/tokenizer_fsq_shapes.yaml --export_dir runs/tokenizers/fsq_shapes_default):
-#      a first leg from fresh weights with it;
-#   3. neither: a first leg that also trains that tokenizer recipe (the CPU recipe, validated at
-#      37.8 dB; its steps are planned into the tokenizer share).
+#   2. the image tokenizer (TOKENIZER, default the tracked assets/tokenizers/fsq_shapes, trained by
+#      recipes/tokenizer_fsq_shapes.yaml on a CPU, 37.9 dB): a first leg from fresh weights with it;
+#   3. neither (TOKENIZER pointed at a missing folder): a first leg that also trains that tokenizer
+#      recipe (its steps are planned into the tokenizer share).
 # The git-ignored runs/ folder is not guaranteed to survive between sessions (on 2026-11-27 a
 # fresh checkout lost the 12.3-minute model), so the leg never assumes it did.
 #
@@ -18,7 +17,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-runs/gpu_models/model_bf16}
-TOKENIZER=${TOKENIZER:-runs/tokenizers/fsq_shapes_default}
+TOKENIZER=${TOKENIZER:-assets/tokenizers/fsq_shapes}
 
 recipes=(--unified-recipe recipes/unified_shapes.yaml --unified-recipe recipes/presets/gpu_bf16.yaml
          --unified-recipe recipes/presets/unified_compact.yaml
