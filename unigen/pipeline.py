@@ -10,7 +10,8 @@ A pipeline directory (``save_pretrained``) holds::
 
 Randomness: every call takes ``seed`` (sample ``i`` uses ``seed + i``) or explicit ``generator``\\s;
 with one generator per sample, a sample's output does not depend on the rest of its batch, up to
-floating-point differences between batched matrix kernels (exact on CPU in our tests).
+floating-point differences between batched matrix kernels: on the CPU the sampled codes are
+identical and the decoded pixels agree to about 1e-6 (the decoder's batched convolutions).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from unigen.tokenizers.text import TextTokenizer
 
 FORMAT_VERSION = 1
 KIND = "masked"  # pipeline.json "kind": which pipeline class reads the directory
+IMAGE_OUTPUTS = ("pil", "tensor", "codes")
 
 # Reading an image is a prediction, not a draw: captions and answers decode greedily, revealing
 # every token the model is sure of at once (Dimple, Yu et al. 2025; Fast-dLLM, Wu et al. 2025;
@@ -275,8 +277,15 @@ class UnifiedPipeline:
         return (output, calls) if return_calls else output
 
     def _image_output(self, tokens: Tensor, output: str, calls: list[int], return_calls: bool) -> Any:
-        """Pixels of the image segment of ``tokens``: PIL images or a tensor, plus ``calls``."""
-        images = self.image_tokenizer.decode(self.space.image_codes(tokens))
+        """The image segment of ``tokens`` as ``output`` says: ``pil`` images, a pixel ``tensor``
+        [B, 3, H, W] in [0, 1], or the image tokenizer's ``codes`` [B, h, w] (no decoding), plus
+        ``calls``."""
+        if output not in IMAGE_OUTPUTS:
+            raise ValueError(f"output must be one of {IMAGE_OUTPUTS}, got {output!r}")
+        codes = self.space.image_codes(tokens)
+        if output == "codes":
+            return self._with_calls(codes, calls, return_calls)
+        images = self.image_tokenizer.decode(codes)
         return self._with_calls(tensor_to_pil(images) if output == "pil" else images, calls,
                                 return_calls)
 

@@ -30,10 +30,15 @@ def test_same_seed_same_images_different_seed_differs(pipe):
 
 
 def test_batch_invariance_with_per_sample_seeds(pipe):
-    alone = pipe.text_to_image(["a red circle"], num_steps=4, seed=[7], output="tensor")
-    batch = pipe.text_to_image(["two blue squares", "a red circle", "a green star"], num_steps=4,
-                               seed=[1, 7, 2], output="tensor")
-    assert torch.allclose(alone[0], batch[1], atol=1e-6)
+    prompts, seeds = ["two blue squares", "a red circle", "a green star"], [1, 7, 2]
+    alone = pipe.text_to_image(["a red circle"], num_steps=4, seed=[7], output="codes")
+    batch = pipe.text_to_image(prompts, num_steps=4, seed=seeds, output="codes")
+    assert alone.shape == (1, 8, 8) and torch.equal(alone[0], batch[1])  # the sampled codes: exact
+    # the pixels: the decoder's convolutions round differently at batch 1 and 3 on some CPUs
+    pixels = pipe.text_to_image(prompts, num_steps=4, seed=seeds, output="tensor")
+    assert torch.allclose(pipe.image_tokenizer.decode(alone)[0], pixels[1], atol=1e-5)
+    with pytest.raises(ValueError, match="output must be one of"):
+        pipe.text_to_image(["a red circle"], num_steps=4, output="png")
 
 
 @pytest.mark.parametrize("task", ["t2i", "caption", "vqa"])
