@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU check, about 8 minutes on an H100/H200 (9.7 at the time limits):
 #   1. train_throughput at 219m, bf16-mixed, eager and torch.compile: Lightning vs plain tokens/s,
-#      MFU, peak memory, and the data-loading check;
+#      MFU, peak memory, the data-loading check, and a profile of 3 compiled Lightning steps (ms
+#      per step by kind of work: matmul, attention, fused elementwise, loss, optimizer, copies);
 #   2. sampling at d512 (the 34m preset, 64x64 images = 256 tokens), batch 64, 16 steps: masked
 #      samplers vs the KV-cached autoregressive baseline, with and without prefix cache and CFG;
 #   3. sampler_overhead: one MaskGIT step's sampling work on 8x8 and 16x16 grids, unigen vs textbook;
@@ -27,7 +28,7 @@ run() {  # run NAME SECONDS ARGS...: one benchmark under a time limit; keep goin
   timeout "$limit" "$PY" "benchmarks/$name.py" "$@" || { echo "gpu_check: $name failed or timed out"; failed+=("$name"); }
 }
 run train_throughput 270 --size 219m --device cuda --precision bf16-mixed --compile \
-  --steps 15 --warmup 5 --repeats 1 --loader --num-workers 4
+  --steps 15 --warmup 5 --repeats 1 --loader --num-workers 4 --profile-steps 3
 run sampling 120 --size 34m --device cuda --precision bf16-mixed --batch-size 64 --steps 16 \
   --repeats 2 --warmup 1
 run sampler_overhead 60 --device cuda --shapes 64x64x15488,64x256x15488 --steps 4 --repeats 3

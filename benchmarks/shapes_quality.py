@@ -147,47 +147,6 @@ class StepTimer(L.Callback):
                                                "steps": trainer.global_step}))
 
 
-class StepProfiler(L.Callback):
-    """``torch.profiler`` over training steps ``first + 1 .. first + count`` (after the timed
-    calibration steps, so the profiler's overhead does not enter the planned step time); writes
-    the operators' totals, by device time and by host time, as text tables to ``path``."""
-
-    def __init__(self, path: str, first: int, count: int, rows: int = 30) -> None:
-        self.path, self.first, self.count, self.rows = path, first, count, rows
-        self._prof: Any = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.first and self._prof is None:
-            from torch.profiler import ProfilerActivity, profile
-
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
-                                                   if pl_module.device.type == "cuda" else [])
-            self._prof = profile(activities=activities)
-            self._prof.__enter__()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._prof is not None and trainer.global_step >= self.first + self.count:
-            self._finish(pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self._prof is not None:
-            self._finish(pl_module)
-
-    def _finish(self, pl_module) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        prof, self._prof = self._prof, None
-        prof.__exit__(None, None, None)
-        averages = prof.key_averages()
-        device_key = "device_time_total" if pl_module.device.type == "cuda" else "cpu_time_total"
-        text = (f"{self.count} training steps after step {self.first}\n\n"
-                f"by {device_key}:\n{averages.table(sort_by=device_key, row_limit=self.rows)}\n"
-                f"by self_cpu_time_total:\n"
-                f"{averages.table(sort_by='self_cpu_time_total', row_limit=self.rows)}\n")
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        Path(self.path).write_text(text)
-
-
 def step_seconds(times: Sequence[float], skip: int) -> float | None:
     """Mean seconds per step after the first ``skip`` steps (compilation, cuDNN autotuning, loader
     start-up); ``times[i]`` is the end of step ``i + 1`` since training started.  ``None`` when no
@@ -322,7 +281,7 @@ def timed_fit(name: str, recipes: Sequence[str], common: list[str], work: Path, 
         def calibrate(label: str, mode_args: list[str]) -> tuple[int, float, list[float], Path]:
             run_dir = work / f"{name}_calibration{label}"
             timer, profile_path = run_dir / "step_times.json", run_dir / "profile.txt"
-            profiler = ([{"class_path": "benchmarks.shapes_quality.StepProfiler",
+            profiler = ([{"class_path": "benchmarks.profiling.StepProfiler",
                           "init_args": {"path": str(profile_path), "first": timed_steps,
                                         "count": profile_steps}}] if profile_steps else [])
             args = fit_args(recipes, run_dir, cal_steps, max(left(), 1.0), timer,
@@ -374,6 +333,9 @@ def timed_fit(name: str, recipes: Sequence[str], common: list[str], work: Path, 
                 done, wall, times, profile_path = calibrate("", [])
         if profile_steps and profile_path.is_file():
             info["profile"] = profile_path.read_text()
+            summary = Path(f"{profile_path}.json")
+            if summary.is_file():  # ms per step by kind of work: matmul, attention, loss, ...
+                info["profile_by_kind"] = json.loads(summary.read_text())
         # the profiled steps run slower: plan from the timed ones (their overhead stays counted)
         step_s = step_seconds(times[:timed_steps], opts.calibration_warmup)
         if step_s is None:

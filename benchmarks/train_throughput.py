@@ -31,6 +31,7 @@ import argparse
 import gc
 import logging
 import resource
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ from benchmarks.common import (
 from benchmarks.flops import (
     TransformerShape, datasheet_peak, forward_flops, measure_matmul_peak, mfu, synchronize,
 )
+from benchmarks.profiling import StepProfiler
 from unigen.training.compilation import COMPILE_MODES, compile_mode, mark_step_begin
 from unigen.training.optim import build_adamw, warmup_cosine
 
@@ -163,15 +165,18 @@ class _StepTimer(L.Callback):
 
 
 def run_lightning(module, loader: DataLoader, device: torch.device, precision: str, steps: int,
-                  warmup: int, mode: str = "eager") -> LoopResult:
+                  warmup: int, mode: str = "eager", profiler: StepProfiler | None = None) -> LoopResult:
     """``Trainer.fit`` with everything that is not training off (no logger, checkpoints, progress
-    bar or validation): the framework's per-step cost, not its extras."""
+    bar or validation): the framework's per-step cost, not its extras.  A ``profiler`` runs its
+    steps after the timed ones."""
     counter = HeadPositions(module.net)
     timer = _StepTimer(warmup, steps, device, counter)
-    trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_steps=warmup + steps,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        gradient_clip_val=GRADIENT_CLIP, callbacks=[timer])
+    extra = profiler.count if profiler else 0
+    trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision,
+                        max_steps=warmup + steps + extra, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0,
+                        gradient_clip_val=GRADIENT_CLIP, callbacks=[timer, *([profiler] if profiler else [])])
     _peak_memory_reset(device)
     trainer.fit(module, train_dataloaders=loader)
     counter.close()
@@ -262,6 +267,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="task mixture, name=ratio,...")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--loader", action="store_true", help="add the data-loading check")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="profile this many Lightning steps after the last run's timed ones: "
+                             "operator tables and ms per step by kind of work (matmul, attention, "
+                             "loss, optimizer, ...) go into the JSON")
     args = parser.parse_args(argv)
     device = setup(args)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -286,7 +295,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     probe = build_module("masked", dirs, size, image_size, args.seed, tasks=tasks)
     shape = TransformerShape.of(probe.net)
     grid, codebook = probe.space.sequence.grid, probe.space.vocab.image_size
-    dataset = PretokenizedSamples(batch * (args.warmup + args.steps + 1), grid, codebook, args.seed)
+    dataset = PretokenizedSamples(batch * (args.warmup + args.steps + args.profile_steps + 1), grid,
+                                  codebook, args.seed)
     peak = measure_matmul_peak(device, PRECISIONS[args.precision] or torch.float32)
     datasheet = datasheet_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     print(f"size {args.size}: {params_millions(probe.net)}M parameters, sequence {shape.seq_len} "
@@ -295,6 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     del probe
 
     results: list[LoopResult] = []
+    work = tempfile.TemporaryDirectory(prefix="unigen-profile-")
+    profiler = (StepProfiler(str(Path(work.name) / "profile.txt"), args.warmup + args.steps,
+                             args.profile_steps) if args.profile_steps > 0 else None)
     for mode in modes:
         for rep in range(args.repeats):
             for loop in (("plain", "lightning") if rep % 2 == 0 else ("lightning", "plain")):
@@ -302,8 +315,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                       compile=compile_option(mode))
                 loader = DataLoader(dataset, batch_size=batch, num_workers=args.num_workers,
                                     drop_last=True, pin_memory=device.type == "cuda")
+                last = mode == modes[-1] and rep == args.repeats - 1 and loop == "lightning"
+                extra = {"profiler": profiler} if last and profiler else {}
                 results.append(RUNNERS[loop](module, loader, device, args.precision, args.steps,
-                                             args.warmup, mode))
+                                             args.warmup, mode, **extra))
                 del module, loader
     rows = summarize(results, shape, batch, peak, datasheet)
     print_table(rows, ["mode", "loop", "step_ms", "cpu_ms_per_step", "tokens_per_s", "model_tflops_per_s",
@@ -324,6 +339,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload["loader"] = loader_check(dataset, dirs, batch, image_size, args.num_workers, device,
                                          compute_s)
         print({k: v for k, v in payload["loader"].items() if k != "note"})
+    if profiler is not None and profiler.summary is not None:
+        payload["profile"] = {"mode": modes[-1], "loop": "lightning", **profiler.summary,
+                              "tables": Path(profiler.path).read_text()}
+        print("ms per step by kind:", profiler.summary.get("ms_per_step_by_kind"))
+    work.cleanup()
     if device.type == "cpu":
         payload["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     save_result("train_throughput", device, payload, args.out)

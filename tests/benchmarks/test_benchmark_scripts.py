@@ -36,7 +36,7 @@ def run_all_quick(results_dir: Path, only: str) -> dict:
 @pytest.mark.slow
 def test_train_throughput(tmp_path):
     result = run_script("train_throughput", "--size", "tiny", "--steps", "2", "--warmup", "1", "--repeats", "2",
-                        "--batch-size", "4", "--loader", out=tmp_path / "t.json")
+                        "--batch-size", "4", "--loader", "--profile-steps", "2", out=tmp_path / "t.json")
     env = result["environment"]
     assert env["torch"] and env["lightning"] and env["device_name"] and env["date"]
     plain, lightning = result["summary"]
@@ -45,6 +45,9 @@ def test_train_throughput(tmp_path):
     assert len(result["runs"]) == 4 and all(r["head_positions"] > 0 for r in result["runs"])
     assert result["settings"]["sequence_length"] == 92 and result["settings"]["batch_size"] == 4
     assert result["loader"]["pretokenized_loader_s_per_batch"] > 0
+    profile = result["profile"]  # the last Lightning run, after its timed steps
+    assert profile["steps"] == 2 and profile["clock"] == "cpu" and "aten::" in profile["tables"]
+    assert profile["ms_per_step_by_kind"]["matmul"] > 0
 
 
 @pytest.mark.slow

@@ -224,6 +224,9 @@ def test_profile_steps_put_operator_tables_in_the_json(tmp_path):
     assert profile.startswith("2 training steps after step 3")
     assert "by cpu_time_total:" in profile and "by self_cpu_time_total:" in profile
     assert "aten::" in profile  # real operator rows
+    by_kind = unified["profile_by_kind"]
+    assert by_kind["steps"] == 2 and by_kind["clock"] == "cpu"
+    assert by_kind["ms_per_step_by_kind"]["matmul"] > 0 and by_kind["ms_per_step_by_kind"]["attention"] > 0
     calibration = json.loads((tmp_path / "work" / "unified_calibration" / "step_times.json").read_text())
     assert calibration["steps"] == 5  # 1 warm-up + 2 timed + 2 profiled
     assert unified["steps_done"] == unified["steps_planned"] >= 1
