@@ -267,7 +267,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         return trainer is None or trainer._logger_connector.should_update_logs
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        mark_step_begin(self.hparams.compile)
+        mark_step_begin(self.hparams.get("compile"))  # FinetuneModule's hparams have no compile
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         gen = self._sample_generators(batch) if self.hparams.get("per_sample_noise") else self._generator(0)
