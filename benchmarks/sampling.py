@@ -8,12 +8,16 @@ samplers: ``maskgit``, ``ancestral``, ``ancestral_cached`` (ancestral with
 :mod:`unigen.sampling.autoregressive` with and without its KV cache.
 
 Given trained pipeline directories (``--masked-model``, ``--ar-model``) it loads them and adds the
-pixel checker's accuracy (``unigen.data.checker.check(image, caption).correct``) next to each speed;
-otherwise both networks have random weights of the ``--size`` preset and only speed is measured
-(the output says so).
+accuracy of the generated images next to each speed: on shapes prompts the pixel checker's
+(``unigen.data.checker.check(image, caption).correct``), on Fashion-MNIST prompts
+(``--prompts fashion_mnist``, class names from the test split) the class accuracy of a garment
+classifier (``--classifier``, :class:`unigen.metrics.ClassAccuracy`); otherwise both networks have
+random weights of the ``--size`` preset and only speed is measured (the output says so).
 
     python benchmarks/sampling.py --size tiny --device cpu --batch-size 64 --steps 16
     python benchmarks/sampling.py --masked-model runs/t2i_shapes/pipeline --ar-model runs/ar_shapes/pipeline
+    python benchmarks/sampling.py --prompts fashion_mnist --classifier runs/classifiers/fashion_mnist \
+        --masked-model runs/models/t2i_fashion_mnist_cpu --ar-model runs/models/ar_fashion_mnist_cpu
 """
 
 from __future__ import annotations
@@ -149,14 +153,32 @@ def load_or_build(kind: str, path: str | None, dirs: TokenizerDirs | None, args,
     return pipe, False
 
 
-def accuracy(images: torch.Tensor, prompts: list[str]) -> float:
+def accuracy(images: torch.Tensor, prompts: list[str], classifier: Any = None) -> float:
+    """The fraction of images that show their prompt: the shapes pixel checker's verdict, or with a
+    ``classifier`` (a loaded :class:`~unigen.metrics.ClassAccuracy`) the class it names."""
+    if classifier is not None:
+        classifier.reset()
+        classifier.update(images.float().cpu(), prompts)
+        return float(classifier.compute()["class_accuracy"])
     from unigen.data.checker import check
 
     ok = [check(image, prompt).correct for image, prompt in zip(images.float().cpu(), prompts)]
     return sum(ok) / len(ok)
 
 
-def run_case(pipe, case: Case, prompts: list[str], args, device, trained: bool) -> dict[str, Any]:
+def benchmark_prompts(kind: str, num: int, split: str, seed: int) -> list[str]:
+    """``num`` prompts: shapes captions of ``split``, or Fashion-MNIST captions of a seeded subset of
+    the test split (its class names in the data set's caption templates)."""
+    if kind == "fashion_mnist":
+        from unigen.data.fashion_mnist import FashionMNISTDataset, caption_for
+
+        data = FashionMNISTDataset(split="test", num_samples=num, seed=seed)
+        return [caption_for(int(label), int(t)) for label, t in zip(data.labels, data.templates)]
+    return shapes_captions(num, split=split, seed=seed)
+
+
+def run_case(pipe, case: Case, prompts: list[str], args, device, trained: bool,
+             classifier: Any = None) -> dict[str, Any]:
     latencies, cpu_latencies, token_latencies, network = [], [], [], []
     images = calls = rows = None
     for run in range(args.warmup + args.repeats):
@@ -186,7 +208,7 @@ def run_case(pipe, case: Case, prompts: list[str], args, device, trained: bool) 
             "network_s": None if network[0] is None else median(network),
             "images_per_s": len(prompts) / latency,
             "model_gflops_per_image": case_flops(pipe, tb, case, calls, rows) / 1e9,
-            "checker_accuracy": accuracy(images, prompts) if trained else None}
+            "checker_accuracy": accuracy(images, prompts, classifier) if trained else None}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -202,12 +224,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--split", default="val", help="shapes split the prompts come from")
+    parser.add_argument("--prompts", default="shapes", choices=("shapes", "fashion_mnist"),
+                        help="prompt source; fashion_mnist scores images with --classifier")
+    parser.add_argument("--classifier", default=None,
+                        help="garment classifier directory (classifier recipe's export_dir): the "
+                             "accuracy of --prompts fashion_mnist")
     parser.add_argument("--ar-top-k", type=int, default=None)
     parser.add_argument("--no-ar-uncached", action="store_true", help="skip the uncached AR reference (slow)")
     parser.add_argument("--masked-model", default=None, help="trained UnifiedPipeline directory")
     parser.add_argument("--ar-model", default=None, help="trained AutoregressivePipeline directory")
     args = parser.parse_args(argv)
     device = setup(args)
+    if args.prompts == "fashion_mnist" and not args.classifier:
+        raise SystemExit("--prompts fashion_mnist needs --classifier (the shapes checker cannot "
+                         "score garments)")
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     unknown = sorted(set(samplers) - set(MASKED_SAMPLERS))
     if unknown:
@@ -223,7 +253,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "autoregressive": "trained" if ar_trained else "random"}
     if "random" in weights.values():
         print(f"weights: {weights} -- random weights measure speed only (no checker accuracy)")
-    prompts = shapes_captions(args.batch_size, split=args.split, seed=args.seed)
+    prompts = benchmark_prompts(args.prompts, args.batch_size, args.split, args.seed)
+    classifier = None
+    if args.classifier and "trained" in weights.values():
+        from unigen.metrics import ClassAccuracy
+
+        classifier = ClassAccuracy(args.classifier)
     seq = masked.space.sequence
     print(f"masked {params_millions(masked.transformer)}M / autoregressive {params_millions(ar.transformer)}M "
           f"parameters, {seq.num_image_tokens} image tokens, batch {args.batch_size}, {device}, {args.precision}")
@@ -234,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       args.grid):
         pipe = masked if case.model == "masked" else ar
         trained = masked_trained if case.model == "masked" else ar_trained
-        rows.append(run_case(pipe, case, prompts, args, device, trained))
+        rows.append(run_case(pipe, case, prompts, args, device, trained, classifier))
         print(f"  {case.name}: {rows[-1]['images_per_s']:.3g} images/s")
     baseline = {r["guidance"]: r for r in rows if r["model"] == "autoregressive" and r["cache"]}
     for r in rows:
@@ -246,7 +281,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "checker_accuracy"])
     payload = {"settings": {"size": args.size, "batch_size": args.batch_size, "steps": step_counts,
                             "guidance": args.guidance, "grid": args.grid, "precision": args.precision,
-                            "split": args.split, "repeats": args.repeats, "warmup": args.warmup,
+                            "split": args.split, "prompts": args.prompts,
+                            "accuracy": ("class accuracy" if classifier is not None else "pixel checker"),
+                            "classifier": args.classifier,
+                            "repeats": args.repeats, "warmup": args.warmup,
                             "ar_top_k": args.ar_top_k,
                             "num_image_tokens": seq.num_image_tokens, "sequence_length": seq.length,
                             "weights": weights, "masked_model": args.masked_model, "ar_model": args.ar_model,

@@ -91,3 +91,37 @@ def test_gpu_wrapper_scripts_are_valid_bash(script):
     """The GPU wrappers only run on a lent machine: at least their syntax is checked here."""
     proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_sampling_accuracy_uses_the_classifier_when_given(domain_classifier_dir):
+    from benchmarks.sampling import accuracy
+    from unigen.metrics import ClassAccuracy
+
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 32, 32)
+    prompts = ["a red square", "a green one", "blue", "white", "a red dot", "green"]
+    metric = ClassAccuracy(domain_classifier_dir)
+    first = accuracy(images, prompts, metric)
+    expected = ClassAccuracy(domain_classifier_dir)
+    expected.update(images, prompts)
+    assert first == pytest.approx(float(expected.compute()["class_accuracy"]))
+    assert accuracy(images, prompts, metric) == first  # reset between cases, not accumulated
+
+
+def test_sampling_refuses_fashion_prompts_without_a_classifier():
+    from benchmarks.sampling import main
+
+    with pytest.raises(SystemExit, match="needs --classifier"):
+        main(["--prompts", "fashion_mnist", "--device", "cpu"])
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="Debian package dataset-fashion-mnist is not installed")
+def test_fashion_prompts_name_one_class_each():
+    from benchmarks.sampling import benchmark_prompts
+    from unigen.data.fashion_mnist import CLASS_NAMES
+    from unigen.metrics import prompt_class
+
+    prompts = benchmark_prompts("fashion_mnist", 50, "val", seed=0)
+    assert len(prompts) == 50 and prompts == benchmark_prompts("fashion_mnist", 50, "val", seed=0)
+    assert len({prompt_class(p, CLASS_NAMES) for p in prompts}) >= 8  # a seeded mix of classes

@@ -181,10 +181,13 @@ def test_recipes_instantiate(name, size, dim):
     assert cli.model.hparams.dim == dim and not cli.model.hparams.compile
 
 
-def test_ar_recipe_stays_the_twin_of_the_masked_t2i_recipe():
+@pytest.mark.parametrize("ar_name, masked_name", [("ar_shapes.yaml", "t2i_shapes.yaml"),
+                                                  ("ar_fashion_mnist_cpu.yaml",
+                                                   "unified_fashion_mnist_cpu.yaml")])
+def test_ar_recipe_stays_the_twin_of_its_masked_recipe(ar_name, masked_name):
     import yaml
 
-    ar, masked = (yaml.safe_load((RECIPES / name).read_text()) for name in ("ar_shapes.yaml", "t2i_shapes.yaml"))
+    ar, masked = (yaml.safe_load((RECIPES / name).read_text()) for name in (ar_name, masked_name))
     assert ar["data"] == masked["data"]
     ignore = {"default_root_dir", "callbacks"}
     assert {k: v for k, v in ar["trainer"].items() if k not in ignore} == \
