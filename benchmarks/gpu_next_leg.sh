@@ -4,9 +4,7 @@
 #   1. a returned model (runs/gpu_models/model_bf16, from --return-model): the unified model
 #      continues from its weights (--init-unified);
 #   2. the image tokenizer (TOKENIZER, default the tracked assets/tokenizers/fsq_shapes, trained by
-#      recipes/tokenizer_fsq_shapes.yaml on a CPU, 37.9 dB): a first leg from fresh weights with it;
-#   3. neither (TOKENIZER pointed at a missing folder): a first leg that also trains that tokenizer
-#      recipe (its steps are planned into the tokenizer share).
+#      recipes/tokenizer_fsq_shapes.yaml on a CPU, 37.9 dB): a first leg from fresh weights with it.
 # The git-ignored runs/ folder is not guaranteed to survive between sessions (on 2026-11-27 a
 # fresh checkout lost the 12.3-minute model), so the leg never assumes it did.
 #
@@ -30,9 +28,8 @@ elif [ -f "$TOKENIZER/config.json" ]; then
   start=(--image-tokenizer "$TOKENIZER" --tokenizer-share 0.02 --unified-share 0.86 --eval-share 0.12)
   what="first leg with the tokenizer $TOKENIZER"
 else
-  start=(--tokenizer-recipe recipes/tokenizer_fsq_shapes.yaml --tokenizer-share 0.2
-         --unified-share 0.68 --eval-share 0.12)
-  what="first leg, tokenizer trained here (no $MODEL, no $TOKENIZER)"
+  echo "gpu_next_leg: no image tokenizer at $TOKENIZER (and no returned model at $MODEL)" >&2
+  exit 1
 fi
 cmd=(bash benchmarks/gpu_quality.sh "${start[@]}" "${recipes[@]}" --eval-batch-size 64
      --return-model --profile-steps 5 "$@")

@@ -305,9 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     del probe
 
     results: list[LoopResult] = []
-    work = tempfile.TemporaryDirectory(prefix="unigen-profile-")
+    work = tempfile.TemporaryDirectory(prefix="unigen-profile-") if args.profile_steps > 0 else None
     profiler = (StepProfiler(str(Path(work.name) / "profile.txt"), args.warmup + args.steps,
-                             args.profile_steps) if args.profile_steps > 0 else None)
+                             args.profile_steps) if work else None)
     for mode in modes:
         for rep in range(args.repeats):
             for loop in (("plain", "lightning") if rep % 2 == 0 else ("lightning", "plain")):
@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload["profile"] = {"mode": modes[-1], "loop": "lightning", **profiler.summary,
                               "tables": Path(profiler.path).read_text()}
         print("ms per step by kind:", profiler.summary.get("ms_per_step_by_kind"))
-    work.cleanup()
+    if work:
+        work.cleanup()
     if device.type == "cpu":
         payload["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     save_result("train_throughput", device, payload, args.out)

@@ -24,6 +24,8 @@ def dry_run(tmp_path, model=False, tokenizer=False):
                            "default,reduce-overhead"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "MODEL": str(model_dir),
                                "TOKENIZER": str(tokenizer_dir)})
+    if not (model or tokenizer):
+        return proc
     assert proc.returncode == 0, proc.stderr
     what, command = (line.split(": ", 1)[1] for line in proc.stdout.splitlines())
     args = shlex.split(command)
@@ -31,21 +33,33 @@ def dry_run(tmp_path, model=False, tokenizer=False):
     return what, parse_args(args[2:]), model_dir, tokenizer_dir
 
 
-@pytest.mark.parametrize("kept", ["model", "model_and_tokenizer", "tokenizer", "nothing"])
+@pytest.mark.parametrize("kept", ["model", "model_and_tokenizer", "tokenizer"])
 def test_the_leg_starts_from_what_the_checkout_kept(tmp_path, kept):
     what, args, model_dir, tokenizer_dir = dry_run(tmp_path, model="model" in kept,
                                                    tokenizer="tokenizer" in kept)
     if "model" in kept:
         assert args.init_unified == str(model_dir) and args.image_tokenizer is None
         assert what.startswith("continues")
-    elif kept == "tokenizer":
-        assert args.image_tokenizer == str(tokenizer_dir) and args.init_unified is None
     else:
-        assert args.init_unified is None and args.image_tokenizer is None
-        assert args.tokenizer_recipe == ["recipes/tokenizer_fsq_shapes.yaml"]
-        assert args.shares["tokenizer"] == pytest.approx(0.2)
+        assert args.image_tokenizer == str(tokenizer_dir) and args.init_unified is None
+        assert args.shares["tokenizer"] == pytest.approx(0.02)
     assert sum(args.shares.values()) == pytest.approx(1.0)
     assert args.return_model and args.profile_steps == 5
     assert args.compile_modes == ["default", "reduce-overhead"]  # extra arguments pass through
     assert all((ROOT / recipe).is_file() for recipe in args.unified_recipe)
     assert args.unified_recipe[-1] == "recipes/presets/unified_t2i_weight.yaml"
+
+
+def test_without_a_tokenizer_it_stops_with_one_line(tmp_path):
+    proc = dry_run(tmp_path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"gpu_next_leg: no image tokenizer at {tmp_path / 'tokenizer'} "
+                                   f"(and no returned model at {tmp_path / 'model'})")
+
+
+def test_by_default_it_finds_the_tracked_tokenizer():
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_next_leg.sh")], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1",
+                                          "MODEL": "/nonexistent/model"})
+    assert proc.returncode == 0, proc.stderr
+    assert "--image-tokenizer assets/tokenizers/fsq_shapes" in proc.stdout
