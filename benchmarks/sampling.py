@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.prompts == "fashion_mnist" and not args.classifier:
         raise SystemExit("--prompts fashion_mnist needs --classifier (the shapes checker cannot "
                          "score garments)")
+    if args.classifier and args.prompts != "fashion_mnist":
+        raise SystemExit("--classifier scores --prompts fashion_mnist; shapes prompts are scored by "
+                         "the pixel checker")
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     unknown = sorted(set(samplers) - set(MASKED_SAMPLERS))
     if unknown:

@@ -113,6 +113,8 @@ def test_sampling_refuses_fashion_prompts_without_a_classifier():
 
     with pytest.raises(SystemExit, match="needs --classifier"):
         main(["--prompts", "fashion_mnist", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="--classifier scores --prompts fashion_mnist"):
+        main(["--classifier", "runs/classifiers/fashion_mnist", "--device", "cpu"])
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file(),
