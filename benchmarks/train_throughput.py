@@ -15,6 +15,8 @@ raw-image loader (+ tokenizer encode), next to the compute time per step.
     python benchmarks/train_throughput.py --size 219m --device cuda --precision bf16-mixed --compile
     python benchmarks/train_throughput.py --size compact --device cuda --precision bf16-mixed --compile \
         --no-eager --compile-mode default,reduce-overhead   # CUDA graphs vs not, the GPU leg's model
+    python benchmarks/train_throughput.py --size 219m --device cuda --precision bf16-mixed --compile \
+        --no-eager --attention sdpa,flex   # prefix attention: dense SDPA mask vs FlexAttention
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from benchmarks.flops import (
     TransformerShape, datasheet_peak, forward_flops, measure_matmul_peak, mfu, synchronize,
 )
 from benchmarks.profiling import StepProfiler
+from unigen.modules.attention import check_attention_backend
 from unigen.training.compilation import COMPILE_MODES, compile_mode, mark_step_begin
 from unigen.training.optim import build_adamw, warmup_cosine
 
@@ -72,9 +75,16 @@ def mode_label(mode: str) -> str:
     return "compile" if mode == "default" else f"compile:{mode}"
 
 
-def compile_option(label: str) -> bool | str:
-    """The modules' ``compile`` option for a run's ``mode`` label."""
-    return False if label == "eager" else label.partition(":")[2] or True
+def run_label(mode: str, attention: str) -> str:
+    """A run's ``mode`` in the results: the compile mode, ``+flex`` when FlexAttention runs."""
+    return mode if attention == "sdpa" else f"{mode}+{attention}"
+
+
+def run_options(label: str) -> dict[str, Any]:
+    """The modules' ``compile`` and ``attention`` options for a run's ``mode`` label."""
+    mode, _, attention = label.partition("+")
+    return {"compile": False if mode == "eager" else mode.partition(":")[2] or True,
+            "attention": attention or "sdpa"}
 
 
 class HeadPositions:
@@ -95,7 +105,8 @@ class HeadPositions:
 @dataclass
 class LoopResult:
     loop: str  # "plain" | "lightning"
-    mode: str  # "eager" | "compile" (default mode) | "compile:<mode>", e.g. compile:reduce-overhead
+    mode: str  # "eager" | "compile" (default mode) | "compile:<mode>", e.g. compile:reduce-overhead;
+    # "+flex" appended when the run used FlexAttention
     steps: int
     seconds: float  # wall clock over the timed steps
     cpu_seconds: float  # this process's CPU time over them: robust to other load on a shared CPU
@@ -264,6 +275,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile-mode", default="default",
                         help="torch.compile mode(s) for --compile, comma-separated, each run in turn: "
                              f"{', '.join(COMPILE_MODES)} (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--attention", default="sdpa",
+                        help="attention backends to run, comma-separated: sdpa, flex (FlexAttention "
+                             "trains on CUDA only)")
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="task mixture, name=ratio,...")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--loader", action="store_true", help="add the data-loading check")
@@ -285,10 +299,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     compile_modes = [m.strip() for m in args.compile_mode.split(",") if m.strip()]
     for m in compile_modes:
         compile_mode(m)  # one error naming the choices
-    modes = ([] if args.no_eager else ["eager"]) + ([mode_label(m) for m in compile_modes]
-                                                    if args.compile else [])
-    if not modes:
+    attentions = [a.strip() for a in args.attention.split(",") if a.strip()]
+    for a in attentions:
+        check_attention_backend(a)  # one error naming the choices
+    compiled = ([] if args.no_eager else ["eager"]) + ([mode_label(m) for m in compile_modes]
+                                                       if args.compile else [])
+    if not compiled:
         raise SystemExit("--no-eager needs --compile: nothing to run")
+    modes = [run_label(m, a) for m in compiled for a in attentions]
     tasks = parse_tasks(args.tasks)
 
     dirs = TokenizerDirs(size.fsq_levels)
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for rep in range(args.repeats):
             for loop in (("plain", "lightning") if rep % 2 == 0 else ("lightning", "plain")):
                 module = build_module("masked", dirs, size, image_size, args.seed, tasks=tasks,
-                                      compile=compile_option(mode))
+                                      **run_options(mode))
                 loader = DataLoader(dataset, batch_size=batch, num_workers=args.num_workers,
                                     drop_last=True, pin_memory=device.type == "cuda")
                 last = mode == modes[-1] and rep == args.repeats - 1 and loop == "lightning"
@@ -329,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"size": args.size, "model": asdict(size), "image_size": image_size, "batch_size": batch,
                      "sequence_length": shape.seq_len, "precision": args.precision, "steps": args.steps,
                      "warmup": args.warmup, "repeats": args.repeats, "tasks": tasks,
+                     "attention": attentions,
                      "parameters_millions": round((shape.block_params + shape.head_params) / 1e6, 3),
                      "gradient_clip": GRADIENT_CLIP, "num_workers": args.num_workers},
         "measured_matmul_peak_tflops": peak / 1e12,

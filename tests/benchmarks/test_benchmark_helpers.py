@@ -9,7 +9,9 @@ import torch
 from benchmarks.common import SIZES, PretokenizedSamples
 from benchmarks.flops import TransformerShape, forward_flops
 from benchmarks.sampling import MASKED_SAMPLERS, Case, cases
-from benchmarks.train_throughput import LoopResult, compile_option, mode_label, parse_tasks, summarize
+from benchmarks.train_throughput import (
+    LoopResult, mode_label, parse_tasks, run_label, run_options, summarize,
+)
 
 
 def test_parse_tasks():
@@ -45,8 +47,12 @@ def test_compile_mode_labels_round_trip():
     assert mode_label("default") == "compile"  # the label of every earlier result
     assert mode_label("reduce-overhead") == "compile:reduce-overhead"
     for mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"):
-        assert compile_option(mode_label(mode)) == (True if mode == "default" else mode)
-    assert compile_option("eager") is False
+        for attention in ("sdpa", "flex"):
+            assert run_options(run_label(mode_label(mode), attention)) == {
+                "compile": True if mode == "default" else mode, "attention": attention}
+    assert run_label("compile", "sdpa") == "compile"  # earlier results keep their labels
+    assert run_options("eager") == {"compile": False, "attention": "sdpa"}
+    assert run_options("eager+flex") == {"compile": False, "attention": "flex"}
 
 
 def test_summarize_medians_and_ratio():

@@ -1,17 +1,99 @@
 """Multi-head self-attention on ``F.scaled_dot_product_attention`` (flash / memory-efficient
-kernels come through SDPA when the device has them; nothing CUDA-only is imported here)."""
+kernels come through SDPA when the device has them; nothing CUDA-only is imported here), or on
+FlexAttention for patterns SDPA can only take as a dense mask.
+
+Which positions may attend to which is an :data:`AttentionPattern`, built once per forward pass
+by :func:`attention_pattern` and shared by every layer:
+
+* ``None``: every position sees every other (FlashAttention-eligible);
+* :data:`CAUSAL`: SDPA's own ``is_causal`` (FlashAttention-eligible, no mask in memory);
+* a bool tensor (True = may attend): SDPA with a dense mask, which rules out FlashAttention;
+* a ``BlockMask``: FlexAttention (Dong et al. 2024), which skips fully masked blocks and needs no
+  dense mask; compiled on first use, since its eager form materialises every score.  It trains
+  on CUDA only (torch has no FlexAttention backward on the CPU); on the CPU it runs forward.
+"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from unigen.modules.norm import RMSNorm
 from unigen.modules.position import apply_rotary
+
+ATTENTION_BACKENDS = ("sdpa", "flex")
+
+
+class _Causal:
+    """Marker pattern: each position attends to itself and the positions before it."""
+
+    def __repr__(self) -> str:
+        return "CAUSAL"
+
+
+CAUSAL = _Causal()
+AttentionPattern = Union[None, Tensor, BlockMask, _Causal]
+
+
+def check_attention_backend(backend: str, dropout: float = 0.0) -> str:
+    """``backend`` if it is one of :data:`ATTENTION_BACKENDS`; one error naming the choices (or
+    FlexAttention's missing dropout) otherwise."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of {list(ATTENTION_BACKENDS)}, got {backend!r}")
+    if backend == "flex" and dropout > 0:
+        raise ValueError("attention: flex has no attention dropout; use sdpa or dropout: 0")
+    return backend
+
+
+def prefix_attention_mask(prefix: Tensor) -> Tensor:
+    """Bool [B, 1, S, S] (True = may attend): a prefix query attends only to prefix keys; any other
+    query attends to every key."""
+    return (~prefix)[:, None, :, None] | prefix[:, None, None, :]
+
+
+def attention_pattern(backend: str, batch: int, length: int, device: torch.device,
+                      prefix: Tensor | None = None, causal: bool = False) -> AttentionPattern:
+    """The pattern for ``length`` positions: full (no ``prefix``, not ``causal``), causal, or
+    prefix attention (``prefix`` [B, S] bool: a prefix query sees only prefix keys, any other
+    query sees every key; LaViDa), in the form ``backend`` runs."""
+    if causal and prefix is not None:
+        raise ValueError("causal and prefix attention are exclusive: pass one of them")
+    if prefix is None and not causal:
+        return None
+    if backend == "sdpa":
+        return CAUSAL if causal else prefix_attention_mask(prefix)
+    mask_mod: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    if causal:
+        def mask_mod(b, h, q, kv):
+            return q >= kv
+        batch = None  # the same for every row
+    else:
+        def mask_mod(b, h, q, kv):
+            return ~prefix[b, q] | prefix[b, kv]
+    return create_block_mask(mask_mod, batch, None, length, length, device=device)
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable[..., Tensor]:
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def run_flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask) -> Tensor:
+    """FlexAttention, compiled: inside a compiled block the block's own graph fuses it; outside,
+    a compiled copy of the kernel runs (eager FlexAttention materialises the scores)."""
+    if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+        raise RuntimeError("attention: flex cannot train on the CPU (FlexAttention has no CPU "
+                           "backward); use attention: sdpa there")
+    fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex_attention()
+    # under autocast q/k/v may differ in dtype (qk-norm); FlexAttention wants one
+    return fn(q, k.to(q.dtype), v.to(q.dtype), block_mask=block_mask)
 
 
 @dataclass
@@ -48,7 +130,8 @@ class KVBuffer:
 class SelfAttention(nn.Module):
     """Self-attention with optional qk-norm (Dehghani et al. 2023, ViT-22B) and rotary angles.
 
-    ``attn_mask``: bool, True = may attend; broadcastable to [B, heads, S_q, S_k].  ``past`` holds
+    ``attn_mask``: an :data:`AttentionPattern`; a bool tensor (True = may attend) broadcasts to
+    [B, heads, S_q, S_k] and may be rectangular (cached decoding).  ``past`` holds
     cached keys/values [B, heads, S_past, Dh] that the queries also attend to, concatenated before
     the new ones, or a :class:`KVBuffer` that already has room for them (prefix KV cache).
     """
@@ -72,7 +155,7 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         return q, k, v
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None,
+    def forward(self, x: Tensor, attn_mask: AttentionPattern = None,
                 rotary: tuple[Tensor, Tensor] | None = None,
                 past: tuple[Tensor, Tensor] | KVBuffer | None = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -83,7 +166,12 @@ class SelfAttention(nn.Module):
         elif past is not None:
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        if isinstance(attn_mask, BlockMask):
+            out = run_flex_attention(q, k, v, attn_mask)
+        else:
+            causal = attn_mask is CAUSAL
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else attn_mask,
+                                                 is_causal=causal,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         return self.proj(rearrange(out, "b h s d -> b s (h d)")), new_kv
 

@@ -10,6 +10,10 @@ the image for captioning/VQA, the prompt for text-to-image) attend only to the p
 keys/values do not depend on what is being decoded.  That is what makes the prefix KV cache exact:
 :meth:`prefill` encodes the prefix once and :meth:`forward_cached` recomputes only the rest.  The
 prefix is a property of the task, not of the batch, so results never depend on batch composition.
+
+``attention_backend`` picks the kernel of the full forward pass (``sdpa`` or ``flex``,
+:mod:`unigen.modules.attention`); it is how the network runs, not what it computes, so it is not
+part of the saved config.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from unigen.diffusion.vocab import IMAGE, SequenceLayout, VocabLayout
-from unigen.modules.attention import KVBuffer, SelfAttention
+from unigen.modules.attention import (
+    AttentionPattern, KVBuffer, SelfAttention, attention_pattern, check_attention_backend,
+)
 from unigen.modules.heads import HEADS
 from unigen.modules.mlp import SwiGLU
 from unigen.modules.norm import RMSNorm
@@ -37,17 +43,11 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_ratio, dropout=dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, rotary: tuple[Tensor, Tensor] | None,
+    def forward(self, x: Tensor, attn_mask: AttentionPattern, rotary: tuple[Tensor, Tensor] | None,
                 past: KV | KVBuffer | None = None) -> tuple[Tensor, KV]:
         attn, kv = self.attn(self.norm1(x), attn_mask, rotary, past)
         x = x + attn
         return x + self.mlp(self.norm2(x)), kv
-
-
-def prefix_attention_mask(prefix: Tensor) -> Tensor:
-    """Bool [B, 1, S, S] (True = may attend): a prefix query attends only to prefix keys; any other
-    query attends to every key."""
-    return (~prefix)[:, None, :, None] | prefix[:, None, None, :]
 
 
 def causal_attention_mask(num_queries: int, num_keys: int | None = None, device=None) -> Tensor:
@@ -98,6 +98,7 @@ class UnifiedTransformer(nn.Module):
                        "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio, "qk_norm": qk_norm,
                        "position": position, "head": head, "dropout": dropout}
         self.position = position
+        self._attention_backend = "sdpa"
         self.token_emb = nn.Embedding(vocab.total_size, dim)
         self.modality_emb = nn.Embedding(3, dim)
         nn.init.normal_(self.token_emb.weight, std=0.02)
@@ -120,6 +121,16 @@ class UnifiedTransformer(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+    @property
+    def attention_backend(self) -> str:
+        """``sdpa`` or ``flex``: the kernel of full forward passes with prefix or causal attention."""
+        return self._attention_backend
+
+    @attention_backend.setter
+    def attention_backend(self, backend: str) -> None:
+        dropout = self.config["dropout"]
+        self._attention_backend = check_attention_backend(backend, dropout)
 
     # -- pieces ------------------------------------------------------------------------------------
     def embed(self, tokens: Tensor, idx: Tensor | None = None) -> Tensor:
@@ -153,13 +164,9 @@ class UnifiedTransformer(nn.Module):
         ``causal`` makes every position see only itself and earlier ones (autoregressive baseline)."""
         if tokens.shape[1] != self.sequence.length:
             raise ValueError(f"expected sequences of length {self.sequence.length}, got {tokens.shape[1]}")
-        if causal and prefix is not None:
-            raise ValueError("causal and prefix attention are exclusive: pass one of them")
+        mask = attention_pattern(self.attention_backend, tokens.shape[0], tokens.shape[1], tokens.device,
+                                 prefix, causal)
         x = self.embed(tokens)
-        if causal:
-            mask = causal_attention_mask(tokens.shape[1], device=tokens.device)
-        else:
-            mask = prefix_attention_mask(prefix) if prefix is not None else None
         rotary = self.rotary_angles()
         for block in self.blocks:
             x, _ = block(x, mask, rotary)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from unigen.diffusion.masking import drop_condition
 from unigen.diffusion.tasks import TASKS, TaskBatch, TaskInputs
+from unigen.modules.attention import check_attention_backend
 from unigen.pipeline import UnifiedPipeline
 from unigen.sampling.autoregressive import generate_image_tokens
 from unigen.sampling.guidance import ClassifierFreeGuidance
@@ -49,6 +50,7 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
         cond_dropout: probability of replacing a row's prompt by ``<mask>`` (classifier-free guidance).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
         compile: ``torch.compile`` each transformer block: ``true`` or a mode name.
+        attention: ``sdpa`` (SDPA's own causal kernel) or ``flex`` (FlexAttention).
         seed: seeds the per-step generators (condition dropout): exact resume on CPU.
         val_sampling: ``{num_samples, guidance_scale, temperature, top_k, seed}`` for the sample grid
             and checker accuracy logged at validation; ``{}`` turns it off.
@@ -60,11 +62,13 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
                  head: str = "shared", dropout: float = 0.0, cond_dropout: float = 0.1,
                  lr: float = 3e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
                  warmup_steps: int = 100, min_lr_ratio: float = 0.1, compile: bool | str = False,
-                 seed: int = 0, val_sampling: dict[str, Any] | None = None) -> None:
+                 seed: int = 0, val_sampling: dict[str, Any] | None = None,
+                 attention: str = "sdpa") -> None:
         super().__init__()
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         compile_mode(compile)
+        check_attention_backend(attention, dropout)
         self.save_hyperparameters()
         # the masked model's own t2i task: identical token layout and condition segment
         self.task = TASKS.get("t2i")()

@@ -23,6 +23,7 @@ from unigen.diffusion.schedules import build_schedule
 from unigen.diffusion.tasks import TaskBatch, TaskInputs, TaskMixture
 from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.vocab import SequenceLayout, VocabLayout
+from unigen.modules.attention import check_attention_backend
 from unigen.modules.transformer import UnifiedTransformer
 from unigen.tokenizers.base import ImageTokenizer
 from unigen.tokenizers.text import TextTokenizer
@@ -68,6 +69,9 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
         compile: ``torch.compile`` each transformer block: ``true`` (default mode) or a mode name,
             e.g. ``reduce-overhead`` (CUDA graphs; :mod:`unigen.training.compilation`).
+        attention: the kernel of the training forward: ``sdpa`` (prefix attention as a dense mask)
+            or ``flex`` (FlexAttention block mask, compiled; :mod:`unigen.modules.attention`).
+            The same function either way; exported pipelines decode with ``sdpa``.
         seed: seeds the per-step generators (task mixing, masking, dropout): exact resume on CPU.
         val_sampling: options for the sample grids and metrics logged at validation (see
             :meth:`validation_sampling`); ``{}`` turns them off.
@@ -95,7 +99,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False,
                  init_weights: str | None = None, question_slot: int = 0,
                  loss_reduction: str = "tokens", task_loss_weights: dict[str, float] | None = None,
-                 answer_len: int = 0) -> None:
+                 answer_len: int = 0, attention: str = "sdpa") -> None:
         super().__init__()
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
@@ -104,6 +108,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         compile_mode(compile)  # an unknown mode fails here, not when the model is built
+        check_attention_backend(attention, dropout)
         self.save_hyperparameters()
         self.mixture = TaskMixture(tasks or {"t2i": 1.0}, task_kwargs)
         # a buffer, so it is on the training device without a copy every step (not checkpointed)
@@ -134,6 +139,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             from unigen.pipeline import load_transformer_weights
 
             load_transformer_weights(self.net, hp.init_weights)
+        self.net.attention_backend = hp.get("attention", "sdpa")  # older checkpoints lack it
         compile_blocks(self.net.blocks, hp.compile)
 
     def check_state_shapes(self, state_dict) -> None:
