@@ -128,3 +128,21 @@ def test_flex_training_gradients_equal_sdpa_ones_on_cuda(tokenizer_dirs):
     (loss_sdpa, g_sdpa), (loss_flex, g_flex) = backend_losses(tokenizer_dirs, "cuda", backward=True)
     assert torch.allclose(loss_sdpa, loss_flex, atol=1e-4)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_sdpa, g_flex))
+
+
+def test_compiled_blocks_take_each_steps_block_mask_without_recompiling(monkeypatch):
+    """Every training step builds a new block mask (a new closure over that batch's prefixes);
+    compiled blocks must reuse their graph for it, not recompile until torch gives up."""
+    import torch._dynamo
+
+    net = make()
+    net.attention_backend = "flex"
+    for block in net.blocks:
+        block.compile()
+    tokens = torch.randint(0, VOCAB.total_size, (4, SEQ.length))
+    with torch.no_grad():
+        first = net.hidden_states(tokens, mixed_prefix(4))  # compiles
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        for prefix in (~mixed_prefix(4), mixed_prefix(4)):
+            again = net.hidden_states(tokens, prefix)
+    assert torch.allclose(first, again, atol=1e-5)
