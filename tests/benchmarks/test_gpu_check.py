@@ -1,0 +1,65 @@
+"""benchmarks/gpu_check.sh: every benchmark it runs gets arguments its parser accepts, and its time
+limits fit one device command (a lent GPU session has no minutes for a typo)."""
+
+import argparse
+import importlib
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICE_COMMAND_LIMIT_S = 600  # the device tool's most seconds for one command
+
+
+def stages(script: Path) -> list[tuple[str, int, list[str]]]:
+    """The ``run NAME SECONDS ARGS...`` lines of a gpu script, continuation lines joined."""
+    text = script.read_text().replace("\\\n", " ")
+    found = []
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        if len(words) >= 3 and words[0] == "run" and words[2].isdigit():
+            found.append((words[1], int(words[2]), words[3:]))
+    return found
+
+
+class Parsed(Exception):
+    """Raised in place of running a benchmark once its arguments have parsed."""
+
+
+@pytest.fixture
+def parse_only(monkeypatch):
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(parse(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+
+
+GPU_CHECK = stages(ROOT / "benchmarks" / "gpu_check.sh")
+
+
+def test_the_stages_fit_one_device_command():
+    assert [name for name, _, _ in GPU_CHECK] == ["train_throughput", "sampling", "sampler_overhead",
+                                                  "text_decoding", "train_throughput"]
+    # start-up (imports, carried wheels) needs some of the 600 s too
+    assert sum(limit for _, limit, _ in GPU_CHECK) <= DEVICE_COMMAND_LIMIT_S - 15
+
+
+@pytest.mark.parametrize("name, limit, args", GPU_CHECK,
+                         ids=[f"{i}-{name}" for i, (name, _, _) in enumerate(GPU_CHECK)])
+def test_each_stage_parses(parse_only, name, limit, args):
+    module = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(Parsed) as parsed:
+        module.main(args)
+    namespace = parsed.value.args[0]
+    assert namespace.device == "cuda"
+    assert "--out" not in args or namespace.out.endswith("_cuda.json")  # gpu_check copies *_cuda.json
+
+
+def test_a_typo_would_be_caught(parse_only):
+    from benchmarks import train_throughput
+
+    with pytest.raises(SystemExit):
+        train_throughput.main(["--size", "219m", "--device", "cuda", "--profile-stpes", "3"])
