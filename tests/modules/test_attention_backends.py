@@ -3,6 +3,7 @@ function, so the training ``attention`` option changes speed, not results."""
 
 import pytest
 import torch
+import torch._dynamo
 from torch.nn.attention.flex_attention import BlockMask
 
 from tests.modules.test_transformer import SEQ, VOCAB, make, prefix_mask
@@ -14,6 +15,15 @@ from unigen.modules.attention import (
 from unigen.modules.transformer import UnifiedTransformer, causal_attention_mask
 from unigen.training.ar_module import AutoregressiveModule
 from unigen.training.unified_module import UnifiedModule
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Compiled graphs (FlexAttention's kernel, compiled blocks) keep fake tensors alive in
+    dynamo's caches; later tests that walk every live tensor (tests/reliability/test_memory.py)
+    must not meet them."""
+    yield
+    torch._dynamo.reset()
 
 
 def mixed_prefix(b: int) -> torch.Tensor:
@@ -134,8 +144,6 @@ def test_flex_training_gradients_equal_sdpa_ones_on_cuda(tokenizer_dirs):
 def test_compiled_blocks_take_each_steps_block_mask_without_recompiling(monkeypatch):
     """Every training step builds a new block mask (a new closure over that batch's prefixes);
     compiled blocks must reuse their graph for it, not recompile until torch gives up."""
-    import torch._dynamo
-
     net = make()
     net.attention_backend = "flex"
     for block in net.blocks:

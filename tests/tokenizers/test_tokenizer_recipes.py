@@ -16,6 +16,7 @@ DEBUG = sorted((RECIPES / "debug").glob("tokenizer_*.yaml"))
 EXPECTED = {  # recipe -> (tokenizer class, image size, latent grid)
     "tokenizer_fsq_shapes": (FSQTokenizer, 64, (16, 16)),
     "tokenizer_fsq_shapes_fast": (FSQTokenizer, 64, (16, 16)),
+    "tokenizer_fsq_shapes_8x8": (FSQTokenizer, 64, (8, 8)),
     "tokenizer_fsq_shapes_cpu": (FSQTokenizer, 48, (6, 6)),
     "tokenizer_vq_shapes": (VQTokenizer, 64, (16, 16)),
     "tokenizer_lfq_shapes": (LFQTokenizer, 64, (16, 16)),
