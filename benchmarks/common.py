@@ -190,6 +190,11 @@ def build_module(kind: str, dirs: TokenizerDirs, size: ModelSize, image_size: in
     return module
 
 
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated command-line option's items."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -51,8 +51,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from benchmarks.common import (SIZES, TokenizerDirs, add_common_args, autocast, print_table,
-                               result_path, save_result, setup)
+from benchmarks.common import (SIZES, TokenizerDirs, add_common_args, autocast, comma_list,
+                               print_table, result_path, save_result, setup)
 from benchmarks.flops import synchronize
 from benchmarks.sampling import load_or_build
 from unigen.evaluate import build_data, sweep_pipeline
@@ -362,7 +362,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--data {args.data} needs --classifier DIR (its t2i accuracy is "
                      f"{source.t2i_metric})")
     args.split = args.split or source.split
-    args.samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    args.samplers = comma_list(args.samplers)
     unknown = sorted(set(args.samplers) - set(SAMPLERS))
     if unknown or not args.samplers:
         parser.error(f"--samplers: choose from {list(SAMPLERS)}, got {args.samplers}")

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    SIZES, TokenizerDirs, add_common_args, autocast, build_module, median, params_millions,
+    SIZES, TokenizerDirs, add_common_args, autocast, build_module, comma_list, median, params_millions,
     print_table, save_result, setup, shapes_captions,
 )
 from benchmarks.flops import TransformerShape, ar_decode_flops, masked_decode_flops, synchronize
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.classifier and args.prompts != "fashion_mnist":
         raise SystemExit("--classifier scores --prompts fashion_mnist; shapes prompts are scored by "
                          "the pixel checker")
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    samplers = comma_list(args.samplers)
     unknown = sorted(set(samplers) - set(MASKED_SAMPLERS))
     if unknown:
         raise SystemExit(f"unknown --samplers {unknown}; choose from {list(MASKED_SAMPLERS)}")

@@ -68,7 +68,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.common import autocast, result_path, save_result  # noqa: E402
+from benchmarks.common import autocast, comma_list, result_path, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("tokenizer", "unified", "eval")
@@ -562,7 +562,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=0,
                    help="torch.profiler over this many unified calibration steps after the timed "
                         "ones; the operator tables go into the JSON (stages.unified.profile)")
-    p.add_argument("--compile-modes", type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+    p.add_argument("--compile-modes", type=comma_list,
                    default=None,
                    help="torch.compile modes to calibrate the (compiled) unified model with, e.g. "
                         "default,reduce-overhead; the fit uses the fastest, the JSON lists each "

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import (
     PRECISIONS, SIZES, PretokenizedSamples, TokenizerDirs, add_common_args, autocast, build_module,
-    median, params_millions, print_table, save_result, setup, to_device,
+    comma_list, median, params_millions, print_table, save_result, setup, to_device,
 )
 from benchmarks.flops import (
     TransformerShape, datasheet_peak, forward_flops, measure_matmul_peak, mfu, synchronize,
@@ -296,10 +296,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = SIZES[args.size]
     image_size = args.image_size or size.image_size
     batch = args.batch_size or size.batch_size
-    compile_modes = [m.strip() for m in args.compile_mode.split(",") if m.strip()]
+    compile_modes = comma_list(args.compile_mode)
     for m in compile_modes:
         compile_mode(m)  # one error naming the choices
-    attentions = [a.strip() for a in args.attention.split(",") if a.strip()]
+    attentions = comma_list(args.attention)
     for a in attentions:
         check_attention_backend(a)  # one error naming the choices
     compiled = ([] if args.no_eager else ["eager"]) + ([mode_label(m) for m in compile_modes]
