@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.profiling import kind_of, time_by_kind
+from benchmarks.profiling import host_ops, is_wrapper, kind_of, time_by_kind
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -38,3 +38,34 @@ def test_time_by_kind_splits_a_real_cpu_profile():
     assert {"matmul", "attention", "loss_softmax"} <= set(by_kind)
     assert all(v > 0 for v in by_kind.values())
     assert list(by_kind.values()) == sorted(by_kind.values(), reverse=True)
+
+
+def _profile_with_an_enclosing_range():
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    x = torch.randn(64, 128)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            # Lightning runs forward and backward inside the optimizer's step (its closure)
+            with record_function("Optimizer.step#AdamW.step"):
+                (x @ x.T).relu().sum()
+    return prof.key_averages()
+
+
+def test_ranges_around_other_work_are_no_kind_of_their_own():
+    averages = _profile_with_an_enclosing_range()
+    wrapper = next(r for r in averages if r.key == "Optimizer.step#AdamW.step")
+    assert is_wrapper(wrapper) and wrapper.cpu_time_total > 0
+    assert not any(is_wrapper(r) for r in averages if r.key == "aten::mm")
+    by_kind = time_by_kind(averages, on_device=False)
+    # "adam" in the range's name would have made it optimizer time (the whole step, on a GPU)
+    assert "optimizer" not in by_kind and by_kind["matmul"] > 0
+
+
+def test_host_ops_lists_the_heaviest_operators_without_wrappers():
+    ops = host_ops(_profile_with_an_enclosing_range(), top=3)
+    assert 0 < len(ops) <= 3 and "Optimizer.step#AdamW.step" not in ops
+    assert ops["aten::mm"]["calls"] == 3
+    totals = [v["ms"] for v in ops.values()]
+    assert totals == sorted(totals, reverse=True)
+    assert all(abs(v["ms_per_call"] * v["calls"] - v["ms"]) < 1e-2 for v in ops.values())
