@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from unigen.cli import instantiate_recipe, main
+from unigen.training.host_threads import HostThreads
 from unigen.training.reliability import (AtomicCheckpointIO, NonFiniteLossGuard, ReseedEveryStep,
                                          harden_trainer, step_seed)
 
@@ -28,6 +29,8 @@ def test_every_recipe_gets_atomic_io_guard_reseeding_and_a_stable_last(recipe, c
     assert type(trainer.strategy.checkpoint_io) is AtomicCheckpointIO
     kinds = [type(cb) for cb in trainer.callbacks]
     assert kinds.count(NonFiniteLossGuard) == 1 and kinds.count(ReseedEveryStep) == 1
+    assert kinds.count(HostThreads) == 1
+    assert trainer.callbacks[kinds.index(HostThreads)].num_threads == 1
     (ckpt,) = trainer.checkpoint_callbacks  # the recipe's own, or Lightning's default one
     assert ckpt.dirpath == str(tmp_path / "run" / "checkpoints") and ckpt.save_last is True
     assert kinds.index(ModelCheckpoint) > kinds.index(ReseedEveryStep)
@@ -45,6 +48,15 @@ def test_explicit_choices_are_kept(tmp_path, monkeypatch):
     (ckpt,) = trainer.checkpoint_callbacks
     assert ckpt.dirpath == str(tmp_path / "mine") and ckpt.save_last is False
     assert not any(isinstance(cb, ReseedEveryStep) for cb in trainer.callbacks)
+
+
+def test_a_recipes_own_host_threads_is_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    own = '{"class_path": "unigen.training.host_threads.HostThreads", "init_args": {"num_threads": 3}}'
+    trainer = instantiate_recipe(DEBUG / "unified_debug.yaml", [
+        "--trainer.default_root_dir", "run", f"--trainer.callbacks+={own}"]).trainer
+    (host,) = [cb for cb in trainer.callbacks if isinstance(cb, HostThreads)]
+    assert host.num_threads == 3
 
 
 def test_last_without_save_last_is_refused(tmp_path, monkeypatch, capsys):

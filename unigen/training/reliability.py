@@ -13,7 +13,9 @@
   take an explicit generator (dropout, k-means init, dead-code restarts) becomes a function of the
   step, so a run resumed from a checkpoint draws exactly what the uninterrupted run drew (the
   global-RNG counterpart of ``UnifiedModule._generator``).
-* :func:`harden_trainer` installs all of the above on a built Trainer and makes ``ckpt_path="last"``
+* :func:`harden_trainer` installs all of the above (and
+  :class:`~unigen.training.host_threads.HostThreads`: one host thread beside an accelerator) on a
+  built Trainer and makes ``ckpt_path="last"``
   resolve across restarts: every ``ModelCheckpoint`` without a ``dirpath`` writes to
   ``<default_root_dir>/checkpoints`` (Lightning's default puts checkpoints under the logger's
   ``version_N`` folder, and a restarted run gets a new ``N``, where ``"last"`` then finds nothing).
@@ -39,6 +41,7 @@ from torch import Tensor
 
 from unigen import io
 from unigen.training.checkpoint import read_checkpoint
+from unigen.training.host_threads import HostThreads
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -271,12 +274,15 @@ def _stable_checkpoint_dirs(trainer: L.Trainer) -> None:
 
 
 def harden_trainer(trainer: L.Trainer, seed: int | None = None) -> L.Trainer:
-    """Install atomic checkpoint IO, the NaN guard, per-step reseeding (when ``seed`` is an int)
-    and stable checkpoint directories on ``trainer``; returns it.  Idempotent."""
+    """Install atomic checkpoint IO, the NaN guard, per-step reseeding (when ``seed`` is an int),
+    one host thread beside an accelerator (``HostThreads``) and stable checkpoint directories on
+    ``trainer``; returns it.  Idempotent; a callback of the same type the trainer has already
+    (e.g. a recipe's ``HostThreads`` with other settings) is kept."""
+
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     _stable_checkpoint_dirs(trainer)
-    wanted: list[Callback] = [NonFiniteLossGuard()]
+    wanted: list[Callback] = [NonFiniteLossGuard(), HostThreads()]
     if isinstance(seed, int) and not isinstance(seed, bool):
         wanted.append(ReseedEveryStep(seed))
     present = {type(cb) for cb in trainer.callbacks}
