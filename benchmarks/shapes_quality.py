@@ -55,6 +55,7 @@ if __package__ in (None, ""):
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -221,6 +222,34 @@ def dig(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
     return config
 
 
+def calibration_trials(opts: argparse.Namespace, compiled: bool
+                       ) -> list[tuple[str, dict[str, Any]]]:
+    """The settings the unified stage calibrates before it fits (``--compile-modes``, for a
+    compiled recipe, x ``--host-threads``), each as (label, {"compile": mode or None,
+    "host_threads": n or None}); empty when neither option applies."""
+    modes = (opts.compile_modes if compiled else None) or [None]
+    threads = opts.host_threads or [None]
+    if modes == [None] and threads == [None]:
+        return []
+    trials = []
+    for mode, n in itertools.product(modes, threads):
+        label = "/".join(part for part in (mode, None if n is None else f"host_threads={n}") if part)
+        trials.append((label, {"compile": mode, "host_threads": n}))
+    return trials
+
+
+def setting_args(setting: dict[str, Any]) -> list[str]:
+    """``unigen fit`` arguments of one calibration setting (:func:`calibration_trials`)."""
+    args = []
+    if setting["compile"] is not None:
+        args += ["--model.init_args.compile", setting["compile"]]
+    if setting["host_threads"] is not None:
+        host = {"class_path": "unigen.training.host_threads.HostThreads",
+                "init_args": {"num_threads": setting["host_threads"]}}
+        args += [f"--trainer.callbacks+={json.dumps(host)}"]
+    return args
+
+
 def fit_args(recipes: Sequence[str], run_dir: Path, steps: int, seconds: float,
              timer: Path, label: str, extra: Sequence[str], recipe: dict[str, Any],
              export: Path | None, callbacks: Sequence[dict[str, Any]] = ()) -> list[str]:
@@ -275,8 +304,9 @@ def timed_fit(name: str, recipes: Sequence[str], common: list[str], work: Path, 
         timed_steps = opts.calibration_warmup + opts.calibration_steps
         profile_steps = opts.profile_steps if name == "unified" else 0
         cal_steps = timed_steps + profile_steps
-        # --compile-modes: calibrate each mode and fit with the fastest (the unified stage only)
-        trial_modes = list(opts.compile_modes or []) if name == "unified" and compiled else []
+        # --compile-modes / --host-threads: calibrate each setting and fit with the fastest (the
+        # unified stage only)
+        trials_spec = calibration_trials(opts, compiled) if name == "unified" else []
 
         def calibrate(label: str, mode_args: list[str]) -> tuple[int, float, list[float], Path]:
             run_dir = work / f"{name}_calibration{label}"
@@ -291,30 +321,33 @@ def timed_fit(name: str, recipes: Sequence[str], common: list[str], work: Path, 
             done, wall = run_fit(args)
             return done, wall, json.loads(timer.read_text())["times"], profile_path
 
-        if trial_modes:
+        if trials_spec:
             trials: dict[str, Any] = {}
-            for trial in trial_modes:
+            for label, setting in trials_spec:
                 try:
-                    result = calibrate(f"_{trial}", ["--model.init_args.compile", trial])
-                except Exception as err:  # e.g. CUDA graphs refused: the other modes still run
-                    print(f"=== {name}: calibration with compile {trial} failed ({err!r})", flush=True)
+                    result = calibrate(f"_{label}", setting_args(setting))
+                except Exception as err:  # e.g. CUDA graphs refused: the other settings still run
+                    print(f"=== {name}: calibration with {label} failed ({err!r})", flush=True)
                     torch._dynamo.reset()
-                    trials[trial] = {"error": repr(err)[:2000]}
+                    trials[label] = {"error": repr(err)[:2000]}
                     continue
-                trials[trial] = {"result": result,
+                trials[label] = {"result": result, "setting": setting,
                                  "step_s": step_seconds(result[2][:timed_steps], opts.calibration_warmup)}
             timed = {m: t["step_s"] for m, t in trials.items() if t.get("step_s")}
             if not timed:
-                raise RuntimeError(f"{name}: every --compile-modes calibration failed: "
+                raise RuntimeError(f"{name}: every calibration trial failed: "
                                    + "; ".join(t.get("error", "too few steps") for t in trials.values()))
-            mode = min(timed, key=timed.get)
-            done, wall, times, profile_path = trials[mode]["result"]
-            common = [*common, "--model.init_args.compile", mode]
-            info["compile_mode"] = mode
-            info["compile_trials"] = {m: ({"step_s": round(t["step_s"], 5)} if t.get("step_s")
-                                          else {"error": t.get("error", "too few steps")})
-                                      for m, t in trials.items()}
-            print(f"=== {name}: compile mode {mode} ("
+            best = min(timed, key=timed.get)
+            done, wall, times, profile_path = trials[best]["result"]
+            setting = trials[best]["setting"]
+            common = [*common, *setting_args(setting)]
+            if setting["compile"] is not None:
+                info["compile_mode"] = setting["compile"]
+            info["host_threads"] = setting["host_threads"]
+            info["calibration_trials"] = {m: ({"step_s": round(t["step_s"], 5)} if t.get("step_s")
+                                              else {"error": t.get("error", "too few steps")})
+                                          for m, t in trials.items()}
+            print(f"=== {name}: fits with {best} ("
                   + ", ".join(f"{m} {1e3 * s:.1f} ms" for m, s in timed.items()) + " a step)",
                   flush=True)
         else:
@@ -566,7 +599,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    default=None,
                    help="torch.compile modes to calibrate the (compiled) unified model with, e.g. "
                         "default,reduce-overhead; the fit uses the fastest, the JSON lists each "
-                        "mode's step time (compile_trials)")
+                        "mode's step time (calibration_trials)")
+    p.add_argument("--host-threads", type=comma_list, default=None,
+                   help="intra-op thread counts of the training process to calibrate the unified "
+                        "model with, e.g. 1,16 (unigen fit's default is 1 beside a GPU: "
+                        "unigen.training.host_threads); combined with --compile-modes, every pair")
     p.add_argument("--validate", action="store_true",
                    help="keep the recipes' validation inside the timed fits (default off)")
     p.add_argument("--tokenizer-recipe", action="append", default=None,
@@ -603,6 +640,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [m for m in args.compile_modes or [] if m not in COMPILE_MODES]
     if unknown:
         p.error(f"--compile-modes takes modes of {list(COMPILE_MODES)}, got {unknown}")
+    if args.host_threads:
+        if not all(n.isdigit() and int(n) >= 1 for n in args.host_threads):
+            p.error(f"--host-threads takes counts >= 1, got {args.host_threads}")
+        args.host_threads = [int(n) for n in args.host_threads]
     if args.smoke:
         args.device = "cpu"
     defaults = {"minutes": (9.0, 1.0), "calibration_warmup": (10, 1), "calibration_steps": (30, 2),

@@ -161,7 +161,7 @@ def test_compile_modes_are_calibrated_and_the_fastest_fits(tmp_path, monkeypatch
                   "--compile-modes", "max-autotune-no-cudagraphs,reduce-overhead,default",
                   "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "r.json")])
     unified = saved["stages"]["unified"]
-    trials = unified["compile_trials"]
+    trials = unified["calibration_trials"]
     assert "simulated CUDA graph error" in trials["reduce-overhead"]["error"]
     assert trials["max-autotune-no-cudagraphs"]["step_s"] > trials["default"]["step_s"]
     assert unified["compile_mode"] == "default" and unified["compiled"]
@@ -172,6 +172,39 @@ def test_compile_modes_are_calibrated_and_the_fastest_fits(tmp_path, monkeypatch
     assert unified["steps_done"] == unified["steps_planned"] and saved["complete"]
     with pytest.raises(SystemExit):
         main(["--smoke", "--compile-modes", "reduce_overhead"])
+
+
+def test_host_threads_are_calibrated_and_the_fit_keeps_the_chosen_count(tmp_path, monkeypatch):
+    from unigen.training.host_threads import HostThreads
+
+    def slow_with_one_thread(self, trainer, pl_module, stage):  # a CPU fit: stand in for a GPU
+        pl_module.slow = self.num_threads == 1
+
+    monkeypatch.setattr(HostThreads, "setup", slow_with_one_thread)
+    import benchmarks.shapes_quality as sq
+
+    original = sq.StepTimer.on_train_batch_end
+
+    def timed(self, trainer, pl_module, *args):
+        if getattr(pl_module, "slow", False):
+            import time
+
+            time.sleep(0.03)
+        return original(self, trainer, pl_module, *args)
+
+    monkeypatch.setattr(sq.StepTimer, "on_train_batch_end", timed)
+    saved = main(["--smoke", "--minutes", "5", "--tokenizer-steps", "2", "--calibration-steps", "3",
+                  "--host-threads", "1,2", "--work-dir", str(tmp_path / "work"),
+                  "--out", str(tmp_path / "r.json")])
+    unified = saved["stages"]["unified"]
+    trials = unified["calibration_trials"]
+    assert set(trials) == {"host_threads=1", "host_threads=2"}
+    assert trials["host_threads=1"]["step_s"] > trials["host_threads=2"]["step_s"]
+    assert unified["host_threads"] == 2
+    assert any('"num_threads": 2' in a for a in unified["command"])  # the fit keeps the winner
+    assert unified["steps_done"] == unified["steps_planned"] and saved["complete"]
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--host-threads", "0"])
 
 
 def test_a_returned_model_continues_in_the_next_run(tmp_path, monkeypatch):
@@ -227,6 +260,8 @@ def test_profile_steps_put_operator_tables_in_the_json(tmp_path):
     by_kind = unified["profile_by_kind"]
     assert by_kind["steps"] == 2 and by_kind["clock"] == "cpu"
     assert by_kind["ms_per_step_by_kind"]["matmul"] > 0 and by_kind["ms_per_step_by_kind"]["attention"] > 0
+    assert 0 < by_kind["busy_fraction"] and by_kind["wall_ms_per_step"] > 0
+    assert by_kind["host_ops"] and by_kind["host_threads"] >= 1
     calibration = json.loads((tmp_path / "work" / "unified_calibration" / "step_times.json").read_text())
     assert calibration["steps"] == 5  # 1 warm-up + 2 timed + 2 profiled
     assert unified["steps_done"] == unified["steps_planned"] >= 1
