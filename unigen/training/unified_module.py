@@ -10,6 +10,7 @@ sharded strategies (FSDP) can wrap it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,17 @@ from unigen.training.reliability import NonFiniteLossGuard, step_seed
 from unigen.transfer import to_device
 
 Noise = torch.Generator | list[torch.Generator]  # one per batch, or one per sample
+
+
+@dataclass
+class MaskPlan:
+    """A step's masking, decided on the host (:meth:`UnifiedModule.plan_masks`)."""
+
+    masked: Tensor  # [copies * B, S] bool: positions replaced by <mask> and predicted
+    weight: Tensor  # [copies * B] each row's loss weight
+    rows: Tensor  # [N] the masked positions' rows ...
+    cols: Tensor  # [N] ... and columns (masked.nonzero())
+    copies: int  # 2 with complementary masking (rows B + i mask row i's complement), else 1
 
 
 class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClipping,
@@ -211,47 +223,54 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                           batch.get("description"))
 
     # -- loss ----------------------------------------------------------------------------------------
-    def diffusion_loss(self, tb: TaskBatch, generator: Noise, assignment: Tensor | None = None
-                       ) -> tuple[Tensor, Tensor]:
-        """Mask, predict, score.  ``assignment`` [B] (each row's task index, on the CPU) turns on
-        the ``tasks`` loss reduction when the recipe asks for it.  Returns (loss, per-row mean CE
-        [B]).
+    def plan_masks(self, tb: TaskBatch, generator: Noise) -> MaskPlan:
+        """The host side of a training step's loss: which targets are masked (the noise schedule;
+        with complementary masking a second copy of every row masks the complement, LaViDa), each
+        row's loss weight (MDLM's 1/t with ``loss: elbo``) and the masked positions as index lists.
 
         Every choice is made on the host (the task batch's masks live there) and copied to the
         device without waiting for it: picking the masked positions on the GPU (``nonzero``)
         would hold the host until the forward pass could start, every step (issue #8)."""
-        hp, mask_id, device = self.hparams, self.space.mask_id, tb.tokens.device
+        hp = self.hparams
         masked, t = self._mask(tb.target, generator)
-        if hp.loss == "elbo":
-            weight = self.noiser.schedule.loss_weight(t)
-        else:
-            weight = torch.ones_like(t)
-        tokens, target, cond, prefix = tb.tokens, tb.target, tb.cond, tb.prefix
+        weight = self.noiser.schedule.loss_weight(t) if hp.loss == "elbo" else torch.ones_like(t)
+        copies = 1
         if hp.complementary_masking:
-            # LaViDa: the complement masks every target the first copy left visible, so each
-            # target token is trained exactly once per pair
-            comp = target & ~masked
-            frac = comp.sum(1) / target.sum(1).clamp_min(1)
+            # the complement masks every target the first copy left visible, so each target token
+            # is trained exactly once per pair
+            comp = tb.target & ~masked
+            frac = comp.sum(1) / tb.target.sum(1).clamp_min(1)
             comp_weight = 1.0 / frac.clamp_min(1e-3) if hp.loss == "elbo" else torch.ones_like(frac)
-            tokens, target, cond, prefix = (torch.cat((x, x)) for x in (tokens, target, cond, prefix))
             masked = torch.cat((masked, comp))
             weight = torch.cat((weight, comp_weight.to(weight)))
+            copies = 2
         rows, cols = masked.nonzero(as_tuple=True)
-        inputs = tokens.masked_fill(to_device(masked, device), mask_id)
+        return MaskPlan(masked, weight, rows, cols, copies)
+
+    def diffusion_loss(self, tb: TaskBatch, generator: Noise, assignment: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        """Mask (:meth:`plan_masks`), predict, score.  ``assignment`` [B] (each row's task index,
+        on the CPU) turns on the ``tasks`` loss reduction when the recipe asks for it.  Returns
+        (loss, per-row mean CE [B])."""
+        hp, mask_id, device = self.hparams, self.space.mask_id, tb.tokens.device
+        plan = self.plan_masks(tb, generator)
+        tokens, target, cond, prefix = (torch.cat((x,) * plan.copies) if plan.copies > 1 else x
+                                        for x in (tb.tokens, tb.target, tb.cond, tb.prefix))
+        inputs = tokens.masked_fill(to_device(plan.masked, device), mask_id)
         if hp.cond_dropout > 0:
             inputs = self._drop_condition(inputs, cond, generator)
         hidden = self.net.hidden_states(inputs, to_device(prefix, device) if hp.prefix_attention else None)
-        rows, cols = to_device(rows, device), to_device(cols, device)
+        rows, cols = to_device(plan.rows, device), to_device(plan.cols, device)
         logits = self.net.logits(hidden[rows, cols], self.net.modality[cols])
         row_task = task_weight = None
         if self.task_loss_weight is not None and assignment is not None:
-            copies = len(tokens) // len(assignment)  # complementary masking doubled the rows
-            row_task = to_device(assignment.repeat(copies), device)
+            row_task = to_device(assignment.repeat(plan.copies), device)
             task_weight = self.task_loss_weight
-        loss, per_row = masked_token_loss(logits, tokens[rows, cols], rows, to_device(weight, device),
+        loss, per_row = masked_token_loss(logits, tokens[rows, cols], rows,
+                                          to_device(plan.weight, device),
                                           to_device(target.sum(1), device), hp.loss, row_task,
                                           task_weight)
-        if hp.complementary_masking:
+        if plan.copies > 1:
             half = per_row.shape[0] // 2
             per_row = (per_row[:half] + per_row[half:]) / 2
         return loss, per_row
