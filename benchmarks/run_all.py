@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "tokenizer_throughput": ["--time-budget", "60"],
     "sampler_overhead": [],
     "text_decoding": [],
+    "host_threads": [],
     # random weights here: the calls and cache timings hold, the accuracies mean nothing
     "sampler_curves": ["--num-samples", "32", "--thresholds", "0.5,0.9", "--batch-size", "32",
                        "--repeats", "2"],
@@ -41,11 +42,13 @@ QUICK: dict[str, list[str]] = {
     "tokenizer_throughput": ["--steps", "2", "--only", "fsq", "--num-val", "16"],
     "sampler_overhead": ["--shapes", "4x8x1000", "--steps", "2", "--repeats", "1"],
     "text_decoding": ["--batch-size", "4", "--repeats", "1", "--caption-steps", "2", "--vqa-steps", "1"],
+    "host_threads": ["--size", "tiny", "--steps", "2", "--warmup", "0", "--workers", "1"],
     "sampler_curves": ["--num-samples", "4", "--steps", "2,4", "--reference-steps", "4",
                        "--thresholds", "0.9", "--threshold-budget", "4", "--vqa-steps", "1,2",
                        "--batch-size", "4", "--repeats", "1", "--grid-size", "0"],
 }
-CPU_ONLY = {"tokenizer_throughput"}  # trains on the CPU by design: no --device flag
+CPU_ONLY = {"tokenizer_throughput", "host_threads"}  # CPU work by design: no --device flag
+OWN_THREADS = {"host_threads"}  # compares thread counts itself: no --threads flag
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         device = [] if name in CPU_ONLY else ["--device", args.device]
         out = Path(args.results_dir) / f"{name}_{args.device}.json"
-        cmd = [sys.executable, "-m", f"benchmarks.{name}", *table[name], *device, *threads,
-               "--out", str(out)]
+        cmd = [sys.executable, "-m", f"benchmarks.{name}", *table[name], *device,
+               *([] if name in OWN_THREADS else threads), "--out", str(out)]
         print(f"=== {name}: {' '.join(cmd[1:])}", flush=True)
         start = time.perf_counter()
         if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
