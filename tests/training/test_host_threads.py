@@ -70,6 +70,13 @@ def test_a_real_cpu_fit_leaves_the_threads_alone(two_threads, tmp_path):
     assert seen == [2, 2] and torch.get_num_threads() == 2
 
 
+def test_a_failed_fit_gives_the_threads_back(two_threads):
+    callback = HostThreads(num_threads=1)
+    callback.setup(trainer_on("cuda"), None, "fit")
+    callback.on_exception(trainer_on("cuda"), None, RuntimeError("out of memory"))
+    assert torch.get_num_threads() == 2
+
+
 def test_zero_threads_is_refused():
     with pytest.raises(ValueError, match="num_threads >= 1"):
         HostThreads(num_threads=0)

@@ -49,5 +49,11 @@ class HostThreads(Callback):
             torch.set_num_threads(self._saved)
             self._saved = None
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        # a failed fit may end without teardown; the process (a notebook, a benchmark trying
+        # several settings) goes on with its own thread count
+        self.teardown(trainer, pl_module, "exception")
+
 
 __all__ = ["HostThreads"]
