@@ -8,7 +8,8 @@ image codes stay on the CPU, as random ids: on a GPU they and the clean tokens l
 a ``ShapesDataModule`` loader renders the next batches in ``--workers`` processes, as in a GPU leg
 (``shapes_quality.py`` runs ``min(8, cpus // 2)``).  An H200 profile found these ops at 2-3 ms
 each beside 8 rendering workers and 16 intra-op threads (docs/performance.md, "Where the compact
-model's step goes").
+model's step goes").  Run it with ``OMP_WAIT_POLICY=PASSIVE`` in the environment to see the cause:
+without OpenMP's spinning pool threads the extra threads cost nothing.
 Each thread count is timed over the same number of steps; the JSON gives mean, median, p90 and
 max milliseconds a step and each count's mean over the last one's (``--threads all,1``: PyTorch's
 default against one thread).
