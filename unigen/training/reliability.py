@@ -278,7 +278,6 @@ def harden_trainer(trainer: L.Trainer, seed: int | None = None) -> L.Trainer:
     one host thread beside an accelerator (``HostThreads``) and stable checkpoint directories on
     ``trainer``; returns it.  Idempotent; a callback of the same type the trainer has already
     (e.g. a recipe's ``HostThreads`` with other settings) is kept."""
-
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     _stable_checkpoint_dirs(trainer)
