@@ -21,7 +21,8 @@ def dry_run(tmp_path, model=False, tokenizer=False):
         tokenizer_dir.mkdir()
         (tokenizer_dir / "config.json").write_text("{}")
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_next_leg.sh"), "--compile-modes",
-                           "default,reduce-overhead"], capture_output=True, text=True,
+                           "default,reduce-overhead", "--host-threads", "1,16"],
+                          capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "MODEL": str(model_dir),
                                "TOKENIZER": str(tokenizer_dir)})
     if not (model or tokenizer):
@@ -46,6 +47,7 @@ def test_the_leg_starts_from_what_the_checkout_kept(tmp_path, kept):
     assert sum(args.shares.values()) == pytest.approx(1.0)
     assert args.return_model and args.profile_steps == 5
     assert args.compile_modes == ["default", "reduce-overhead"]  # extra arguments pass through
+    assert args.host_threads == [1, 16]
     assert all((ROOT / recipe).is_file() for recipe in args.unified_recipe)
     assert args.unified_recipe[-1] == "recipes/presets/unified_t2i_weight.yaml"
 
