@@ -36,7 +36,7 @@ import resource
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_common_args(parser)
     parser.add_argument("--image-size", type=int, default=None, help="default: the size preset's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the size preset's")
+    parser.add_argument("--heads", type=int, default=None,
+                        help="attention heads (default: the size preset's); the same FLOPs, another "
+                             "head width for the attention kernels (e.g. 219m: 16 heads of 64, 8 of 128)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per loop, alternating which goes first")
@@ -294,6 +297,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")
 
     size = SIZES[args.size]
+    if args.heads is not None:
+        if args.heads < 1 or size.dim % args.heads:
+            parser.error(f"--heads must divide the width {size.dim}, got {args.heads}")
+        size = replace(size, heads=args.heads)
     image_size = args.image_size or size.image_size
     batch = args.batch_size or size.batch_size
     compile_modes = comma_list(args.compile_mode)

@@ -133,3 +133,14 @@ def test_fashion_prompts_name_one_class_each():
     prompts = benchmark_prompts("fashion_mnist", 50, "val", seed=0)
     assert len(prompts) == 50 and prompts == benchmark_prompts("fashion_mnist", 50, "val", seed=0)
     assert len({prompt_class(p, CLASS_NAMES) for p in prompts}) >= 8  # a seeded mix of classes
+
+
+def test_heads_override_changes_the_head_width_only(tmp_path):
+    from benchmarks.train_throughput import main
+
+    result = main(["--size", "tiny", "--heads", "2", "--steps", "1", "--warmup", "0", "--repeats", "1",
+                   "--batch-size", "2", "--out", str(tmp_path / "t.json")])
+    model = result["settings"]["model"]
+    assert model["heads"] == 2 and model["dim"] == SIZES["tiny"].dim
+    with pytest.raises(SystemExit):  # 64 channels do not split into 3 heads
+        main(["--size", "tiny", "--heads", "3", "--out", str(tmp_path / "u.json")])
