@@ -85,7 +85,7 @@ def summarize(threads: int, times: list[float]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="compact", choices=sorted(SIZES),
-                        help="model size preset (its layout and batch; the network costs nothing)")
+                        help="model size preset (its sequence layout and batch; the network is not run)")
     parser.add_argument("--threads", type=comma_list, default=["all", "1"],
                         help="intra-op thread counts to time, 'all' = torch's default (default all,1)")
     parser.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) // 2)),
