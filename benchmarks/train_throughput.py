@@ -16,7 +16,8 @@ raw-image loader (+ tokenizer encode), next to the compute time per step.
     python benchmarks/train_throughput.py --size compact --device cuda --precision bf16-mixed --compile \
         --no-eager --compile-mode default,reduce-overhead   # CUDA graphs vs not, the GPU leg's model
     python benchmarks/train_throughput.py --size 219m --device cuda --precision bf16-mixed --compile \
-        --no-eager --attention sdpa,flex   # prefix attention: dense SDPA mask vs FlexAttention
+        --no-eager --attention sdpa,flex,split   # prefix attention: dense SDPA mask vs
+                                                 # FlexAttention vs no mask on reordered rows
 """
 
 from __future__ import annotations
@@ -279,8 +280,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="torch.compile mode(s) for --compile, comma-separated, each run in turn: "
                              f"{', '.join(COMPILE_MODES)} (reduce-overhead: CUDA graphs)")
     parser.add_argument("--attention", default="sdpa",
-                        help="attention backends to run, comma-separated: sdpa, flex (FlexAttention "
-                             "trains on CUDA only)")
+                        help="attention backends to run, comma-separated: sdpa (dense prefix mask), "
+                             "flex (FlexAttention, trains on CUDA only), split (prefix moved first, "
+                             "no mask)")
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="task mixture, name=ratio,...")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--loader", action="store_true", help="add the data-loading check")

@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.sh: every benchmark it runs gets arguments its parser accepts, and its time
-limits fit one device command (a lent GPU session has no minutes for a typo)."""
+"""benchmarks/gpu_check.sh and gpu_mfu.sh: every benchmark they run gets arguments its parser
+accepts, and their time limits fit one device command (a lent GPU session has no minutes for a
+typo)."""
 
 import argparse
 import importlib
@@ -38,6 +39,8 @@ def parse_only(monkeypatch):
 
 
 GPU_CHECK = stages(ROOT / "benchmarks" / "gpu_check.sh")
+GPU_MFU = stages(ROOT / "benchmarks" / "gpu_mfu.sh")
+MFU_TESTS_S = 120  # gpu_mfu.sh's pytest stage, which is not a ``run`` line
 
 
 def test_the_stages_fit_one_device_command():
@@ -45,10 +48,19 @@ def test_the_stages_fit_one_device_command():
                                                   "text_decoding", "train_throughput"]
     # start-up (imports, carried wheels) needs some of the 600 s too
     assert sum(limit for _, limit, _ in GPU_CHECK) <= DEVICE_COMMAND_LIMIT_S - 15
+    assert f"TESTS_S={MFU_TESTS_S}" in (ROOT / "benchmarks" / "gpu_mfu.sh").read_text()
+    assert sum(limit for _, limit, _ in GPU_MFU) + MFU_TESTS_S <= DEVICE_COMMAND_LIMIT_S - 15
 
 
-@pytest.mark.parametrize("name, limit, args", GPU_CHECK,
-                         ids=[f"{i}-{name}" for i, (name, _, _) in enumerate(GPU_CHECK)])
+def test_gpu_mfu_times_the_split_backend_against_the_dense_mask():
+    (name, _, args), *_ = GPU_MFU
+    assert name == "train_throughput"
+    assert args[args.index("--attention") + 1] == "sdpa,split"
+
+
+@pytest.mark.parametrize("name, limit, args", GPU_CHECK + GPU_MFU,
+                         ids=[f"check{i}-{name}" for i, (name, _, _) in enumerate(GPU_CHECK)]
+                         + [f"mfu{i}-{name}" for i, (name, _, _) in enumerate(GPU_MFU)])
 def test_each_stage_parses(parse_only, name, limit, args):
     module = importlib.import_module(f"benchmarks.{name}")
     with pytest.raises(Parsed) as parsed:

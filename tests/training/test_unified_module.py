@@ -258,13 +258,15 @@ class SyncWindow(L.Callback):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_training_step_never_waits_for_the_gpu(tokenizer_dirs, tmp_path, precision):
+@pytest.mark.parametrize("precision, attention", [("32-true", "sdpa"), ("bf16-mixed", "sdpa"),
+                                                  ("bf16-mixed", "split")])
+def test_training_step_never_waits_for_the_gpu(tokenizer_dirs, tmp_path, precision, attention):
     from unigen.data.shapes_datamodule import ShapesDataModule
     from unigen.training.reliability import harden_trainer
 
+    # split plans its row and position order on the host from the host's prefix masks
     module = make(tokenizer_dirs, tasks=ALL_TASKS, complementary_masking=True, cond_dropout=0.2,
-                  loss_reduction="tasks", task_loss_weights={"t2i": 4.0})
+                  loss_reduction="tasks", task_loss_weights={"t2i": 4.0}, attention=attention)
     data = ShapesDataModule(image_size=32, batch_size=8, num_train=64, num_val=8)
     window = SyncWindow()
     trainer = harden_trainer(L.Trainer(

@@ -10,7 +10,10 @@ by :func:`attention_pattern` and shared by every layer:
 * a bool tensor (True = may attend): SDPA with a dense mask, which rules out FlashAttention;
 * a ``BlockMask``: FlexAttention (Dong et al. 2024), which skips fully masked blocks and needs no
   dense mask; compiled on first use, since its eager form materialises every score.  It trains
-  on CUDA only (torch has no FlexAttention backward on the CPU); on the CPU it runs forward.
+  on CUDA only (torch has no FlexAttention backward on the CPU); on the CPU it runs forward;
+* a :class:`PrefixSplit`: prefix attention on sequences reordered by :class:`PrefixOrder` (each
+  row's prefix first, rows grouped by prefix pattern), as two SDPA calls per group with no mask
+  at all, so FlashAttention-class kernels run it (the ``split`` backend).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 from unigen.modules.norm import RMSNorm
 from unigen.modules.position import apply_rotary
+from unigen.transfer import to_device
 
-ATTENTION_BACKENDS = ("sdpa", "flex")
+ATTENTION_BACKENDS = ("sdpa", "flex", "split")
 
 
 class _Causal:
@@ -39,7 +43,17 @@ class _Causal:
 
 
 CAUSAL = _Causal()
-AttentionPattern = Union[None, Tensor, BlockMask, _Causal]
+
+
+@dataclass(frozen=True)
+class PrefixSplit:
+    """Prefix attention over reordered rows: ``groups`` holds ``(first row, end row, P)`` for each
+    run of rows that share one prefix pattern and have their ``P`` prefix positions first."""
+
+    groups: tuple[tuple[int, int, int], ...]
+
+
+AttentionPattern = Union[None, Tensor, BlockMask, PrefixSplit, _Causal]
 
 
 def check_attention_backend(backend: str, dropout: float = 0.0) -> str:
@@ -67,7 +81,10 @@ def attention_pattern(backend: str, batch: int, length: int, device: torch.devic
         raise ValueError("causal and prefix attention are exclusive: pass one of them")
     if prefix is None and not causal:
         return None
-    if backend == "sdpa":
+    if backend == "split" and prefix is not None:
+        raise ValueError("attention: split runs prefix attention on reordered sequences "
+                         "(PrefixOrder); build its PrefixSplit from PrefixOrder.of(prefix)")
+    if backend in ("sdpa", "split"):
         return CAUSAL if causal else prefix_attention_mask(prefix)
     mask_mod: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     if causal:
@@ -94,6 +111,79 @@ def run_flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask) -
     fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex_attention()
     # under autocast q/k/v may differ in dtype (qk-norm); FlexAttention wants one
     return fn(q, k.to(q.dtype), v.to(q.dtype), block_mask=block_mask)
+
+
+@dataclass
+class PrefixOrder:
+    """Where each row and position goes so that prefix attention needs no mask.
+
+    Prefix attention (LaViDa) lets a prefix query see the prefix keys only and any other query
+    see every key.  Put each row's prefix positions first and the pattern becomes two dense
+    blocks: the first ``P`` queries over the first ``P`` keys, the rest over all keys.  Rows with
+    the same pattern (a batch has one per task) are made neighbours, so each group is two SDPA calls
+    on slices, with no mask.  Position information is added before reordering (learned
+    positions) or travels with the positions (rotary angles of :attr:`positions`), so the network
+    computes the same function; :meth:`restore` puts the outputs back in place.
+
+    ``rows`` [B]: the source row of each reordered row; ``positions`` [B, S]: the source
+    position of each reordered position.  Built on the host: the groups' bounds are Python ints.
+    """
+
+    rows: Tensor
+    positions: Tensor
+    restore_rows: Tensor
+    restore_positions: Tensor
+    split: PrefixSplit
+
+    @classmethod
+    def of(cls, prefix: Tensor) -> "PrefixOrder":
+        """The order for ``prefix`` [B, S] bool (on the host; a device tensor is copied back)."""
+        prefix = prefix.cpu()
+        patterns, which = torch.unique(prefix, dim=0, return_inverse=True)
+        rows = torch.sort(which, stable=True).indices
+        counts = torch.bincount(which, minlength=patterns.shape[0]).tolist()
+        # stable sorts keep the positions' own order inside the prefix and inside the rest
+        orders = torch.sort((~patterns).to(torch.uint8), dim=1, stable=True).indices
+        positions = orders[which[rows]]
+        bounds, start = [], 0
+        for count, p in zip(counts, patterns.sum(1).tolist()):
+            bounds.append((start, start + count, p))
+            start += count
+        restore_rows = torch.argsort(rows)
+        restore_positions = torch.argsort(positions, dim=1)[restore_rows]
+        return cls(rows, positions, restore_rows, restore_positions, PrefixSplit(tuple(bounds)))
+
+    def to(self, device: torch.device | str) -> "PrefixOrder":
+        return PrefixOrder(*(to_device(t, device) for t in (
+            self.rows, self.positions, self.restore_rows, self.restore_positions)), self.split)
+
+    def apply(self, x: Tensor) -> Tensor:
+        """[B, S, ...] in the original order -> reordered."""
+        return x[self.rows[:, None], self.positions]
+
+    def restore(self, x: Tensor) -> Tensor:
+        """[B, S, ...] reordered -> the original order."""
+        return x[self.restore_rows[:, None], self.restore_positions]
+
+
+@torch.compiler.disable
+def split_prefix_attention(q: Tensor, k: Tensor, v: Tensor, split: PrefixSplit,
+                           dropout_p: float = 0.0) -> Tensor:
+    """Prefix attention of reordered ``q``/``k``/``v`` [B, heads, S, Dh] as SDPA calls without a
+    mask (see :class:`PrefixOrder`).  Outside ``torch.compile``: a compiled block would guard on
+    the groups' bounds and recompile for every new task mix in a batch; the SDPA kernels are not
+    fused with anything anyway."""
+    length, outs = q.shape[2], []
+    for start, stop, p in split.groups:
+        q_g, k_g, v_g = q[start:stop], k[start:stop], v[start:stop]
+        parts = []
+        if p:
+            parts.append(F.scaled_dot_product_attention(q_g[:, :, :p], k_g[:, :, :p], v_g[:, :, :p],
+                                                        dropout_p=dropout_p))
+        if p < length:
+            parts.append(F.scaled_dot_product_attention(q_g[:, :, p:], k_g, v_g, dropout_p=dropout_p))
+        outs.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
 @dataclass
@@ -168,6 +258,8 @@ class SelfAttention(nn.Module):
             v = torch.cat((past[1], v), dim=2)
         if isinstance(attn_mask, BlockMask):
             out = run_flex_attention(q, k, v, attn_mask)
+        elif isinstance(attn_mask, PrefixSplit):
+            out = split_prefix_attention(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         else:
             causal = attn_mask is CAUSAL
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else attn_mask,

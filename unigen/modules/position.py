@@ -46,11 +46,11 @@ class MultimodalRotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def angles(self, axes: Tensor) -> tuple[Tensor, Tensor]:
-        """axes [S, 2] -> (cos, sin) each [S, head_dim // 2]."""
+        """axes [..., S, 2] -> (cos, sin) each [..., S, head_dim // 2]."""
         half = self.inv_freq.numel()
         # even frequency slots follow the row, odd slots the column, so both axes get the full band
         which = torch.arange(half, device=axes.device) % 2
-        pos = axes.float()[:, which]  # [S, half]
+        pos = axes.float()[..., which]  # [..., S, half]
         theta = pos * self.inv_freq
         return theta.cos(), theta.sin()
 

@@ -11,9 +11,11 @@ keys/values do not depend on what is being decoded.  That is what makes the pref
 :meth:`prefill` encodes the prefix once and :meth:`forward_cached` recomputes only the rest.  The
 prefix is a property of the task, not of the batch, so results never depend on batch composition.
 
-``attention_backend`` picks the kernel of the full forward pass (``sdpa`` or ``flex``,
+``attention_backend`` picks the kernel of the full forward pass (``sdpa``, ``flex`` or ``split``,
 :mod:`unigen.modules.attention`); it is how the network runs, not what it computes, so it is not
-part of the saved config.
+part of the saved config.  ``split`` runs prefix attention on sequences reordered so that each
+row's prefix comes first (:class:`~unigen.modules.attention.PrefixOrder`): no mask, so SDPA can
+pick a FlashAttention-class kernel.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from torch import Tensor, nn
 
 from unigen.diffusion.vocab import IMAGE, SequenceLayout, VocabLayout
 from unigen.modules.attention import (
-    AttentionPattern, KVBuffer, SelfAttention, attention_pattern, check_attention_backend,
+    AttentionPattern, KVBuffer, PrefixOrder, SelfAttention, attention_pattern,
+    check_attention_backend,
 )
+from unigen.transfer import to_device
 from unigen.modules.heads import HEADS
 from unigen.modules.mlp import SwiGLU
 from unigen.modules.norm import RMSNorm
@@ -124,7 +128,8 @@ class UnifiedTransformer(nn.Module):
 
     @property
     def attention_backend(self) -> str:
-        """``sdpa`` or ``flex``: the kernel of full forward passes with prefix or causal attention."""
+        """``sdpa``, ``flex`` or ``split``: the kernel of full forward passes with prefix or causal
+        attention."""
         return self._attention_backend
 
     @attention_backend.setter
@@ -143,10 +148,13 @@ class UnifiedTransformer(nn.Module):
         return x
 
     def rotary_angles(self, idx: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+        """cos/sin [S, Dh/2] for positions ``idx`` [S] (all if None); for ``idx`` [B, S] (each row
+        its own positions) [B, 1, S, Dh/2], broadcasting over the heads."""
         if self.rotary is None:
             return None
         axes = self.rope_axes if idx is None else self.rope_axes[idx]
-        return self.rotary.angles(axes)
+        angles = self.rotary.angles(axes)
+        return angles if axes.ndim == 2 else tuple(a.unsqueeze(1) for a in angles)
 
     def logits(self, hidden: Tensor, modality: Tensor, vocab_limit: int | None = None) -> Tensor:
         """Logits over the whole vocabulary (or its first ``vocab_limit`` ids), illegal ids for the
@@ -160,10 +168,18 @@ class UnifiedTransformer(nn.Module):
 
     # -- full forward ---------------------------------------------------------------------------------
     def hidden_states(self, tokens: Tensor, prefix: Tensor | None = None, causal: bool = False) -> Tensor:
-        """[B, S] -> [B, S, D].  ``prefix`` [B, S] bool turns on prefix attention (module docstring);
-        ``causal`` makes every position see only itself and earlier ones (autoregressive baseline)."""
+        """[B, S] -> [B, S, D].  ``prefix`` [B, S] bool turns on prefix attention (module docstring;
+        pass it on the host: the ``split`` backend plans there, the others copy it over without
+        waiting); ``causal`` makes every position see only itself and earlier ones
+        (autoregressive baseline)."""
         if tokens.shape[1] != self.sequence.length:
             raise ValueError(f"expected sequences of length {self.sequence.length}, got {tokens.shape[1]}")
+        if prefix is not None and self.attention_backend == "split":
+            if causal:
+                raise ValueError("causal and prefix attention are exclusive: pass one of them")
+            return self._reordered_hidden_states(tokens, prefix)
+        if prefix is not None:
+            prefix = to_device(prefix, tokens.device)
         mask = attention_pattern(self.attention_backend, tokens.shape[0], tokens.shape[1], tokens.device,
                                  prefix, causal)
         x = self.embed(tokens)
@@ -171,6 +187,15 @@ class UnifiedTransformer(nn.Module):
         for block in self.blocks:
             x, _ = block(x, mask, rotary)
         return self.norm(x)
+
+    def _reordered_hidden_states(self, tokens: Tensor, prefix: Tensor) -> Tensor:
+        """Prefix attention with every row's prefix moved first (the ``split`` backend)."""
+        order = PrefixOrder.of(prefix).to(tokens.device)
+        x = order.apply(self.embed(tokens))
+        rotary = self.rotary_angles(order.positions)
+        for block in self.blocks:
+            x, _ = block(x, order.split, rotary)
+        return order.restore(self.norm(x))
 
     def forward(self, tokens: Tensor, prefix: Tensor | None = None, causal: bool = False,
                 positions: Tensor | None = None, vocab_limit: int | None = None) -> Tensor:

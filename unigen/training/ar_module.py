@@ -50,7 +50,8 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
         cond_dropout: probability of replacing a row's prompt by ``<mask>`` (classifier-free guidance).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
         compile: ``torch.compile`` each transformer block: ``true`` or a mode name.
-        attention: ``sdpa`` (SDPA's own causal kernel) or ``flex`` (FlexAttention).
+        attention: ``sdpa`` (SDPA's own causal kernel) or ``flex`` (FlexAttention); ``split``
+            only changes prefix attention, so here it runs as ``sdpa``.
         seed: seeds the per-step generators (condition dropout): exact resume on CPU.
         val_sampling: ``{num_samples, guidance_scale, temperature, top_k, seed}`` for the sample grid
             and checker accuracy logged at validation; ``{}`` turns it off.

@@ -81,9 +81,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
         compile: ``torch.compile`` each transformer block: ``true`` (default mode) or a mode name,
             e.g. ``reduce-overhead`` (CUDA graphs; :mod:`unigen.training.compilation`).
-        attention: the kernel of the training forward: ``sdpa`` (prefix attention as a dense mask)
-            or ``flex`` (FlexAttention block mask, compiled; :mod:`unigen.modules.attention`).
-            The same function either way; exported pipelines decode with ``sdpa``.
+        attention: the kernel of the training forward: ``sdpa`` (prefix attention as a dense mask),
+            ``flex`` (FlexAttention block mask, compiled) or ``split`` (each row's prefix moved
+            first, then SDPA without a mask; :mod:`unigen.modules.attention`).  The same function
+            each way; exported pipelines decode with ``sdpa``.
         seed: seeds the per-step generators (task mixing, masking, dropout): exact resume on CPU.
         val_sampling: options for the sample grids and metrics logged at validation (see
             :meth:`validation_sampling`); ``{}`` turns them off.
@@ -259,7 +260,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         inputs = tokens.masked_fill(to_device(plan.masked, device), mask_id)
         if hp.cond_dropout > 0:
             inputs = self._drop_condition(inputs, cond, generator)
-        hidden = self.net.hidden_states(inputs, to_device(prefix, device) if hp.prefix_attention else None)
+        hidden = self.net.hidden_states(inputs, prefix if hp.prefix_attention else None)
         rows, cols = to_device(plan.rows, device), to_device(plan.cols, device)
         logits = self.net.logits(hidden[rows, cols], self.net.modality[cols])
         row_task = task_weight = None
