@@ -19,15 +19,9 @@
 # see benchmarks/gpu_wheels.txt for the one pip command that fetches them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source benchmarks/gpu_env.sh  # PY, PYTHONPATH, carried wheels from .whl/, the CUDA check
+source benchmarks/gpu_env.sh  # PY, PYTHONPATH, carried wheels from .whl/, the CUDA check, run
 gpu_env_setup gpu_check || exit 1
 
-failed=()
-run() {  # run NAME SECONDS ARGS...: one benchmark under a time limit; keep going if it fails
-  local name=$1 limit=$2; shift 2
-  echo "=== $name ($*)"
-  timeout "$limit" "$PY" "benchmarks/$name.py" "$@" || { echo "gpu_check: $name failed or timed out"; failed+=("$name"); }
-}
 run train_throughput 240 --size 219m --device cuda --precision bf16-mixed --compile \
   --steps 15 --warmup 5 --repeats 1 --loader --num-workers 4 --profile-steps 3
 run sampling 110 --size 34m --device cuda --precision bf16-mixed --batch-size 64 --steps 16 \
