@@ -158,3 +158,18 @@ def test_text_decoding_limited_vocabulary_gives_identical_text(tmp_path):
     for row in rows.values():
         assert row["identical"] is True and row["speedup"] > 0
         assert row["scored_ids_full"] == row["scored_ids_limited"] + 200  # the 8*5*5 codes skipped
+
+
+def test_head_alignment_times_both_widths_of_the_same_projection(tmp_path):
+    from benchmarks.head_alignment import main, parse_shapes
+
+    result = main(["--shapes", "33x8x67,16x8x64", "--steps", "1", "--repeats", "1", "--threads", "1",
+                   "--out", str(tmp_path / "h.json")])
+    first, aligned = result["rows"]
+    assert (first["rows"], first["dim"], first["vocab"]) == (33, 8, 67)
+    assert first["ms_plain"] > 0 and first["ms_padded"] > 0
+    assert first["speedup"] == pytest.approx(first["ms_plain"] / first["ms_padded"])
+    assert aligned["vocab"] == 64  # already a multiple: both runs compute the same thing
+    assert (tmp_path / "h.json").is_file()
+    with pytest.raises(SystemExit, match="ROWSxDIMxVOCAB"):
+        parse_shapes("33x8")

@@ -52,9 +52,9 @@ def test_the_stages_fit_one_device_command():
     assert sum(limit for _, limit, _ in GPU_MFU) + MFU_TESTS_S <= DEVICE_COMMAND_LIMIT_S - 15
 
 
-def test_gpu_mfu_times_the_split_backend_against_the_dense_mask():
-    (name, _, args), *_ = GPU_MFU
-    assert name == "train_throughput"
+def test_gpu_mfu_times_the_head_padding_and_the_split_backend_first():
+    (head, _, _), (name, _, args), *_ = GPU_MFU
+    assert head == "head_alignment" and name == "train_throughput"
     assert args[args.index("--attention") + 1] == "sdpa,split"
 
 
