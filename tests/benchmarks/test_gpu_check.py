@@ -40,7 +40,7 @@ def parse_only(monkeypatch):
 
 GPU_CHECK = stages(ROOT / "benchmarks" / "gpu_check.sh")
 GPU_MFU = stages(ROOT / "benchmarks" / "gpu_mfu.sh")
-MFU_TESTS_S = 120  # gpu_mfu.sh's pytest stage, which is not a ``run`` line
+MFU_TESTS_S = 90  # gpu_mfu.sh's pytest stage, which is not a ``run`` line
 
 
 def test_the_stages_fit_one_device_command():
@@ -52,10 +52,13 @@ def test_the_stages_fit_one_device_command():
     assert sum(limit for _, limit, _ in GPU_MFU) + MFU_TESTS_S <= DEVICE_COMMAND_LIMIT_S - 15
 
 
-def test_gpu_mfu_times_the_head_padding_and_the_split_backend_first():
-    (head, _, _), (name, _, args), *_ = GPU_MFU
-    assert head == "head_alignment" and name == "train_throughput"
-    assert args[args.index("--attention") + 1] == "sdpa,split"
+def test_gpu_mfu_times_the_head_padding_then_the_split_backend_at_both_lengths():
+    (head, _, _), (short, _, short_args), (long, _, long_args), *_ = GPU_MFU
+    assert head == "head_alignment" and short == long == "train_throughput"
+    for args in (short_args, long_args):
+        assert args[args.index("--attention") + 1] == "sdpa,split"
+    assert short_args[short_args.index("--image-size") + 1] == "64"  # 284 positions
+    assert "--image-size" not in long_args  # the 219m preset's 128 px: 1,052 positions
 
 
 @pytest.mark.parametrize("name, limit, args", GPU_CHECK + GPU_MFU,
