@@ -33,6 +33,7 @@ from unigen.sampling import ClassifierFreeGuidance, build_sampler, decode
 from unigen.sampling.graphed import GraphedModelFn, autocast_state, check_cuda_graphs
 from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
 from unigen.tokenizers.text import TextTokenizer
+from unigen.verification import best_of, caption_elbo
 
 FORMAT_VERSION = 1
 KIND = "masked"  # pipeline.json "kind": which pipeline class reads the directory
@@ -293,18 +294,42 @@ class UnifiedPipeline:
     def text_to_image(self, prompts: str | Sequence[str], num_steps: int = 16,
                       guidance_scale: float = 1.0, sampler: str = "maskgit",
                       seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
-                      progress: bool = False, return_calls: bool = False, **options: Any
+                      progress: bool = False, return_calls: bool = False, candidates: int = 1,
+                      verify_masks: int = 4, **options: Any
                       ) -> list[Image.Image] | Tensor | tuple[list[Image.Image] | Tensor, list[int]]:
         """Generate one image per prompt.  ``options`` go to :class:`SamplingConfig`.
 
-        ``return_calls=True`` returns ``(images, calls)``: each sample's network calls (what it
-        would cost decoded alone; adaptive samplers finish easy samples early)."""
+        ``candidates=K`` draws K images per prompt and keeps the one the model itself reads the
+        prompt from best: the highest ELBO of the prompt as the image's caption, estimated with
+        ``verify_masks`` masks (:mod:`unigen.verification`).  Candidate 0 is the image a plain call
+        draws; later ones continue each sample's generator, so a sample's result still does not
+        depend on its batch.  ``return_calls=True`` returns ``(images, calls)``: each sample's
+        network calls (what it would cost decoded alone; adaptive samplers finish easy samples
+        early; with candidates, every candidate's decoding plus ``1 + verify_masks`` calls to read
+        each one)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
         cfg = SamplingConfig(sampler, num_steps, guidance_scale=guidance_scale, **options)
         grid = self.space.sequence.grid
         codes = torch.zeros(len(prompts), *grid, dtype=torch.long, device=self.device)
-        tokens, calls = self._decode("t2i", TaskInputs(codes, captions=prompts), cfg,
-                                     self.generators(len(prompts), seed, generator), progress)
+        generators = self.generators(len(prompts), seed, generator)
+        drawn = [self._decode("t2i", TaskInputs(codes, captions=prompts), cfg, generators, progress)
+                 for _ in range(candidates)]
+        tokens, calls = drawn[0]
+        if candidates > 1:
+            # the masks are drawn after every candidate, so candidate 0 is the plain call's image;
+            # fresh generators from each row's stream give every candidate the same masks
+            rows = generators if isinstance(generators, (list, tuple)) else [generators] * len(prompts)
+            mask_seeds = [int(torch.randint(2**62, (1,), generator=g, device=g.device)) for g in rows]
+            scores = torch.stack([caption_elbo(self.transformer, self.space,
+                                               self.space.image_codes(t), prompts,
+                                               self.generators(len(prompts), mask_seeds),
+                                               verify_masks) for t, _ in drawn])
+            best = best_of(scores)
+            tokens = torch.stack([t for t, _ in drawn])[best, torch.arange(len(prompts))]
+            calls = [sum(c[i] for _, c in drawn) + candidates * (1 + verify_masks)
+                     for i in range(len(prompts))]
         return self._image_output(tokens, output, calls, return_calls)
 
     def caption(self, images, num_steps: int | None = None, sampler: str = TEXT_SAMPLER,

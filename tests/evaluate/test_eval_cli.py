@@ -189,6 +189,19 @@ def test_sweep_carries_model_calls_per_sampler(pipeline_dir, debug_recipe, tmp_p
         assert img.width > 200
 
 
+def test_t2i_best_of_candidates_counts_their_calls_and_sweeps(pipeline_dir, debug_recipe, tmp_path):
+    out = tmp_path / "best_of"
+    summary = run_eval(pipeline_dir, debug_recipe, out, "--override", "data.num_samples=2",
+                       "--override", "tasks={t2i: {num_steps: 2, metrics: [compositional_accuracy, "
+                       "model_calls]}}", "--override", "t2i.verify_masks=2",
+                       "--sweep", "t2i.candidates=1,3")
+    calls = {p["dir"]: [r["model_calls"] for r in records(out / p["dir"])]
+             for p in summary["metadata"]["points"]}
+    # 2 steps per candidate, plus a prefill and 2 masks to read each candidate
+    assert sorted(calls.values()) == [[2, 2], [3 * 2 + 3 * (1 + 2)] * 2]
+    assert summary["metrics"]["[t2i.candidates=3] model_calls/t2i"] == 15.0
+
+
 def test_bad_sweep_value_fails_before_generating(pipeline_dir, debug_recipe, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_eval(pipeline_dir, debug_recipe, tmp_path / "out", "--sweep", "t2i.num_steps=2,0")

@@ -36,6 +36,8 @@ def test_defaults_and_types():
     ("vqa.metrics", ["caption_fact_precision"],
      "metric 'caption_fact_precision' scores task 'caption', not tasks.vqa"),
     ("vqa.fid", True, "tasks.vqa.fid: FID compares generated images, only t2i makes any"),
+    ("vqa.candidates", 3, "tasks.vqa.candidates: only t2i draws several candidates"),
+    ("t2i.candidates", 0, "tasks.t2i.candidates and verify_masks must be >= 1, got 0 and 4"),
     ("vqa.metrics", [], "tasks.vqa lists no metrics"),
     ("tasks", {"i2t": {}}, "unknown task 'tasks.i2t'; known: caption, t2i, vqa"),
     ("data", {"split": "val"}, "recipe key 'data' needs 'source'"),

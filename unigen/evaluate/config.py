@@ -26,6 +26,8 @@ class TaskSettings:
     cuda_graphs: bool = False  # replay each decoding step as a CUDA graph (GPU only)
     metrics: list[str | dict[str, Any]] = field(default_factory=list)
     fid: bool = False  # t2i only: FID of generated vs real images on resources.extractor features
+    candidates: int = 1  # t2i only: best of this many images a prompt, by the model's own reading
+    verify_masks: int = 4  # t2i only: masks of that reading's ELBO (unigen.verification)
 
 
 @dataclass

@@ -52,6 +52,12 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
             raise ValueError(f"tasks.{name}.num_steps must be positive, got {task.num_steps}")
         if task.fid and name != "t2i":
             raise ValueError(f"tasks.{name}.fid: FID compares generated images, only t2i makes any")
+        if name != "t2i" and (task.candidates != 1 or task.verify_masks != 4):
+            raise ValueError(f"tasks.{name}.candidates: only t2i draws several candidates to "
+                             f"choose from")
+        if task.candidates < 1 or task.verify_masks < 1:
+            raise ValueError(f"tasks.{name}.candidates and verify_masks must be >= 1, got "
+                             f"{task.candidates} and {task.verify_masks}")
         if not task.metrics and not task.fid:
             raise ValueError(f"tasks.{name} lists no metrics")
         for metric, _ in metric_entries(task):

@@ -67,8 +67,11 @@ def _base_record(task: str, sample: EvalSample, seed: int, calls: int) -> dict[s
 def _generate_t2i(pipe, settings: TaskSettings, samples: Sequence[EvalSample], seeds: list[int],
                   checks: set[str]) -> BatchOutput:
     prompts = [s.prompt for s in samples]
+    # only when asked: a pipeline without self-verification (the AR baseline) takes the rest
+    best_of = ({"candidates": settings.candidates, "verify_masks": settings.verify_masks}
+               if settings.candidates > 1 else {})
     images, calls = pipe.text_to_image(prompts, seed=seeds, output="tensor", return_calls=True,
-                                       **sampling_kwargs(settings))
+                                       **sampling_kwargs(settings), **best_of)
     images = images.float().clamp(0, 1)
     records = []
     for sample, seed, image, n in zip(samples, seeds, images, calls):
