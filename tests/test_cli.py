@@ -76,6 +76,9 @@ def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):
                  "two blue squares", "--steps", "2", "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert json.loads((tmp_path / "grid.json").read_text())["prompts"] == ["a red circle", "two blue squares"]
+    assert main(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2",
+                 "--candidates", "2", "--out", str(tmp_path / "best.png")]) == 0
+    assert json.loads((tmp_path / "best.json").read_text())["candidates"] == 2
     # sampler options from the command line (values as YAML), recorded next to the grid
     assert main(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "3",
                  "--sampler", "confident", "--sampler-arg", "schedule=cosine", "--sampler-arg",

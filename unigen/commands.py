@@ -73,6 +73,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
     p.add_argument("--num-per-prompt", type=int, default=1)
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--candidates", type=int, default=1,
+                   help="draw this many images per prompt and keep the one the model itself reads "
+                        "the prompt from best (its caption ELBO; unigen.verification)")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -83,10 +86,11 @@ def _generate(args: argparse.Namespace) -> None:
     kwargs = _sampler_kwargs(args)
     images = pipe.text_to_image(prompts, num_steps=args.steps or 16, guidance_scale=args.guidance,
                                 sampler=args.sampler, sampler_kwargs=kwargs, seed=args.seed,
-                                output="tensor", progress=True)
+                                output="tensor", progress=True, candidates=args.candidates)
     out = save_png(captioned_grid(images.cpu(), prompts), args.out)
     io.write_json(out.with_suffix(".json"), {"prompts": prompts, "seed": args.seed,
                                              "steps": args.steps or 16, "guidance": args.guidance,
+                                             "candidates": args.candidates,
                                              "sampler": args.sampler, "sampler_kwargs": kwargs,
                                              "model": str(args.model)})
     print(f"wrote {out} ({len(prompts)} images)")
