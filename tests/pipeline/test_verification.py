@@ -5,7 +5,7 @@ import torch
 
 from tests.training.test_unified_module import batch_of, make, overfit
 from unigen.pipeline import UnifiedPipeline
-from unigen.verification import best_of, caption_elbo
+from unigen.verification import best_of, caption_elbo, caption_elbos, contrastive_caption_score
 
 PROMPTS = ["a red circle", "two blue squares", "a green star"]
 
@@ -70,6 +70,34 @@ def test_caption_elbo_prefers_the_image_a_caption_was_trained_on(tokenizer_dirs)
     own = caption_elbo(module.net, module.space, codes, captions, gens(range(8)))
     others = caption_elbo(module.net, module.space, codes.roll(1, 0), captions, gens(range(8)))
     assert (own > others + 5.0).all(), (own, others)  # nats: the image decides the caption
+    contrast = [list(captions[k:] + captions[:k]) for k in (1, 2, 3)]  # other scenes' captions
+    share = contrastive_caption_score(module.net, module.space, codes, captions, contrast,
+                                      gens(range(8)))
+    assert (share > -0.1).all()  # nearly all of the softmax: the image reads as its own caption
+
+
+def test_several_caption_sets_share_one_image_encoding_and_the_masks(pipe, monkeypatch):
+    net, space = pipe.transformer, pipe.space
+    codes = random_codes(pipe, 2)
+    sets = [PROMPTS[:2], PROMPTS[1:], ["a red circle", "a red circle"]]
+    prefills = []
+    original = net.prefill
+    monkeypatch.setattr(net, "prefill", lambda *a: prefills.append(1) or original(*a))
+    together = caption_elbos(net, space, codes, sets, gens([1, 2]), num_masks=2)
+    assert together.shape == (3, 2) and len(prefills) == 1
+    apart = torch.stack([caption_elbo(net, space, codes, c, gens([1, 2]), num_masks=2) for c in sets])
+    assert torch.allclose(together, apart, atol=1e-5)
+
+
+def test_contrastive_score_is_the_captions_share_among_the_contrast_captions(pipe):
+    net, space = pipe.transformer, pipe.space
+    codes = random_codes(pipe, 3)
+    same = contrastive_caption_score(net, space, codes, PROMPTS, [PROMPTS] * 3, gens([1, 2, 3]), 2)
+    assert torch.allclose(same, torch.full((3,), -torch.log(torch.tensor(4.0)).item()), atol=1e-5)
+    contrast = [["a blue star"] * 3, ["three green squares"] * 3]
+    score = contrastive_caption_score(net, space, codes, PROMPTS, contrast, gens([1, 2, 3]), 2)
+    elbos = caption_elbos(net, space, codes, [PROMPTS, *contrast], gens([1, 2, 3]), 2)
+    assert torch.allclose(score.exp(), elbos.softmax(dim=0)[0], atol=1e-5) and (score < 0).all()
 
 
 def test_best_of_takes_the_highest_score_and_the_first_on_ties():
