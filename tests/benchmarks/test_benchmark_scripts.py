@@ -173,3 +173,25 @@ def test_head_alignment_times_both_widths_of_the_same_projection(tmp_path):
     assert (tmp_path / "h.json").is_file()
     with pytest.raises(SystemExit, match="ROWSxDIMxVOCAB"):
         parse_shapes("33x8")
+
+
+def test_self_verification_compares_rules_on_the_same_candidates(tokenizer_dirs, tmp_path):
+    import torch
+
+    from benchmarks.self_verification import main
+    from unigen.training.unified_module import UnifiedModule
+
+    torch.manual_seed(0)
+    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).export(tmp_path / "m")
+    result = main(["--model", str(tmp_path / "m"), "--num-samples", "3", "--candidates", "3",
+                   "--contrast", "2", "--steps", "2", "--verify-masks", "2", "--batch-size", "2",
+                   "--threads", "1", "--out", str(tmp_path / "sv.json")])
+    rows = {r["rule"]: r for r in result["rows"]}
+    samples = result["samples"]
+    assert len(samples) == 3 and all(len(s["correct"]) == len(s["elbo"]) == 3 for s in samples)
+    assert rows["plain"]["accuracy"] == sum(s["correct"][0] for s in samples) / 3
+    assert all(s["pick_elbo"] == max(range(3), key=lambda j: s["elbo"][j]) for s in samples)
+    assert all(rows[r]["accuracy"] <= rows["oracle"]["accuracy"] for r in ("plain", "elbo", "contrastive"))
+    assert all(max(s["contrastive"]) < 0 for s in samples)  # a share of a softmax: log < 0
+    with pytest.raises(SystemExit, match="--candidates must be >= 2"):
+        main(["--model", str(tmp_path / "m"), "--candidates", "1"])
