@@ -52,9 +52,14 @@ PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
 
 def add_common_args(parser: argparse.ArgumentParser, default_size: str = "tiny") -> None:
     parser.add_argument("--size", default=default_size, choices=sorted(SIZES), help="model size preset")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_device_args(parser)
     parser.add_argument("--precision", default="32-true", choices=sorted(PRECISIONS),
                         help="32-true or bf16-mixed (autocast, fp32 weights)")
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """--device, --threads, --seed and --out: what :func:`setup` and :func:`save_result` read."""
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 gives stable numbers on a shared machine")
     parser.add_argument("--seed", type=int, default=0)
@@ -193,6 +198,19 @@ def build_module(kind: str, dirs: TokenizerDirs, size: ModelSize, image_size: in
 def comma_list(text: str) -> list[str]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated command-line option's items."""
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_shapes(text: str, form: str) -> list[tuple[int, ...]]:
+    """``"64x36x15488,64x64x15488"`` -> ``[(64, 36, 15488), (64, 64, 15488)]``: a comma-separated
+    ``--shapes`` option whose items have ``form``'s fields (e.g. ``BATCHxPOSITIONSxVOCAB``)."""
+    fields = len(form.split("x"))
+    shapes = []
+    for item in text.split(","):
+        parts = item.lower().split("x")
+        if len(parts) != fields or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise SystemExit(f"--shapes: {item!r} is not {form}")
+        shapes.append(tuple(int(p) for p in parts))
+    return shapes
 
 
 def median(values: Sequence[float]) -> float:

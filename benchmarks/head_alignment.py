@@ -27,23 +27,15 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from benchmarks.common import PRECISIONS, autocast, median, print_table, save_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    PRECISIONS, add_device_args, autocast, median, parse_shapes, print_table, save_result, setup,
+)
 from unigen.modules.heads import CUDA_OUTPUT_MULTIPLE, aligned_linear  # noqa: E402
 
 # masked rows a step x width x vocabulary: the 219M benchmark step (batch 32 x 1,052 positions,
 # d1024: 10,051 head rows a step in train_throughput_cuda.json) and the compact GPU leg's (batch
 # 256 with complementary copies, d384; about 40k rows); odd row counts, as a step's are
 DEFAULT_SHAPES = "10051x1024x15439,40001x384x15439"
-
-
-def parse_shapes(text: str) -> list[tuple[int, int, int]]:
-    shapes = []
-    for item in text.split(","):
-        parts = item.lower().split("x")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise SystemExit(f"--shapes: {item!r} is not ROWSxDIMxVOCAB")
-        shapes.append((int(parts[0]), int(parts[1]), int(parts[2])))
-    return shapes
 
 
 def measure(shape: tuple[int, int, int], device: torch.device, precision: str, steps: int,
@@ -88,19 +80,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--precision", default="32-true", choices=sorted(PRECISIONS))
     parser.add_argument("--steps", type=int, default=10, help="forward + backward passes per timed run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1: stable numbers)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None,
-                        help="result JSON (default benchmarks/results/head_alignment_<device>.json)")
+    add_device_args(parser)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    device = setup(args)
     rows = [measure(s, device, args.precision, args.steps, args.repeats, args.seed)
-            for s in parse_shapes(args.shapes)]
+            for s in parse_shapes(args.shapes, "ROWSxDIMxVOCAB")]
     print_table(rows, ["rows", "dim", "vocab", "ms_plain", "ms_padded", "speedup", "tflops_plain",
                        "tflops_padded"])
     payload = {"settings": vars(args), "rows": rows,

@@ -36,7 +36,9 @@ from typing import Any, Callable  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from benchmarks.common import median, print_table, save_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_device_args, median, parse_shapes, print_table, save_result, setup,
+)
 from unigen.sampling import build_sampler  # noqa: E402
 from unigen.sampling.confidence import token_confidence  # noqa: E402
 from unigen.sampling.guidance import ClassifierFreeGuidance, GuidedBatch  # noqa: E402
@@ -143,32 +145,15 @@ def measure(shape: tuple[int, int, int], num_steps: int, repeats: int, device: t
             "cfg_combine_speedup": ms["cfg_textbook"] / ms["cfg_unigen"]}
 
 
-def parse_shapes(text: str) -> list[tuple[int, int, int]]:
-    shapes = []
-    for item in text.split(","):
-        parts = item.lower().split("x")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise SystemExit(f"--shapes: {item!r} is not BATCHxPOSITIONSxVOCAB")
-        shapes.append((int(parts[0]), int(parts[1]), int(parts[2])))
-    return shapes
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated BATCHxPOSITIONSxVOCAB")
     parser.add_argument("--steps", type=int, default=4, help="sampler steps per timed run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1: stable numbers)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/sampler_overhead_<device>.json)")
+    add_device_args(parser)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch")
-    rows = [measure(shape, args.steps, args.repeats, device, args.seed) for shape in parse_shapes(args.shapes)]
+    device = setup(args)
+    rows = [measure(shape, args.steps, args.repeats, device, args.seed) for shape in parse_shapes(args.shapes, "BATCHxPOSITIONSxVOCAB")]
     print_table(rows, ["batch", "positions", "vocab", "ms_per_step_textbook", "ms_per_step_unigen", "speedup",
                        "cfg_combine_ms_textbook", "cfg_combine_ms_unigen", "cfg_combine_speedup"])
     payload = {"settings": vars(args), "rows": rows,

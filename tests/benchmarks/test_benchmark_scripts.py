@@ -161,7 +161,8 @@ def test_text_decoding_limited_vocabulary_gives_identical_text(tmp_path):
 
 
 def test_head_alignment_times_both_widths_of_the_same_projection(tmp_path):
-    from benchmarks.head_alignment import main, parse_shapes
+    from benchmarks.common import parse_shapes
+    from benchmarks.head_alignment import main
 
     result = main(["--shapes", "33x8x67,16x8x64", "--steps", "1", "--repeats", "1", "--threads", "1",
                    "--out", str(tmp_path / "h.json")])
@@ -172,7 +173,7 @@ def test_head_alignment_times_both_widths_of_the_same_projection(tmp_path):
     assert aligned["vocab"] == 64  # already a multiple: both runs compute the same thing
     assert (tmp_path / "h.json").is_file()
     with pytest.raises(SystemExit, match="ROWSxDIMxVOCAB"):
-        parse_shapes("33x8")
+        parse_shapes("33x8", "ROWSxDIMxVOCAB")
 
 
 def test_self_verification_compares_rules_on_the_same_candidates(tokenizer_dirs, tmp_path):
