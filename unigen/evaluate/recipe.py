@@ -52,7 +52,8 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
             raise ValueError(f"tasks.{name}.num_steps must be positive, got {task.num_steps}")
         if task.fid and name != "t2i":
             raise ValueError(f"tasks.{name}.fid: FID compares generated images, only t2i makes any")
-        if name != "t2i" and (task.candidates != 1 or task.verify_masks != 4):
+        if name != "t2i" and (task.candidates, task.verify_masks) != (
+                TaskSettings.candidates, TaskSettings.verify_masks):
             raise ValueError(f"tasks.{name}.candidates: only t2i draws several candidates to "
                              f"choose from")
         if task.candidates < 1 or task.verify_masks < 1:

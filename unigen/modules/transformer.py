@@ -30,11 +30,11 @@ from unigen.modules.attention import (
     AttentionPattern, KVBuffer, PrefixOrder, SelfAttention, attention_pattern,
     check_attention_backend,
 )
-from unigen.transfer import to_device
 from unigen.modules.heads import HEADS
 from unigen.modules.mlp import SwiGLU
 from unigen.modules.norm import RMSNorm
 from unigen.modules.position import LearnedPositions, MultimodalRotary
+from unigen.transfer import to_device
 
 KV = tuple[Tensor, Tensor]
 
@@ -174,9 +174,7 @@ class UnifiedTransformer(nn.Module):
         (autoregressive baseline)."""
         if tokens.shape[1] != self.sequence.length:
             raise ValueError(f"expected sequences of length {self.sequence.length}, got {tokens.shape[1]}")
-        if prefix is not None and self.attention_backend == "split":
-            if causal:
-                raise ValueError("causal and prefix attention are exclusive: pass one of them")
+        if prefix is not None and not causal and self.attention_backend == "split":
             return self._reordered_hidden_states(tokens, prefix)
         if prefix is not None:
             prefix = to_device(prefix, tokens.device)
