@@ -82,7 +82,7 @@ def parse_models(items: Sequence[str]) -> dict[str, str]:
 
 def heldout_batches(split: str, num_samples: int, batch_size: int, image_size: int, seed: int
                     ) -> list[dict[str, Any]]:
-    """The held-out scenes, rendered once and shared by every model."""
+    """The split's first ``num_samples`` scenes, rendered once and shared by every model."""
     from unigen.data.shapes_datamodule import ShapesDataModule
 
     dm = ShapesDataModule(image_size=image_size, batch_size=batch_size, num_train=batch_size,
