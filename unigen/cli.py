@@ -3,6 +3,11 @@
 ``fit | validate | test | predict`` run recipes through LightningCLI; the other verbs (generate,
 caption, answer, eval, tokenize, text-tokenizer, export, demo) are small argparse front ends over the
 library.  ``unigen --help`` lists every verb with one line each.
+
+Plugins (:mod:`unigen.plugins`): the global option ``--plugin MODULE`` (repeatable, before or after
+the verb; taken out before the verb's parser or LightningCLI sees the command line) imports a
+module that registers components or verbs; ``UNIGEN_PLUGINS`` and the ``unigen.plugins`` entry
+points are loaded at start for every verb.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ LIGHTNING_VERBS = {
 }
 
 
-def _lightning_cli(args: Sequence[str], run: bool = True):
-    """Build (and by default run) the LightningCLI for one verb."""
+def _lightning_cli(args: Sequence[str], run: bool = True, argv_prefix: Sequence[str] = ()):
+    """Build (and by default run) the LightningCLI for one verb.  ``argv_prefix`` (the global
+    ``--plugin`` options) goes into ``sys.argv`` only: a re-run process loads the same plugins."""
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 
@@ -57,6 +63,14 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
 
             check_resume_target(self.trainer, self.config[self.subcommand].get("ckpt_path"))
 
+        def _refuse_export_dir(self) -> None:
+            # the option exists on every verb's parser, but only fit has a trained model to export
+            if self.config.get(self.subcommand, {}).get("export_dir"):
+                raise ValueError(f"--export_dir applies to fit only, not to {self.subcommand} "
+                                 "(export a checkpoint with `unigen export --ckpt ... --out ...`)")
+
+        before_validate = before_test = before_predict = _refuse_export_dir
+
         def after_fit(self) -> None:
             export = self.config.get(self.subcommand, {}).get("export_dir")
             if export and self.trainer.is_global_zero:
@@ -70,7 +84,7 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
     saved_argv = sys.argv
     # LightningCLI reads `args`; Lightning's DDP launcher re-runs sys.argv in each new process, so
     # it must hold this very command line
-    sys.argv = [saved_argv[0], *args]
+    sys.argv = [saved_argv[0], *argv_prefix, *args]
     try:
         with one_line_parser_errors():
                 return UnigenCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
@@ -97,28 +111,82 @@ def _verbs() -> dict[str, Verb]:
 
 
 def _print_help() -> None:
-    lines = ["usage: unigen <verb> [options]   (unigen <verb> --help for a verb's options)", "",
-             "verbs:"]
+    from unigen import plugins
+
+    lines = ["usage: unigen [--plugin MODULE ...] <verb> [options]   (unigen <verb> --help for a "
+             "verb's options)", "", "verbs:"]
     for name, doc in LIGHTNING_VERBS.items():
         lines.append(f"  {name:<15} {doc}")
     for name, (doc, _, _) in _verbs().items():
         lines.append(f"  {name:<15} {doc}")
+    lines += ["", f"plugins: --plugin MODULE (repeatable), {plugins.ENV_VAR}=MOD1,MOD2 or a "
+              f"`{plugins.ENTRY_POINT_GROUP}` entry point import your components "
+              "(docs/extending.md)"]
+    loaded = plugins.loaded()
+    if loaded:
+        lines.append("loaded: " + ", ".join(f"{m} ({src})" for m, src in loaded.items()))
     print("\n".join(lines))
 
 
+def split_plugin_options(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(modules, rest)``: the global ``--plugin MODULE`` / ``--plugin=MODULE`` options taken out
+    of the command line, wherever they stand (up to a lone ``--``), and everything else in order."""
+    modules: list[str] = []
+    rest: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg == "--plugin" or arg.startswith("--plugin="):
+            value = arg.partition("=")[2] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            if not value or value.startswith("-"):
+                raise ValueError("--plugin needs a module name, e.g. --plugin my_pkg.my_sampler")
+            modules.append(value)
+            i += 1 if "=" in arg else 2
+            continue
+        rest.append(arg)
+        i += 1
+    return modules, rest
+
+
+def _load_plugins(modules: Sequence[str]) -> None:
+    from unigen import plugins
+
+    for module in modules:
+        plugins.import_plugin(module, "--plugin")
+    plugins.load_plugins()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    from unigen.plugins import PluginError
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        modules, argv = split_plugin_options(argv)
+        _load_plugins(modules)
+    except (ValueError, PluginError) as err:
+        if os.environ.get("UNIGEN_DEBUG"):
+            raise
+        print(f"unigen: error: {err}", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help", "help"):
         _print_help()
         return 0
     verb, rest = argv[0], argv[1:]
     if verb in LIGHTNING_VERBS:
-        _lightning_cli([verb, *rest])
+        _lightning_cli([verb, *rest], argv_prefix=[f"--plugin={m}" for m in modules])
         return 0
     verbs = _verbs()
     if verb not in verbs:
         known = ", ".join([*LIGHTNING_VERBS, *verbs])
-        print(f"unigen: error: unknown verb {verb!r}; known verbs: {known}", file=sys.stderr)
+        print(f"unigen: error: unknown verb {verb!r}; known verbs: {known} (a plugin's verb needs "
+              "its module: --plugin MODULE, UNIGEN_PLUGINS or a `unigen.plugins` entry point)",
+              file=sys.stderr)
         return 2
     doc, add_args, run = verbs[verb]
     parser = argparse.ArgumentParser(prog=f"unigen {verb}", description=doc)

@@ -3,7 +3,8 @@ object, with text-to-image, captioning, VQA and inpainting (diffusers-pipeline s
 
 A pipeline directory (``save_pretrained``) holds::
 
-    pipeline.json            format version and what the parts are
+    pipeline.json            format version and what the parts are (and, for an output head
+                             from a plugin, its module: only named in errors, never imported)
     transformer/             config.json + model.safetensors
     image_tokenizer/         config.json + model.safetensors
     text_tokenizer/          tokenizer.json + text_tokenizer_config.json
@@ -29,7 +30,9 @@ from unigen import io
 from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.modules.transformer import PrefixCache, UnifiedTransformer
-from unigen.sampling import ClassifierFreeGuidance, build_sampler, decode
+from unigen.modules.heads import HEADS
+from unigen.sampling import SAMPLERS, ClassifierFreeGuidance, build_sampler, decode
+from unigen.sampling.base import SPECIAL_IDS
 from unigen.sampling.graphed import GraphedModelFn, autocast_state, check_cuda_graphs
 from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
 from unigen.tokenizers.text import TextTokenizer
@@ -122,11 +125,13 @@ class UnifiedPipeline:
         state = self.transformer.state_dict()
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        meta = {"format_version": FORMAT_VERSION, "kind": self.KIND, "image_size": self.image_size,
+                "parts": ["transformer", "image_tokenizer", "text_tokenizer"]}
+        modules = self.plugin_modules()
+        if modules:
+            meta["modules"] = modules
         with io.atomic_directory(path) as tmp:
-            io.write_json(tmp / "pipeline.json", {"format_version": FORMAT_VERSION, "kind": self.KIND,
-                                                  "image_size": self.image_size,
-                                                  "parts": ["transformer", "image_tokenizer",
-                                                            "text_tokenizer"]})
+            io.write_json(tmp / "pipeline.json", meta)
             io.write_json(tmp / "transformer" / "config.json", self.transformer.config)
             io.save_safetensors(state, tmp / "transformer" / "model.safetensors")
             self.image_tokenizer.save_pretrained(tmp / "image_tokenizer")
@@ -146,11 +151,37 @@ class UnifiedPipeline:
             raise ValueError(f"{path} holds a {kind!r} pipeline; load it with the matching class "
                              f"(this is {cls.__name__}, which reads {cls.KIND!r})")
         config = io.read_json(path / "transformer" / "config.json", "transformer config")
+        cls.check_components(path, meta, config)
         net = io.load_weights(UnifiedTransformer.from_config(config),
                               path / "transformer" / "model.safetensors")
         pipe = cls(net.eval(), ImageTokenizer.from_pretrained(path / "image_tokenizer"),
                    TextTokenizer.from_pretrained(path / "text_tokenizer"))
         return pipe.to(device)
+
+    def plugin_modules(self) -> dict[str, str]:
+        """The modules defining this pipeline's components that come from outside unigen
+        (``{"head": "my_head"}``): ``pipeline.json`` records them so that loading without the
+        plugin names it.  (The image tokenizer's config records its own.)"""
+        head = self.transformer.config.get("head")
+        module = HEADS.module_of(head) if isinstance(head, str) and head in HEADS else None
+        return {"head": module} if module else {}
+
+    @staticmethod
+    def check_components(path, meta: dict[str, Any], config: dict[str, Any]) -> None:
+        """Before building anything: the saved output head and image tokenizer must be registered
+        (plugins are loaded on a miss); else one error naming the module that saved them."""
+        modules = meta.get("modules") if isinstance(meta.get("modules"), dict) else {}
+        head = config.get("head", "shared")
+        if isinstance(head, str) and head not in HEADS:
+            raise KeyError(f"{HEADS.unknown(head, modules.get('head'))}, named in "
+                           f"{path / 'transformer' / 'config.json'}")
+        tok_file = path / "image_tokenizer" / io.CONFIG_FILE
+        tok = io.read_json(tok_file, "image tokenizer config") if tok_file.is_file() else {}
+        from unigen.tokenizers.base import IMAGE_TOKENIZERS
+
+        name = tok.get("type") if isinstance(tok, dict) else None
+        if isinstance(name, str) and name not in IMAGE_TOKENIZERS:
+            raise KeyError(f"{IMAGE_TOKENIZERS.unknown(name, tok.get('module'))}, named in {tok_file}")
 
     def to(self, device: str | torch.device) -> "UnifiedPipeline":
         self.transformer.to(device)
@@ -246,6 +277,18 @@ class UnifiedPipeline:
 
         return GraphedModelFn(full) if cuda_graphs else full
 
+    def sampler_kwargs(self, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` plus the special ids the sampler declares it needs
+        (``Sampler.needs_special_ids``, e.g. ``semi_ar``'s ``eos_id`` and ``pad_id``), from this
+        pipeline's vocabulary unless given."""
+        out = dict(kwargs)
+        for key in getattr(SAMPLERS.get(name), "needs_special_ids", ()):
+            if key not in SPECIAL_IDS:
+                raise ValueError(f"sampler {name!r} asks for the special id {key!r}; the pipeline "
+                                 f"has {', '.join(SPECIAL_IDS)}")
+            out.setdefault(key, getattr(self.space, key))
+        return out
+
     def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
                 progress: bool, region: Tensor | None = None) -> tuple[Tensor, list[int]]:
         """Decode the task's targets; returns the tokens and each sample's network calls."""
@@ -254,11 +297,8 @@ class UnifiedPipeline:
         if region is not None:
             target = torch.zeros_like(target)
             target[:, self.space.sequence.image] = region.flatten(1).to(self.device)
-        kwargs = dict(cfg.sampler_kwargs)
-        if cfg.sampler == "semi_ar":
-            kwargs.setdefault("eos_id", self.space.eos_id)
-            kwargs.setdefault("pad_id", self.space.pad_id)
-        sampler = build_sampler(cfg.sampler, mask_id=self.space.mask_id, **kwargs)
+        sampler = build_sampler(cfg.sampler, mask_id=self.space.mask_id,
+                                **self.sampler_kwargs(cfg.sampler, cfg.sampler_kwargs))
         guidance = None
         if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
             guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)

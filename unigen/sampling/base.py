@@ -27,6 +27,10 @@ from unigen.sampling.rng import GeneratorArg, check_generator
 
 SAMPLERS: Registry[type["Sampler"]] = Registry("sampler")
 
+#: the special ids a sampler may declare in ``Sampler.needs_special_ids`` (the pipeline's
+#: vocabulary has each)
+SPECIAL_IDS = ("eos_id", "pad_id", "sep_id")
+
 
 @dataclass
 class SamplerOutput:
@@ -54,6 +58,10 @@ class Sampler(ABC):
 
     #: True for samplers whose step needs ``editable`` (the region masked when decoding began).
     needs_editable: bool = False
+    #: Special token ids the sampler's constructor takes and the pipeline fills in from its
+    #: vocabulary unless the caller gives them: names among ``SPECIAL_IDS`` (``mask_id`` is always
+    #: set).  ``semi_ar`` declares ``("eos_id", "pad_id")``.
+    needs_special_ids: tuple[str, ...] = ()
 
     def __init__(self, *, mask_id: int | None = None) -> None:
         self.mask_id = mask_id

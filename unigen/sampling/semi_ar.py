@@ -39,6 +39,7 @@ class SemiARSampler(Sampler):
     """
 
     needs_editable = True
+    needs_special_ids = ("eos_id", "pad_id")  # the pipeline passes its <eos> and <pad> ids
 
     def __init__(
         self,
