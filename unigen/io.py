@@ -87,10 +87,14 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"  # one network's 
 def save_typed_model(path: str | os.PathLike, module: torch.nn.Module, type_name: str,
                      format_version: int, config: dict[str, Any]) -> None:
     """The ``save_pretrained`` layout of one network: ``config.json`` (registered type, format
-    version, constructor arguments) + ``model.safetensors``; the directory is complete or absent."""
+    version, constructor arguments; for a type defined outside unigen also its ``module``, only
+    to name it in an error: loading never imports it) + ``model.safetensors``; the directory is
+    complete or absent."""
+    from unigen.registry import saved_module_record
+
     with atomic_directory(path) as tmp:
         write_json(tmp / CONFIG_FILE, {"type": type_name, "format_version": format_version,
-                                       "config": config})
+                                       "config": config, **saved_module_record(type(module))})
         save_safetensors(module.state_dict(), tmp / WEIGHTS_FILE)
 
 
@@ -153,11 +157,55 @@ def read_json(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
         raise ValueError(f"{what} file {path} is not valid JSON: {err}") from None
 
 
+def read_json_object(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
+    """:func:`read_json` for files whose body must be a JSON object (every config unigen writes);
+    a list or scalar body is one ``ValueError`` naming the file, not an ``AttributeError`` later."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} file {path} must hold a JSON object, got a JSON "
+                         f"{_json_kind(data)}")
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def read_model_dir(path: str | os.PathLike, what: str, how_to_make: str,
                    config_name: str = CONFIG_FILE) -> tuple[Path, dict[str, Any]]:
-    """The directory and parsed config of a ``save_pretrained`` folder; a missing folder or config
-    is one error naming ``what`` and how to make one (``how_to_make``)."""
+    """The directory and parsed config (a JSON object) of a ``save_pretrained`` folder; a missing
+    folder or config is one error naming ``what`` and how to make one (``how_to_make``)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{what} directory not found: {path} ({how_to_make})")
-    return path, read_json(path / config_name, f"{what} config")
+    return path, read_json_object(path / config_name, f"{what} config")
+
+
+def typed_model_config(config_file: str | os.PathLike, meta: dict[str, Any],
+                       what: str) -> tuple[str, dict[str, Any]]:
+    """The registered type name and constructor arguments of a :func:`save_typed_model` config,
+    checked: a wrong structure is one ``ValueError`` naming the file and the field."""
+    name = meta.get("type")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f'{config_file}: "type" must be the name of a registered {what} (a '
+                         f"string), got {name!r}")
+    if "config" not in meta:
+        raise ValueError(f'{config_file} has no "config" field (the {what} constructor arguments)')
+    config = meta["config"]
+    if not isinstance(config, dict):
+        raise ValueError(f'{config_file}: "config" must be a JSON object of the {what} '
+                         f"constructor arguments, got a JSON {_json_kind(config)}")
+    return name, config
+
+
+@contextlib.contextmanager
+def config_errors(config_file: str | os.PathLike, what: str) -> Iterator[None]:
+    """Build a model from a saved config inside this block: the constructor's own ``TypeError``
+    (unknown argument) or ``ValueError`` (bad value) becomes one ``ValueError`` naming the file."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        # chained, not suppressed: a TypeError can also be a bug, and UNIGEN_DEBUG shows the cause
+        raise ValueError(f"bad {what} config in {config_file}: {message}") from err

@@ -98,3 +98,70 @@ def test_save_replaces_an_existing_directory_whole(saved_fsq):
     tok.save_pretrained(saved_fsq)
     assert json.loads((saved_fsq / CONFIG_NAME).read_text())["type"] == "lfq"
     assert sorted(p.name for p in saved_fsq.parent.iterdir()) == ["tok"]  # no temp leftovers
+
+
+def _write_meta(saved, body) -> None:
+    (saved / CONFIG_NAME).write_text(json.dumps(body))
+
+
+def _meta(saved) -> dict:
+    return json.loads((saved / CONFIG_NAME).read_text())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: [m], "must hold a JSON object, got a JSON array"),
+    (lambda m: {k: v for k, v in m.items() if k != "config"}, 'has no "config" field'),
+    (lambda m: {**m, "config": None}, '"config" must be a JSON object .* got a JSON null'),
+    (lambda m: {**m, "config": [5, 5, 5]}, '"config" must be a JSON object .* got a JSON array'),
+    (lambda m: {**m, "type": ["fsq"]}, "\"type\" must be the name .* got \\['fsq'\\]"),
+    (lambda m: {**m, "config": {**m["config"], "bogus": 1}},
+     "bad image tokenizer config in .*: .*unexpected keyword argument 'bogus'"),
+    (lambda m: {**m, "config": {**m["config"], "levels": "abc"}},
+     "bad image tokenizer config in .*: FSQ levels must be a list of integers, got 'abc'"),
+    (lambda m: {**m, "config": {**m["config"], "levels": [2, 5]}},
+     "bad image tokenizer config in .*: FSQ levels must be .* >= 3"),
+    (lambda m: {**m, "config": {**m["config"], "mid_block_attention": "false"}},
+     "mid_block_attention must be true or false, got 'false'"),
+    (lambda m: {**m, "config": {**m["config"], "block_out_channels": [8, "x"]}},
+     "block_out_channels must be a list of integers"),
+    (lambda m: {**m, "config": {**m["config"], "seed": 1.5}}, "seed must be an integer, got 1.5"),
+])
+def test_config_with_a_wrong_structure_is_one_error_naming_the_file(saved_fsq, edit, message):
+    _write_meta(saved_fsq, edit(_meta(saved_fsq)))
+    with pytest.raises(ValueError, match=message) as err:
+        ImageTokenizer.from_pretrained(saved_fsq)
+    assert str(saved_fsq / CONFIG_NAME) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_type_names_the_file_and_says_to_import_a_custom_module(saved_fsq):
+    _write_meta(saved_fsq, {**_meta(saved_fsq), "type": "nonexistent"})
+    with pytest.raises(KeyError) as err:
+        ImageTokenizer.from_pretrained(saved_fsq)
+    message = err.value.args[0]
+    assert "known: " in message and "fsq" in message and "imported" in message
+    assert str(saved_fsq / CONFIG_NAME) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("vq", dict(codebook_size="64"), "codebook_size must be an integer, got '64'"),
+    ("vq", dict(cosine="yes"), "cosine must be true or false"),
+    ("vq", dict(decay=float("nan")), "decay must be a finite number"),
+    ("lfq", dict(entropy_loss_weight="0.1"), "entropy_loss_weight must be a finite number"),
+    ("fsq", dict(latent_channels=None), "latent_channels must be an integer, got None"),
+    ("fsq", dict(norm_num_groups=0), "norm_num_groups \\(0\\) must be >= 1"),
+])
+def test_constructor_arguments_of_the_wrong_type_name_the_argument(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_tokenizer(name, **kwargs)
+
+
+def test_integral_numbers_are_normalised_in_the_config():
+    tok = make_tokenizer("fsq", levels=(5.0, 5, 5), seed=2.0)
+    assert tok.config["levels"] == [5, 5, 5] and type(tok.config["seed"]) is int
+
+
+def test_unknown_type_names_the_module_that_saved_it(saved_fsq):
+    _write_meta(saved_fsq, {**_meta(saved_fsq), "type": "nonexistent", "module": "my_pkg.toks"})
+    with pytest.raises(KeyError) as err:
+        ImageTokenizer.from_pretrained(saved_fsq)
+    assert "my_pkg.toks" in err.value.args[0] and str(saved_fsq) in err.value.args[0]

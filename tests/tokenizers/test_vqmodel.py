@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import VQModel
 
 from image_tokenizer_testkit import make_tokenizer, tiny_images, train_steps
 from unigen.tokenizers import DiffusersVQTokenizer, ImageTokenizer, export_to_diffusers
-from unigen.tokenizers.vqmodel import DIFFUSERS_WEIGHTS_NAME
+from unigen.tokenizers.vqmodel import DIFFUSERS_CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME
 
 
 @pytest.fixture
@@ -76,3 +78,38 @@ def test_export_to_diffusers_reproduces_codes_and_decodes(name, tmp_path):
 def test_fsq_does_not_export():
     with pytest.raises(ValueError, match="cannot be exported as a diffusers VQModel"):
         export_to_diffusers(make_tokenizer("fsq"), "/nonexistent/never-written")
+
+
+def _edit_config(path, **changes) -> None:
+    config_file = path / DIFFUSERS_CONFIG_NAME
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("changes, tensor", [
+    (dict(num_vq_embeddings=64), "quantize.embedding.weight \\(32, 3\\) vs \\(64, 3\\)"),
+    (dict(block_out_channels=[8, 32]), "decoder.conv_in.bias \\(16,\\) vs \\(32,\\)"),
+])
+def test_vqmodel_config_not_matching_the_weights_is_one_line(vqmodel_dir, changes, tensor):
+    path = vqmodel_dir[1]
+    _edit_config(path, **changes)
+    with pytest.raises(ValueError, match=f"{DIFFUSERS_WEIGHTS_NAME} does not match the config: "
+                                         f"shapes .* differ for \\[.*{tensor}") as err:
+        DiffusersVQTokenizer.from_diffusers(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_vqmodel_config_errors_name_the_config_file(vqmodel_dir):
+    path = vqmodel_dir[1]
+    _edit_config(path, down_block_types=["Bogus", "DownEncoderBlock2D"])
+    with pytest.raises(ValueError, match=f"bad diffusers VQModel config in "
+                                         f".*{DIFFUSERS_CONFIG_NAME}: Bogus does not exist"):
+        DiffusersVQTokenizer.from_diffusers(path)
+    (path / DIFFUSERS_CONFIG_NAME).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="config file .* must hold a JSON object, got a JSON array"):
+        DiffusersVQTokenizer.from_diffusers(path)
+
+
+def test_from_pretrained_on_a_vqmodel_directory_points_to_from_diffusers(vqmodel_dir):
+    with pytest.raises(ValueError, match="is a diffusers VQModel config.*"
+                                         "DiffusersVQTokenizer.from_diffusers\\("):
+        ImageTokenizer.from_pretrained(vqmodel_dir[1])

@@ -11,6 +11,8 @@ LlamaGen (Sun et al. 2024).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,13 +23,48 @@ from unigen.tokenizers.base import ImageTokenizer, TokenizerOutput
 from unigen.tokenizers.quantizer import Quantizer
 
 
+# Constructor-argument checks: a config.json edited by hand ("levels": "abc", "seed": "x") must fail
+# with the argument's name, not with int()'s or a comparison's message (or, for a bool, be accepted).
+def as_int(name: str, value: Any) -> int:
+    """``value`` as an int; an integral number is accepted, anything else is a ``ValueError``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+def as_ints(name: str, values: Any) -> list[int]:
+    """A sequence of integers (not a string) as a list of ints."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"{name} must be a list of integers, got {values!r}")
+    try:
+        return [as_int(name, v) for v in values]
+    except ValueError:
+        raise ValueError(f"{name} must be a list of integers, got {values!r}") from None
+
+
+def as_float(name: str, value: Any) -> float:
+    """A finite real number as a float."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def as_bool(name: str, value: Any) -> bool:
+    """A real bool: the string "false" would otherwise be truthy."""
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def _check_architecture(block_out_channels: Sequence[int], layers_per_block: int,
                         latent_channels: int, norm_num_groups: int) -> None:
     if not block_out_channels:
         raise ValueError("block_out_channels must name at least one block")
-    if layers_per_block < 1 or latent_channels < 1:
-        raise ValueError(f"layers_per_block ({layers_per_block}) and latent_channels "
-                         f"({latent_channels}) must be >= 1")
+    if layers_per_block < 1 or latent_channels < 1 or norm_num_groups < 1:
+        raise ValueError(f"layers_per_block ({layers_per_block}), latent_channels "
+                         f"({latent_channels}) and norm_num_groups ({norm_num_groups}) must be >= 1")
     bad = [c for c in block_out_channels if c < 1 or c % norm_num_groups]
     if bad:
         raise ValueError(f"block_out_channels {list(block_out_channels)} must be positive multiples of "
@@ -56,7 +93,12 @@ class QuantizedAutoencoder(ImageTokenizer):
                  latent_channels: int = 32, norm_num_groups: int = 32,
                  mid_block_attention: bool = False, seed: int = 0) -> None:
         super().__init__()
-        block_out_channels = [int(c) for c in block_out_channels]
+        block_out_channels = as_ints("block_out_channels", block_out_channels)
+        layers_per_block = as_int("layers_per_block", layers_per_block)
+        latent_channels = as_int("latent_channels", latent_channels)
+        norm_num_groups = as_int("norm_num_groups", norm_num_groups)
+        mid_block_attention = as_bool("mid_block_attention", mid_block_attention)
+        seed = as_int("seed", seed)
         _check_architecture(block_out_channels, layers_per_block, latent_channels, norm_num_groups)
         self.config = {**quantizer_config, "block_out_channels": block_out_channels,
                        "layers_per_block": layers_per_block, "latent_channels": latent_channels,

@@ -8,10 +8,12 @@ registered type, format version and constructor arguments) and ``model.safetenso
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +28,25 @@ IMAGE_TOKENIZERS: Registry[type["ImageTokenizer"]] = Registry("image tokenizer")
 FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME = io.CONFIG_FILE, io.WEIGHTS_FILE
 
+# accepted pixel range of ``encode`` input: [0, 1] widened by this much on each side, because
+# bicubic / Lanczos resizing rings past the original range at sharp edges (a few hundredths, rarely
+# ~0.2) and that is still a [0, 1] image; [-1, 1] images and 0..255 floats fall far outside it
+VALUE_TOLERANCE = 0.25
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run the block with every submodule of ``module`` in eval mode, then give each submodule back
+    its own previous ``training`` flag (a blanket ``.train()`` would also flip submodules that were
+    deliberately kept in eval, e.g. a frozen perceptual net)."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
 
 @dataclass
 class TokenizerOutput:
@@ -37,9 +58,14 @@ class TokenizerOutput:
 
 
 class ImageTokenizer(nn.Module, ABC):
-    """Base class. Subclasses register with ``@IMAGE_TOKENIZERS.register("name")``, call
-    ``super().__init__()``, store their constructor arguments in ``self.config`` (JSON-serialisable)
-    and implement ``forward``, ``encode_codes`` and ``decode_codes``."""
+    """Base class. Subclasses register with ``@register_tokenizer("name")`` (which also sets the
+    ``type_name`` that ``save_pretrained`` writes), call ``super().__init__()``, store their
+    constructor arguments in ``self.config`` (JSON-serialisable) and implement ``forward``,
+    ``encode_codes`` and ``decode_codes``.
+
+    ``encode``/``decode`` are the inference API: they check their input, run without autograd and
+    in eval mode whatever the module's mode (so they never update a codebook), and have no side
+    effects."""
 
     config: dict[str, Any]
     type_name: str = ""
@@ -60,21 +86,51 @@ class ImageTokenizer(nn.Module, ABC):
         return h // f, w // f
 
     def check_images(self, images: Tensor) -> None:
+        """Shape and dtype checks of an image batch (no host read, so free on any device)."""
         if not torch.is_tensor(images) or images.ndim != 4:
             shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
             raise ValueError(f"images must be a [B, 3, H, W] tensor, got {shape}")
         if images.shape[1] != 3:
             raise ValueError(f"images must have 3 (RGB) channels, got {images.shape[1]}")
+        if images.shape[2] == 0 or images.shape[3] == 0:
+            raise ValueError(f"images must have a positive height and width, got "
+                             f"{images.shape[2]}x{images.shape[3]}")
         self.latent_grid((images.shape[2], images.shape[3]))
         if not images.is_floating_point():
             raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
 
+    @staticmethod
+    def check_image_values(images: Tensor) -> None:
+        """Refuse non-finite pixels and pixels outside [0, 1] (give or take ``VALUE_TOLERANCE``).
+        This reads two numbers back to the host, i.e. waits for the device."""
+        if images.numel() == 0:
+            return
+        lo, hi = torch.stack(torch.aminmax(images.detach())).float().tolist()  # one host read
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"images contain non-finite values (NaN or inf): observed range "
+                             f"[{lo:g}, {hi:g}]")
+        if lo < -VALUE_TOLERANCE or hi > 1.0 + VALUE_TOLERANCE:
+            raise ValueError(f"images must have values in [0, 1], observed range [{lo:g}, {hi:g}] "
+                             "(uint8 pixels: divide by 255; images in [-1, 1]: map with "
+                             "(x + 1) / 2)")
+
     def check_codes(self, codes: Tensor) -> None:
+        """Codes must be an integer tensor [B, h, w] (h, w > 0) with values in [0, codebook_size)."""
+        if not torch.is_tensor(codes):
+            raise ValueError(f"codes must be an integer torch tensor [B, h, w], got "
+                             f"{type(codes).__name__} (wrap it with torch.as_tensor)")
+        if codes.dtype == torch.bool or codes.is_floating_point() or codes.is_complex():
+            # a float code would be truncated (3.7 -> 3) and NaN would become INT64_MIN
+            raise ValueError(f"codes must have an integer dtype (e.g. torch.long), got {codes.dtype}")
         if codes.ndim != 3:
             raise ValueError(f"codes must be [B, h, w], got shape {tuple(codes.shape)}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got "
-                             f"[{int(codes.min())}, {int(codes.max())}]")
+        if codes.shape[1] == 0 or codes.shape[2] == 0:
+            raise ValueError(f"codes must have a positive grid height and width, got "
+                             f"{codes.shape[1]}x{codes.shape[2]}")
+        if codes.numel():
+            lo, hi = torch.stack(torch.aminmax(codes.long())).tolist()  # one host read
+            if lo < 0 or hi >= self.codebook_size:
+                raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{lo}, {hi}]")
 
     @abstractmethod
     def forward(self, images: Tensor) -> TokenizerOutput:
@@ -89,18 +145,42 @@ class ImageTokenizer(nn.Module, ABC):
         """[B, h, w] long -> [B, 3, H, W] (unclamped)."""
 
     @torch.inference_mode()
-    def encode(self, images: Tensor) -> Tensor:
+    def encode(self, images: Tensor, *, check_values: bool = True) -> Tensor:
+        """Float images [B, 3, H, W] in [0, 1] -> codes ``LongTensor[B, h, w]``.
+
+        ``check_values=False`` skips the NaN / [0, 1] range check, whose host read waits for the
+        device; pass it only where the data pipeline guarantees the range (the training loop).
+        Shape and dtype checks always run (they are free)."""
         self.check_images(images)
-        return self.encode_codes(images.to(self.device)).long()
+        if images.shape[0] == 0:  # the encoder's reshapes fail on an empty batch
+            h, w = self.latent_grid((images.shape[2], images.shape[3]))
+            return torch.empty(0, h, w, dtype=torch.long, device=self.device)
+        if check_values:
+            self.check_image_values(images)
+        # float64/16 input would meet float32 weights inside a conv and fail there
+        images = images.to(device=self.device, dtype=self.dtype)
+        with eval_mode(self):
+            return self.encode_codes(images).long()
 
     @torch.inference_mode()
     def decode(self, codes: Tensor) -> Tensor:
+        """Codes [B, h, w] -> images [B, 3, H, W] clamped to [0, 1]."""
         self.check_codes(codes)
-        return self.decode_codes(codes.to(self.device).long()).clamp(0.0, 1.0)
+        if codes.shape[0] == 0:
+            f = self.downsample_factor
+            return torch.empty(0, 3, codes.shape[1] * f, codes.shape[2] * f, dtype=self.dtype,
+                               device=self.device)
+        with eval_mode(self):
+            return self.decode_codes(codes.to(self.device).long()).clamp(0.0, 1.0)
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the weights (images are cast to it before encoding)."""
+        return next(self.parameters()).dtype
 
     # -- persistence -----------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -116,13 +196,28 @@ class ImageTokenizer(nn.Module, ABC):
         """Load from a local directory written by ``save_pretrained`` (never from a hub)."""
         path, meta = io.read_model_dir(path, "image tokenizer", "train one with `unigen fit "
                                        "--config recipes/tokenizer_fsq_shapes.yaml`", CONFIG_NAME)
+        config_file = path / CONFIG_NAME
+        if meta.get("_class_name") == "VQModel":  # diffusers' own config.json
+            raise ValueError(f"{config_file} is a diffusers VQModel config, not a unigen image "
+                             f"tokenizer one: load it with DiffusersVQTokenizer.from_diffusers("
+                             f"{str(path)!r})")
         if meta.get("format_version") != FORMAT_VERSION or "type" not in meta:
-            raise ValueError(f"{path / CONFIG_NAME} is not a unigen image tokenizer config of format "
+            raise ValueError(f"{config_file} is not a unigen image tokenizer config of format "
                              f"version {FORMAT_VERSION} (found {meta.get('format_version')!r})")
-        target = IMAGE_TOKENIZERS.get(meta["type"])
+        name, config = io.typed_model_config(config_file, meta, "image tokenizer")
+        module = meta.get("module")  # recorded for tokenizers defined outside unigen
+        try:
+            target = IMAGE_TOKENIZERS.get(name, saved_by=module if isinstance(module, str) else None)
+        except KeyError as err:
+            message = str(err.args[0]) if err.args else f"unknown image tokenizer {name!r}"
+            if "import" not in message:  # unless the registry's message already says how
+                message += " (a custom tokenizer's module must be imported before loading it)"
+            raise KeyError(f"{message}; in {config_file}") from None
         if cls is not ImageTokenizer and not issubclass(target, cls):
-            raise ValueError(f"{path} holds a {meta['type']!r} tokenizer, not a {cls.__name__}")
-        model = io.load_weights(target(**meta["config"]), path / WEIGHTS_NAME)
+            raise ValueError(f"{path} holds a {name!r} tokenizer, not a {cls.__name__}")
+        with io.config_errors(config_file, "image tokenizer"):
+            model = target(**config)
+        model = io.load_weights(model, path / WEIGHTS_NAME)
         return model.to(map_location).eval()
 
 
@@ -140,8 +235,12 @@ def register_tokenizer(name: str):
 def pil_to_tensor(images: Image.Image | list[Image.Image]) -> Tensor:
     """PIL image(s) -> float [B, 3, H, W] in [0, 1]; RGBA/grayscale are refused, not guessed."""
     items = images if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("no images given")
     arrays = []
     for img in items:
+        if not isinstance(img, Image.Image):
+            raise ValueError(f"expected PIL images, got {type(img).__name__}")
         if img.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {img.mode!r} (convert it explicitly)")
         arrays.append(np.asarray(img, dtype=np.float32) / 255.0)
@@ -152,6 +251,16 @@ def pil_to_tensor(images: Image.Image | list[Image.Image]) -> Tensor:
 
 
 def tensor_to_pil(images: Tensor) -> list[Image.Image]:
-    """float [B, 3, H, W] in [0, 1] -> list of PIL RGB images."""
+    """float [B, 3, H, W] in [0, 1] -> list of PIL RGB images (values outside are clamped)."""
+    if (not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3
+            or images.shape[2] == 0 or images.shape[3] == 0):
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"images must be a float [B, 3, H, W] tensor, got {shape}")
+    if not images.is_floating_point():
+        # a uint8 0..255 tensor would clamp to a black-and-white image, silently
+        raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype} (uint8 pixels: "
+                         "divide by 255)")
+    if images.shape[0] and not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain non-finite values (NaN or inf)")
     arr = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
     return [Image.fromarray(a.numpy(), mode="RGB") for a in arr]

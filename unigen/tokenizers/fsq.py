@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from torch import Tensor
 from vector_quantize_pytorch import FSQ
 
-from unigen.tokenizers.autoencoder import QuantizedAutoencoder
+from unigen.tokenizers.autoencoder import QuantizedAutoencoder, as_ints
 from unigen.tokenizers.base import register_tokenizer
 from unigen.tokenizers.quantizer import Quantized, Quantizer
 
@@ -26,7 +26,7 @@ class FSQQuantizer(Quantizer):
 
     def __init__(self, levels: Sequence[int]) -> None:
         super().__init__()
-        levels = [int(level) for level in levels]
+        levels = as_ints("FSQ levels", levels)
         if not levels or any(level < 3 for level in levels):
             # vector-quantize-pytorch refuses level 2 unless symmetry-preserving; say so up front
             raise ValueError(f"FSQ levels must be a non-empty list of integers >= 3, got {levels}")
@@ -55,5 +55,5 @@ class FSQTokenizer(QuantizedAutoencoder):
     are the shared architecture of :class:`~unigen.tokenizers.autoencoder.QuantizedAutoencoder`."""
 
     def __init__(self, levels: Sequence[int] = (8, 5, 5, 5), **autoencoder: Any) -> None:
-        levels = [int(level) for level in levels]
+        levels = as_ints("FSQ levels", levels)  # names the field, unlike int("abc")'s error
         super().__init__(partial(FSQQuantizer, levels), {"levels": levels}, **autoencoder)

@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 from vector_quantize_pytorch import LFQ
 
-from unigen.tokenizers.autoencoder import QuantizedAutoencoder
+from unigen.tokenizers.autoencoder import QuantizedAutoencoder, as_float, as_int
 from unigen.tokenizers.base import register_tokenizer
 from unigen.tokenizers.quantizer import Quantized, Quantizer
 
@@ -84,8 +84,11 @@ class LFQTokenizer(QuantizedAutoencoder):
     def __init__(self, codebook_size: int = 1024, entropy_loss_weight: float = 0.1,
                  commitment_loss_weight: float = 0.25, diversity_gamma: float = 1.0,
                  inverse_temperature: float = 100.0, **autoencoder: Any) -> None:
+        # typed here, so a hand-edited config.json fails naming the argument
         quantizer_config = dict(
-            codebook_size=codebook_size, entropy_loss_weight=entropy_loss_weight,
-            commitment_loss_weight=commitment_loss_weight, diversity_gamma=diversity_gamma,
-            inverse_temperature=inverse_temperature)
+            codebook_size=as_int("codebook_size", codebook_size),
+            entropy_loss_weight=as_float("entropy_loss_weight", entropy_loss_weight),
+            commitment_loss_weight=as_float("commitment_loss_weight", commitment_loss_weight),
+            diversity_gamma=as_float("diversity_gamma", diversity_gamma),
+            inverse_temperature=as_float("inverse_temperature", inverse_temperature))
         super().__init__(partial(LFQQuantizer, **quantizer_config), quantizer_config, **autoencoder)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from vector_quantize_pytorch import VectorQuantize
 
-from unigen.tokenizers.autoencoder import QuantizedAutoencoder
+from unigen.tokenizers.autoencoder import QuantizedAutoencoder, as_bool, as_float, as_int
 from unigen.tokenizers.base import register_tokenizer
 from unigen.tokenizers.quantizer import Quantized, Quantizer
 
@@ -109,9 +109,14 @@ class VQTokenizer(QuantizedAutoencoder):
                  kmeans_iters: int = 10, dead_code_threshold: float = 2.0,
                  commitment_weight: float = 0.25, rotation_trick: bool = False,
                  **autoencoder: Any) -> None:
+        # typed here, so a hand-edited config.json fails naming the argument
         quantizer_config = dict(
-            codebook_size=codebook_size, codebook_dim=codebook_dim, cosine=cosine,
-            ema_update=ema_update, decay=decay, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
-            dead_code_threshold=dead_code_threshold, commitment_weight=commitment_weight,
-            rotation_trick=rotation_trick)
+            codebook_size=as_int("codebook_size", codebook_size),
+            codebook_dim=as_int("codebook_dim", codebook_dim), cosine=as_bool("cosine", cosine),
+            ema_update=as_bool("ema_update", ema_update), decay=as_float("decay", decay),
+            kmeans_init=as_bool("kmeans_init", kmeans_init),
+            kmeans_iters=as_int("kmeans_iters", kmeans_iters),
+            dead_code_threshold=as_float("dead_code_threshold", dead_code_threshold),
+            commitment_weight=as_float("commitment_weight", commitment_weight),
+            rotation_trick=as_bool("rotation_trick", rotation_trick))
         super().__init__(partial(VQQuantizer, **quantizer_config), quantizer_config, **autoencoder)

@@ -17,6 +17,7 @@ ours; decodes agree to float rounding (``cdist`` vs. matmul distances).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from diffusers import VQModel
 from torch import Tensor
 
 from unigen import io
-from unigen.tokenizers.autoencoder import QuantizedAutoencoder
+from unigen.tokenizers.autoencoder import QuantizedAutoencoder, as_bool
 from unigen.tokenizers.base import ImageTokenizer, TokenizerOutput, register_tokenizer
 
 DIFFUSERS_CONFIG_NAME = "config.json"
@@ -44,6 +45,10 @@ class DiffusersVQTokenizer(ImageTokenizer):
 
     def __init__(self, vqmodel_config: dict[str, Any], normalize: bool = True) -> None:
         super().__init__()
+        if not isinstance(vqmodel_config, Mapping):
+            raise ValueError(f"vqmodel_config must be a mapping (a VQModel config), got "
+                             f"{type(vqmodel_config).__name__}")
+        normalize = as_bool("normalize", normalize)
         config = {k: v for k, v in dict(vqmodel_config).items() if not k.startswith("_")}
         if config.get("in_channels", 3) != 3 or config.get("out_channels", 3) != 3:
             raise ValueError("a VQModel image tokenizer needs in_channels = out_channels = 3, got "
@@ -102,16 +107,15 @@ class DiffusersVQTokenizer(ImageTokenizer):
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"diffusers VQModel directory not found: {path}")
-        config = io.read_json(path / DIFFUSERS_CONFIG_NAME, "diffusers VQModel config")
+        config_file = path / DIFFUSERS_CONFIG_NAME
+        config = io.read_json_object(config_file, "diffusers VQModel config")
         if config.get("_class_name", "VQModel") != "VQModel":
-            raise ValueError(f"{path / DIFFUSERS_CONFIG_NAME} describes a {config['_class_name']!r}, "
-                             "not a VQModel")
-        model = cls(config, normalize=normalize)
-        state = io.load_safetensors(path / DIFFUSERS_WEIGHTS_NAME)
-        missing, unexpected = model.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path / DIFFUSERS_WEIGHTS_NAME} does not match its config: missing "
-                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise ValueError(f"{config_file} describes a {config['_class_name']!r}, not a VQModel")
+        # diffusers' own errors ("Bogus does not exist.") do not say which file they come from
+        with io.config_errors(config_file, "diffusers VQModel"):
+            model = cls(config, normalize=normalize)
+        # strict and one line (torch's mismatch error is a page that names no file)
+        io.load_weights(model.model, path / DIFFUSERS_WEIGHTS_NAME)
         return model.to(map_location).eval()
 
 
