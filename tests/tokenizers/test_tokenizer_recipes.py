@@ -32,7 +32,8 @@ def _instantiate(path: Path, tmp_path: Path, *extra: str):
 
 
 def test_all_expected_recipes_exist():
-    assert {p.stem for p in MAIN} == set(EXPECTED)
+    # a new tokenizer recipe is instantiated by test_recipe_instantiates without being listed here
+    assert {p.stem for p in MAIN} >= set(EXPECTED)
     assert {p.stem for p in DEBUG} >= {"tokenizer_fsq_debug", "tokenizer_vq_debug",
                                        "tokenizer_lfq_debug"}
 

@@ -99,7 +99,7 @@ class TokenSpace:
         device = text_ids.device if text_ids is not None else (
             image_codes.device if image_codes is not None else None)
         tokens = torch.full((b, seq.length), self.mask_id, dtype=torch.long, device=device)
-        tokens[:, seq.task_pos] = vocab.special(f"<{task}>")
+        tokens[:, seq.task_pos] = self.task_token(task)
         tokens[:, seq.task_pos + 1] = vocab.special("<bos>")
         tokens[:, seq.soi_pos] = vocab.special("<soi>")
         tokens[:, seq.image.stop] = vocab.special("<eoi>")
@@ -112,6 +112,16 @@ class TokenSpace:
                                  f"{seq.num_image_tokens} ({seq.grid[0]}x{seq.grid[1]})")
             tokens[:, seq.image] = vocab.image_to_vocab(to_device(codes, tokens.device))
         return tokens
+
+    def task_token(self, task: str) -> int:
+        """The vocabulary id of ``<task>``; a task the text tokenizer has no token for is one clear
+        error (a new task adds its token with ``TextTokenizer.add_task_tokens``)."""
+        token = f"<{task}>"
+        if token not in self.vocab.specials:
+            raise ValueError(f"task {task!r} has no {token} token in the text tokenizer: add it with "
+                             "TextTokenizer.add_task_tokens or `unigen text-tokenizer ... "
+                             f"--task-token {task}` (docs/extending.md, \"A task\")")
+        return self.vocab.specials[token]
 
     def image_codes(self, tokens: Tensor) -> Tensor:
         """[B, S] -> codebook indices [B, h, w]."""

@@ -36,18 +36,25 @@ Two kinds of model (registered in :data:`TEXT_TOKENIZER_KINDS`, so adding one ne
 
 Control tokens typed inside a text ("<mask>") are encoded as ordinary text, never as control ids: the
 data must not be able to inject a mask or a task switch.
+
+A task beyond the six above gets its ``<name>`` token from :meth:`TextTokenizer.add_task_tokens`
+(or ``train(..., task_tokens=[...])``, ``unigen text-tokenizer --task-token NAME``): it is appended
+after the learned vocabulary, so no existing id moves and a tokenizer keeps fitting the models
+trained with it.  The extra task names are saved in ``text_tokenizer_config.json``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                        trainers)
 
 from unigen import io
 from unigen.registry import Registry
@@ -58,6 +65,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 )
 TASKS: tuple[str, ...] = ("t2i", "caption", "vqa", "joint", "text", "inpaint")
 UNK_TOKEN = "<unk>"
+_TASK_NAME = r"[a-z][a-z0-9_]*"  # a task token is "<name>": no brackets or spaces inside
 
 FORMAT_VERSION = 1
 TOKENIZER_FILE = "tokenizer.json"
@@ -170,7 +178,7 @@ def _preview(text: str, limit: int = 60) -> str:
 class TextTokenizer:
     """Text <-> token ids with the unified model's control tokens at fixed ids (module docstring)."""
 
-    def __init__(self, tokenizer: Tokenizer, kind: str) -> None:
+    def __init__(self, tokenizer: Tokenizer, kind: str, task_tokens: Sequence[str] = ()) -> None:
         self.kind = kind
         self._kind = TEXT_TOKENIZER_KINDS.get(kind)()
         self._tok = tokenizer
@@ -182,6 +190,13 @@ class TextTokenizer:
                 raise ValueError(f"tokenizer has {token!r} at id {found}, unigen needs it at {offset} "
                                  "(train it with TextTokenizer.train)")
         self.special_ids: dict[str, int] = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+        self.extra_tasks: tuple[str, ...] = tuple(task_tokens)
+        for name in self.extra_tasks:
+            found = tokenizer.token_to_id(f"<{name}>")
+            if found is None or found < len(SPECIAL_TOKENS):
+                raise ValueError(f"tokenizer lacks the task token '<{name}>' its config lists "
+                                 "(add it with TextTokenizer.add_task_tokens)")
+            self.special_ids[f"<{name}>"] = found
         self.pad_id, self.unk_id, self.mask_id = 0, 1, 2
         self.bos_id, self.eos_id, self.soi_id, self.eoi_id, self.sep_id = 3, 4, 5, 6, 7
         self._control_ids = frozenset(self.special_ids.values()) - {self.unk_id}
@@ -189,11 +204,13 @@ class TextTokenizer:
     # -- training and persistence ----------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 4096, kind: str = "wordlevel",
-              min_frequency: int = 1) -> "TextTokenizer":
+              min_frequency: int = 1, task_tokens: Sequence[str] = ()) -> "TextTokenizer":
         """Learn a vocabulary from ``texts``; ``vocab_size`` counts the control tokens.
 
         A word-level vocabulary keeps the ``vocab_size`` most frequent words (ties: any), so it may
-        come out smaller when the data has fewer distinct words."""
+        come out smaller when the data has fewer distinct words.  ``task_tokens``: names of tasks
+        beyond :data:`TASKS`, whose ``<name>`` tokens go after the learned vocabulary
+        (:meth:`add_task_tokens`)."""
         builder = TEXT_TOKENIZER_KINDS.get(kind)()
         if vocab_size < builder.min_vocab_size():
             raise ValueError(f"vocab_size {vocab_size} is too small for a {kind!r} tokenizer "
@@ -204,7 +221,29 @@ class TextTokenizer:
         tok = builder.build()
         tok.train_from_iterator(corpus, trainer=builder.trainer(vocab_size, min_frequency),
                                 length=len(corpus))
-        return cls(tok, kind)
+        trained = cls(tok, kind)
+        return trained.add_task_tokens(task_tokens) if task_tokens else trained
+
+    def add_task_tokens(self, names: Sequence[str]) -> "TextTokenizer":
+        """A copy with a ``<name>`` control token for each new task name (a task registered in
+        :data:`unigen.diffusion.tasks.TASKS` beyond the built-in ones).  The tokens are appended
+        after the current vocabulary, so every existing id keeps its meaning."""
+        if isinstance(names, str):
+            raise TypeError("add_task_tokens takes a list of task names, got one str")
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names repeat: {list(names)}")
+        known = set(TASKS) | set(self.extra_tasks)
+        for name in names:
+            if not isinstance(name, str) or not re.fullmatch(_TASK_NAME, name):
+                raise ValueError(f"task name {name!r} must match {_TASK_NAME} (lowercase letters, "
+                                 "digits, underscores; the token is '<name>')")
+            if name in known:
+                raise ValueError(f"the tokenizer already has the task token '<{name}>'")
+            if self._tok.token_to_id(f"<{name}>") is not None:
+                raise ValueError(f"'<{name}>' is already an ordinary token of this vocabulary")
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.add_special_tokens([AddedToken(f"<{n}>", special=True, normalized=False) for n in names])
+        return type(self)(tok, self.kind, (*self.extra_tasks, *names))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` and ``text_tokenizer_config.json``; complete or absent."""
@@ -212,7 +251,8 @@ class TextTokenizer:
             io.write_text(tmp / TOKENIZER_FILE, self._tok.to_str(pretty=True))
             io.write_json(tmp / CONFIG_FILE, {"format_version": FORMAT_VERSION, "kind": self.kind,
                                               "vocab_size": self.vocab_size,
-                                              "special_tokens": list(SPECIAL_TOKENS)})
+                                              "special_tokens": list(SPECIAL_TOKENS),
+                                              "task_tokens": list(self.extra_tasks)})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "TextTokenizer":
@@ -231,24 +271,38 @@ class TextTokenizer:
             raise ValueError(f"{file} is not a valid tokenizer.json: {err}") from None
         kind = _kind_for_model_type(model_type, file)
         config_file = path / CONFIG_FILE if path.is_dir() else None
+        extra: list[str] = []
         if config_file is not None:
             config = io.read_json(config_file, "text tokenizer config")
             if config.get("format_version") != FORMAT_VERSION or config.get("kind") != kind:
                 raise ValueError(f"{config_file} does not describe {file}: expected format_version "
                                  f"{FORMAT_VERSION} and kind {kind!r}, found "
                                  f"{config.get('format_version')!r} and {config.get('kind')!r}")
-        return cls(tok, kind)
+            extra = config.get("task_tokens", [])  # absent in configs written before extra tasks
+            if not isinstance(extra, list) or not all(isinstance(n, str) for n in extra):
+                raise ValueError(f"{config_file}: task_tokens must be a list of task names, got {extra!r}")
+        try:
+            return cls(tok, kind, extra)
+        except ValueError as err:
+            raise ValueError(f"{file}: {err}") from None
 
     # -- vocabulary ------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Every task this tokenizer has a token for: the built-in :data:`TASKS`, then the added."""
+        return (*TASKS, *self.extra_tasks)
+
     def task_id(self, name: str) -> int:
         """Id of a task token, by task name ("vqa") or token ("<vqa>")."""
         token = name if name.startswith("<") else f"<{name}>"
-        if token[1:-1] not in TASKS:
-            raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        if token[1:-1] not in self.tasks:
+            raise KeyError(f"the text tokenizer has no task token {token!r} (it has "
+                           f"{', '.join(self.tasks)}); add one with TextTokenizer.add_task_tokens "
+                           "or `unigen text-tokenizer ... --task-token NAME`")
         return self.special_ids[token]
 
     def token_to_id(self, token: str) -> int | None:
