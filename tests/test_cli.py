@@ -18,6 +18,13 @@ def test_help_lists_every_verb(capsys):
         assert f"  {verb} " in out
 
 
+def test_help_names_the_plugin_mechanisms(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: unigen [--plugin MODULE ...] <verb>")
+    assert "UNIGEN_PLUGINS" in out and "`unigen.plugins` entry point" in out
+
+
 def test_python_dash_m_matches_console_script():
     out = subprocess.run([sys.executable, "-m", "unigen", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "generate" in out.stdout
@@ -121,3 +128,91 @@ def test_plain_ddp_launch_reruns_the_same_command(tokenizer_dirs, tmp_path):
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "max_steps=2" in out.stdout + out.stderr
+
+
+# errors raised while LightningCLI builds the recipe's classes: the constructor's own message
+# (jsonargparse wraps it in "Does not validate against any of the Union subtypes"), exit 1
+@pytest.mark.parametrize("override, expected", [
+    (["--model.init_args.loss", "foo"], "loss must be one of ('ce', 'elbo'), got 'foo'"),
+    (["--model.init_args.schedule", "foo"], "unknown noise schedule 'foo'"),
+    (["--model.init_args.tasks", "{bogus: 1}"], "unknown task 'bogus'"),
+    (["--data.init_args.batch_size", "0"], "batch_size must be positive, got 0"),
+    (["--model.init_args.val_sampling", "{num_samplez: 3}"],
+     "val_sampling: unknown option 'num_samplez' (did you mean 'num_samples'?)"),
+    (["--model.init_args.dim", "0"], "dim must be a positive integer, got 0"),
+    (["--model.init_args.depth", "0"], "depth must be a positive integer, got 0"),
+    (["--trainer.max_steps", "-5"], "`max_steps` must be a non-negative integer"),
+])
+def test_values_a_recipe_class_rejects_give_its_message(override, expected, capsys, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(DEBUG), *override])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("unigen:")]
+    assert len(lines) == 1 and expected in lines[0], err[-2000:]
+    # (a "Traceback" of Python's logging may appear here: Lightning's log handler still writes to
+    # an earlier test's captured stream; the CLI's own output is checked)
+    assert "Union subtypes" not in err and "NoneType" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_accelerator_without_its_package_is_one_line(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("torch_xla") is not None:
+        pytest.skip("torch_xla is installed here")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(DEBUG), "--trainer.accelerator", "tpu"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "ModuleNotFoundError: Requirement" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("unigen:")]
+    assert "needs a package that is not installed" in line and "torch_xla" in line
+
+
+def test_union_wrapper_without_a_cause_still_names_the_real_error():
+    """The fallback when jsonargparse gives no ``__cause__``: the first listed error that is not
+    the ``NoneType`` alternative, with the class."""
+    from unigen.errors import _first_line
+
+    err = ValueError("Does not validate against any of the Union subtypes\nSubtypes: [<class "
+                     "'lightning.pytorch.core.module.LightningModule'>, <class 'NoneType'>]\n"
+                     "Errors:\n  - \"unknown task 'bogus'; known: t2i\"\n  - Expected a <class "
+                     "'NoneType'>\nGiven value type: <class 'jsonargparse._namespace.Namespace'>\n"
+                     "Given value: Namespace(class_path='my.Module', init_args=Namespace())")
+    assert _first_line(err) == "unknown task 'bogus'; known: t2i (in my.Module)"
+
+
+def test_fit_then_test_and_predict_a_checkpoint(tokenizer_dirs, tmp_path, monkeypatch, capsys):
+    """``unigen test`` reports the per-task losses and sample metrics on the test split;
+    ``unigen predict`` writes generated images, captions and answers with their settings."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--config", str(DEBUG), "--model.init_args.image_tokenizer",
+              tokenizer_dirs["image_tokenizer"], "--model.init_args.text_tokenizer",
+              tokenizer_dirs["text_tokenizer"], "--trainer.enable_progress_bar", "false",
+              "--model.init_args.val_sampling", "{num_samples: 2, num_steps: 2, text_steps: 2}",
+              "--data.init_args.num_test", "4", "--data.init_args.batch_size", "4"]
+    assert main(["fit", *common, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"]) == 0
+    ckpt = tmp_path / "runs" / "debug" / "unified" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    capsys.readouterr()
+    assert main(["test", *common, "--ckpt_path", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    for key in ("test/loss", "test/loss_t2i", "test/loss_vqa", "test/loss_inpaint",
+                "test/t2i_checker_accuracy", "test/vqa_exact_match"):
+        assert key in out, out
+    assert main(["predict", *common, "--ckpt_path", str(ckpt)]) == 0
+    folder = tmp_path / "runs" / "debug" / "unified" / "predictions"
+    assert f"wrote 4 predictions to {Path('runs/debug/unified/predictions')}" in capsys.readouterr().out
+    written = json.loads((folder / "predictions.json").read_text())
+    assert written["settings"]["num_steps"] == 2 and written["settings"]["checkpoint"] == str(ckpt)
+    rows = written["predictions"]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+    for row in rows:
+        assert {"prompt", "generated", "input", "caption", "question", "answer"} <= set(row)
+        assert (folder / row["generated"]).stat().st_size > 0 and (folder / row["input"]).is_file()

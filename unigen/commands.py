@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from unigen import io
 
@@ -16,10 +16,66 @@ from unigen import io
 def _load_images(paths: list[str], size: int, resize: str, convert: bool):
     import torch
 
-    from unigen.data.imagefolder import fit_image, image_to_tensor, load_image
+    from unigen.data.imagefolder import BadSampleError, fit_image, image_to_tensor, load_image
 
-    return torch.stack([image_to_tensor(fit_image(load_image(Path(p), convert), size, resize))
-                        for p in paths])
+    tensors = []
+    for p in paths:
+        try:
+            tensors.append(image_to_tensor(fit_image(load_image(Path(p), convert), size, resize)))
+        except BadSampleError as err:
+            # the library's messages name its keyword arguments; here they are command-line flags
+            message = str(err).replace("pass convert_mode=True to convert it", "pass --convert to "
+                                       "convert it").replace("(resize='none')", "(--resize none "
+                                       "does not resize; pass --resize resize, center_crop or pad)")
+            raise ValueError(message if str(p) in message else f"image {p}: {message}") from None
+    return torch.stack(tensors)
+
+
+def check_device(device: str, allow_auto: bool = False) -> str:
+    """One clear error for a ``--device`` that cannot work here (shared by every verb that takes
+    one), before anything is loaded; returns it unchanged."""
+    import torch
+
+    if allow_auto and device == "auto":
+        return device
+    known = ("auto | " if allow_auto else "") + "cpu | cuda | cuda:N | mps"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device; use {known}") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: no CUDA GPU is available on this machine "
+                             "(use --device cpu)")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA GPU"
+                             f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
+        return device
+    if parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available on this machine (use --device cpu)")
+        return device
+    raise ValueError(f"--device {device!r}: unigen runs on {known}")
+
+
+def _check_positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{flag} must be at least 1, got {value}")
+
+
+def _check_out_file(path: str | Path, flag: str = "--out", example: str = "out.json") -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; give a file path, e.g. {path / example}")
+    return path
+
+
+def _settings_path(out: Path) -> Path:
+    """Where caption / answer record their settings: ``NAME.settings.json`` next to ``--out``."""
+    return out.with_suffix(".settings.json")
 
 
 def _pipeline(args: argparse.Namespace):
@@ -28,17 +84,24 @@ def _pipeline(args: argparse.Namespace):
     return UnifiedPipeline.from_pretrained(args.model, device=args.device)
 
 
-def _common_model_args(parser: argparse.ArgumentParser, sampler: str = "maskgit") -> None:
+def _common_model_args(parser: argparse.ArgumentParser, sampler: str = "maskgit",
+                       steps: str = "16") -> None:
     parser.add_argument("--model", required=True, help="pipeline directory (save_pretrained / --export_dir)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    parser.add_argument("--steps", type=int, default=None, help="decoding steps")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
+    parser.add_argument("--steps", type=int, default=None, help=f"decoding steps, at least 1 "
+                                                                f"(default {steps})")
     parser.add_argument("--sampler", default=sampler,
                         help=f"maskgit | ancestral | confident | remask | semi_ar (default {sampler})")
     parser.add_argument("--sampler-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="a sampler option, value as YAML (repeatable), e.g. schedule=cosine "
                              "(docs/samplers.md)")
-    parser.add_argument("--out", required=True, help="output file")
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    """The checks every model verb makes before loading anything."""
+    check_device(args.device)
+    _check_positive(args.steps, "--steps")
 
 
 def _sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,126 +126,223 @@ def _sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _image_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="append", required=True, help="input image (repeatable)")
-    parser.add_argument("--resize", default="none", help="none | resize | center_crop | pad")
+    parser.add_argument("--resize", default="none",
+                        help="none | resize | center_crop | pad (default none: the image must have "
+                             "the model's size)")
     parser.add_argument("--convert", action="store_true", help="convert grayscale/RGBA inputs to RGB")
 
 
 # -- generate ---------------------------------------------------------------------------------------
+# --out's extension picks the image format (PIL writes each); the settings go to NAME.json beside it
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
 def _generate_args(p: argparse.ArgumentParser) -> None:
     _common_model_args(p)
+    p.add_argument("--out", required=True,
+                   help="captioned grid image: .png, .jpg/.jpeg or .webp (the extension picks the "
+                        "format); the settings are written to the same name with .json")
     p.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
-    p.add_argument("--num-per-prompt", type=int, default=1)
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--num-per-prompt", type=int, default=1,
+                   help="images per prompt, at least 1 (default 1)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale (default 1.0: no guidance)")
     p.add_argument("--candidates", type=int, default=1,
                    help="draw this many images per prompt and keep the one the model itself reads "
-                        "the prompt from best (its caption ELBO; unigen.verification)")
+                        "the prompt from best (its caption ELBO; unigen.verification; default 1)")
+
+
+def _grid_paths(out: str) -> tuple[Path, str, Path]:
+    """(grid path, its PIL format, settings path), refused up front when unusable."""
+    path = _check_out_file(out, example="grid.png")
+    fmt = GRID_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--out {path}: the extension picks the image format; use one of "
+                         f"{', '.join(GRID_FORMATS)}")
+    settings = path.with_suffix(".json")
+    if settings == path:  # cannot happen with the formats above; kept as the invariant
+        raise ValueError(f"--out {path} is where the settings JSON goes; give an image path")
+    _check_out_file(settings, "the settings file")
+    return path, fmt, settings
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from unigen.visual import captioned_grid, save_png
+    from unigen.visual import captioned_grid
 
+    _check_model_args(args)
+    _check_positive(args.num_per_prompt, "--num-per-prompt")
+    _check_positive(args.candidates, "--candidates")
+    out, fmt, settings = _grid_paths(args.out)
+    kwargs = _sampler_kwargs(args)
     pipe = _pipeline(args)
     prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
-    kwargs = _sampler_kwargs(args)
-    images = pipe.text_to_image(prompts, num_steps=args.steps or 16, guidance_scale=args.guidance,
+    steps = 16 if args.steps is None else args.steps
+    images = pipe.text_to_image(prompts, num_steps=steps, guidance_scale=args.guidance,
                                 sampler=args.sampler, sampler_kwargs=kwargs, seed=args.seed,
                                 output="tensor", progress=True, candidates=args.candidates)
-    out = save_png(captioned_grid(images.cpu(), prompts), args.out)
-    io.write_json(out.with_suffix(".json"), {"prompts": prompts, "seed": args.seed,
-                                             "steps": args.steps or 16, "guidance": args.guidance,
-                                             "candidates": args.candidates,
-                                             "sampler": args.sampler, "sampler_kwargs": kwargs,
-                                             "model": str(args.model)})
-    print(f"wrote {out} ({len(prompts)} images)")
+    grid = captioned_grid(images.cpu(), prompts)
+    with io.atomic_path(out) as tmp:
+        grid.save(tmp, format=fmt)
+    io.write_json(settings, {"prompts": prompts, "seed": args.seed, "steps": steps,
+                             "guidance": args.guidance, "candidates": args.candidates,
+                             "sampler": args.sampler, "sampler_kwargs": kwargs,
+                             "model": str(args.model)})
+    print(f"wrote {out} ({len(prompts)} image{'s' if len(prompts) != 1 else ''}; settings in "
+          f"{settings})")
 
 
 # -- caption / answer -------------------------------------------------------------------------------
+def _text_out_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True,
+                   help="output JSON; the settings (seed, steps, sampler) go to NAME.settings.json "
+                        "beside it")
+
+
 def _caption_args(p: argparse.ArgumentParser) -> None:
     from unigen.pipeline import TEXT_SAMPLER
 
-    _common_model_args(p, TEXT_SAMPLER)
+    _common_model_args(p, TEXT_SAMPLER, steps="the model's text length")
+    _text_out_arg(p)
     _image_args(p)
 
 
+def _text_settings(args: argparse.Namespace, steps: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"images": list(args.image), "seed": args.seed, "steps": steps, "sampler": args.sampler,
+            "sampler_kwargs": kwargs, "resize": args.resize, "convert": args.convert,
+            "model": str(args.model)}
+
+
 def _caption(args: argparse.Namespace) -> None:
+    _check_model_args(args)
+    out = _check_out_file(args.out)
+    settings = _check_out_file(_settings_path(out), "the settings file")
+    kwargs = _sampler_kwargs(args)
     pipe = _pipeline(args)
     images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
-    captions = pipe.caption(images, num_steps=args.steps, sampler=args.sampler, seed=args.seed,
-                            sampler_kwargs=_sampler_kwargs(args), progress=True)
+    steps = pipe.space.sequence.max_text_len if args.steps is None else args.steps
+    captions = pipe.caption(images, num_steps=steps, sampler=args.sampler, seed=args.seed,
+                            sampler_kwargs=kwargs, progress=True)
     rows = [{"image": p, "caption": c} for p, c in zip(args.image, captions)]
-    io.write_json(args.out, rows)
+    io.write_json(out, rows)
+    io.write_json(settings, _text_settings(args, steps, kwargs))
     for row in rows:
         print(f"{row['image']}: {row['caption']}")
 
 
 def _answer_args(p: argparse.ArgumentParser) -> None:
-    from unigen.pipeline import TEXT_SAMPLER
+    from unigen.pipeline import ANSWER_STEPS, TEXT_SAMPLER
 
-    _common_model_args(p, TEXT_SAMPLER)
+    _common_model_args(p, TEXT_SAMPLER, steps=str(ANSWER_STEPS))
+    _text_out_arg(p)
     _image_args(p)
     p.add_argument("--question", action="append", required=True,
                    help="question (one for all images, or one per image)")
 
 
 def _answer(args: argparse.Namespace) -> None:
+    from unigen.pipeline import ANSWER_STEPS
+
+    _check_model_args(args)
+    out = _check_out_file(args.out)
+    settings = _check_out_file(_settings_path(out), "the settings file")
+    kwargs = _sampler_kwargs(args)
     pipe = _pipeline(args)
     images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
     questions = args.question * len(args.image) if len(args.question) == 1 else args.question
-    answers = pipe.answer(images, questions, num_steps=args.steps, sampler=args.sampler,
-                          seed=args.seed, sampler_kwargs=_sampler_kwargs(args), progress=True)
+    steps = ANSWER_STEPS if args.steps is None else args.steps
+    answers = pipe.answer(images, questions, num_steps=steps, sampler=args.sampler,
+                          seed=args.seed, sampler_kwargs=kwargs, progress=True)
     rows = [{"image": p, "question": q, "answer": a} for p, q, a in zip(args.image, questions, answers)]
-    io.write_json(args.out, rows)
+    io.write_json(out, rows)
+    io.write_json(settings, {**_text_settings(args, steps, kwargs), "questions": questions})
     for row in rows:
         print(f"{row['image']}: {row['question']} -> {row['answer']}")
 
 
 # -- text tokenizer ---------------------------------------------------------------------------------
 def _text_tokenizer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="shapes", help="shapes | folder | fashion_mnist")
+    p.add_argument("--data", default="shapes",
+                   help="a registered shard source: shapes | folder | fashion_mnist, or a plugin's "
+                        "(docs/extending.md)")
     p.add_argument("--root", default=None, help="image folder with metadata.jsonl (--data folder)")
-    p.add_argument("--num-samples", type=int, default=20000, help="shapes samples to read text from")
+    p.add_argument("--num-samples", type=int, default=20000,
+                   help="samples to read text from (shapes; sources without texts())")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--kind", default="wordlevel", help="wordlevel | bpe")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task-token", action="append", default=[], metavar="NAME",
+                   help="add the <NAME> token of a task beyond the built-in six (repeatable; "
+                        "docs/extending.md, \"A task\")")
     p.add_argument("--out", required=True, help="output directory")
 
 
+def _shapes_texts(root: str | None, num_samples: int, seed: int) -> list[str]:
+    from unigen.data.shapes import corpus, vocabulary_words
+
+    # the exhaustive word list guarantees every template word is in the vocabulary
+    return [*corpus("train", num_samples, seed), " ".join(vocabulary_words())]
+
+
+def _fashion_mnist_texts(root: str | None, num_samples: int, seed: int) -> list[str]:
+    from unigen.data.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES, QUESTION, caption_for
+
+    captions = [caption_for(label, t) for label in range(len(CLASS_NAMES))
+                for t in range(len(CAPTION_TEMPLATES))]
+    return [*captions, QUESTION, *CLASS_NAMES]
+
+
+# built-in sources whose text is known without building the data set (rendering the shapes world,
+# reading the Fashion-MNIST files)
+_TEXTS_WITHOUT_IMAGES: dict[str, Callable[[str | None, int, int], list[str]]] = {
+    "shapes": _shapes_texts, "fashion_mnist": _fashion_mnist_texts}
+TEXT_FIELDS = ("caption", "description", "question", "answer")
+
+
 def text_corpus(data: str, root: str | None = None, num_samples: int = 20000, seed: int = 0) -> list[str]:
-    """All text of a data set: captions, questions and answers."""
-    if data == "shapes":
-        from unigen.data.shapes import corpus, vocabulary_words
+    """All text of a data set: captions, questions and answers.  ``data`` is any source of
+    :data:`unigen.data.shards.SHARD_SOURCES` (the ``unigen tokenize --data`` names, plugins'
+    included): the corpus is its data set's ``texts()`` when it has one, else the non-empty
+    ``caption``, ``description``, ``question`` and ``answer`` of its first ``num_samples`` items."""
+    from unigen.data.shards import SHARD_SOURCES
 
-        # the exhaustive word list guarantees every template word is in the vocabulary
-        return [*corpus("train", num_samples, seed), " ".join(vocabulary_words())]
-    if data == "folder":
-        from unigen.data.imagefolder import ImageFolderDataset
-
-        if not root:
-            raise ValueError("--data folder needs --root DIR (a folder with metadata.jsonl)")
-        return ImageFolderDataset(root).texts()
-    if data == "fashion_mnist":
-        from unigen.data.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES, QUESTION, caption_for
-
-        captions = [caption_for(label, t) for label in range(len(CLASS_NAMES))
-                    for t in range(len(CAPTION_TEMPLATES))]
-        return [*captions, QUESTION, *CLASS_NAMES]
-    raise ValueError(f"unknown --data {data!r}; known: shapes, folder, fashion_mnist")
+    try:
+        source = SHARD_SOURCES.get(data)
+    except KeyError as err:
+        raise ValueError(f"--data: {err.args[0]}") from None
+    if data in _TEXTS_WITHOUT_IMAGES:
+        return _TEXTS_WITHOUT_IMAGES[data](root, num_samples, seed)
+    options = {"seed": seed, **({"root": root} if root is not None else {})}
+    dataset = source(**options)
+    if callable(getattr(dataset, "texts", None)):
+        return list(dataset.texts())
+    texts = []
+    for i in range(min(num_samples, len(dataset))):
+        item = dataset[i]
+        if not isinstance(item, dict):
+            raise ValueError(f"--data {data}: items must be dicts with text fields "
+                             f"({', '.join(TEXT_FIELDS)}), got {type(item).__name__}")
+        texts += [item[k] for k in TEXT_FIELDS if isinstance(item.get(k), str) and item[k]]
+    if not texts:
+        raise ValueError(f"--data {data}: its items hold no text ({', '.join(TEXT_FIELDS)})")
+    return texts
 
 
 def build_text_tokenizer(data: str, out: str, root: str | None = None, num_samples: int = 20000,
-                         vocab_size: int = 4096, kind: str = "wordlevel", seed: int = 0):
+                         vocab_size: int = 4096, kind: str = "wordlevel", seed: int = 0,
+                         task_tokens: Sequence[str] = ()):
     from unigen.tokenizers.text import TextTokenizer
 
     tok = TextTokenizer.train(text_corpus(data, root, num_samples, seed), vocab_size=vocab_size,
-                              kind=kind)
+                              kind=kind, task_tokens=task_tokens)
     tok.save_pretrained(out)
     return tok
 
 
 def _text_tokenizer(args: argparse.Namespace) -> None:
     tok = build_text_tokenizer(args.data, args.out, args.root, args.num_samples, args.vocab_size,
-                               args.kind, args.seed)
-    print(f"wrote a {tok.kind} text tokenizer with {tok.vocab_size} ids to {args.out}")
+                               args.kind, args.seed, args.task_token)
+    extra = f" (task tokens added: {', '.join(tok.extra_tasks)})" if tok.extra_tasks else ""
+    print(f"wrote a {tok.kind} text tokenizer with {tok.vocab_size} ids to {args.out}{extra}")
 
 
 # -- export -----------------------------------------------------------------------------------------
@@ -196,7 +356,6 @@ def export_checkpoint(ckpt: str, out: str) -> None:
     import torch
 
     from unigen.training.checkpoint import load_module_from_checkpoint
-
     module = load_module_from_checkpoint(ckpt)
     with torch.no_grad():
         module.export(out)
@@ -236,6 +395,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from unigen.evaluate import evaluate_model, print_summary
 
+    check_device(args.device, allow_auto=True)
     print_summary(evaluate_model(args.model, args.config, args.out, args.override, args.sweep,
                                  args.resume, args.device, not args.no_progress))
 
@@ -285,6 +445,7 @@ def tokenize_data(tokenizer: str, data: str, out: str, root: str | None = None,
 
 
 def _tokenize(args: argparse.Namespace) -> None:
+    check_device(args.device, allow_auto=True)
     m = tokenize_data(args.tokenizer, args.data, args.out, args.root, args.split, args.image_size,
                       args.num_samples, args.seed, args.shard_size, args.batch_size,
                       args.num_workers, args.device, args.grid)

@@ -1,9 +1,15 @@
-"""One clear error line for bad input, instead of a traceback or a page of usage text."""
+"""One clear error line for bad input, instead of a traceback or a page of usage text.
+
+Exit codes: 2 when the command line or recipe does not parse (unknown verb, option or key, a value
+of the wrong type: what argparse / jsonargparse reject before anything is built); 1 for everything
+found after that: a value a class, a verb or Lightning rejects (``loss: foo``, ``batch_size: 0``,
+``max_steps: -5``, ``--steps 0``), bad data and files, and failures while running."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from typing import Iterator
 
@@ -11,10 +17,71 @@ from typing import Iterator
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FloatingPointError, NotADirectoryError,
                PermissionError)
 
+# jsonargparse's wrapper around an error raised while it instantiates a recipe's class (the model
+# or data ``class_path``): "Does not validate against any of the Union subtypes\nSubtypes: [...,
+# NoneType]\nErrors:\n  - <the constructor's message>\n  - Expected a <class 'NoneType'>\n..."
+_UNION_WRAPPER = "Does not validate against any of the Union subtypes"
 
-def _first_line(err: BaseException) -> str:
+
+def _plain_first_line(err: BaseException) -> str:
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     return " ".join(text.strip().split("\n")[0].split()) or type(err).__name__
+
+
+def _union_cause(err: BaseException) -> str | None:
+    """The real message inside jsonargparse's Union wrapper (the constructor's own error, not the
+    ``NoneType`` alternative), with the class it came from; None for any other error."""
+    text = str(err)
+    if not text.startswith(_UNION_WRAPPER):
+        return None
+    cause = err.__cause__
+    if cause is not None:
+        message = _first_line(cause)
+        if not isinstance(cause, USER_ERRORS) and _union_cause(cause) is None:
+            message = f"{type(cause).__name__}: {message}"
+    else:
+        block = re.search(r"\nErrors:\n(.*?)(?:\nGiven value|\Z)", text, re.S)
+        items = re.findall(r"^\s*- (.+)$", block.group(1), re.M) if block else []
+        items = [i.strip() for i in items if "NoneType" not in i]
+        if not items:
+            return None
+        message = items[0].strip("\"'") if items[0][:1] == items[0][-1:] else items[0]
+    cls = re.search(r"class_path='([^']+)'", text)
+    return f"{message} (in {cls.group(1)})" if cls and cls.group(1) not in message else message
+
+
+def _first_line(err: BaseException) -> str:
+    return _union_cause(err) or _plain_first_line(err)
+
+
+def _lightning_user_error(err: BaseException) -> bool:
+    """Lightning's ``MisconfigurationException`` (a Trainer argument it rejects: ``max_steps: -5``,
+    ``accelerator: gpu`` without one, a loop the model has no step for); checked by name in the
+    loaded module, so this file never imports Lightning."""
+    module = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return module is not None and isinstance(err, module.MisconfigurationException)
+
+
+def _missing_accelerator_package(err: BaseException) -> bool:
+    """Lightning's accelerators raise ``ModuleNotFoundError("Requirement 'torch_xla>=1.13' not
+    met ...")`` when their package is absent (``--trainer.accelerator tpu``)."""
+    if not isinstance(err, ModuleNotFoundError) or not str(err).startswith("Requirement "):
+        return False
+    tb = err.__traceback__
+    while tb is not None:
+        if "accelerator" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _one_line(err: BaseException) -> str | None:
+    """The line to print for a user error; None when ``err`` is not one (a bug: keep the traceback)."""
+    if isinstance(err, USER_ERRORS) or _lightning_user_error(err):
+        return _first_line(err)
+    if _missing_accelerator_package(err):
+        return f"the requested accelerator needs a package that is not installed: {_plain_first_line(err)}"
+    return None
 
 
 @contextlib.contextmanager
@@ -22,10 +89,11 @@ def user_errors_as_one_line() -> Iterator[None]:
     """Print ``unigen: error: <message>`` and exit 1 on user errors (``UNIGEN_DEBUG=1`` re-raises)."""
     try:
         yield
-    except USER_ERRORS as err:
-        if os.environ.get("UNIGEN_DEBUG"):
+    except Exception as err:
+        line = _one_line(err)
+        if line is None or os.environ.get("UNIGEN_DEBUG"):
             raise
-        print(f"unigen: error: {_first_line(err)}", file=sys.stderr)
+        print(f"unigen: error: {line}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -58,8 +126,6 @@ _DETAIL_MARKERS = ("is not accepted", "Expected a", "No action for key", "does n
 
 def _summarise(lines: list[str]) -> str:
     """Compress a jsonargparse message to one line: which key, what is wrong, in which class."""
-    import re
-
     if not lines:
         return "invalid arguments"
     text = " ".join(lines)

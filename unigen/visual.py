@@ -39,6 +39,22 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     return path
 
 
+def wrap_caption(text: str, chars: int, max_lines: int) -> list[str]:
+    """``text`` in lines of at most ``chars`` characters (a longer word stands alone); past
+    ``max_lines`` the last line ends in "..." so a cut caption does not read as a whole one."""
+    words, line, lines = text.split(), "", []
+    for word in words:
+        if line and len(line) + 1 + len(word) > chars:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    if len(lines) > max_lines:
+        lines = [*lines[: max_lines - 1], lines[max_lines - 1][: max(1, chars - 3)] + "..."]
+    return lines
+
+
 def captioned_grid(images: Tensor, captions: Sequence[str], ncol: int = 4, scale: int = 2,
                    text_height: int = 24) -> Image.Image:
     """A grid where each image has its caption (wrapped) underneath, for humans to read."""
@@ -56,14 +72,7 @@ def captioned_grid(images: Tensor, captions: Sequence[str], ncol: int = 4, scale
         r, c = divmod(i, ncol)
         x, y = 8 + c * (tw + 8), 8 + r * (cell_h + 8)
         canvas.paste(tile, (x, y))
-        words, line, lines = text.split(), "", []
-        for word in words:
-            if len(line) + len(word) + 1 > chars:
-                lines.append(line)
-                line = word
-            else:
-                line = f"{line} {word}".strip()
-        lines.append(line)
-        for j, ln in enumerate(lines[:lines_per]):
+        lines = wrap_caption(text, chars, lines_per)
+        for j, ln in enumerate(lines):
             draw.text((x, y + th + 2 + 11 * j), ln, fill="black")
     return canvas

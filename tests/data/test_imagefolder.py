@@ -232,6 +232,14 @@ def test_datamodule_split_and_seeded_shuffle(folder):
     assert dm.val_dataloader() == []
 
 
+def test_a_folder_has_no_test_split_and_says_so(folder):
+    dm = ImageFolderDataModule(str(folder), image_size=8, batch_size=4)
+    dm.setup("test")
+    for loader in (dm.test_dataloader, dm.predict_dataloader):
+        with pytest.raises(ValueError, match="ImageFolderDataModule has no test set"):
+            loader()
+
+
 def test_datamodule_builds_from_a_recipe(folder):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningDataModule, "data")

@@ -291,3 +291,27 @@ def test_per_sample_metric_fields_must_match_the_batch():
         _add_sample_fields(records, "judge", _Verdicts([{"x": 1}]))
     with pytest.raises(RuntimeError, match=r"judge: sample field\(s\) \['index'\] already in the record"):
         _add_sample_fields(records, "judge", _Verdicts([{"index": 5}, {"index": 6}]))
+
+
+def test_a_plugin_source_needs_image_size_and_may_leave_options_unannotated():
+    from unigen.evaluate.data import EvalData
+
+    class NoSize(EvalData):
+        def __init__(self, num_samples: int = 2): ...
+        def __len__(self): return 0
+        def sample(self, index): ...
+
+    class Loose(NoSize):
+        def __init__(self, image_size, tag="a"):
+            self.image_size, self.tag = image_size, tag
+
+    EVAL_DATA.register("test_no_size")(NoSize)
+    EVAL_DATA.register("test_loose")(Loose)
+    try:
+        with pytest.raises(ValueError, match="'test_no_size' .* must take an image_size argument"):
+            build_data({"source": "test_no_size"}, 32)
+        data = build_data({"source": "test_loose", "tag": 7}, 32)
+        assert (data.image_size, data.tag) == (32, 7)
+    finally:
+        EVAL_DATA._items.pop("test_no_size")
+        EVAL_DATA._items.pop("test_loose")

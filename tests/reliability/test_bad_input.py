@@ -1,6 +1,7 @@
-"""Bad input gives one clear error line through the CLI (exit 1 for bad data, 2 for a bad recipe)
-and nothing is written.  Cases already covered elsewhere are not repeated: parser-level data
-errors (tests/data/test_imagefolder.py), tokenizer directory errors
+"""Bad input gives one clear error line through the CLI (exit 2 when the command line or recipe
+does not parse, 1 for what is found after that: docs/reliability.md) and nothing is written.
+Cases already covered elsewhere are not repeated: parser-level data errors
+(tests/data/test_imagefolder.py), tokenizer directory errors
 (tests/tokenizers/test_image_tokenizer_persistence.py), wrong image size, unknown recipe keys and
 bad command-line values (tests/test_cli.py)."""
 
@@ -63,7 +64,7 @@ def test_truncated_png(tiny_model_dir, png, tmp_path, capsys):
 def test_non_rgb_images_are_refused_unless_converted(mode, tiny_model_dir, png, tmp_path, capsys):
     path = png(mode)
     line = fails_with(_caption(tiny_model_dir, path, tmp_path / "c.json"), capsys)
-    assert f"image {path} has mode {mode!r}, not RGB" in line
+    assert f"image {path} has mode {mode!r}, not RGB" in line and "pass --convert" in line
     assert not (tmp_path / "c.json").exists()
     assert main(_caption(tiny_model_dir, path, tmp_path / "c.json", "--convert")) == 0
     assert len(json.loads((tmp_path / "c.json").read_text())) == 1
@@ -200,3 +201,146 @@ def test_resuming_with_another_codebook(tokenizer_dirs, tmp_path, monkeypatch, c
     line = fails_with([*case.argv(tmp_path / "run"), "--ckpt_path", str(last)], capsys)
     assert "codebook size mismatch" in line and "has 16 codes" in line
     assert last.read_bytes() == before
+
+
+# -- option values of the model verbs: refused before the model is loaded, nothing written -------
+def _generate(model: Path, out: Path, *extra: str) -> list[str]:
+    return ["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2",
+            "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "bogus"], "--device 'bogus' is not a device"),
+    (["--device", "meta"], "--device 'meta': unigen runs on cpu | cuda | cuda:N | mps"),
+    (["--num-per-prompt", "0"], "--num-per-prompt must be at least 1, got 0"),
+    (["--num-per-prompt", "-1"], "--num-per-prompt must be at least 1, got -1"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+])
+def test_generate_refuses_unusable_options(extra, message, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert message in fails_with(_generate(tiny_model_dir, out, *extra), capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("verb", ["generate", "caption", "answer", "eval", "tokenize"])
+def test_cuda_without_a_gpu_is_one_line(verb, tiny_model_dir, png, tmp_path, capsys):
+    argv = {"generate": _generate(tiny_model_dir, tmp_path / "g.png"),
+            "caption": _caption(tiny_model_dir, png(), tmp_path / "c.json"),
+            "answer": ["answer", "--model", str(tiny_model_dir), "--image", str(png()),
+                       "--question", "what?", "--out", str(tmp_path / "a.json")],
+            "eval": ["eval", "--model", str(tiny_model_dir), "--config",
+                     str(ROOT / "recipes" / "debug" / "eval_debug.yaml"), "--out",
+                     str(tmp_path / "eval")],
+            "tokenize": ["tokenize", "--tokenizer", str(tiny_model_dir), "--data", "shapes",
+                         "--out", str(tmp_path / "shards")]}[verb]
+    line = fails_with([*argv, "--device", "cuda"], capsys)
+    assert "--device cuda: no CUDA GPU is available on this machine" in line
+    assert not any(p.suffix != ".png" for p in tmp_path.iterdir())  # only the input image
+
+
+def test_out_that_is_a_directory(tiny_model_dir, png, tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert "--out" in fails_with(_generate(tiny_model_dir, folder), capsys)
+    line = fails_with(_caption(tiny_model_dir, png(), folder), capsys)
+    assert f"--out {folder} is a directory" in line
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["clash.json", "grid", "grid.gif"])
+def test_generate_out_must_name_an_image_format(name, tiny_model_dir, tmp_path, capsys):
+    line = fails_with(_generate(tiny_model_dir, tmp_path / name), capsys)
+    assert "the extension picks the image format" in line and ".png, .jpg, .jpeg, .webp" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_writes_the_format_its_extension_names(tiny_model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    for name, fmt in (("grid.jpg", "JPEG"), ("grid.png", "PNG")):
+        assert main(_generate(tiny_model_dir, tmp_path / name)) == 0
+        with Image.open(tmp_path / name) as img:
+            assert img.format == fmt
+    settings = json.loads((tmp_path / "grid.json").read_text())
+    assert settings["steps"] == 2 and settings["prompts"] == ["a red circle"]
+    assert "(1 image;" in capsys.readouterr().out
+
+
+def test_zero_steps_are_refused_not_replaced_by_the_default(tiny_model_dir, png, tmp_path, capsys):
+    for argv in (_caption(tiny_model_dir, png(), tmp_path / "c.json", "--steps", "0"),
+                 ["answer", "--model", str(tiny_model_dir), "--image", str(png()), "--question",
+                  "what?", "--steps", "0", "--out", str(tmp_path / "a.json")]):
+        assert "--steps must be at least 1, got 0" in fails_with(argv, capsys)
+    assert not (tmp_path / "c.json").exists() and not (tmp_path / "a.json").exists()
+
+
+def test_caption_and_answer_record_their_settings(tiny_model_dir, png, tmp_path):
+    image = png()
+    assert main(_caption(tiny_model_dir, image, tmp_path / "c.json", "--seed", "5")) == 0
+    settings = json.loads((tmp_path / "c.settings.json").read_text())
+    assert settings["seed"] == 5 and settings["steps"] == 2 and settings["sampler"] == "confident"
+    assert settings["images"] == [str(image)] and settings["model"] == str(tiny_model_dir)
+    assert main(["answer", "--model", str(tiny_model_dir), "--image", str(image), "--question",
+                 "what?", "--out", str(tmp_path / "a.json")]) == 0
+    settings = json.loads((tmp_path / "a.settings.json").read_text())
+    assert settings["steps"] == 4 and settings["questions"] == ["what?"]  # the answer default
+    assert len(json.loads((tmp_path / "a.json").read_text())) == 1
+
+
+def test_export_of_a_file_that_is_not_a_checkpoint(png, tmp_path, capsys):
+    path = png()
+    line = fails_with(["export", "--ckpt", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert line == f"unigen: error: not a Lightning checkpoint: {path}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_names_defaults(capsys):
+    for verb in ("generate", "caption", "answer"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "cpu | cuda | cuda:N | mps (default cpu)" in text
+        assert "sample i uses seed + i (default 0)" in text
+        if verb != "generate":
+            assert "none | resize | center_crop | pad (default none" in text
+        assert "decoding steps, at least 1 (default" in text
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 1.0: no guidance)" in text and "images per prompt, at least 1 (default 1)" in text
+
+
+def lightning_fails_with(argv: list[str], capsys) -> str:
+    """``fails_with`` for the Lightning verbs: Lightning's loggers may still hold an earlier test's
+    captured (closed) stream and print "--- Logging error ---" tracebacks there, so only the
+    ``unigen:`` line and the exit code are checked."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("unigen:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+@pytest.mark.parametrize("verb", ["validate", "test"])
+def test_lightning_verbs_name_a_file_that_is_not_a_checkpoint(verb, png, tokenizer_dirs, tmp_path,
+                                                                capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = png()
+    line = lightning_fails_with([verb, "--config", str(UNIFIED_DEBUG), "--ckpt_path", str(path),
+                       "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+                       "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"]], capsys)
+    assert line == f"unigen: error: not a Lightning checkpoint: {path}"
+
+
+@pytest.mark.parametrize("verb", ["validate", "test", "predict"])
+def test_export_dir_is_refused_outside_fit(verb, tokenizer_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = lightning_fails_with([verb, "--config", str(UNIFIED_DEBUG), "--export_dir", str(tmp_path / "m"),
+                       "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+                       "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"],
+                       "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+                       "--trainer.limit_predict_batches", "1"], capsys)
+    assert line.startswith(f"unigen: error: --export_dir applies to fit only, not to {verb}")
+    assert not (tmp_path / "m").exists()

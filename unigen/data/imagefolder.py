@@ -326,7 +326,10 @@ class SplitDataModule(L.LightningDataModule):
 
     def _require(self, dataset: Dataset | None, name: str) -> Dataset:
         if dataset is None:
-            raise RuntimeError(f"{type(self).__name__} has no {name} set; call setup() first")
+            # a user error when a verb asks for a split the data does not have (`unigen test` on
+            # an image folder, which splits into train and validation only)
+            raise ValueError(f"{type(self).__name__} has no {name} set (the data has none, or "
+                             "setup() was not called)")
         return dataset
 
     def _loader(self, dataset: Dataset | None, name: str) -> DataLoader:
@@ -343,6 +346,10 @@ class SplitDataModule(L.LightningDataModule):
         return self._loader(self.val_set, "validation")
 
     def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """``unigen predict`` reads the test set, as :class:`ShapesDataModule` does."""
         return self._loader(self.test_set, "test")
 
 

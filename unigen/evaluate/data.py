@@ -135,13 +135,17 @@ def data_options(spec: Mapping[str, Any]) -> tuple[type[EvalData], dict[str, Any
     options = {k: v for k, v in spec.items() if k not in ("source", "image_size")}
     cls = EVAL_DATA.get(spec["source"])
     params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    if "image_size" not in params:  # build_data passes the model's size to every source
+        raise ValueError(f"eval data source {spec['source']!r} ({cls.__name__}) must take an "
+                         "image_size argument: the model's image size is passed to every source")
     hints = typing.get_type_hints(cls.__init__)
     for key, value in options.items():
         if key not in params or key == "image_size":
             known = ["source", "image_size", *(p for p in params if p != "image_size")]
             raise ValueError(f"unknown recipe key 'data.{key}' for source {spec['source']!r}; "
                              f"known: {', '.join(known)}")
-        options[key] = _coerce(value, hints[key], f"data.{key}")
+        # an unannotated option is passed as the recipe gives it (no type to check it against)
+        options[key] = _coerce(value, hints[key], f"data.{key}") if key in hints else value
     if spec.get("image_size") is not None:
         _coerce(spec["image_size"], int, "data.image_size")
     return cls, options

@@ -39,6 +39,18 @@ from unigen.transfer import to_device
 KV = tuple[Tensor, Tensor]
 
 
+def check_transformer_size(dim: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    """One clear error for a transformer size that cannot work (a zero width builds empty layers,
+    zero blocks a model that only embeds; both would train without complaint)."""
+    for name, value in (("dim", dim), ("depth", depth), ("heads", heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if dim % heads:
+        raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+    if not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
+
+
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool, dropout: float) -> None:
         super().__init__()
@@ -93,6 +105,7 @@ class UnifiedTransformer(nn.Module):
                  heads: int = 4, mlp_ratio: float = 4.0, qk_norm: bool = True,
                  position: str = "learned", head: str = "shared", dropout: float = 0.0) -> None:
         super().__init__()
+        check_transformer_size(dim, depth, heads, mlp_ratio)
         if position not in ("learned", "rope"):
             raise ValueError(f"position must be 'learned' or 'rope', got {position!r}")
         self.vocab, self.sequence = vocab, sequence

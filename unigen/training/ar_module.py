@@ -26,6 +26,7 @@ from torch import Tensor
 from unigen.diffusion.masking import drop_condition
 from unigen.diffusion.tasks import TASKS, TaskBatch, TaskInputs
 from unigen.modules.attention import check_attention_backend
+from unigen.modules.transformer import check_transformer_size
 from unigen.pipeline import UnifiedPipeline
 from unigen.sampling.autoregressive import generate_image_tokens
 from unigen.sampling.guidance import ClassifierFreeGuidance
@@ -33,14 +34,17 @@ from unigen.tokenizers.base import ImageTokenizer
 from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.compilation import compile_mode
 from unigen.training.frozen import FrozenImageTokenizer
+from unigen.training.stages import EvaluationStages
 from unigen.training.unified_module import UnifiedModule
-from unigen.training.validation_sampling import _log_dir, _log_image
+from unigen.training.validation_sampling import (
+    _log_dir, _log_image, check_sampling_options, sampling_defaults,
+)
 from unigen.visual import captioned_grid, save_png
 
 PIPELINE_KIND = "autoregressive"
 
 
-class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningModule):
+class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, EvaluationStages, L.LightningModule):
     """Decoder-only text-to-image baseline on the unified transformer.
 
     Args (same meaning as :class:`~unigen.training.unified_module.UnifiedModule`'s):
@@ -54,7 +58,9 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
             only changes prefix attention, so here it runs as ``sdpa``.
         seed: seeds the per-step generators (condition dropout): exact resume on CPU.
         val_sampling: ``{num_samples, guidance_scale, temperature, top_k, seed}`` for the sample grid
-            and checker accuracy logged at validation; ``{}`` turns it off.
+            and checker accuracy logged at validation and test (checked here); ``{}`` turns it
+            off.  ``unigen predict`` draws with its ``guidance_scale``, ``temperature``, ``top_k``
+            and ``seed``.
     """
 
     def __init__(self, image_tokenizer: str, text_tokenizer: str, image_size: int = 64,
@@ -70,6 +76,8 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         compile_mode(compile)
         check_attention_backend(attention, dropout)
+        check_transformer_size(dim, depth, heads, mlp_ratio)
+        check_sampling_options(val_sampling, log_ar_validation_samples)
         self.save_hyperparameters()
         # the masked model's own t2i task: identical token layout and condition segment
         self.task = TASKS.get("t2i")()
@@ -109,20 +117,40 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
             self.log("train/loss", loss, prog_bar=True, batch_size=len(tb.tokens))
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def _evaluation_step(self, stage: str, batch: dict[str, Any], batch_idx: int) -> None:
         tb = self.task.build(self.task_inputs(batch), self.space)
         loss = self.next_token_loss(tb, None)  # the conditional likelihood: no prompt dropout
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(tb.tokens))
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(tb.tokens))
         if batch_idx == 0:
-            self._val_batch = batch
+            self._sample_batch = batch
 
-    def on_validation_epoch_end(self) -> None:
-        batch = getattr(self, "_val_batch", None)
-        if batch is not None and self.hparams.val_sampling and not self.trainer.sanity_checking:
-            metrics = log_ar_validation_samples(self, batch, **self.hparams.val_sampling)
+    def _log_samples(self, stage: str) -> None:
+        batch = getattr(self, "_sample_batch", None)
+        self._sample_batch = None
+        if batch is not None and self.hparams.val_sampling:
+            metrics = log_ar_validation_samples(self, batch, **self.hparams.val_sampling, stage=stage)
             for key, value in metrics.items():
                 self.log(key, torch.tensor(value), sync_dist=True)
-        self._val_batch = None
+
+    # -- prediction ----------------------------------------------------------------------------------
+    def predict_settings(self) -> dict[str, Any]:
+        settings = sampling_defaults(log_ar_validation_samples)
+        settings.update(self.hparams.get("val_sampling") or {})
+        return {k: settings[k] for k in ("guidance_scale", "temperature", "top_k", "seed")}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+                     ) -> dict[str, Any]:
+        """An image from each caption of the batch (sample ``i`` with seed ``seed + i``), in
+        :meth:`UnifiedModule.predict_step`'s format (text to image only)."""
+        from unigen.training.prediction import batch_indices, to_uint8
+
+        s = self.predict_settings()
+        index = batch_indices(batch, batch_idx)
+        captions = list(batch["caption"])
+        images = self.to_pipeline().text_to_image(
+            captions, guidance_scale=s["guidance_scale"], temperature=s["temperature"],
+            top_k=s["top_k"], seed=[s["seed"] + i for i in index], output="tensor")
+        return {"index": index, "prompt": captions, "generated": to_uint8(images)}
 
     # -- export --------------------------------------------------------------------------------------
     def to_pipeline(self) -> "AutoregressivePipeline":
@@ -135,9 +163,11 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, L.LightningMo
 
 def log_ar_validation_samples(module: AutoregressiveModule, batch: dict[str, Any], num_samples: int = 8,
                               guidance_scale: float = 1.0, temperature: float = 1.0,
-                              top_k: int | None = None, seed: int = 0) -> dict[str, float]:
+                              top_k: int | None = None, seed: int = 0, *, stage: str = "val"
+                              ) -> dict[str, float]:
     """Generate from the first val captions, save a captioned grid and, for shapes data, return the
-    pixel checker's accuracy (the metric the masked model logs as ``val/t2i_checker_accuracy``)."""
+    pixel checker's accuracy (the metric the masked model logs as ``val/t2i_checker_accuracy``;
+    ``stage`` ``test`` logs ``test/...`` and names the grid ``test_ar_t2i_step*.png``)."""
     captions = list(batch["caption"][:num_samples])
     was_training = module.net.training
     module.net.eval()
@@ -148,15 +178,16 @@ def log_ar_validation_samples(module: AutoregressiveModule, batch: dict[str, Any
     finally:
         module.net.train(was_training)
     grid = captioned_grid(images, captions)
-    save_png(grid, _log_dir(module) / "samples" / f"ar_t2i_step{module.global_step:07d}.png")
-    _log_image(module, "val/ar_t2i_samples", grid)
+    prefix = "" if stage == "val" else f"{stage}_"
+    save_png(grid, _log_dir(module) / "samples" / f"{prefix}ar_t2i_step{module.global_step:07d}.png")
+    _log_image(module, f"{stage}/ar_t2i_samples", grid)
     scenes = batch.get("scene")
     if not scenes or not scenes[0]:
         return {}
     from unigen.data.checker import check, parse_caption
 
     ok = [check(img, parse_caption(c)).correct for img, c in zip(images, captions)]
-    return {"val/t2i_checker_accuracy": sum(ok) / len(ok)}
+    return {f"{stage}/t2i_checker_accuracy": sum(ok) / len(ok)}
 
 
 class AutoregressivePipeline(UnifiedPipeline):

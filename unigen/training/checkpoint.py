@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(1)
+    # torch.save writes a zip archive (older versions: a pickle, first byte 0x80); say that anything
+    # else is not a checkpoint, rather than torch's advice about unpickling
+    if not (head == b"\x80" or zipfile.is_zipfile(path)):
+        raise ValueError(f"not a Lightning checkpoint: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

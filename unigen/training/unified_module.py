@@ -25,7 +25,7 @@ from unigen.diffusion.tasks import TaskBatch, TaskInputs, TaskMixture
 from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.vocab import SequenceLayout, VocabLayout
 from unigen.modules.attention import check_attention_backend
-from unigen.modules.transformer import UnifiedTransformer
+from unigen.modules.transformer import UnifiedTransformer, check_transformer_size
 from unigen.tokenizers.base import ImageTokenizer
 from unigen.tokenizers.text import TextTokenizer
 from unigen.training.checkpoint import RecordsClassPath
@@ -33,6 +33,10 @@ from unigen.training.compilation import compile_blocks, compile_mode, mark_step_
 from unigen.training.frozen import FrozenImageTokenizer
 from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_cosine
 from unigen.training.reliability import NonFiniteLossGuard, step_seed
+from unigen.training.stages import EvaluationStages
+from unigen.training.validation_sampling import (
+    check_sampling_options, log_validation_samples, sampling_defaults,
+)
 from unigen.transfer import to_device
 
 Noise = torch.Generator | list[torch.Generator]  # one per batch, or one per sample
@@ -49,7 +53,7 @@ class MaskPlan:
     copies: int  # 2 with complementary masking (rows B + i mask row i's complement), else 1
 
 
-class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClipping,
+class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClipping, EvaluationStages,
                     L.LightningModule):
     """Masked discrete diffusion over text + image tokens (Show-o, UniDisc, MDLM, LaViDa).
 
@@ -86,8 +90,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             first, then SDPA without a mask; :mod:`unigen.modules.attention`).  The same function
             each way; exported pipelines decode with ``sdpa``.
         seed: seeds the per-step generators (task mixing, masking, dropout): exact resume on CPU.
-        val_sampling: options for the sample grids and metrics logged at validation (see
-            :meth:`validation_sampling`); ``{}`` turns them off.
+        val_sampling: options for the sample grids and metrics logged at validation and test
+            (the arguments of :func:`~unigen.training.validation_sampling.log_validation_samples`,
+            checked here); ``{}`` turns them off.  ``unigen predict`` decodes with its
+            ``num_steps``, ``guidance_scale``, ``sampler``, ``text_steps`` and ``seed``.
         per_sample_noise: draw each sample's task, mask and condition dropout from its own
             generator seeded by (seed, step, the sample's ``index``), not one generator per batch:
             N ranks with batch B then train exactly like one process with batch N*B (with
@@ -122,6 +128,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         compile_mode(compile)  # an unknown mode fails here, not when the model is built
         check_attention_backend(attention, dropout)
+        check_transformer_size(dim, depth, heads, mlp_ratio)
+        check_sampling_options(val_sampling, log_validation_samples)  # a typo fails now, not at validation
         self.save_hyperparameters()
         self.mixture = TaskMixture(tasks or {"t2i": 1.0}, task_kwargs)
         # a buffer, so it is on the training device without a copy every step (not checkpointed)
@@ -144,6 +152,9 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         sequence = SequenceLayout(hp.max_text_len, image_tok.latent_grid(hp.image_size),
                                   hp.get("question_slot", 0), hp.get("answer_len", 0))
         self.space = TokenSpace(text_tok, vocab, sequence)
+        # a task without its <name> token: stop before training (the AR subclass has no mixture)
+        for name in getattr(getattr(self, "mixture", None), "names", ()):
+            self.space.task_token(name)
         self.image_tokenizer = image_tok
         self.net = UnifiedTransformer(vocab, sequence, dim=hp.dim, depth=hp.depth, heads=hp.heads,
                                       mlp_ratio=hp.mlp_ratio, qk_norm=hp.qk_norm,
@@ -219,7 +230,9 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         if "codes" in batch:  # pretokenized shards: the image tokenizer never runs here
             codes = batch["codes"].long()
         else:
-            codes = self.image_tokenizer.encode(batch["image"])
+            # the data modules produce [0, 1] images; the tokenizer's range check reads the tensor on
+            # the host, which would make every training step wait for the GPU
+            codes = self.image_tokenizer.encode(batch["image"], check_values=False)
         return TaskInputs(codes, batch.get("caption"), batch.get("question"), batch.get("answer"),
                           batch.get("description"))
 
@@ -278,11 +291,15 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
 
     def _log_task_losses(self, stage: str, per_row: Tensor, assignment: Tensor) -> None:
         # assignment lives on the CPU, so choosing rows never waits for the GPU
+        absent = []
         for i, name in enumerate(self.mixture.names):
             rows = (assignment == i).nonzero().squeeze(-1)
             if len(rows):
                 self.log(f"{stage}/loss_{name}", per_row[to_device(rows, per_row.device)].mean(),
                          batch_size=len(rows))
+            else:
+                absent.append(f"{stage}/loss_{name}")
+        forget_unlogged(self, absent)
 
     def _writes_step_logs(self) -> bool:
         """Whether Lightning writes step-level metrics after this step (every ``log_every_n_steps``).
@@ -306,30 +323,74 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             self._log_task_losses("train", per_row.detach(), assignment)
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # every task on every val batch with a fixed generator: comparable across epochs
+    def _evaluation_step(self, stage: str, batch: dict[str, Any], batch_idx: int) -> None:
+        # every task on every batch with a fixed generator: comparable across epochs
         inputs = self.task_inputs(batch)
         gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + batch_idx)
         losses = []
         for name, task in zip(self.mixture.names, self.mixture.tasks):
             tb = task.build(inputs, self.space, gen)
             loss, _ = self.diffusion_loss(tb, gen)
-            self.log(f"val/loss_{name}", loss, batch_size=len(tb.tokens), sync_dist=True)
+            self.log(f"{stage}/loss_{name}", loss, batch_size=len(tb.tokens), sync_dist=True)
             losses.append(loss)
-        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True,
+        self.log(f"{stage}/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True,
                  batch_size=len(inputs))
         if batch_idx == 0:
-            self._val_batch = batch
+            self._sample_batch = batch
 
-    def on_validation_epoch_end(self) -> None:
-        batch = getattr(self, "_val_batch", None)
-        if batch is not None and self.hparams.val_sampling and not self.trainer.sanity_checking:
-            from unigen.training.validation_sampling import log_validation_samples
+    def _log_samples(self, stage: str) -> None:
+        """The sample grids and generation metrics of ``val_sampling`` on the stage's first batch."""
+        batch = getattr(self, "_sample_batch", None)
+        self._sample_batch = None
+        if batch is None or not self.hparams.val_sampling:
+            return
+        if "image" not in batch:  # pretokenized shards: the grids and metrics need pixels
+            batch = {**batch, "image": self.image_tokenizer.decode(batch["codes"].long())}
+        log_validation_samples(self, batch, **self.hparams.val_sampling, stage=stage)
 
-            if "image" not in batch:  # pretokenized shards: the grids and metrics need pixels
-                batch = {**batch, "image": self.image_tokenizer.decode(batch["codes"].long())}
-            log_validation_samples(self, batch, **self.hparams.val_sampling)
-        self._val_batch = None
+    # -- prediction ----------------------------------------------------------------------------------
+    def predict_settings(self) -> dict[str, Any]:
+        """How ``unigen predict`` decodes: ``val_sampling``'s decoding options over the defaults of
+        :func:`~unigen.training.validation_sampling.log_validation_samples`."""
+        settings = sampling_defaults(log_validation_samples)
+        settings.update(self.hparams.get("val_sampling") or {})
+        return {k: settings[k] for k in ("num_steps", "guidance_scale", "sampler", "text_steps",
+                                         "seed")}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+                     ) -> dict[str, Any]:
+        """What the model makes of one batch of the data module's predict split: an image from
+        each caption (tasks ``t2i``, ``joint`` or ``inpaint``), a caption of each image
+        (``caption``) and an answer to each question (``vqa``).  Sample ``i`` of the data set
+        uses seed ``seed + i``, so a sample's output does not depend on the batch.  Returns plain
+        lists and uint8 CPU images, which :class:`~unigen.training.prediction.PredictionWriter`
+        writes (the module installs it when predicting, :meth:`configure_callbacks`)."""
+        from unigen.training.prediction import batch_indices, to_uint8
+
+        s, tasks, pipe = self.predict_settings(), set(self.mixture.names), self.to_pipeline()
+        index = batch_indices(batch, batch_idx)
+        seeds = [s["seed"] + i for i in index]
+        out: dict[str, Any] = {"index": index}
+        captions = batch.get("caption")
+        if tasks & {"t2i", "joint", "inpaint"} and captions and all(captions):
+            images = pipe.text_to_image(list(captions), num_steps=s["num_steps"],
+                                        guidance_scale=s["guidance_scale"], sampler=s["sampler"],
+                                        seed=seeds, output="tensor")
+            out.update(prompt=list(captions), generated=to_uint8(images))
+        wants_text = "caption" in tasks or ("vqa" in tasks and batch.get("question")
+                                             and all(batch["question"]))
+        if wants_text:
+            images_in = batch.get("image")
+            if images_in is None:  # pretokenized shards
+                images_in = self.image_tokenizer.decode(batch["codes"].long()).clamp(0, 1)
+            out["input"] = to_uint8(images_in)
+            if "caption" in tasks:
+                out["caption"] = pipe.caption(images_in, num_steps=s["text_steps"], seed=seeds)
+            if "vqa" in tasks and batch.get("question") and all(batch["question"]):
+                out["question"] = list(batch["question"])
+                out["answer"] = pipe.answer(images_in, out["question"], num_steps=s["text_steps"],
+                                            seed=seeds)
+        return out
 
     # -- optimisation --------------------------------------------------------------------------------
     def configure_callbacks(self) -> list[L.Callback]:
@@ -337,6 +398,14 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         without a host read per step); a guard the Trainer has already (``unigen fit`` installs
         one, a recipe may configure its own) is kept."""
         trainer = self._trainer
+        if trainer is not None and getattr(trainer, "predicting", False):
+            # ``unigen predict`` writes what predict_step returns (a recipe's own writer is kept)
+            from lightning.pytorch.callbacks import BasePredictionWriter
+
+            from unigen.training.prediction import PredictionWriter
+
+            return [] if any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks) \
+                else [PredictionWriter()]
         if trainer is not None and any(isinstance(cb, NonFiniteLossGuard) for cb in trainer.callbacks):
             return []
         return [NonFiniteLossGuard()]
@@ -358,6 +427,22 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
 
     def export(self, path: str | Path) -> None:
         self.to_pipeline().save_pretrained(path)
+
+
+def forget_unlogged(module: L.LightningModule, names: list[str]) -> None:
+    """Keep metrics ``names`` out of this step's logs.  Lightning's result collection re-emits the
+    last value of an ``on_step`` key that was not logged in the current step (its cache is kept),
+    so a task without rows in a step would show the loss of an earlier step.  Marking the entry as
+    reset hides it until it is logged again; no tensor is read."""
+    trainer = module._trainer
+    results = getattr(trainer, "_results", None) if trainer is not None else None
+    fx = getattr(module, "_current_fx_name", None)
+    if results is None or fx is None:
+        return
+    for name in names:
+        entry = results.get(f"{fx}.{name}")
+        if entry is not None:
+            entry.has_reset = True
 
 
 def task_weight_vector(names: list[str], reduction: str, weights: dict[str, float] | None

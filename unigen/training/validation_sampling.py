@@ -5,13 +5,15 @@ log directory, and to TensorBoard when that is the logger) and, where the data c
 scenes, the checker's accuracy.  For VQA: exact match.  For captioning: the checker's caption
 attribute recall.  Options come from the recipe's ``val_sampling:`` block; its ``metrics:`` list
 adds any metric of the registry (``unigen.metrics``, the names ``unigen eval`` recipes use), fed by
-its kind, with ``metric_resources`` (``extractor``, ``clip``) shared by them.
+its kind, with ``metric_resources`` (``extractor``, ``clip``) shared by them.  ``unigen test`` logs
+the same under ``test/`` (grids named ``test_*``).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -31,6 +33,38 @@ def _log_dir(module) -> Path:
     logger = module.logger
     root = getattr(logger, "log_dir", None) if logger is not None else None
     return Path(root or module.trainer.default_root_dir)
+
+
+def _option_names(fn: Callable) -> list[str]:
+    """The recipe options of a sample-logging function: its arguments after (module, batch),
+    keyword-only ones (``stage``, set by the module) excluded."""
+    params = [p for p in inspect.signature(fn).parameters.values()
+              if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    return [p.name for p in params[2:]]
+
+
+def sampling_defaults(fn: Callable) -> dict[str, Any]:
+    """The recipe options of ``fn`` with their defaults."""
+    params = inspect.signature(fn).parameters
+    return {name: params[name].default for name in _option_names(fn)}
+
+
+def check_sampling_options(options: dict[str, Any] | None, fn: Callable,
+                           name: str = "val_sampling") -> None:
+    """Refuse unknown keys of a recipe's ``val_sampling`` block when the module is built (else a
+    typo surfaces as a TypeError at the first validation, after training)."""
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise ValueError(f"{name} must be a mapping of options, got {options!r}")
+    known = _option_names(fn)
+    for key in options:
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{name}: unknown option {key!r}{hint}; known: {', '.join(known)}")
 
 
 def build_recipe_metrics(spec, resources: dict[str, Any] | None) -> dict[str, Any]:
@@ -59,8 +93,10 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
                            guidance_scale: float = 1.0, sampler: str = "maskgit",
                            text_steps: int | None = None, seed: int = 0,
                            metrics: list | dict | None = None,
-                           metric_resources: dict[str, Any] | None = None) -> dict[str, float]:
-    """Generate with the module's current weights and log grids + metrics; returns the metrics."""
+                           metric_resources: dict[str, Any] | None = None, *,
+                           stage: str = "val") -> dict[str, float]:
+    """Generate with the module's current weights and log grids + metrics; returns the metrics.
+    ``stage`` (``val`` or ``test``) prefixes the metric keys, image tags and grid file names."""
     from unigen.metrics import (CAPTION, COMPOSITIONAL, DISTRIBUTION, TEXT_IMAGE, VQA,
                                 flatten_results)
 
@@ -72,6 +108,7 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
     for metric in recipe_metrics.values():
         by_kind.setdefault(metric.kind, []).append(metric)
     metrics: dict[str, float] = {}
+    prefix = "" if stage == "val" else f"{stage}_"  # file names: validation's stay as they were
     was_training = module.net.training
     module.net.eval()
     try:
@@ -81,13 +118,13 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
             images = pipe.text_to_image(captions, num_steps=num_steps, guidance_scale=guidance_scale,
                                         sampler=sampler, seed=seed, output="tensor")
             grid = captioned_grid(images.cpu(), captions)
-            save_png(grid, _log_dir(module) / "samples" / f"t2i_step{module.global_step:07d}.png")
-            _log_image(module, "val/t2i_samples", grid)
+            save_png(grid, _log_dir(module) / "samples" / f"{prefix}t2i_step{module.global_step:07d}.png")
+            _log_image(module, f"{stage}/t2i_samples", grid)
             if scenes is not None and scenes[0]:
                 from unigen.data.checker import check, parse_caption
 
                 results = [check(img, parse_caption(c)) for img, c in zip(images.cpu(), captions)]
-                metrics["val/t2i_checker_accuracy"] = sum(r.correct for r in results) / len(results)
+                metrics[f"{stage}/t2i_checker_accuracy"] = sum(r.correct for r in results) / len(results)
                 for metric in by_kind.get(COMPOSITIONAL, []):
                     metric.update(results)
             for metric in by_kind.get(TEXT_IMAGE, []):
@@ -100,7 +137,7 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
             answers = pipe.answer(images_in, list(batch["question"][:n]), num_steps=text_steps,
                                   seed=seed)
             truth = list(batch["answer"][:n])
-            metrics["val/vqa_exact_match"] = sum(a == b for a, b in zip(answers, truth)) / n
+            metrics[f"{stage}/vqa_exact_match"] = sum(a == b for a, b in zip(answers, truth)) / n
             for metric in by_kind.get(VQA, []):
                 metric.update(answers, truth)
         if "caption" in tasks:
@@ -113,10 +150,10 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
 
                 recall = [caption_attribute_recall(c, Scene.from_json(s))
                           for c, s in zip(generated, scenes[:n])]
-                metrics["val/caption_attribute_recall"] = sum(recall) / len(recall)
+                metrics[f"{stage}/caption_attribute_recall"] = sum(recall) / len(recall)
             grid = captioned_grid(images_in.cpu(), generated)
-            save_png(grid, _log_dir(module) / "samples" / f"caption_step{module.global_step:07d}.png")
-            _log_image(module, "val/captions", grid)
+            save_png(grid, _log_dir(module) / "samples" / f"{prefix}caption_step{module.global_step:07d}.png")
+            _log_image(module, f"{stage}/captions", grid)
     finally:
         module.net.train(was_training)
     for name, metric in recipe_metrics.items():
@@ -124,7 +161,7 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
             try:
                 # the keys eval writes: "class_accuracy", "class_accuracy/<class>", ...
                 flat = flatten_results({name: metric.compute()})
-                metrics.update({f"val/{key}": value for key, value in flat.items()})
+                metrics.update({f"{stage}/{key}": value for key, value in flat.items()})
             except RuntimeError as err:  # e.g. compositional accuracy without shapes scenes
                 raise ValueError(f"validation metric {name!r} could not be computed: {err}") from None
     for key, value in metrics.items():

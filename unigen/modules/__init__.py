@@ -1,0 +1,1 @@
+"""Transformer building blocks: norms, attention, MLPs, position encodings, output heads, LoRA."""
