@@ -159,9 +159,7 @@ def _grid_paths(out: str) -> tuple[Path, str, Path]:
     if fmt is None:
         raise ValueError(f"--out {path}: the extension picks the image format; use one of "
                          f"{', '.join(GRID_FORMATS)}")
-    settings = path.with_suffix(".json")
-    if settings == path:  # cannot happen with the formats above; kept as the invariant
-        raise ValueError(f"--out {path} is where the settings JSON goes; give an image path")
+    settings = path.with_suffix(".json")  # never the image itself: .json is not an image format
     _check_out_file(settings, "the settings file")
     return path, fmt, settings
 

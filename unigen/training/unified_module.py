@@ -377,17 +377,17 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                                         guidance_scale=s["guidance_scale"], sampler=s["sampler"],
                                         seed=seeds, output="tensor")
             out.update(prompt=list(captions), generated=to_uint8(images))
-        wants_text = "caption" in tasks or ("vqa" in tasks and batch.get("question")
-                                             and all(batch["question"]))
-        if wants_text:
+        questions = batch.get("question")
+        asks = bool("vqa" in tasks and questions and all(questions))
+        if "caption" in tasks or asks:
             images_in = batch.get("image")
             if images_in is None:  # pretokenized shards
                 images_in = self.image_tokenizer.decode(batch["codes"].long()).clamp(0, 1)
             out["input"] = to_uint8(images_in)
             if "caption" in tasks:
                 out["caption"] = pipe.caption(images_in, num_steps=s["text_steps"], seed=seeds)
-            if "vqa" in tasks and batch.get("question") and all(batch["question"]):
-                out["question"] = list(batch["question"])
+            if asks:
+                out["question"] = list(questions)
                 out["answer"] = pipe.answer(images_in, out["question"], num_steps=s["text_steps"],
                                             seed=seeds)
         return out
