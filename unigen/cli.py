@@ -63,13 +63,18 @@ def _lightning_cli(args: Sequence[str], run: bool = True, argv_prefix: Sequence[
 
             check_resume_target(self.trainer, self.config[self.subcommand].get("ckpt_path"))
 
-        def _refuse_export_dir(self) -> None:
+        def _before_evaluation(self) -> None:
+            config = self.config.get(self.subcommand, {})
             # the option exists on every verb's parser, but only fit has a trained model to export
-            if self.config.get(self.subcommand, {}).get("export_dir"):
+            if config.get("export_dir"):
                 raise ValueError(f"--export_dir applies to fit only, not to {self.subcommand} "
                                  "(export a checkpoint with `unigen export --ckpt ... --out ...`)")
+            init = config.get("model", {}).get("init_args", {}).get("init_weights")
+            if not config.get("ckpt_path") and not init:  # legal in Lightning, rarely meant
+                print(f"unigen: warning: {self.subcommand} without --ckpt_path uses the recipe's "
+                      "freshly initialised weights", file=sys.stderr)
 
-        before_validate = before_test = before_predict = _refuse_export_dir
+        before_validate = before_test = before_predict = _before_evaluation
 
         def after_fit(self) -> None:
             export = self.config.get(self.subcommand, {}).get("export_dir")

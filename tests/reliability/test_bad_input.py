@@ -344,3 +344,15 @@ def test_export_dir_is_refused_outside_fit(verb, tokenizer_dirs, tmp_path, capsy
                        "--trainer.limit_predict_batches", "1"], capsys)
     assert line.startswith(f"unigen: error: --export_dir applies to fit only, not to {verb}")
     assert not (tmp_path / "m").exists()
+
+
+def test_validate_without_a_checkpoint_warns_that_the_weights_are_fresh(tokenizer_dirs, tmp_path,
+                                                                         capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["validate", "--config", str(UNIFIED_DEBUG), "--trainer.limit_val_batches", "1",
+            "--model.init_args.val_sampling", "{}",
+            "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+            "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"]]
+    main(args)
+    warning = "unigen: warning: validate without --ckpt_path uses the recipe's freshly initialised"
+    assert warning in capsys.readouterr().err
