@@ -124,10 +124,27 @@ _DETAIL_MARKERS = ("is not accepted", "Expected a", "No action for key", "does n
                    "nrecognized arguments", "Not a valid", "not a valid", "must be", "unknown")
 
 
+def _unknown_option(lines: list[str], argv: list[str]) -> str | None:
+    """jsonargparse names an unknown nested key by its last part only ("Option 'dimm' is not
+    accepted"); give the whole key when the command line has it, else say it is in a recipe file."""
+    found = re.fullmatch(r"Option '([^']+)' is not accepted", lines[0]) if len(lines) == 1 else None
+    if found is None:
+        return None
+    name = found.group(1)
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if key.startswith("--") and (key == f"--{name}" or key.endswith(f".{name}")):
+            return f"unknown recipe key {key[2:]!r} (on the command line)"
+    return f"unknown recipe key {name!r} (in one of the --config files)"
+
+
 def _summarise(lines: list[str]) -> str:
     """Compress a jsonargparse message to one line: which key, what is wrong, in which class."""
     if not lines:
         return "invalid arguments"
+    unknown = _unknown_option(lines, sys.argv[1:])
+    if unknown:
+        return unknown
     text = " ".join(lines)
     key = re.search(r'Parser key "([^"]+)"', lines[0])
     cls = re.search(r"class_path '([^']+)'", text)
