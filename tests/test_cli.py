@@ -216,3 +216,16 @@ def test_fit_then_test_and_predict_a_checkpoint(tokenizer_dirs, tmp_path, monkey
     for row in rows:
         assert {"prompt", "generated", "input", "caption", "question", "answer"} <= set(row)
         assert (folder / row["generated"]).stat().st_size > 0 and (folder / row["input"]).is_file()
+
+
+def test_a_model_seed_that_differs_from_the_data_seed_is_one_line(tokenizer_dirs, tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(DEBUG), "--model.init_args.seed", "3", "--trainer.max_steps", "1",
+              "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+              "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"]])
+    assert exc.value.code == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("unigen:")]
+    assert err == ["unigen: error: the model and the data module set 'seed' to different values; "
+                   "give both the same (--model.init_args.seed V --data.init_args.seed V)"]

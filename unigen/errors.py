@@ -75,10 +75,26 @@ def _missing_accelerator_package(err: BaseException) -> bool:
     return False
 
 
+def _conflicting_hparams(err: BaseException) -> str | None:
+    """Lightning refuses to log a run whose model and data module share a hyperparameter name with
+    different values (``seed`` in every unigen recipe): say which, and how to agree them."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or not text.startswith("Error while merging hparams"):
+        return None
+    found = re.search(r"keys \[([^\]]*)\]", text)
+    keys = [k.strip(" '\"") for k in found.group(1).split(",")] if found else ["?"]
+    example = " ".join(f"--model.init_args.{k} V --data.init_args.{k} V" for k in keys)
+    return (f"the model and the data module set {', '.join(repr(k) for k in keys)} to different "
+            f"values; give both the same ({example})")
+
+
 def _one_line(err: BaseException) -> str | None:
     """The line to print for a user error; None when ``err`` is not one (a bug: keep the traceback)."""
     if isinstance(err, USER_ERRORS) or _lightning_user_error(err):
         return _first_line(err)
+    conflict = _conflicting_hparams(err)
+    if conflict:
+        return conflict
     if _missing_accelerator_package(err):
         return f"the requested accelerator needs a package that is not installed: {_plain_first_line(err)}"
     return None
