@@ -168,20 +168,15 @@ class UnifiedPipeline:
 
     @staticmethod
     def check_components(path, meta: dict[str, Any], config: dict[str, Any]) -> None:
-        """Before building anything: the saved output head and image tokenizer must be registered
-        (plugins are loaded on a miss); else one error naming the module that saved them."""
+        """Before building anything: the saved output head must be registered (plugins are loaded
+        on a miss); else one error naming the module that saved it."""
         modules = meta.get("modules") if isinstance(meta.get("modules"), dict) else {}
         head = config.get("head", "shared")
         if isinstance(head, str) and head not in HEADS:
             raise KeyError(f"{HEADS.unknown(head, modules.get('head'))}, named in "
                            f"{path / 'transformer' / 'config.json'}")
-        tok_file = path / "image_tokenizer" / io.CONFIG_FILE
-        tok = io.read_json(tok_file, "image tokenizer config") if tok_file.is_file() else {}
-        from unigen.tokenizers.base import IMAGE_TOKENIZERS
-
-        name = tok.get("type") if isinstance(tok, dict) else None
-        if isinstance(name, str) and name not in IMAGE_TOKENIZERS:
-            raise KeyError(f"{IMAGE_TOKENIZERS.unknown(name, tok.get('module'))}, named in {tok_file}")
+        # an unknown image tokenizer type: ImageTokenizer.from_pretrained names it, the module its
+        # config recorded and the file, the same way
 
     def to(self, device: str | torch.device) -> "UnifiedPipeline":
         self.transformer.to(device)
