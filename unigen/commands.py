@@ -404,7 +404,7 @@ def _tokenize_args(p: argparse.ArgumentParser) -> None:
                    help="image tokenizer directory (or a pipeline directory: its image_tokenizer/)")
     p.add_argument("--data", required=True, help="shapes | folder | fashion_mnist")
     p.add_argument("--root", default=None, help="image folder (--data folder) or IDX folder (fashion_mnist)")
-    p.add_argument("--split", default=None, help="shapes: train|val|test|heldout; fashion_mnist: train|test")
+    p.add_argument("--split", default=None, help="shapes: train|val|heldout; fashion_mnist: train|test")
     p.add_argument("--image-size", type=int, default=None, help="default: 64 (shapes, folder), 32 (fashion_mnist)")
     p.add_argument("--num-samples", type=int, default=None, help="first N samples (shapes default 10000)")
     p.add_argument("--seed", type=int, default=0, help="data set seed (shapes scenes, fashion_mnist subset)")

@@ -73,6 +73,22 @@ def test_datamodule_batches_follow_the_ratios():
     assert [int(i) for b in dm2.train_dataloader() for i in b["index"]] == index  # reproducible
 
 
+def test_test_sources_are_read_one_after_the_other():
+    dm = MixtureDataModule({"a": _shapes("train", 12)}, {"a": 1.0}, image_size=16, batch_size=4,
+                           test_sources={"t": _shapes("heldout", 6), "u": _shapes("val", 3)})
+    for loader in (dm.test_dataloader(), dm.predict_dataloader()):
+        batches = list(loader)
+        assert [int(s) for b in batches for s in b["source"]] == [0] * 6 + [1] * 3
+        assert batches[0]["caption"][0] == ShapesDataset("heldout", 6, 16, 0)[0]["caption"]
+    without = MixtureDataModule({"a": _shapes("train", 12)}, {"a": 1.0}, image_size=16, batch_size=4)
+    with pytest.raises(ValueError, match="data.init_args.test_sources"):
+        without.test_dataloader()
+    bad = MixtureDataModule({"a": _shapes("train", 12)}, {"a": 1.0}, image_size=16, batch_size=4,
+                            test_sources={"t": _shapes("heldout", 6, size=32)})
+    with pytest.raises(ValueError, match="test/t"):
+        bad.test_dataloader()
+
+
 def test_mid_epoch_resume_continues_the_same_order():
     from types import SimpleNamespace
 
@@ -138,3 +154,9 @@ def test_mixture_debug_recipe_fits(tokenizer_dirs, tmp_path, monkeypatch):
           "--trainer.enable_progress_bar", "false"])
     log = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "train/loss" in log and "val/loss" in log
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    main(["test", "--config", str(recipe),
+          "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+          "--model.init_args.text_tokenizer", str(tmp_path / "text_tokenizer"),
+          "--trainer.enable_progress_bar", "false", "--ckpt_path", str(ckpt)])
+    assert any("test/loss" in f.read_text() for f in tmp_path.rglob("metrics.csv"))

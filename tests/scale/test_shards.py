@@ -175,6 +175,19 @@ def test_datamodule_yields_codes_and_covers_the_train_split_once_per_epoch(shard
     assert [int(i) for b in loader for i in b["index"]] != train  # a new order every epoch
 
 
+def test_test_and_predict_read_the_test_shards_in_order(shard_dir):
+    dm = ShardDataModule(str(shard_dir), image_size=32, batch_size=16, num_val=8,
+                         test_path=str(shard_dir))
+    dm.setup()
+    for loader in (dm.test_dataloader(), dm.predict_dataloader()):
+        assert [int(i) for b in loader for i in b["index"]] == list(range(40))
+    without = ShardDataModule(str(shard_dir), image_size=32, batch_size=4, num_val=8)
+    with pytest.raises(ValueError, match="data.init_args.test_path"):
+        without.test_dataloader()
+    with pytest.raises(ValueError, match="data.init_args.test_path"):
+        without.predict_dataloader()
+
+
 def test_datamodule_refuses_another_image_size(shard_dir):
     dm = ShardDataModule(str(shard_dir), image_size=64, batch_size=4)
     with pytest.raises(ValueError, match="image_size: 32"):

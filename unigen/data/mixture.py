@@ -131,13 +131,15 @@ class MixtureDataModule(L.LightningDataModule):
         samples_per_epoch: epoch length (default: the sources' total size).
         seed: the mixing order.
         val_sources: name -> validation data set, read one after the other (default: none).
+        test_sources: name -> data set for ``unigen test`` / ``unigen predict``, read likewise
+            (default: none; those verbs then stop with one line asking for it).
         num_workers: DataLoader workers.
     """
 
     def __init__(self, sources: dict[str, DatasetFactory], ratios: dict[str, float],
                  image_size: int = 64, batch_size: int = 32, samples_per_epoch: int | None = None,
                  seed: int = 0, val_sources: dict[str, DatasetFactory] | None = None,
-                 num_workers: int = 0) -> None:
+                 test_sources: dict[str, DatasetFactory] | None = None, num_workers: int = 0) -> None:
         super().__init__()
         if set(sources) != set(ratios):
             raise ValueError(f"every mixture source needs a ratio and every ratio a source: sources "
@@ -149,10 +151,12 @@ class MixtureDataModule(L.LightningDataModule):
         if samples_per_epoch is not None and samples_per_epoch < batch_size:
             raise ValueError(f"samples_per_epoch ({samples_per_epoch}) must be at least batch_size "
                              f"({batch_size})")
-        self.save_hyperparameters(ignore=["sources", "val_sources"])
+        self.save_hyperparameters(ignore=["sources", "val_sources", "test_sources"])
         self.factories, self.val_factories = sources, val_sources or {}
+        self.test_factories = test_sources or {}
         self.train_set: MixedDataset | None = None
         self.val_set: MixedDataset | None = None
+        self.test_set: MixedDataset | None = None
         self.counts: list[int] = []
 
     def setup(self, stage: str | None = None) -> None:
@@ -164,11 +168,19 @@ class MixtureDataModule(L.LightningDataModule):
         self.train_set = MixedDataset(built)
         total = hp.samples_per_epoch or len(self.train_set)
         self.counts = mixture_counts([hp.ratios[n] for n in self.names], total)
-        if self.val_factories:
-            names = list(self.val_factories)
-            val = [self.val_factories[n]() for n in names]
-            check_sources([*(f"val/{n}" for n in names), *self.names], [*val, *built], hp.image_size)
-            self.val_set = MixedDataset(val)
+        self.val_set = self._sequential(self.val_factories, "val", built)
+        self.test_set = self._sequential(self.test_factories, "test", built)
+
+    def _sequential(self, factories: dict[str, DatasetFactory], split: str, built: list[Dataset]
+                    ) -> MixedDataset | None:
+        """The named data sets one after the other, checked against the training sources."""
+        if not factories:
+            return None
+        names = list(factories)
+        sets = [factories[n]() for n in names]
+        check_sources([*(f"{split}/{n}" for n in names), *self.names], [*sets, *built],
+                      self.hparams.image_size)
+        return MixedDataset(sets)
 
     def epoch_order(self, epoch: int) -> Tensor:
         self.setup()
@@ -186,7 +198,21 @@ class MixtureDataModule(L.LightningDataModule):
         self.setup()
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        if self.test_set is None:
+            raise ValueError("MixtureDataModule has no test set: name its data sets under "
+                             "data.init_args.test_sources")
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        """``unigen predict`` reads the test sources, as the other data modules read their test set."""
+        return self.test_dataloader()
+
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers)
 
 

@@ -338,14 +338,16 @@ class ShardDataModule(L.LightningDataModule):
         seed: the training order and the validation hold-out.
         num_val: samples of ``path`` held out for validation (seeded), unless ``val_path``.
         val_path: a separate shard directory for validation (same tokenizer and image size).
+        test_path: a shard directory for ``unigen test`` / ``unigen predict`` (same tokenizer and
+            image size); without one those verbs stop with one line asking for it.
         num_workers: DataLoader workers.
         check_tokenizer: at the first batch, require the model's ``image_tokenizer`` to be the one
             the shards were made with.
     """
 
     def __init__(self, path: str, image_size: int = 64, batch_size: int = 32, seed: int = 0,
-                 num_val: int = 256, val_path: str | None = None, num_workers: int = 0,
-                 check_tokenizer: bool = True) -> None:
+                 num_val: int = 256, val_path: str | None = None, test_path: str | None = None,
+                 num_workers: int = 0, check_tokenizer: bool = True) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -354,6 +356,7 @@ class ShardDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
         self.manifest: dict[str, Any] | None = None
         self._checked = not check_tokenizer
 
@@ -368,17 +371,23 @@ class ShardDataModule(L.LightningDataModule):
         if full.image_size != hp.image_size:
             raise ValueError(f"the shards at {hp.path} hold {full.image_size}px images ({full.grid[0]}x"
                              f"{full.grid[1]} codes); set data.init_args.image_size: {full.image_size}")
+        if hp.test_path is not None:
+            self.test_set = self._matching(full, hp.test_path, "test")
         if hp.val_path is not None:
-            val = ShardDataset(hp.val_path)
-            if val.manifest["tokenizer"] != full.manifest["tokenizer"] or val.image_size != full.image_size:
-                raise ValueError(f"the validation shards at {hp.val_path} were made with another "
-                                 f"tokenizer or image size than {hp.path}")
-            self.train_set, self.val_set = full, val
+            self.train_set, self.val_set = full, self._matching(full, hp.val_path, "validation")
         elif hp.num_val:
             train_idx, val_idx = seeded_split(len(full), hp.num_val, hp.seed)
             self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
         else:
             self.train_set = full
+
+    @staticmethod
+    def _matching(full: ShardDataset, path: str, split: str) -> ShardDataset:
+        shards = ShardDataset(path)
+        if shards.manifest["tokenizer"] != full.manifest["tokenizer"] or shards.image_size != full.image_size:
+            raise ValueError(f"the {split} shards at {path} were made with another tokenizer or "
+                             f"image size than {full.path}")
+        return shards
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -391,6 +400,18 @@ class ShardDataModule(L.LightningDataModule):
             return []  # validation disabled
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        if self.test_set is None:
+            raise ValueError("ShardDataModule has no test set: set data.init_args.test_path to a "
+                             "shard directory (`unigen tokenize --split heldout ...`)")
+        return DataLoader(self.test_set, batch_size=self.hparams.batch_size, shuffle=False,
+                          num_workers=self.hparams.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        """``unigen predict`` reads the test shards, as the other data modules read their test set."""
+        return self.test_dataloader()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not self._checked:  # the model's tokenizer is loaded by now (configure_model ran)
