@@ -53,10 +53,11 @@ def _lightning_cli(args: Sequence[str], run: bool = True, argv_prefix: Sequence[
 
         def instantiate_trainer(self, **kwargs):
             # every recipe: atomic checkpoints, NaN guard, per-step reseeding, resumable "last"
+            from unigen.training.progress import use_run_progress_bar
             from unigen.training.reliability import harden_trainer
 
             seed = self.config.get(str(self.subcommand), self.config).get("seed_everything")
-            return harden_trainer(super().instantiate_trainer(**kwargs), seed)
+            return use_run_progress_bar(harden_trainer(super().instantiate_trainer(**kwargs), seed))
 
         def before_fit(self) -> None:
             from unigen.training.reliability import check_resume_target
