@@ -146,7 +146,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-per-prompt", type=int, default=1,
                    help="images per prompt, at least 1 (default 1)")
     p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale (default 1.0: no guidance)")
+                   help="classifier-free guidance scale, >= 0 (default 1.0: no guidance; 0: unconditional)")
     p.add_argument("--candidates", type=int, default=1,
                    help="draw this many images per prompt and keep the one the model itself reads "
                         "the prompt from best (its caption ELBO; unigen.verification; default 1)")
@@ -165,11 +165,13 @@ def _grid_paths(out: str) -> tuple[Path, str, Path]:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from unigen.sampling.guidance import check_scale
     from unigen.visual import captioned_grid
 
     _check_model_args(args)
     _check_positive(args.num_per_prompt, "--num-per-prompt")
     _check_positive(args.candidates, "--candidates")
+    check_scale(args.guidance, "--guidance", negative=False)
     out, fmt, settings = _grid_paths(args.out)
     kwargs = _sampler_kwargs(args)
     pipe = _pipeline(args)

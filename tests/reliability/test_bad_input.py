@@ -215,6 +215,9 @@ def _generate(model: Path, out: Path, *extra: str) -> list[str]:
     (["--num-per-prompt", "0"], "--num-per-prompt must be at least 1, got 0"),
     (["--num-per-prompt", "-1"], "--num-per-prompt must be at least 1, got -1"),
     (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--guidance", "-1"], "--guidance must be a finite number >= 0 (1: no guidance, 0: "
+                           "unconditional), got -1"),
+    (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
 ])
 def test_generate_refuses_unusable_options(extra, message, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "grid.png"
@@ -308,7 +311,7 @@ def test_help_names_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default 1.0: no guidance)" in text and "images per prompt, at least 1 (default 1)" in text
+    assert "(default 1.0: no guidance; 0: unconditional)" in text and "images per prompt, at least 1 (default 1)" in text
 
 
 def lightning_fails_with(argv: list[str], capsys) -> str:

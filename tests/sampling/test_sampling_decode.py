@@ -130,6 +130,11 @@ def test_guidance_scale_schedules():
         ClassifierFreeGuidance(2.0, schedule="nope")
     with pytest.raises(ValueError, match="interval"):
         ClassifierFreeGuidance(2.0, interval=(0.6, 0.2))
+    with pytest.raises(ValueError, match="guidance scale must be a finite number \\(1: no"):
+        ClassifierFreeGuidance(float("nan"))
+    assert ClassifierFreeGuidance(-1.0).scale == -1.0  # anti-guidance stays open to research
+    with pytest.raises(ValueError, match="guidance min_scale must be"):
+        ClassifierFreeGuidance(2.0, schedule="linear", min_scale=float("inf"))
 
 
 def test_inpainting_keeps_everything_outside_the_region():

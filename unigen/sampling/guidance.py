@@ -45,6 +45,18 @@ class GuidedBatch:
     scale: float
 
 
+def check_scale(value: float, name: str = "guidance scale", negative: bool = True) -> float:
+    """``value`` as a float, refused when not finite, and when negative unless ``negative``: a
+    negative scale pushes samples away from their condition (anti-guidance), which the library
+    allows for research but a command-line typo makes far more often than a person means it."""
+    value = float(value)
+    if not math.isfinite(value) or (value < 0 and not negative):
+        bound = "" if negative else " >= 0"
+        raise ValueError(f"{name} must be a finite number{bound} (1: no guidance, 0: "
+                         f"unconditional), got {value:g}")
+    return value
+
+
 class ClassifierFreeGuidance:
     """Args:
         scale: guidance scale (1 = conditional only, 0 = unconditional only).
@@ -66,11 +78,11 @@ class ClassifierFreeGuidance:
             if not 0.0 <= start <= end <= 1.0:
                 raise ValueError(f"guidance interval must satisfy 0 <= start <= end <= 1, got {interval}")
             interval = (start, end)
-        self.scale = float(scale)
+        self.scale = check_scale(scale)
         self.interval = interval
         self.schedule = schedule
         self._weight = GUIDANCE_SCHEDULES.get(schedule)
-        self.min_scale = float(min_scale)
+        self.min_scale = check_scale(min_scale, "guidance min_scale")
 
     def scale_at(self, progress: float) -> float:
         """Effective scale at ``progress``; 1.0 (plain conditional pass) outside the interval."""
