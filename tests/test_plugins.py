@@ -264,6 +264,8 @@ def test_text_tokenizer_reads_a_registered_shard_source(plugin_env, tmp_path, ca
                            "folder, shapes (a custom one must be imported first")
     assert main(["--plugin", module, "text-tokenizer", "--data", "zoo", "--vocab-size", "64",
                  "--out", str(out)]) == 0
+    err = capsys.readouterr().err  # progress: the items read, then the training step
+    assert "reading zoo texts" in err and "training a wordlevel text tokenizer on 4 texts" in err
     vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     assert {"zebra", "okapi", "grazes", "hides"} <= set(vocab)
     # and the same source for `unigen tokenize` is the same registry entry

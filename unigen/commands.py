@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from unigen import io
 
@@ -276,14 +276,17 @@ def _text_tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
 
 
-def _shapes_texts(root: str | None, num_samples: int, seed: int) -> list[str]:
+Wrap = Callable[[Iterable[int]], Iterable[int]]  # wraps the item indices read (a progress bar)
+
+
+def _shapes_texts(root: str | None, num_samples: int, seed: int, items: Wrap) -> list[str]:
     from unigen.data.shapes import corpus, vocabulary_words
 
     # the exhaustive word list guarantees every template word is in the vocabulary
-    return [*corpus("train", num_samples, seed), " ".join(vocabulary_words())]
+    return [*corpus("train", num_samples, seed, items), " ".join(vocabulary_words())]
 
 
-def _fashion_mnist_texts(root: str | None, num_samples: int, seed: int) -> list[str]:
+def _fashion_mnist_texts(root: str | None, num_samples: int, seed: int, items: Wrap) -> list[str]:
     from unigen.data.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES, QUESTION, caption_for
 
     captions = [caption_for(label, t) for label in range(len(CLASS_NAMES))
@@ -293,30 +296,39 @@ def _fashion_mnist_texts(root: str | None, num_samples: int, seed: int) -> list[
 
 # built-in sources whose text is known without building the data set (rendering the shapes world,
 # reading the Fashion-MNIST files)
-_TEXTS_WITHOUT_IMAGES: dict[str, Callable[[str | None, int, int], list[str]]] = {
+_TEXTS_WITHOUT_IMAGES: dict[str, Callable[[str | None, int, int, Wrap], list[str]]] = {
     "shapes": _shapes_texts, "fashion_mnist": _fashion_mnist_texts}
 TEXT_FIELDS = ("caption", "description", "question", "answer")
 
 
-def text_corpus(data: str, root: str | None = None, num_samples: int = 20000, seed: int = 0) -> list[str]:
+def text_corpus(data: str, root: str | None = None, num_samples: int = 20000, seed: int = 0,
+                progress: bool = False) -> list[str]:
     """All text of a data set: captions, questions and answers.  ``data`` is any source of
     :data:`unigen.data.shards.SHARD_SOURCES` (the ``unigen tokenize --data`` names, plugins'
     included): the corpus is its data set's ``texts()`` when it has one, else the non-empty
-    ``caption``, ``description``, ``question`` and ``answer`` of its first ``num_samples`` items."""
+    ``caption``, ``description``, ``question`` and ``answer`` of its first ``num_samples`` items.
+    ``progress``: a bar over the items read (rendering 20,000 shapes scenes takes ~20 s)."""
+    from functools import partial
+
+    from tqdm.auto import tqdm
+
     from unigen.data.shards import SHARD_SOURCES
+
+    items: Wrap = partial(tqdm, desc=f"reading {data} texts", unit="item", disable=not progress,
+                          leave=False)
 
     try:
         source = SHARD_SOURCES.get(data)
     except KeyError as err:
         raise ValueError(f"--data: {err.args[0]}") from None
     if data in _TEXTS_WITHOUT_IMAGES:
-        return _TEXTS_WITHOUT_IMAGES[data](root, num_samples, seed)
+        return _TEXTS_WITHOUT_IMAGES[data](root, num_samples, seed, items)
     options = {"seed": seed, **({"root": root} if root is not None else {})}
     dataset = source(**options)
     if callable(getattr(dataset, "texts", None)):
         return list(dataset.texts())
     texts = []
-    for i in range(min(num_samples, len(dataset))):
+    for i in items(range(min(num_samples, len(dataset)))):
         item = dataset[i]
         if not isinstance(item, dict):
             raise ValueError(f"--data {data}: items must be dicts with text fields "
@@ -329,18 +341,22 @@ def text_corpus(data: str, root: str | None = None, num_samples: int = 20000, se
 
 def build_text_tokenizer(data: str, out: str, root: str | None = None, num_samples: int = 20000,
                          vocab_size: int = 4096, kind: str = "wordlevel", seed: int = 0,
-                         task_tokens: Sequence[str] = ()):
+                         task_tokens: Sequence[str] = (), progress: bool = False):
+    import sys
+
     from unigen.tokenizers.text import TextTokenizer
 
-    tok = TextTokenizer.train(text_corpus(data, root, num_samples, seed), vocab_size=vocab_size,
-                              kind=kind, task_tokens=task_tokens)
+    texts = text_corpus(data, root, num_samples, seed, progress)
+    if progress:
+        print(f"training a {kind} text tokenizer on {len(texts)} texts", file=sys.stderr)
+    tok = TextTokenizer.train(texts, vocab_size=vocab_size, kind=kind, task_tokens=task_tokens)
     tok.save_pretrained(out)
     return tok
 
 
 def _text_tokenizer(args: argparse.Namespace) -> None:
     tok = build_text_tokenizer(args.data, args.out, args.root, args.num_samples, args.vocab_size,
-                               args.kind, args.seed, args.task_token)
+                               args.kind, args.seed, args.task_token, progress=True)
     extra = f" (task tokens added: {', '.join(tok.extra_tasks)})" if tok.extra_tasks else ""
     print(f"wrote a {tok.kind} text tokenizer with {tok.vocab_size} ids to {args.out}{extra}")
 

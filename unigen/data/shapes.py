@@ -34,7 +34,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -756,11 +756,13 @@ class ShapesDataset(Dataset):
                 "question": q, "answer": a, "scene": scene.to_json(), "index": index}
 
 
-def corpus(split: str = "train", num_samples: int = 1000, seed: int = 0) -> Iterator[str]:
+def corpus(split: str = "train", num_samples: int = 1000, seed: int = 0,
+           scenes: Callable[[Iterable[int]], Iterable[int]] = iter) -> Iterator[str]:
     """Every caption template's caption, the description, every question and every answer of the
-    first ``num_samples`` scenes of a split: the text to train a text tokenizer on."""
+    first ``num_samples`` scenes of a split: the text to train a text tokenizer on.  ``scenes``
+    wraps the scene indices (``tqdm`` for a progress bar)."""
     world = ShapesWorld(split, seed)
-    for i in range(num_samples):
+    for i in scenes(range(num_samples)):
         scene = world.scene(i)
         yield from captions(scene, world.rng(i, 1))
         yield description(scene)
