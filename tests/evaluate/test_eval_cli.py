@@ -224,6 +224,13 @@ def test_bad_sweep_value_fails_before_generating(pipeline_dir, debug_recipe, tmp
     ("tasks: {t2i: {fid: true, metrics: []}}\nresources: {extractor: {name: inception_v3, "
      "weights: /nonexistent/pt_inception.pth}}\n",
      "InceptionV3 weights file not found: /nonexistent/pt_inception.pth"),
+    # metric options: refused before the model loads, not after every image is generated
+    ("tasks: {t2i: {metrics: [{name: kid, subset_sz: 4}]}}\n",
+     "tasks.t2i.metrics: unknown option 'subset_sz' for metric 'kid'"),
+    ("tasks: {t2i: {metrics: [{name: kid, subset_size: 100}]}}\n",
+     "tasks.t2i.metrics: kid: option subset_size=100 is more than the 8 samples"),
+    ("data: {num_samples: 1}\ntasks: {t2i: {fid: true, metrics: []}}\n",
+     "tasks.t2i.fid: fid: needs at least 2 samples"),
 ])
 def test_bad_recipes_give_one_clear_error_line(pipeline_dir, debug_recipe, tmp_path, capsys, text,
                                                message):

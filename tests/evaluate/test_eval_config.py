@@ -193,3 +193,57 @@ def test_run_identity_ignores_speed_only_keys_but_not_decoding_ones():
     assert identity_recipe(graphed) == base  # replays give the eager tokens: a run resumes
     assert identity_recipe(parse_config({**MINIMAL, "batch_size": 7})) == base
     assert identity_recipe(parse_config(with_setting(MINIMAL, "vqa.num_steps", 2))) != base
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"t2i": {"metrics": [{"name": "kid", "subset_size": 100}]}},
+     "tasks.t2i.metrics: kid: option subset_size=100 is more than the 8 samples"),
+    ({"t2i": {"metrics": ["kid"]}},  # the default subset size, 1000
+     "tasks.t2i.metrics: kid: option subset_size=1000 is more than the 8 samples"),
+    ({"t2i": {"metrics": [{"name": "kid", "subset_size": 4, "subsets": 0}]}},
+     "tasks.t2i.metrics: kid: option subsets must be >= 1, got 0"),
+    ({"t2i": {"metrics": [{"name": "kid", "subset_sz": 4}]}},
+     "tasks.t2i.metrics: unknown option 'subset_sz' for metric 'kid'; known: extractor"),
+    ({"t2i": {"metrics": [{"name": "inception_score", "splits": 20}]}},
+     "tasks.t2i.metrics: inception_score: option splits=20 is more than the 8 samples"),
+    ({"t2i": {"metrics": ["class_accuracy"]}},
+     "tasks.t2i.metrics: metric 'class_accuracy' needs the option 'classifier'"),
+    ({"t2i": {"metrics": ["clip_score"]}},
+     "tasks.t2i.metrics: metric 'clip_score' needs resources.clip"),
+    ({"vqa": {"metrics": [{"name": "vqa_exact_match", "strict": True}]}},
+     "tasks.vqa.metrics: unknown option 'strict' for metric 'vqa_exact_match'"),
+    ({"vqa": {"metrics": [{"name": "model_calls", "per": "sample"}]}},
+     "unknown option 'per' for metric 'model_calls'"),
+])
+def test_metric_options_are_checked_before_anything_loads(setting, message):
+    # parse_config is all `unigen eval` runs before loading the model: these used to fail only
+    # after every image was generated (or once the extractor was loaded)
+    with pytest.raises(ValueError) as err:
+        parse_config({"data": {"source": "shapes", "num_samples": 8}, "tasks": setting})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fid_needs_two_samples_up_front():
+    one = {"data": {"source": "shapes", "num_samples": 1}, "tasks": {"t2i": {"fid": True}}}
+    with pytest.raises(ValueError, match=r"tasks.t2i.fid: fid: needs at least 2 samples .*got 1"):
+        parse_config(one)
+    parse_config(with_setting(one, "data.num_samples", 2))
+    # options the metric takes pass, torchmetrics' own included
+    parse_config({"data": {"source": "shapes", "num_samples": 8}, "tasks": {"t2i": {"metrics": [
+        {"name": "kid", "subset_size": 8, "subsets": 3, "compute_on_cpu": True}]}}})
+
+
+def test_results_name_the_steps_an_unset_setting_left_to_the_pipeline(tokenizer_dirs):
+    from unigen.evaluate.tasks import settings_used
+    from unigen.pipeline import ANSWER_STEPS
+    from unigen.training.unified_module import UnifiedModule
+
+    pipe = UnifiedModule(**tokenizer_dirs, image_size=32, max_text_len=24, dim=32, depth=1,
+                         heads=4).to_pipeline()
+    cfg = parse_config({"data": {"source": "shapes"}, "tasks": {
+        "t2i": {"metrics": ["compositional_accuracy"]}, "caption": {"metrics": ["bleu4"]},
+        "vqa": {"metrics": ["vqa_exact_match"]}}})
+    steps = {task: settings_used(pipe, task, cfg.tasks[task])["num_steps"] for task in cfg.tasks}
+    assert steps == {"t2i": 16, "caption": 24, "vqa": ANSWER_STEPS}
+    cfg = parse_config(with_setting(MINIMAL, "vqa.num_steps", 2))
+    assert settings_used(pipe, "vqa", cfg.tasks["vqa"])["num_steps"] == 2

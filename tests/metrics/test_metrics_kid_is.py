@@ -82,3 +82,40 @@ def test_inception_score_metric_uses_generated_only_and_needs_logits(domain_clas
                      multilabel=True).save_pretrained(multilabel_dir)
     with pytest.raises(ValueError, match="class logits"):
         InceptionScore(extractor={"name": "domain_classifier", "path": str(multilabel_dir)})
+
+
+def test_kid_and_is_options_are_checked_at_construction_and_against_the_sample_count():
+    with pytest.raises(ValueError, match="kid: option subsets must be >= 1, got 0"):
+        KID(extractor=None, feature_dim=4, subsets=0, subset_size=4)
+    with pytest.raises(ValueError, match="kid: option subset_size must be >= 2, got 1"):
+        KID(extractor=None, feature_dim=4, subset_size=1)
+    with pytest.raises(ValueError, match="KID subsets must be an integer >= 1, got 0"):
+        kernel_inception_distance(_gauss(8, 4, 0), _gauss(8, 4, 1), subsets=0, subset_size=4,
+                                  generator=torch.Generator())
+    KID.check_options({"subset_size": 8}, 8)
+    with pytest.raises(ValueError, match="kid: option subset_size=100 is more than the 8 samples"):
+        KID.check_options({"subset_size": 100}, 8)
+    with pytest.raises(ValueError, match="kid: option subset_size=1000 is more than the 64"):
+        KID.check_options({}, 64)  # the default subset size
+    with pytest.raises(ValueError, match="inception_score: option splits must be >= 1"):
+        InceptionScore(extractor=None, num_classes=3, splits=0)
+    with pytest.raises(ValueError, match="inception_score: option splits=10 is more than the 4"):
+        InceptionScore.check_options({}, 4)
+    with pytest.raises(ValueError, match="inception_score: splits=5 needs 1 <= splits <= the "
+                                         "number of generated images, got 3"):
+        inception_score(torch.zeros(3, 7), splits=5)
+
+
+def test_kid_keeps_extractor_features_in_float32_without_changing_the_result():
+    x, y = _gauss(40, 6, 7).float(), _gauss(40, 6, 8, shift=0.4).float()
+    metric = KID(extractor=None, feature_dim=6, subsets=5, subset_size=20, seed=3)
+    metric.update_features(x, real=True)
+    metric.update_features(y, real=False)
+    assert metric.real_features[0].dtype == torch.float32  # half the memory of float64
+    expected, _ = kernel_inception_distance(x.double(), y.double(), subsets=5, subset_size=20,
+                                            generator=torch.Generator().manual_seed(3))
+    assert metric.compute()["kid"].item() == expected.item()
+    # float64 features (precomputed elsewhere) keep their precision
+    precise = KID(extractor=None, feature_dim=6, subsets=5, subset_size=20)
+    precise.update_features(_gauss(40, 6, 7), real=True)
+    assert precise.real_features[0].dtype == torch.float64

@@ -36,7 +36,8 @@ from unigen.evaluate.data import (EVAL_DATA, EvalData, EvalSample, FashionMNISTE
                                   data_options)
 from unigen.evaluate.record_metrics import (RECORD, RECORD_METRICS, CaptionAttributeRecall,
                                             CaptionFactPrecision, ModelCalls, RecordMean,
-                                            _feed_images, _feed_records, _Verdict, result_name)
+                                            _feed_image_metrics, _feed_images, _feed_records,
+                                            _Verdict, result_name)
 from unigen.evaluate.tasks import (EVAL_TASKS, BatchOutput, TaskSpec, _base_record,
                                    _generate_caption, _generate_t2i, _generate_vqa,
                                    _t2i_grid_text, sampling_kwargs)

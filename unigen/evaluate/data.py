@@ -8,7 +8,7 @@ import inspect
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
@@ -43,6 +43,28 @@ class EvalData(ABC):
     @abstractmethod
     def sample(self, index: int) -> EvalSample: ...
 
+    def first_missing(self, fields: Sequence[str]) -> tuple[int, str] | None:
+        """``(index, field)`` of the first sample with an empty text ``field`` (an
+        :class:`EvalSample` attribute) among ``fields``; None when every sample has them all.
+        Checked before anything is generated; sources override it to skip loading images."""
+        for index in range(len(self)):
+            found = _missing(self.sample(index), fields)
+            if found is not None:
+                return index, found
+        return None
+
+
+def _has_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, (list, tuple)):  # references: one text is enough
+        return any(_has_text(v) for v in value)
+    return value is not None
+
+
+def _missing(sample: EvalSample, fields: Sequence[str]) -> str | None:
+    return next((f for f in fields if not _has_text(getattr(sample, f))), None)
+
 
 EVAL_DATA: Registry[type[EvalData]] = Registry("eval data source")
 
@@ -65,6 +87,9 @@ class ShapesEvalData(EvalData):
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def first_missing(self, fields: Sequence[str]) -> tuple[int, str] | None:
+        return None  # the templates give every scene a caption, references, a question, an answer
 
     def sample(self, index: int) -> EvalSample:
         scene = self.world.scene(index)
@@ -111,6 +136,16 @@ class FolderEvalData(_DatasetEvalData):
 
         super().__init__(ImageFolderDataset(root, image_size, resize), num_samples, str(root))
 
+    def first_missing(self, fields: Sequence[str]) -> tuple[int, str] | None:
+        # the metadata rows hold every text, so no image is loaded; the caption is the prompt and
+        # the one reference
+        column = {"prompt": "text", "references": "text"}
+        for index, row in enumerate(self.dataset.rows[:self.num_samples]):
+            for field in fields:
+                if not getattr(row, column.get(field, field)).strip():
+                    return index, field
+        return None
+
 
 @EVAL_DATA.register("fashion_mnist")
 class FashionMNISTEvalData(_DatasetEvalData):
@@ -122,6 +157,9 @@ class FashionMNISTEvalData(_DatasetEvalData):
 
         super().__init__(FashionMNISTDataset(root, split, image_size, num_samples, seed), None,
                          "Fashion-MNIST")
+
+    def first_missing(self, fields: Sequence[str]) -> tuple[int, str] | None:
+        return None  # every sample has a templated caption and the class question and answer
 
     def references(self, index: int, item: dict[str, Any]) -> list[str]:
         from unigen.data.fashion_mnist import CAPTION_TEMPLATES, caption_for

@@ -29,16 +29,17 @@ from tqdm.auto import tqdm
 from unigen import io
 from unigen.evaluate.config import EvalConfig, TaskSettings
 from unigen.evaluate.data import EvalData, build_data
-from unigen.evaluate.persistence import (RECORDS_NAME, RUN_NAME, SAMPLES_DIR, STATE_NAME,
-                                         RecordLog, _first_difference, _restore_state,
-                                         _run_identity, _state_tensors)
-from unigen.evaluate.recipe import metric_entries, metric_kind, parse_config
-from unigen.evaluate.record_metrics import (RECORD, RECORD_METRICS, _feed_images, _feed_records,
-                                            result_name)
+from unigen.evaluate.persistence import (RECORDS_NAME, RESOURCE_OPTIONS, RUN_NAME, SAMPLES_DIR,
+                                         STATE_NAME, RecordLog, _first_difference,
+                                         _restore_state, _run_identity, _state_tensors,
+                                         remove_run_outputs)
+from unigen.evaluate.recipe import (check_metric_options, metric_entries, metric_kind,
+                                    parse_config)
+from unigen.evaluate.record_metrics import (RECORD, RECORD_METRICS, _feed_image_metrics,
+                                            _feed_records, result_name)
 from unigen.evaluate.tasks import EVAL_TASKS, TaskSpec, settings_used
 from unigen.metrics import (COMPOSITIONAL, METRICS, ClipEncoder, build_feature_extractor,
                             build_metric, flatten_results, write_report)
-from unigen.metrics.report import REPORT_NAME, RESULTS_NAME
 from unigen.tokenizers.base import pil_to_tensor
 from unigen.visual import captioned_grid, save_png, to_pil
 
@@ -84,7 +85,15 @@ def _shared_resources(cfg: EvalConfig, wanted: set[str]) -> dict[str, Any]:
 
 def _plan_tasks(cfg: EvalConfig, data: EvalData, device: torch.device
                 ) -> tuple[list[_TaskRun], dict[str, Any]]:
-    """Build every task's live (image-fed) metrics, sharing one extractor / CLIP between them."""
+    """Build every task's live (image-fed) metrics, sharing one extractor / CLIP between them,
+    once the data is known to hold what every task needs."""
+    for name in cfg.tasks:
+        needs = EVAL_TASKS.get(name).needs
+        gap = data.first_missing(needs) if needs else None
+        if gap is not None:
+            raise ValueError(f"tasks.{name} needs {' and '.join(needs)} texts for every sample; "
+                             f"sample {gap[0]} of data source {cfg.data['source']!r} has no "
+                             f"{gap[1]}")
     plans, wanted = [], set()
     for name, settings in cfg.tasks.items():
         for metric, kwargs in metric_entries(settings):
@@ -154,8 +163,9 @@ def _run_task(pipe, plan: _TaskRun, cfg: EvalConfig, data: EvalData, log: Record
                 batch = plan.spec.generate(pipe, plan.settings, samples, seeds, plan.checks)
             if batch.images is not None:
                 real = torch.stack([s.image for s in samples]).to(batch.images.device)
-                for name, (kind, metric) in plan.image_metrics.items():
-                    _feed_images(metric, kind, real, batch.images, [s.prompt for s in samples])
+                _feed_image_metrics(plan.image_metrics, real, batch.images,
+                                    [s.prompt for s in samples])
+                for name, (_, metric) in plan.image_metrics.items():
                     _add_sample_fields(batch.records, name, metric)
                 for s, image in zip(samples, batch.images):
                     if s.index < cfg.grid_size:  # the grid reads these back, also after a resume
@@ -246,6 +256,15 @@ def _write_grids(plans: list[_TaskRun], cfg: EvalConfig, data: EvalData, log: Re
     return paths
 
 
+def _own_resources(plans: list[_TaskRun]) -> dict[str, Any]:
+    """``{"<task>/<metric>": describe()}`` of the metrics given their own network in the recipe
+    (``{name: class_accuracy, classifier: DIR}``), which ``resources:`` does not list."""
+    return {f"{p.name}/{name}": metric.describe() for p in plans
+            for name, (_, metric) in p.image_metrics.items()
+            if any(k in RESOURCE_OPTIONS for k in dict(metric_entries(p.settings))[name])
+            and callable(getattr(metric, "describe", None))}
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
@@ -279,11 +298,13 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg.data, pipe.image_size)
+    check_metric_options(cfg, len(data))  # a folder's size is known only now
     plans, shared = _plan_tasks(cfg, data, pipe.device)
     log, state_path, run_path = RecordLog(out / RECORDS_NAME), out / STATE_NAME, out / RUN_NAME
-    identity = _run_identity(cfg, pipe)
+    identity = _run_identity(cfg, pipe, {p.name: p.live_metrics() for p in plans})
     kept: list[dict[str, Any]] = []
-    if resume and run_path.is_file():
+    resuming = resume and run_path.is_file()
+    if resuming:
         saved = io.read_json(run_path, "eval run")
         if saved.get("model_sha1") != identity["model_sha1"]:
             raise ValueError(f"cannot resume {out}: it was evaluated with other model weights")
@@ -291,11 +312,14 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
             where = _first_difference(saved.get("recipe"), identity["recipe"])
             raise ValueError(f"cannot resume {out}: the recipe differs from the earlier run at "
                              f"{where!r}")
+        if saved.get("resources_sha1") != identity["resources_sha1"]:
+            where = _first_difference(saved.get("resources"), identity["resources"])
+            raise ValueError(f"cannot resume {out}: the metrics' networks differ from the earlier "
+                             f"run's at {where!r} (other weights: start over without --resume)")
         kept = _resume(plans, log, state_path)
-    elif state_path.exists():
-        state_path.unlink()
-    for stale in (REPORT_NAME, RESULTS_NAME):  # a run in progress has no results yet
-        (out / stale).unlink(missing_ok=True)
+    # a new run removes everything an earlier one wrote there (and nothing else); a resumed one
+    # keeps what it continues from and writes the results, report and grids anew
+    remove_run_outputs(out, resuming)
     io.write_json(run_path, identity)
     log.rewrite(kept)  # drops a torn line and records beyond the checkpointed state
     restored = {p.name: p.done for p in plans}
@@ -313,8 +337,7 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
         "tasks": {p.name: settings_used(pipe, p.name, p.settings) for p in plans},
         "seed": cfg.seed, "batch_size": cfg.batch_size, "device": _device_name(pipe.device),
         "model_sha1": identity["model_sha1"],
-        "resources": {k: v.describe() if hasattr(v, "describe") else getattr(v, "source", str(v))
-                      for k, v in shared.items()},
+        "resources": {**{k: v.describe() for k, v in shared.items()}, **_own_resources(plans)},
         "resumed_samples": {k: v for k, v in restored.items() if v},
         "timings": {p.name: {"seconds": round(p.seconds, 3), "generated": p.generated_now,
                              "samples_per_second": round(p.generated_now / p.seconds, 3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +20,7 @@ from unigen.evaluate.record_metrics import RECORD, RECORD_METRICS, owner_task
 from unigen.evaluate.tasks import EVAL_TASKS
 from unigen.metrics import METRICS
 from unigen.metrics.base import metric_entries as parse_metric_entries
+from unigen.metrics.base import metric_options
 from unigen.sampling import SAMPLERS
 
 
@@ -63,7 +65,55 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
             raise ValueError(f"tasks.{name} lists no metrics")
         for metric, _ in metric_entries(task):
             metric_kind(metric, name)  # raises for unknown names and task mismatches
+    check_metric_options(cfg, declared_num_samples(cfg.data))
     return cfg
+
+
+# constructor arguments a run fills from ``resources:`` when a metric entry does not give them
+_SHARED_ARGUMENTS = ("extractor", "clip")
+
+
+def declared_num_samples(data: Mapping[str, Any]) -> int | None:
+    """The number of samples a recipe's ``data:`` block asks for (given or the source's default);
+    None when only building the data tells (``num_samples: null``: all of a folder)."""
+    cls, options = data_options(data)
+    if "num_samples" in options:
+        n = options["num_samples"]
+    else:
+        param = inspect.signature(cls.__init__).parameters.get("num_samples")
+        n = None if param is None or param.default is param.empty else param.default
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def check_metric_options(cfg: EvalConfig, num_samples: int | None) -> None:
+    """Every metric entry's options: known to its constructor, required ones given, and values the
+    metric can work with on ``num_samples`` samples (None: not known yet, checked again once the
+    data is built), all before any network loads or any image is generated."""
+    for task, settings in cfg.tasks.items():
+        for metric, options in metric_entries(settings):
+            where = f"tasks.{task}.fid" if metric == "fid" else f"tasks.{task}.metrics"
+            cls = RECORD_METRICS.get(metric) if metric in RECORD_METRICS else METRICS.get(metric)
+            accepted, required = metric_options(cls)
+            for key in options:
+                if key not in accepted:
+                    raise ValueError(f"{where}: unknown option {key!r} for metric {metric!r}; "
+                                     f"known: {', '.join(accepted) or 'none'}")
+            for key in required:
+                if key in options:
+                    continue
+                if key == "clip" and cfg.resources.clip is None:
+                    raise ValueError(f"{where}: metric {metric!r} needs resources.clip (a local "
+                                     "CLIP directory) or the option 'clip'")
+                if key not in _SHARED_ARGUMENTS:
+                    raise ValueError(f"{where}: metric {metric!r} needs the option {key!r}")
+            check = getattr(cls, "check_options", None)
+            if check is not None:
+                try:
+                    check(options, num_samples)
+                except ValueError as err:
+                    raise ValueError(f"{where}: {err}"
+                                     + (f" (data.num_samples: {num_samples})"
+                                        if num_samples is not None else "")) from None
 
 
 def metric_entries(task: TaskSettings) -> list[tuple[str, dict[str, Any]]]:

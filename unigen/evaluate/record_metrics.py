@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from unigen.metrics import CAPTION, COMPOSITIONAL, DISTRIBUTION, TEXT_IMAGE, VQA
+from unigen.metrics.feature_metric import DistributionMetric
 from unigen.registry import Registry
 
 
@@ -132,3 +133,25 @@ def _feed_images(metric: Any, kind: str, real: Tensor, generated: Tensor,
         metric.update(generated, list(prompts))
     else:
         raise ValueError(f"metric kind {kind!r} is not fed from images")
+
+
+def _feed_image_metrics(metrics: Mapping[str, tuple[str, Any]], real: Tensor, generated: Tensor,
+                        prompts: Sequence[str]) -> None:
+    """Feed a batch to every image-fed metric (``name -> (kind, metric)``). Distribution metrics
+    that share one feature extractor (FID, KID and the Inception Score on one Inception) get the
+    features of a single extractor run per image set, not one run each."""
+    groups: dict[int, list[DistributionMetric]] = {}
+    for kind, metric in metrics.values():
+        if (kind == DISTRIBUTION and isinstance(metric, DistributionMetric)
+                and metric.extractor is not None):
+            groups.setdefault(id(metric.extractor), []).append(metric)
+        else:
+            _feed_images(metric, kind, real, generated, prompts)
+    for group in groups.values():
+        extractor = group[0].extractor
+        for images, is_real in ((real, True), (generated, False)):
+            users = [m for m in group if m.uses_real or not is_real]
+            if users:
+                output = extractor(images)
+                for metric in users:
+                    metric.update_extracted(output, is_real)

@@ -42,6 +42,10 @@ class TaskSpec:
     grid_text: Callable[[Mapping[str, Any]], str] = lambda r: ""
     grid_from_generated: bool = False  # grid shows generated images (else the data's images)
     method: str = ""  # the pipeline method that decodes the task (its defaults fill unset settings)
+    needs: tuple[str, ...] = ()  # EvalSample texts every sample must have (checked up front)
+    # the step count a UnifiedPipeline's ``method`` uses when given none and its signature says
+    # None (the default is computed inside the method)
+    default_steps: Callable[[Any], int] | None = None
 
 
 EVAL_TASKS: Registry[TaskSpec] = Registry("eval task")
@@ -128,25 +132,45 @@ def _t2i_grid_text(record: Mapping[str, Any]) -> str:
     return record["prompt"]
 
 
+def _caption_steps(pipe: Any) -> int:
+    return pipe.space.sequence.max_text_len  # at most one call per caption token
+
+
+def _answer_steps(pipe: Any) -> int:
+    from unigen.pipeline import ANSWER_STEPS
+
+    return ANSWER_STEPS
+
+
 EVAL_TASKS.register("t2i")(TaskSpec(_generate_t2i, (COMPOSITIONAL, RECORD),
                                     (DISTRIBUTION, TEXT_IMAGE), _t2i_grid_text,
-                                    grid_from_generated=True, method="text_to_image"))
+                                    grid_from_generated=True, method="text_to_image",
+                                    needs=("prompt",)))
 EVAL_TASKS.register("caption")(TaskSpec(_generate_caption, (CAPTION, RECORD),
-                                        grid_text=lambda r: r["caption"], method="caption"))
+                                        grid_text=lambda r: r["caption"], method="caption",
+                                        default_steps=_caption_steps))
 EVAL_TASKS.register("vqa")(TaskSpec(
     _generate_vqa, (VQA, RECORD),
     # the verdict first: the grid cuts long texts after three lines
     grid_text=lambda r: f"{r['prediction'] or '-'} (truth: {r['answer']}) {r['question']}",
-    method="answer"))
+    method="answer", needs=("question", "answer"), default_steps=_answer_steps))
 
 
 def settings_used(pipe: Any, task: str, settings: TaskSettings) -> dict[str, Any]:
-    """``settings`` as the run used them, for the results: an unset sampler is named by the default
-    of the pipeline method that decodes the task (None where that method takes no sampler)."""
+    """``settings`` as the run used them, for the results: an unset sampler or step count is named
+    by the default of the pipeline method that decodes the task (None where that method takes no
+    such argument, or where its default is computed inside a pipeline other than unigen's)."""
+    from unigen.pipeline import UnifiedPipeline
+
     used = dataclasses.asdict(settings)
-    if used["sampler"] is None:
-        method = getattr(pipe, EVAL_TASKS.get(task).method, None)
-        param = inspect.signature(method).parameters.get("sampler") if method else None
-        if param is not None and param.default is not inspect.Parameter.empty:
-            used["sampler"] = param.default
+    spec = EVAL_TASKS.get(task)
+    method = getattr(pipe, spec.method, None)
+    params = inspect.signature(method).parameters if method else {}
+    for key in ("sampler", "num_steps"):
+        param = params.get(key)
+        if used[key] is None and param is not None and param.default is not inspect.Parameter.empty:
+            used[key] = param.default
+    if used["num_steps"] is None and spec.default_steps is not None and isinstance(
+            pipe, UnifiedPipeline):
+        used["num_steps"] = spec.default_steps(pipe)
     return used

@@ -27,6 +27,12 @@ VQA = "vqa"  # update(predictions: list[str], answers: list[str] | list[list[str
 COMPOSITIONAL = "compositional"  # update(results: Sequence[objects with .correct and .category])
 KINDS = (DISTRIBUTION, RECONSTRUCTION, TEXT_IMAGE, CAPTION, VQA, COMPOSITIONAL)
 
+# A metric may also define a classmethod ``check_options(options, num_samples)`` that raises
+# ValueError (naming the option) for constructor options it cannot work with; ``num_samples`` is
+# how many samples it will be fed, None when not known yet.  ``unigen eval`` calls it while checking
+# a recipe, before any network is loaded or image generated, and the constructor should call it too
+# (:func:`check_option_values` for the common cases).
+#
 # An image-fed metric that judges each sample (a classifier's verdict, say) may also define
 # ``sample_fields() -> list[dict]``: one dict per sample of its last ``update`` call, which
 # ``unigen eval`` adds to those samples' records, so a run shows which samples failed and two runs
@@ -74,6 +80,65 @@ def check_same_length(a: Sequence, b: Sequence, what_a: str, what_b: str) -> Non
     if len(a) != len(b):
         raise ValueError(f"got {len(a)} {what_a} but {len(b)} {what_b}; "
                          "they must pair up one to one")
+
+
+# torchmetrics.Metric takes these keywords (besides objects no recipe can write, e.g. a process
+# group) through ``**kwargs``; any other keyword it refuses
+_TORCHMETRICS_OPTIONS = ("compute_on_cpu", "dist_sync_on_step", "sync_on_compute",
+                         "compute_with_cache")
+
+
+def metric_options(cls: type) -> tuple[list[str], list[str]]:
+    """``(accepted, required)`` keyword options of metric class ``cls``: the named parameters of its
+    constructor and of the base constructors its ``**kwargs`` reach."""
+    accepted: list[str] = []
+    required: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if klass.__module__.startswith("torchmetrics"):
+            accepted += [k for k in _TORCHMETRICS_OPTIONS if k not in accepted]
+            break
+        if klass is object:
+            break
+        params = list(inspect.signature(init).parameters.values())[1:]  # not self
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in accepted:
+                accepted.append(p.name)
+                if p.default is p.empty:
+                    required.append(p.name)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return accepted, required
+
+
+def option_value(cls: type, options: Mapping[str, Any], name: str) -> Any:
+    """``options[name]``, else the default of that constructor parameter of ``cls``."""
+    if name in options:
+        return options[name]
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        param = inspect.signature(init).parameters.get(name) if init is not None else None
+        if param is not None and param.default is not param.empty:
+            return param.default
+    raise KeyError(f"{cls.__name__} has no option {name!r}")
+
+
+def check_option_values(metric: str, options: Mapping[str, Any], least: Mapping[str, int],
+                        at_most_samples: Sequence[str] = (), num_samples: int | None = None
+                        ) -> None:
+    """Each option ``name`` of ``least`` must be an integer >= ``least[name]``; those named in
+    ``at_most_samples`` also <= ``num_samples`` (when known). Errors start with ``metric``."""
+    for name, low in least.items():
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{metric}: option {name} must be an integer, got {value!r}")
+        if value < low:
+            raise ValueError(f"{metric}: option {name} must be >= {low}, got {value}")
+        if num_samples is not None and name in at_most_samples and value > num_samples:
+            raise ValueError(f"{metric}: option {name}={value} is more than the {num_samples} "
+                             f"samples it would be computed on; lower {name}")
 
 
 def build_metric(name: str, shared: Mapping[str, Any] | None = None, **kwargs: Any):

@@ -11,6 +11,7 @@ which it does not handle. A directory is anything ``CLIPModel.save_pretrained`` 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,10 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from unigen.metrics.base import TEXT_IMAGE, check_same_length, register_metric
-from unigen.metrics.features import check_images
+from unigen.metrics.features import check_images, files_sha1
+
+# the files of a CLIP directory that hold weights (one file, or the shards of a large model)
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 _HOW_TO_GET = ("train one with `unigen fit --config recipes/clip_shapes.yaml --export_dir DIR`, or "
                "save an OpenAI CLIP there with CLIPModel/CLIPProcessor.save_pretrained")
@@ -40,6 +44,7 @@ class ClipEncoder(nn.Module):
         self.model = model
         self.processor = processor
         self.source = source
+        self._sha1: str | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "ClipEncoder":
@@ -62,6 +67,28 @@ class ClipEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def weights_sha1(self) -> str:
+        """sha1 of the weights files in :attr:`source` (name order); of the parameters in memory
+        when the encoder was not loaded from a directory."""
+        if self._sha1 is None:
+            files = (sorted({f for pattern in _WEIGHT_PATTERNS
+                             for f in Path(self.source).glob(pattern)})
+                     if self.source and Path(self.source).is_dir() else [])
+            if files:
+                self._sha1 = files_sha1(files)
+            else:
+                digest = hashlib.sha1()
+                for key, value in sorted(self.model.state_dict().items()):
+                    digest.update(key.encode())
+                    digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                                  .numpy().tobytes())
+                self._sha1 = digest.hexdigest()
+        return self._sha1
+
+    def describe(self) -> dict[str, Any]:
+        """Where the CLIP was read from and the sha1 of its weights."""
+        return {"path": self.source, "weights_sha1": self.weights_sha1()}
 
     @property
     def max_text_length(self) -> int:
@@ -125,4 +152,4 @@ class CLIPScore(Metric):
         return self.score_sum / self.count
 
     def describe(self) -> dict[str, Any]:
-        return {"clip": self.encoder.source}
+        return {"clip": self.encoder.describe()}

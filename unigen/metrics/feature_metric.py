@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -50,6 +51,8 @@ class FeatureMetric(Metric):
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(f"features must be [N, {self.feature_dim}], "
                              f"got {tuple(features.shape)}")
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("features contain NaN or infinite values")
         return features.detach().double()
 
     def describe(self) -> dict[str, Any]:
@@ -59,7 +62,15 @@ class FeatureMetric(Metric):
 class DistributionMetric(FeatureMetric):
     """A real-vs-generated metric: ``update(images, real)`` extracts features;
     ``update(None, real, features=...)`` or ``update_features`` takes precomputed ones (e.g.
-    cached for a reference set)."""
+    cached for a reference set), and ``update_extracted`` the extractor's whole output, so that
+    a loop feeding several metrics that share one extractor runs it once per batch."""
+
+    uses_real = True  # whether batches with real=True count (the Inception Score ignores them)
+    extractor_output = "features"  # the ExtractorOutput field that update() consumes
+
+    def update_extracted(self, output: ExtractorOutput, real: bool) -> None:
+        """``update`` with ``output``, this metric's extractor applied to the batch's images."""
+        self.update(None, real, features=getattr(output, self.extractor_output))
 
     def update_features(self, features: Tensor, real: bool) -> None:
         # through update() so torchmetrics' bookkeeping (update count, compute cache) stays right

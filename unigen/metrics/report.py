@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -92,6 +94,24 @@ def flatten_results(results: Mapping[str, Any]) -> dict[str, float]:
         else:
             flat[name] = _number(value, name)
     return flat
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None: JSON has no such numbers,
+    and Python's bare ``NaN`` tokens make a file that strict JSON readers refuse. ``null`` in a
+    results file therefore means "undefined on this data" (e.g. an accuracy over no samples)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def json_line(obj: Any) -> str:
+    """One strict-JSON line (sorted keys, non-finite numbers as null)."""
+    return json.dumps(json_safe(obj), sort_keys=True, allow_nan=False)
 
 
 def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -199,12 +219,12 @@ def write_report(out_dir: str | os.PathLike, results: Mapping[str, Any],
         paths["per_category"] = plot_categories(per_category, out / CATEGORY_PLOT)
     for sweep in sweeps:
         paths[f"sweep_{sweep.name}"] = plot_sweep(sweep, out / SWEEP_PLOT.format(name=sweep.name))
-    io.write_json(out / RESULTS_NAME, {
+    io.write_json(out / RESULTS_NAME, json_safe({
         "metrics": flat, "metadata": meta,
         "per_category": {k: float(v) for k, v in (per_category or {}).items()},
         "sweeps": [{**asdict(s), "values": list(s.values),
                     "series": {k: [float(y) for y in v] for k, v in s.series.items()}}
-                   for s in sweeps]})
+                   for s in sweeps]}))
     paths["results"] = out / RESULTS_NAME
     images = [p.name for k, p in paths.items() if k != "results"]
     io.write_text(out / REPORT_NAME, markdown_report(flat, meta, per_category, sweeps, images))
