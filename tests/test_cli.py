@@ -93,7 +93,7 @@ def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):
                  "--out", str(tmp_path / "conf.png")]) == 0
     assert json.loads((tmp_path / "conf.json").read_text())["sampler_kwargs"] == {
         "schedule": "cosine", "choice_temperature": 4.5, "temperature": 1}
-    for bad, message in ((["--sampler-arg", "nope=1"], "sampler 'confident' does not take these options"),
+    for bad, message in ((["--sampler-arg", "nope=1"], "--sampler-arg nope=1: sampler 'confident' does not take this option"),
                          (["--sampler-arg", "schedule"], "--sampler-arg expects KEY=VALUE")):
         with pytest.raises(SystemExit):
             main(["generate", "--model", str(model), "--prompt", "a", "--sampler", "confident", *bad,
@@ -229,3 +229,101 @@ def test_a_model_seed_that_differs_from_the_data_seed_is_one_line(tokenizer_dirs
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("unigen:")]
     assert err == ["unigen: error: the model and the data module set 'seed' to different values; "
                    "give both the same (--model.init_args.seed V --data.init_args.seed V)"]
+
+
+# -- the model verbs build their sampler the way the pipeline does; any pipeline kind loads -------
+@pytest.fixture(scope="module")
+def model_dirs(tokenizer_dirs, tmp_path_factory):
+    """A masked and an autoregressive pipeline directory (tiny, untrained) and a 32x32 image."""
+    import torch
+
+    from unigen.data.shapes import Scene, ShapesDataset, render
+    from unigen.training.ar_module import AutoregressiveModule
+    from unigen.training.unified_module import UnifiedModule
+
+    root = tmp_path_factory.mktemp("cli_models")
+    torch.manual_seed(0)
+    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).export(root / "masked")
+    AutoregressiveModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).export(root / "ar")
+    render(Scene.from_json(ShapesDataset("val", 1, 32)[0]["scene"]), 32).save(root / "x.png")
+    return root
+
+
+def one_error_line(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("unigen:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    return lines[0]
+
+
+def test_a_plugin_sampler_that_requires_a_special_id_runs_from_the_command_line(model_dirs, tmp_path,
+                                                                              monkeypatch):
+    import json
+
+    from unigen.sampling import SAMPLERS, MaskGITSampler
+
+    built = []
+
+    class NeedsEos(MaskGITSampler):
+        needs_special_ids = ("eos_id",)
+
+        def __init__(self, eos_id: int, **kwargs) -> None:  # required: no default
+            super().__init__(**kwargs)
+            built.append(eos_id)
+
+    monkeypatch.setitem(SAMPLERS._items, "needs_eos", NeedsEos)
+    out = tmp_path / "g.png"
+    assert main(["generate", "--model", str(model_dirs / "masked"), "--prompt", "a red circle",
+                 "--steps", "2", "--sampler", "needs_eos", "--sampler-arg", "temperature=0",
+                 "--out", str(out)]) == 0
+    assert built and set(built) == {4}  # the vocabulary's <eos>, for the check and the decode
+    assert json.loads(out.with_suffix(".json").read_text())["sampler_kwargs"] == {"temperature": 0}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sampler-arg", "mask_id=3"], "--sampler-arg: mask_id is set from the vocabulary"),
+    (["--sampler", "confident", "--sampler-arg", "threshold=abc"],
+     "--sampler-arg threshold='abc': sampler 'confident' does not take this option (could not "
+     "convert string to float: 'abc')"),
+    (["--sampler", "semi_ar", "--sampler-arg", "block_length=0"],
+     "--sampler-arg block_length=0: sampler 'semi_ar' does not take this option"),
+    (["--sampler-arg", "schedule=[1"], "--sampler-arg 'schedule=[1': the value is not YAML"),
+])
+def test_sampler_options_are_one_line_naming_the_option(extra, message, model_dirs, tmp_path, capsys):
+    for verb in (["generate", "--prompt", "a"], ["caption", "--image", str(model_dirs / "x.png")]):
+        argv = [*verb, "--model", str(model_dirs / "masked"), "--steps", "2", *extra,
+                "--out", str(tmp_path / ("g.png" if verb[0] == "generate" else "c.json"))]
+        assert message in one_error_line(argv, capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_autoregressive_export_generates_and_refuses_what_it_cannot_do(model_dirs, tmp_path,
+                                                                         capsys):
+    import json
+
+    ar = str(model_dirs / "ar")
+    out = tmp_path / "g.png"
+    assert main(["generate", "--model", ar, "--prompt", "a red circle", "--prompt", "a star",
+                 "--guidance", "2", "--sampler-arg", "temperature=0.5", "--sampler-arg", "top_k=8",
+                 "--out", str(out)]) == 0
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["kind"] == "autoregressive" and settings["guidance"] == 2.0
+    assert settings["sampler_kwargs"] == {"temperature": 0.5, "top_k": 8}
+    for extra, message in ((["--steps", "4"], "--steps: --model"),
+                           (["--sampler", "maskgit"], "--sampler: --model"),
+                           (["--candidates", "2"], "--candidates: --model"),
+                           (["--sampler-arg", "threshold=1"], "--sampler-arg threshold: the "
+                                                               "autoregressive pipeline"),
+                           (["--sampler-arg", "top_k=0"], "--sampler-arg top_k=0: must be")):
+        line = one_error_line(["generate", "--model", ar, "--prompt", "a", *extra,
+                               "--out", str(tmp_path / "bad.png")], capsys)
+        assert message in line, line
+    for verb, extra in (("caption", []), ("answer", ["--question", "what?"])):
+        line = one_error_line([verb, "--model", ar, "--image", str(model_dirs / "x.png"), *extra,
+                               "--out", str(tmp_path / "t.json")], capsys)
+        assert "holds an autoregressive pipeline, which generates images from text only" in line
+        assert f"`unigen {verb}` needs a masked (unified) pipeline" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "g.png"]

@@ -31,10 +31,16 @@ def _load_images(paths: list[str], size: int, resize: str, convert: bool):
     return torch.stack(tensors)
 
 
-def check_device(device: str, allow_auto: bool = False) -> str:
+def check_device(device: str, allow_auto: bool = False, flag: str = "--device") -> str:
     """One clear error for a ``--device`` that cannot work here (shared by every verb that takes
-    one), before anything is loaded; returns it unchanged."""
+    one, and by ``UnifiedPipeline.from_pretrained(device=...)`` with ``flag="device"``), before
+    anything is loaded; returns it unchanged."""
     import torch
+
+    def named(value: str, quoted: bool = False) -> str:  # how the message shows the setting
+        if flag.startswith("--"):
+            return f"{flag} {value!r}" if quoted else f"{flag} {value}"
+        return f"{flag}={value!r}"
 
     if allow_auto and device == "auto":
         return device
@@ -42,23 +48,24 @@ def check_device(device: str, allow_auto: bool = False) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"--device {device!r} is not a device; use {known}") from None
+        raise ValueError(f"{named(device, True)} is not a device; use {known}") from None
     if parsed.type == "cpu":
         return device
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"--device {device}: no CUDA GPU is available on this machine "
-                             "(use --device cpu)")
+            raise ValueError(f"{named(device)}: no CUDA GPU is available on this machine "
+                             f"(use {named('cpu')})")
         if parsed.index is not None and parsed.index >= count:
-            raise ValueError(f"--device {device}: this machine has {count} CUDA GPU"
+            raise ValueError(f"{named(device)}: this machine has {count} CUDA GPU"
                              f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
         return device
     if parsed.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError(f"--device {device}: MPS is not available on this machine (use --device cpu)")
+            raise ValueError(f"{named(device)}: MPS is not available on this machine "
+                             f"(use {named('cpu')})")
         return device
-    raise ValueError(f"--device {device!r}: unigen runs on {known}")
+    raise ValueError(f"{named(device, True)}: unigen runs on {known}")
 
 
 def _check_positive(value: int | None, flag: str) -> None:
@@ -79,9 +86,25 @@ def _settings_path(out: Path) -> Path:
 
 
 def _pipeline(args: argparse.Namespace):
-    from unigen.pipeline import UnifiedPipeline
+    """The pipeline at ``--model``, of the class its ``pipeline.json`` kind names."""
+    from unigen.pipeline import load_pipeline
 
-    return UnifiedPipeline.from_pretrained(args.model, device=args.device)
+    return load_pipeline(args.model, device=args.device)
+
+
+def _model_kind(args: argparse.Namespace) -> str:
+    """``--model``'s pipeline kind (``masked`` or ``autoregressive``), read before loading it."""
+    from unigen.pipeline import pipeline_kind
+
+    return pipeline_kind(args.model)
+
+
+def _refuse_autoregressive(args: argparse.Namespace, verb: str) -> None:
+    """Captioning and VQA need the masked model: one line, before the weights are read."""
+    if _model_kind(args) == "autoregressive":
+        raise ValueError(f"--model {args.model} holds an autoregressive pipeline, which generates "
+                         f"images from text only; `unigen {verb}` needs a masked (unified) "
+                         "pipeline")
 
 
 def _common_model_args(parser: argparse.ArgumentParser, sampler: str = "maskgit",
@@ -91,7 +114,8 @@ def _common_model_args(parser: argparse.ArgumentParser, sampler: str = "maskgit"
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default 0)")
     parser.add_argument("--steps", type=int, default=None, help=f"decoding steps, at least 1 "
                                                                 f"(default {steps})")
-    parser.add_argument("--sampler", default=sampler,
+    # None: the verb's default, resolved later (an autoregressive model refuses an explicit one)
+    parser.add_argument("--sampler", default=None,
                         help=f"maskgit | ancestral | confident | remask | semi_ar (default {sampler})")
     parser.add_argument("--sampler-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="a sampler option, value as YAML (repeatable), e.g. schedule=cosine "
@@ -104,23 +128,29 @@ def _check_model_args(args: argparse.Namespace) -> None:
     _check_positive(args.steps, "--steps")
 
 
-def _sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``--sampler-arg`` pairs, checked by building the sampler (one error line names a bad one)."""
+def _parse_sampler_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``--sampler-arg`` pairs (values as YAML); their syntax only, before anything is loaded."""
     import yaml
-
-    from unigen.sampling import build_sampler
 
     kwargs = {}
     for item in args.sampler_arg:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--sampler-arg expects KEY=VALUE, got {item!r}")
-        kwargs[key.strip()] = yaml.safe_load(value)
-    try:
-        build_sampler(args.sampler, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"--sampler-arg: sampler {args.sampler!r} does not take these options "
-                         f"({err})") from None
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise ValueError(f"--sampler-arg {item!r}: the value is not YAML ({problem})") from None
+    return kwargs
+
+
+def _sampler_kwargs(args: argparse.Namespace, pipe: Any, sampler: str) -> dict[str, Any]:
+    """``--sampler-arg`` pairs, checked by building the sampler the way the pipeline will (its
+    special ids filled in, ``mask_id`` refused: ``UnifiedPipeline.make_sampler``), so a bad
+    option is one error line naming it before any decoding."""
+    kwargs = _parse_sampler_args(args)
+    pipe.make_sampler(sampler, kwargs, option="--sampler-arg")
     return kwargs
 
 
@@ -173,22 +203,58 @@ def _generate(args: argparse.Namespace) -> None:
     _check_positive(args.candidates, "--candidates")
     check_scale(args.guidance, "--guidance", negative=False)
     out, fmt, settings = _grid_paths(args.out)
-    kwargs = _sampler_kwargs(args)
-    pipe = _pipeline(args)
+    _parse_sampler_args(args)
     prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
-    steps = 16 if args.steps is None else args.steps
-    images = pipe.text_to_image(prompts, num_steps=steps, guidance_scale=args.guidance,
-                                sampler=args.sampler, sampler_kwargs=kwargs, seed=args.seed,
-                                output="tensor", progress=True, candidates=args.candidates)
+    if _model_kind(args) == "autoregressive":
+        images, record = _generate_autoregressive(args, prompts)
+    else:
+        pipe = _pipeline(args)
+        sampler = args.sampler or "maskgit"
+        kwargs = _sampler_kwargs(args, pipe, sampler)
+        steps = 16 if args.steps is None else args.steps
+        images = pipe.text_to_image(prompts, num_steps=steps, guidance_scale=args.guidance,
+                                    sampler=sampler, sampler_kwargs=kwargs, seed=args.seed,
+                                    output="tensor", progress=True, candidates=args.candidates)
+        record = {"steps": steps, "candidates": args.candidates, "sampler": sampler,
+                  "sampler_kwargs": kwargs}
     grid = captioned_grid(images.cpu(), prompts)
     with io.atomic_path(out) as tmp:
         grid.save(tmp, format=fmt)
-    io.write_json(settings, {"prompts": prompts, "seed": args.seed, "steps": steps,
-                             "guidance": args.guidance, "candidates": args.candidates,
-                             "sampler": args.sampler, "sampler_kwargs": kwargs,
-                             "model": str(args.model)})
+    io.write_json(settings, {"prompts": prompts, "seed": args.seed, "guidance": args.guidance,
+                             **record, "model": str(args.model)})
     print(f"wrote {out} ({len(prompts)} image{'s' if len(prompts) != 1 else ''}; settings in "
           f"{settings})")
+
+
+# what --sampler-arg may set for an autoregressive model: its token sampling
+AR_SAMPLING_OPTIONS = ("temperature", "top_k")
+
+
+def _generate_autoregressive(args: argparse.Namespace, prompts: list[str]) -> tuple[Any, dict]:
+    """``generate`` with an autoregressive pipeline: one token per step in raster order, so the
+    masked samplers' options (``--sampler``, ``--steps``, ``--candidates``) do not apply and are
+    refused; ``--sampler-arg`` takes its ``temperature`` and ``top_k``."""
+    given = [flag for flag, used in (("--sampler", args.sampler is not None),
+                                     ("--steps", args.steps is not None),
+                                     ("--candidates", args.candidates != 1)) if used]
+    if given:
+        raise ValueError(f"{given[0]}: --model {args.model} holds an autoregressive pipeline, "
+                         "which decodes one image token per step (no sampler, step budget or "
+                         "candidates; --sampler-arg takes temperature and top_k)")
+    kwargs = _parse_sampler_args(args)
+    unknown = sorted(set(kwargs) - set(AR_SAMPLING_OPTIONS))
+    if unknown:
+        raise ValueError(f"--sampler-arg {unknown[0]}: the autoregressive pipeline at {args.model} "
+                         f"takes {' and '.join(AR_SAMPLING_OPTIONS)} only")
+    temperature, top_k = kwargs.get("temperature", 1.0), kwargs.get("top_k")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"--sampler-arg temperature={temperature!r}: must be a number >= 0")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"--sampler-arg top_k={top_k!r}: must be an integer >= 1 (or null)")
+    pipe = _pipeline(args)
+    images = pipe.text_to_image(prompts, guidance_scale=args.guidance, temperature=float(temperature),
+                                top_k=top_k, seed=args.seed, output="tensor")
+    return images, {"kind": "autoregressive", "sampler_kwargs": kwargs}
 
 
 # -- caption / answer -------------------------------------------------------------------------------
@@ -213,11 +279,16 @@ def _text_settings(args: argparse.Namespace, steps: int, kwargs: dict[str, Any])
 
 
 def _caption(args: argparse.Namespace) -> None:
+    from unigen.pipeline import TEXT_SAMPLER
+
     _check_model_args(args)
     out = _check_out_file(args.out)
     settings = _check_out_file(_settings_path(out), "the settings file")
-    kwargs = _sampler_kwargs(args)
+    _parse_sampler_args(args)
+    _refuse_autoregressive(args, "caption")
     pipe = _pipeline(args)
+    args.sampler = args.sampler or TEXT_SAMPLER
+    kwargs = _sampler_kwargs(args, pipe, args.sampler)
     images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
     steps = pipe.space.sequence.max_text_len if args.steps is None else args.steps
     captions = pipe.caption(images, num_steps=steps, sampler=args.sampler, seed=args.seed,
@@ -240,13 +311,16 @@ def _answer_args(p: argparse.ArgumentParser) -> None:
 
 
 def _answer(args: argparse.Namespace) -> None:
-    from unigen.pipeline import ANSWER_STEPS
+    from unigen.pipeline import ANSWER_STEPS, TEXT_SAMPLER
 
     _check_model_args(args)
     out = _check_out_file(args.out)
     settings = _check_out_file(_settings_path(out), "the settings file")
-    kwargs = _sampler_kwargs(args)
+    _parse_sampler_args(args)
+    _refuse_autoregressive(args, "answer")
     pipe = _pipeline(args)
+    args.sampler = args.sampler or TEXT_SAMPLER
+    kwargs = _sampler_kwargs(args, pipe, args.sampler)
     images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
     questions = args.question * len(args.image) if len(args.question) == 1 else args.question
     steps = ANSWER_STEPS if args.steps is None else args.steps

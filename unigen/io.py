@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -92,7 +92,7 @@ def save_typed_model(path: str | os.PathLike, module: torch.nn.Module, type_name
     complete or absent."""
     from unigen.registry import saved_module_record
 
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, marker=CONFIG_FILE) as tmp:
         write_json(tmp / CONFIG_FILE, {"type": type_name, "format_version": format_version,
                                        "config": config, **saved_module_record(type(module))})
         save_safetensors(module.state_dict(), tmp / WEIGHTS_FILE)
@@ -115,26 +115,70 @@ def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> torch.nn.M
     return module
 
 
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Build a directory in a temporary sibling; it replaces ``target`` only when complete."""
+def check_replaceable(target: str | os.PathLike, marker: str | Sequence[str] | None) -> None:
+    """Refuse, with one line, a ``target`` that :func:`atomic_directory` must not replace: a file
+    (or anything not a directory), or a non-empty directory holding none of ``marker`` (the config
+    file a save of this kind writes: ``pipeline.json``, ``config.json``, ...).  An earlier save of
+    the same kind is swapped for the new one whole; anything else there is the user's, and a save
+    that deleted it would lose data.  ``marker=None`` checks only that ``target`` is no file (its
+    contents are judged once the save's own files are known)."""
     target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise ValueError(f"cannot save to {target}: it is a file, not a directory; give a new "
+                         "path or an earlier save's directory")
+    if marker is None:
+        return
+    names = (marker,) if isinstance(marker, str) else tuple(marker)
+    if any((target / name).is_file() for name in names):
+        return
+    if next(target.iterdir(), None) is None:  # an empty directory holds nothing to lose
+        return
+    what = " or ".join(names) if names else "the files this save writes"
+    raise ValueError(f"cannot save to {target}: the directory is not empty and holds no {what} "
+                     "(it is not an earlier save of this kind, and saving would replace its "
+                     "contents); give a new or empty directory")
+
+
+def _written_files(folder: Path) -> list[str]:
+    """The top-level files a save wrote: what an earlier save of the same kind also holds."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, marker: str | Sequence[str] | None = None
+                     ) -> Iterator[Path]:
+    """Build a directory in a temporary sibling; it replaces ``target`` only when complete.
+
+    An existing ``target`` is replaced only when it is empty or an earlier save of the same kind:
+    it holds ``marker`` (checked before anything is written) or, without a ``marker``, one of the
+    top-level files the new save wrote (checked before the swap).  Anything else (a file, a folder
+    of other things) is refused with a ``ValueError`` and left untouched (:func:`check_replaceable`).
+    """
+    target = Path(target)
+    check_replaceable(target, marker)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        # again: the target may have appeared while the save ran, and without a marker this is
+        # the first moment the save's own files are known
+        check_replaceable(target, _written_files(tmp) if marker is None else marker)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         _fsync_dir(tmp)
         old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+        if target.exists() or target.is_symlink():
+            # a name of our own (the temporary's, unique), never a fixed one another file may hold
+            old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         if old is not None:
-            shutil.rmtree(old)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

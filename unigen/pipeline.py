@@ -9,7 +9,8 @@ A pipeline directory (``save_pretrained``) holds::
     image_tokenizer/         config.json + model.safetensors
     text_tokenizer/          tokenizer.json + text_tokenizer_config.json
 
-Randomness: every call takes ``seed`` (sample ``i`` uses ``seed + i``) or explicit ``generator``\\s;
+Randomness: every call takes ``seed`` (sample ``i`` uses ``seed + i``; or one integer per sample:
+a list, ``range``, array or tensor) or explicit ``generator``\\s; the global RNG is never touched;
 with one generator per sample, a sample's output does not depend on the rest of its batch, up to
 floating-point differences between batched matrix kernels: on the CPU the sampled codes are
 identical and the decoded pixels agree to about 1e-6 (the decoder's batched convolutions).
@@ -17,11 +18,16 @@ identical and the decoded pixels agree to about 1e-6 (the decoder's batched conv
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
 import json
+import operator
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -31,8 +37,8 @@ from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.modules.transformer import PrefixCache, UnifiedTransformer
 from unigen.modules.heads import HEADS
-from unigen.sampling import SAMPLERS, ClassifierFreeGuidance, build_sampler, decode
-from unigen.sampling.base import SPECIAL_IDS
+from unigen.sampling import SAMPLERS, ClassifierFreeGuidance, Sampler, decode
+from unigen.sampling.base import check_num_steps, make_sampler, special_id_options
 from unigen.sampling.graphed import GraphedModelFn, autocast_state, check_cuda_graphs
 from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
 from unigen.tokenizers.text import TextTokenizer
@@ -40,7 +46,13 @@ from unigen.verification import best_of, caption_elbo
 
 FORMAT_VERSION = 1
 KIND = "masked"  # pipeline.json "kind": which pipeline class reads the directory
+# every kind unigen writes, and the class that reads it (imported when a directory needs it)
+PIPELINE_CLASSES = {"masked": ("unigen.pipeline", "UnifiedPipeline"),
+                    "autoregressive": ("unigen.training.ar_module", "AutoregressivePipeline")}
 IMAGE_OUTPUTS = ("pil", "tensor", "codes")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# what torch.Generator.manual_seed takes
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 # Reading an image is a prediction, not a draw: captions and answers decode greedily, revealing
 # every token the model is sure of at once (Dimple, Yu et al. 2025; Fast-dLLM, Wu et al. 2025;
@@ -53,9 +65,11 @@ ANSWER_STEPS = 4  # the step budget of an answer (a few words); confident decodi
 
 @dataclass
 class SamplingConfig:
-    """How to decode one segment: sampler name + options, steps, guidance."""
+    """How to decode one segment: sampler (a registered name, or a :class:`Sampler` object) +
+    options, steps, guidance.  ``num_steps`` is checked here (a positive integer), once for every
+    task."""
 
-    sampler: str = "maskgit"
+    sampler: str | Sampler = "maskgit"
     num_steps: int = 16
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
     guidance_scale: float = 1.0
@@ -63,6 +77,20 @@ class SamplingConfig:
     use_cache: bool = True  # prefix KV cache: the condition is encoded once
     cache_unchanged: bool = False  # skip the network when its input did not change (MDLM cache)
     cuda_graphs: bool = False  # replay each step's network call as a CUDA graph (GPU only)
+
+    def __post_init__(self) -> None:
+        self.num_steps = check_num_steps(self.num_steps)
+
+    @classmethod
+    def from_options(cls, sampler: str | Sampler, num_steps: int, **options: Any) -> "SamplingConfig":
+        """The config of a pipeline call; an unknown keyword is one ``TypeError`` naming the ones
+        there are (the dataclass's own message names only the constructor)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown option {', '.join(map(repr, unknown))}; the options are "
+                            f"{', '.join(sorted(known - {'sampler', 'num_steps'}))}")
+        return cls(sampler, num_steps, **options)
 
 
 class PrefixCachedModel:
@@ -130,7 +158,8 @@ class UnifiedPipeline:
         modules = self.plugin_modules()
         if modules:
             meta["modules"] = modules
-        with io.atomic_directory(path) as tmp:
+        # replaces only an earlier pipeline save (one holding pipeline.json), never other files
+        with io.atomic_directory(path, marker="pipeline.json") as tmp:
             io.write_json(tmp / "pipeline.json", meta)
             io.write_json(tmp / "transformer" / "config.json", self.transformer.config)
             io.save_safetensors(state, tmp / "transformer" / "model.safetensors")
@@ -138,25 +167,29 @@ class UnifiedPipeline:
             self.text_tokenizer.save_pretrained(tmp / "text_tokenizer")
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu"
-                        ) -> "UnifiedPipeline":
-        """Load from a local directory written by :meth:`save_pretrained` (never from a hub)."""
-        path, meta = io.read_model_dir(path, "pipeline", "train with `unigen fit ... --export_dir "
-                                       "DIR` or `unigen export`", "pipeline.json")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path / 'pipeline.json'} has format version "
-                             f"{meta.get('format_version')!r}; this unigen reads {FORMAT_VERSION}")
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = None) -> "UnifiedPipeline":
+        """Load from a local directory written by :meth:`save_pretrained` (never from a hub).
+        ``dtype`` (``float32``, ``bfloat16``, ``float16``; None keeps float32) casts the
+        transformer and the image tokenizer alike; images are then encoded in it and come out
+        as float32.  A device this machine lacks is one error, before anything is read."""
+        device = check_pipeline_device(device)
+        dtype = resolve_dtype(dtype)
+        path, meta = read_pipeline_meta(path)
         kind = meta.get("kind", KIND)
         if kind != cls.KIND:
-            raise ValueError(f"{path} holds a {kind!r} pipeline; load it with the matching class "
-                             f"(this is {cls.__name__}, which reads {cls.KIND!r})")
+            reader = PIPELINE_CLASSES.get(kind)
+            how = (f"load it with {reader[1]} ({reader[0]}) or unigen.pipeline.load_pipeline"
+                   if reader else f"this unigen reads {', '.join(PIPELINE_CLASSES)}")
+            raise ValueError(f"{path} holds a {kind!r} pipeline; {how} (this is "
+                             f"{cls.__name__}, which reads {cls.KIND!r})")
         config = io.read_json(path / "transformer" / "config.json", "transformer config")
         cls.check_components(path, meta, config)
         net = io.load_weights(UnifiedTransformer.from_config(config),
                               path / "transformer" / "model.safetensors")
         pipe = cls(net.eval(), ImageTokenizer.from_pretrained(path / "image_tokenizer"),
                    TextTokenizer.from_pretrained(path / "text_tokenizer"))
-        return pipe.to(device)
+        return pipe.to(device, dtype)
 
     def plugin_modules(self) -> dict[str, str]:
         """The modules defining this pipeline's components that come from outside unigen
@@ -178,9 +211,16 @@ class UnifiedPipeline:
         # an unknown image tokenizer type: ImageTokenizer.from_pretrained names it, the module its
         # config recorded and the file, the same way
 
-    def to(self, device: str | torch.device) -> "UnifiedPipeline":
-        self.transformer.to(device)
-        self.image_tokenizer.to(device)
+    def to(self, device: str | torch.device | None = None,
+           dtype: str | torch.dtype | None = None) -> "UnifiedPipeline":
+        """Move the transformer and the image tokenizer together: to ``device`` and/or to the
+        floating-point ``dtype`` (``float32``, ``bfloat16``, ``float16``)."""
+        dtype = resolve_dtype(dtype)
+        for part in (self.transformer, self.image_tokenizer):
+            if device is not None:
+                part.to(device)
+            if dtype is not None:
+                part.to(dtype)
         self.free_cuda_graphs()  # captured on the old device's tensors
         return self
 
@@ -194,28 +234,37 @@ class UnifiedPipeline:
         return next(self.transformer.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's floating-point type (:meth:`to` keeps the image tokenizer's the same)."""
+        return next(self.transformer.parameters()).dtype
+
+    @property
     def image_size(self) -> int:
         return self.transformer.sequence.grid[0] * self.image_tokenizer.downsample_factor
 
     # -- helpers -------------------------------------------------------------------------------------
     @staticmethod
     def generators(n: int, seed: int | Sequence[int] = 0, generator=None) -> list[torch.Generator]:
-        """One CPU generator per sample (``seed + i``, or the given seeds), for batch invariance."""
+        """One CPU generator per sample (``seed + i``, or the given seeds: any sequence of
+        integers, a ``range``, an integer array or tensor), for batch invariance."""
         if generator is not None:
             return generator
-        seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(n)]
-        if len(seeds) != n:
-            raise ValueError(f"got {len(seeds)} seeds for {n} samples")
-        return [torch.Generator().manual_seed(s) for s in seeds]
+        return [torch.Generator().manual_seed(s) for s in seed_list(n, seed)]
 
     def images_to_tensor(self, images: Tensor | Image.Image | Sequence[Image.Image]) -> Tensor:
+        """``[B, 3, H, W]`` on the pipeline's device, float images in the image tokenizer's dtype;
+        an empty sequence is an empty batch."""
+        size = self.image_size
+        if not torch.is_tensor(images) and isinstance(images, (list, tuple)) and not images:
+            return torch.empty(0, 3, size, size, device=self.device, dtype=self.image_tokenizer.dtype)
         x = images if torch.is_tensor(images) else pil_to_tensor(images)
         if x.ndim == 3:
             x = x[None]
-        size = self.image_size
         if tuple(x.shape[-2:]) != (size, size):
             raise ValueError(f"images must be {size}x{size} (the model's image size), got "
                              f"{x.shape[-2]}x{x.shape[-1]}")
+        if x.is_floating_point():  # integer pixels stay as they are: the tokenizer names them
+            return x.to(self.device, self.image_tokenizer.dtype)
         return x.to(self.device)
 
     def decode_positions(self, target: Tensor) -> Tensor:
@@ -272,28 +321,34 @@ class UnifiedPipeline:
 
         return GraphedModelFn(full) if cuda_graphs else full
 
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """The vocabulary's ids a sampler may declare it needs (``Sampler.needs_special_ids``)."""
+        return {"eos_id": self.space.eos_id, "pad_id": self.space.pad_id, "sep_id": self.space.sep_id}
+
     def sampler_kwargs(self, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``kwargs`` plus the special ids the sampler declares it needs
         (``Sampler.needs_special_ids``, e.g. ``semi_ar``'s ``eos_id`` and ``pad_id``), from this
         pipeline's vocabulary unless given."""
-        out = dict(kwargs)
-        for key in getattr(SAMPLERS.get(name), "needs_special_ids", ()):
-            if key not in SPECIAL_IDS:
-                raise ValueError(f"sampler {name!r} asks for the special id {key!r}; the pipeline "
-                                 f"has {', '.join(SPECIAL_IDS)}")
-            out.setdefault(key, getattr(self.space, key))
-        return out
+        return special_id_options(name, SAMPLERS.get(name), kwargs, self.special_ids)
+
+    def make_sampler(self, sampler: str | Sampler, options: dict[str, Any] | None = None,
+                     option: str = "sampler_kwargs") -> Sampler:
+        """The sampler a task decodes with: a registered name built with ``options`` (named
+        ``option`` in errors), or a :class:`Sampler` object (copied), with this vocabulary's
+        ``mask_id`` and the special ids it declares (:func:`unigen.sampling.make_sampler`, which
+        the command line's ``--sampler-arg`` check uses too)."""
+        return make_sampler(sampler, options, mask_id=self.space.mask_id,
+                            special_ids=self.special_ids, option=option)
 
     def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
-                progress: bool, region: Tensor | None = None) -> tuple[Tensor, list[int]]:
+                progress: bool) -> tuple[Tensor, list[int]]:
         """Decode the task's targets; returns the tokens and each sample's network calls."""
+        sampler = self.make_sampler(cfg.sampler, cfg.sampler_kwargs)
+        if len(inputs) == 0:  # nothing to decode; the tasks cannot build an empty batch
+            return torch.empty(0, self.space.sequence.length, dtype=torch.long, device=self.device), []
         tb = TASKS.get(task)().build(inputs, self.space)
         tokens, target, cond, prefix = (x.to(self.device) for x in (tb.tokens, tb.target, tb.cond, tb.prefix))
-        if region is not None:
-            target = torch.zeros_like(target)
-            target[:, self.space.sequence.image] = region.flatten(1).to(self.device)
-        sampler = build_sampler(cfg.sampler, mask_id=self.space.mask_id,
-                                **self.sampler_kwargs(cfg.sampler, cfg.sampler_kwargs))
         guidance = None
         if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
             guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)
@@ -321,18 +376,39 @@ class UnifiedPipeline:
         codes = self.space.image_codes(tokens)
         if output == "codes":
             return self._with_calls(codes, calls, return_calls)
-        images = self.image_tokenizer.decode(codes)
-        return self._with_calls(tensor_to_pil(images) if output == "pil" else images, calls,
-                                return_calls)
+        images = self.decode_images(codes)
+        if output == "pil":
+            return self._with_calls(tensor_to_pil(images) if len(images) else [], calls, return_calls)
+        return self._with_calls(images, calls, return_calls)
+
+    def decode_images(self, codes: Tensor) -> Tensor:
+        """Codes ``[B, h, w]`` -> float32 images ``[B, 3, H, W]`` in [0, 1], whatever the image
+        tokenizer's dtype (under :meth:`to`'s ``dtype`` its decoder runs in that type)."""
+        with self._autocast():
+            return self.image_tokenizer.decode(codes).float()
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        """Autocast to the image tokenizer's dtype when it is not float32: its decoder builds
+        float32 latents from integer codes, which a bf16/fp16 convolution refuses to mix."""
+        dtype = self.image_tokenizer.dtype
+        if dtype == torch.float32:
+            yield
+            return
+        with torch.autocast(self.image_tokenizer.device.type, dtype=dtype):
+            yield
 
     # -- tasks ---------------------------------------------------------------------------------------
     def text_to_image(self, prompts: str | Sequence[str], num_steps: int = 16,
-                      guidance_scale: float = 1.0, sampler: str = "maskgit",
+                      guidance_scale: float = 1.0, sampler: str | Sampler = "maskgit",
                       seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
                       progress: bool = False, return_calls: bool = False, candidates: int = 1,
                       verify_masks: int = 4, **options: Any
                       ) -> list[Image.Image] | Tensor | tuple[list[Image.Image] | Tensor, list[int]]:
-        """Generate one image per prompt.  ``options`` go to :class:`SamplingConfig`.
+        """Generate one image per prompt.  ``options`` go to :class:`SamplingConfig`.  ``sampler``
+        is a registered name (options in ``sampler_kwargs``) or a :class:`Sampler` object, as a
+        diffusers pipeline takes a scheduler (:meth:`make_sampler`).  An empty ``prompts`` gives
+        an empty result (``[]``, or tensors with 0 rows).
 
         ``candidates=K`` draws K images per prompt and keeps the one the model itself reads the
         prompt from best: the highest ELBO of the prompt as the image's caption, estimated with
@@ -343,16 +419,17 @@ class UnifiedPipeline:
         early; with candidates, every candidate's decoding plus ``1 + verify_masks`` calls to read
         each one)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if candidates < 1:
-            raise ValueError(f"candidates must be >= 1, got {candidates}")
-        cfg = SamplingConfig(sampler, num_steps, guidance_scale=guidance_scale, **options)
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise ValueError(f"candidates must be >= 1 (an integer), got {candidates!r}")
+        cfg = SamplingConfig.from_options(sampler, num_steps, guidance_scale=guidance_scale,
+                                          **options)
         grid = self.space.sequence.grid
         codes = torch.zeros(len(prompts), *grid, dtype=torch.long, device=self.device)
         generators = self.generators(len(prompts), seed, generator)
         drawn = [self._decode("t2i", TaskInputs(codes, captions=prompts), cfg, generators, progress)
                  for _ in range(candidates)]
         tokens, calls = drawn[0]
-        if candidates > 1:
+        if candidates > 1 and prompts:
             # the masks are drawn after every candidate, so candidate 0 is the plain call's image;
             # fresh generators from each row's stream give every candidate the same masks
             rows = generators if isinstance(generators, (list, tuple)) else [generators] * len(prompts)
@@ -367,13 +444,14 @@ class UnifiedPipeline:
                      for i in range(len(prompts))]
         return self._image_output(tokens, output, calls, return_calls)
 
-    def caption(self, images, num_steps: int | None = None, sampler: str = TEXT_SAMPLER,
+    def caption(self, images, num_steps: int | None = None, sampler: str | Sampler = TEXT_SAMPLER,
                 seed: int | Sequence[int] = 0, generator=None, progress: bool = False,
                 return_calls: bool = False, **options: Any) -> list[str] | tuple[list[str], list[int]]:
         """One caption per image (``return_calls``: see :meth:`text_to_image`).  ``num_steps``
         defaults to the text length: at most one network call per token."""
+        steps = self.space.sequence.max_text_len if num_steps is None else num_steps
+        cfg = SamplingConfig.from_options(sampler, steps, **options)
         x = self.images_to_tensor(images)
-        cfg = SamplingConfig(sampler, num_steps or self.space.sequence.max_text_len, **options)
         codes = self.image_tokenizer.encode(x)
         placeholder = ["<mask>"] * len(x)  # replaced: the text segment is the target
         tokens, calls = self._decode("caption", TaskInputs(codes, captions=placeholder), cfg,
@@ -381,42 +459,182 @@ class UnifiedPipeline:
         return self._with_calls(self.space.decode_text(tokens), calls, return_calls)
 
     def answer(self, images, questions: str | Sequence[str], num_steps: int | None = None,
-               sampler: str = TEXT_SAMPLER, seed: int | Sequence[int] = 0, generator=None,
+               sampler: str | Sampler = TEXT_SAMPLER, seed: int | Sequence[int] = 0, generator=None,
                progress: bool = False, return_calls: bool = False, **options: Any
                ) -> list[str] | tuple[list[str], list[int]]:
-        """One answer per image and question (``return_calls``: see :meth:`text_to_image`)."""
+        """One answer per image and question (``return_calls``: see :meth:`text_to_image`).
+        ``num_steps`` defaults to ``ANSWER_STEPS``."""
+        cfg = SamplingConfig.from_options(sampler, ANSWER_STEPS if num_steps is None else num_steps,
+                                          **options)
         x = self.images_to_tensor(images)
         questions = [questions] * len(x) if isinstance(questions, str) else list(questions)
         if len(questions) != len(x):
             raise ValueError(f"got {len(questions)} questions for {len(x)} images")
-        cfg = SamplingConfig(sampler, num_steps or ANSWER_STEPS, **options)
         codes = self.image_tokenizer.encode(x)
         tokens, calls = self._decode("vqa", TaskInputs(codes, questions=questions,
                                                        answers=[None] * len(x)), cfg,
                                      self.generators(len(x), seed, generator), progress)
         return self._with_calls(self.space.decode_answers(tokens), calls, return_calls)
 
-    def inpaint(self, image, mask: Tensor, prompt: str, num_steps: int = 16,
-                guidance_scale: float = 1.0, sampler: str = "maskgit", seed: int = 0,
-                generator=None, output: str = "pil", return_calls: bool = False, **options: Any):
-        """Regenerate the image tokens under ``mask`` ([H, W] or [h, w] bool, True = regenerate;
-        pixel masks are reduced to the token grid: a token is regenerated if any of its pixels is).
-        ``return_calls``: see :meth:`text_to_image`."""
+    def inpaint(self, image, mask: Any, prompt: str | Sequence[str], num_steps: int = 16,
+                guidance_scale: float = 1.0, sampler: str | Sampler = "maskgit",
+                seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
+                progress: bool = False, return_calls: bool = False, **options: Any):
+        """Regenerate the image tokens under ``mask`` (True = regenerate), guided by ``prompt`` (one
+        for every image, or one per image).  ``mask``: a bool (or 0/1) tensor or array, ``[H, W]``
+        for every image or ``[B, H, W]`` (also ``[B, 1, H, W]``) one per image, in pixels or in
+        tokens (``[h, w]``); or a PIL image (or a list, one per image) whose white pixels (>= 128
+        in grayscale) are regenerated, as in diffusers.  Pixel masks are reduced to the token
+        grid: a token is regenerated if any of its pixels is.  ``return_calls``: see
+        :meth:`text_to_image`."""
+        cfg = SamplingConfig.from_options(sampler, num_steps, guidance_scale=guidance_scale,
+                                          **options)
         x = self.images_to_tensor(image)
-        grid = self.space.sequence.grid
-        region = torch.as_tensor(mask, dtype=torch.bool)
-        if tuple(region.shape) != grid:
-            f = self.image_tokenizer.downsample_factor
-            if tuple(region.shape) != (grid[0] * f, grid[1] * f):
-                raise ValueError(f"inpainting mask must be {grid[0] * f}x{grid[1] * f} pixels or "
-                                 f"{grid[0]}x{grid[1]} tokens, got {tuple(region.shape)}")
-            region = region.reshape(grid[0], f, grid[1], f).any(dim=3).any(dim=1)
+        prompts = [prompt] * len(x) if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != len(x):
+            raise ValueError(f"got {len(prompts)} prompts for {len(x)} images (give one prompt, "
+                             "or one per image)")
+        regions = self.inpaint_regions(mask, len(x))
         codes = self.image_tokenizer.encode(x)
-        cfg = SamplingConfig(sampler, num_steps, guidance_scale=guidance_scale, **options)
-        tokens, calls = self._decode("inpaint", TaskInputs(codes, captions=[prompt] * len(x)), cfg,
-                                     self.generators(len(x), seed, generator), False,
-                                     region=region[None].expand(len(x), -1, -1))
+        tokens, calls = self._decode("inpaint", TaskInputs(codes, captions=prompts, regions=regions),
+                                     cfg, self.generators(len(x), seed, generator), progress)
         return self._image_output(tokens, output, calls, return_calls)
+
+    def inpaint_regions(self, mask: Any, batch_size: int) -> Tensor:
+        """``mask`` (see :meth:`inpaint`) as the token regions ``[B, h, w]`` bool, on the host."""
+        grid = self.space.sequence.grid
+        f = self.image_tokenizer.downsample_factor
+        pixels = (grid[0] * f, grid[1] * f)
+        region = _mask_tensor(mask)
+        if region.ndim == 4 and region.shape[1] == 1:  # [B, 1, H, W], as diffusers' masks come
+            region = region[:, 0]
+        if region.ndim == 2:
+            region = region[None]
+        shape_ok = region.ndim == 3 and region.shape[0] in (1, batch_size)
+        if not shape_ok or tuple(region.shape[1:]) not in (grid, pixels):
+            raise ValueError(f"inpainting mask must be {pixels[0]}x{pixels[1]} pixels or "
+                             f"{grid[0]}x{grid[1]} tokens, as [H, W] for every image or [B, H, W] "
+                             f"with B = {batch_size} images; got {tuple(_mask_tensor(mask).shape)}")
+        region = region.expand(batch_size, -1, -1)
+        if tuple(region.shape[1:]) != grid:
+            region = region.reshape(batch_size, grid[0], f, grid[1], f).any(dim=4).any(dim=2)
+        return region.cpu().contiguous()
+
+
+def _mask_tensor(mask: Any) -> Tensor:
+    """An inpainting mask as a bool tensor of its own shape (True = regenerate)."""
+    if isinstance(mask, Image.Image):
+        # binarised at half intensity, as diffusers' mask processor does
+        return torch.from_numpy(np.asarray(mask.convert("L")) >= 128)
+    if isinstance(mask, (list, tuple)) and mask and all(isinstance(m, Image.Image) for m in mask):
+        return torch.stack([_mask_tensor(m) for m in mask])
+    try:
+        region = torch.as_tensor(mask)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"inpainting mask must be a bool tensor or array, or a PIL image; got "
+                        f"{type(mask).__name__}") from None
+    if region.dtype == torch.bool:
+        return region
+    if region.is_complex() or region.numel() and not bool(((region == 0) | (region == 1)).all()):
+        raise ValueError("inpainting mask must be bool or hold only 0 and 1 (1 = regenerate); got "
+                         f"other values ({region.dtype}); binarise a soft mask first")
+    return region != 0
+
+
+def seed_list(n: int, seed: Any) -> list[int]:
+    """The ``n`` seeds of a call: ``seed + i`` for an integer ``seed``, else ``seed`` itself (any
+    sequence of integers: list, tuple, ``range``, integer array or tensor).  A seed
+    ``torch.Generator`` cannot take is one error naming it."""
+    kind = type(seed).__name__
+    if isinstance(seed, (Tensor, np.ndarray)):
+        seed = seed.tolist()  # a 0-d one gives its number, the others a list
+    scalar = _integer(seed)
+    if scalar is not None:
+        seeds = [scalar + i for i in range(n)]
+    else:
+        items = None if isinstance(seed, (str, bytes, dict)) else _integers(seed)
+        if items is None:
+            raise TypeError(f"seed must be an integer or a sequence of integers (one per "
+                            f"sample), got {kind} {str(seed)[:60]}")
+        if len(items) != n:
+            raise ValueError(f"got {len(items)} seeds for {n} samples")
+        seeds = items
+    low, high = SEED_RANGE
+    for i, value in enumerate(seeds):
+        if not low <= value <= high:
+            raise ValueError(f"seed {value} (sample {i}) is out of range: a seed must lie in "
+                             "[-2**63, 2**64 - 1]")
+    return seeds
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int when it is an integer (numpy's too, never a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _integers(values: Any) -> list[int] | None:
+    """The integers of an iterable, or None when it is not one or holds something else."""
+    try:
+        items = list(values)
+    except TypeError:
+        return None
+    out = [_integer(v) for v in items]
+    return None if any(v is None for v in out) else out
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``dtype`` as a torch floating-point type the pipeline runs in, or None (leave as is)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                "float": "float32"}.get(name, name)
+        if name in DTYPES:
+            return DTYPES[name]
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def check_pipeline_device(device: str | torch.device) -> str | torch.device:
+    """``device`` unchanged, or one error when this machine has no such device (before loading)."""
+    from unigen.commands import check_device
+
+    check_device(str(device), flag="device")
+    return device
+
+
+def read_pipeline_meta(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """The directory and its ``pipeline.json`` (checked: a pipeline directory of this format)."""
+    path, meta = io.read_model_dir(path, "pipeline", "train with `unigen fit ... --export_dir "
+                                   "DIR` or `unigen export`", "pipeline.json")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path / 'pipeline.json'} has format version "
+                         f"{meta.get('format_version')!r}; this unigen reads {FORMAT_VERSION}")
+    return path, meta
+
+
+def pipeline_kind(path: str | os.PathLike) -> str:
+    """``pipeline.json``'s ``kind`` of the pipeline at ``path`` (``masked``, ``autoregressive``)."""
+    _, meta = read_pipeline_meta(path)
+    kind = meta.get("kind", KIND)
+    if kind not in PIPELINE_CLASSES:
+        raise ValueError(f"{path} holds a {kind!r} pipeline; this unigen reads "
+                         f"{', '.join(PIPELINE_CLASSES)}")
+    return kind
+
+
+def load_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu",
+                  dtype: str | torch.dtype | None = None) -> UnifiedPipeline:
+    """Load the pipeline at ``path`` with the class its ``pipeline.json`` kind names."""
+    module, name = PIPELINE_CLASSES[pipeline_kind(path)]
+    return getattr(importlib.import_module(module), name).from_pretrained(path, device, dtype)
 
 
 def load_transformer_weights(net: UnifiedTransformer, path: str | os.PathLike) -> UnifiedTransformer:

@@ -233,3 +233,29 @@ def test_answer_len_limits_the_vqa_targets_and_gives_the_padding(space):
     cramped = TokenSpace(space.text_tokenizer, space.vocab, SequenceLayout(8, (4, 4), answer_len=3))
     with pytest.raises(ValueError, match="leave fewer than answer_len 3 of the 8 text positions"):
         cramped.encode_questions(["how many objects are there?"])
+
+
+def test_inpaint_uses_the_given_regions_and_draws_nothing(space):
+    seq = space.sequence
+    regions = torch.zeros(2, 4, 4, dtype=torch.bool)
+    regions[0, 1:3, 1:3] = True
+    regions[1, 0] = True
+    codes = torch.randint(0, 125, (2, 4, 4))
+    state = torch.get_rng_state()
+    tb = TASKS.get("inpaint")().build(TaskInputs(codes, ["a red circle"] * 2, regions=regions), space)
+    assert torch.equal(torch.get_rng_state(), state)  # no draw, from the global RNG or any other
+    assert torch.equal(tb.target[:, seq.image], regions.flatten(1)) and not tb.target[:, seq.text].any()
+    assert torch.equal(TaskInputs(None, ["a", "b"], regions=regions).select([1]).regions, regions[1:])
+    with pytest.raises(ValueError, match="regions must be a bool tensor \\[2, 4, 4\\]"):
+        TASKS.get("inpaint")().build(TaskInputs(torch.zeros(2, 4, 4, dtype=torch.long), ["a"] * 2,
+                                                regions=regions.float()), space)
+
+
+def test_a_question_must_leave_room_for_a_word_and_eos(space):
+    # 24 text positions; "red" x n + <sep> leaves 23 - n
+    ids, _ = space.encode_questions([" ".join(["red"] * 21)])
+    assert ids.shape == (1, 24)
+    for n, left in ((22, 1), (23, 0), (30, 0)):
+        with pytest.raises(ValueError, match=f"question leaves no room for an answer: {n} tokens "
+                                             f"\\+ <sep> leave {left} of the 24 text positions"):
+            space.encode_questions([" ".join(["red"] * n)])

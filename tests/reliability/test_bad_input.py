@@ -359,3 +359,19 @@ def test_validate_without_a_checkpoint_warns_that_the_weights_are_fresh(tokenize
     main(args)
     warning = "unigen: warning: validate without --ckpt_path uses the recipe's freshly initialised"
     assert warning in capsys.readouterr().err
+
+
+def test_a_save_never_replaces_the_users_own_files(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("hi")
+    line = fails_with(["text-tokenizer", "--num-samples", "20", "--vocab-size", "128", "--out",
+                       str(folder)], capsys)
+    assert f"cannot save to {folder}: the directory is not empty" in line
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "sub"]
+    afile = tmp_path / "a.png"
+    afile.write_bytes(b"png")
+    line = fails_with(["text-tokenizer", "--num-samples", "20", "--vocab-size", "128", "--out",
+                       str(afile)], capsys)
+    assert f"cannot save to {afile}: it is a file" in line and afile.read_bytes() == b"png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "mine"]

@@ -112,3 +112,53 @@ def test_semi_ar_argument_errors():
     sampler.set_timesteps(4)
     with pytest.raises(RuntimeError, match="must start at step_index 0"):
         sampler.step(DummyNet()(tokens), tokens, is_masked, 1, generators([0]), editable=is_masked)
+
+
+def masked_counts_per_step(sampler, tokens, is_masked, num_steps, net=None) -> list[list[int]]:
+    history = []
+    decode(net or DummyNet(), tokens, is_masked, sampler, num_steps=num_steps,
+           generator=generators(list(range(len(tokens)))),
+           callback=lambda i, out: history.append(out.is_masked.sum(-1).tolist()))
+    return history
+
+
+def test_one_block_spends_the_whole_budget_like_its_inner_sampler():
+    # LLaDA: a block longer than the answer is the inner sampler over the whole budget, not a
+    # block_length-step schedule cut off by a last step that reveals most of the text
+    from unigen.sampling import MaskGITSampler
+
+    tokens, is_masked = answer_batch(2)
+    semi = masked_counts_per_step(SemiARSampler(block_length=32, mask_id=MASK), tokens, is_masked, 8)
+    inner = masked_counts_per_step(MaskGITSampler(mask_id=MASK), tokens, is_masked, 8)
+    assert semi == inner
+    assert max(a - b for a, b in zip([20] + [c[0] for c in semi], [c[0] for c in semi])) <= 5
+
+
+def test_blocks_share_the_step_budget_each_finished_by_its_share():
+    # 20 positions, blocks of 5: 4 blocks share 8 steps, block k done by the end of step 2k + 1
+    tokens, is_masked = answer_batch(2)
+    history = []
+    sampler = SemiARSampler(block_length=5, mask_id=MASK)
+    result = decode(DummyNet(), tokens, is_masked, sampler, num_steps=8, generator=generators([0, 1]),
+                    callback=lambda i, out: history.append(out.is_masked.clone()))
+    assert result.steps_taken == 8
+    blocks = torch.tensor([block_of(p, 5) if p >= PROMPT else -1 for p in range(SEQ)])
+    for step, masked in enumerate(history):
+        done = (step + 1) // 2
+        assert not masked[:, (blocks >= 0) & (blocks < done)].any(), step
+        assert masked[:, blocks > done].all(), step  # later blocks wait their turn
+        revealed = (history[step - 1] if step else is_masked) & ~masked
+        assert (revealed.sum(-1) <= 5).all()  # never a pile-up on the last step
+    # 3 blocks in 8 steps: shares of 3, 3 and 2 steps (ceil((k + 1) * 8 / 3) - 1 = 2, 5, 7)
+    tokens, is_masked = answer_batch(1)
+    is_masked[0, PROMPT + 15:] = False
+    tokens[0, PROMPT + 15:] = 7
+    counts = masked_counts_per_step(SemiARSampler(block_length=5, mask_id=MASK), tokens, is_masked, 8)
+    assert [counts[s][0] for s in (2, 5, 7)] == [10, 5, 0]
+    assert all(c[0] > t for c, t in zip(counts, [10, 10, 5, 5, 5, 0, 0]))
+
+
+def test_fewer_steps_than_blocks_decodes_blocks_together():
+    tokens, is_masked = answer_batch(1)  # 4 blocks of 5 in 2 steps: blocks 0-1, then 2-3
+    counts = masked_counts_per_step(SemiARSampler(block_length=5, mask_id=MASK), tokens, is_masked, 2)
+    assert counts == [[10], [0]]

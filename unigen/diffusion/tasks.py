@@ -31,13 +31,16 @@ TASKS: Registry[type["Task"]] = Registry("task")
 @dataclass
 class TaskInputs:
     """Raw inputs for one batch; ``image_codes`` are codebook indices [B, h, w] (None if absent).
-    ``descriptions``: exhaustive scene descriptions (shapes world), an alternative caption text."""
+    ``descriptions``: exhaustive scene descriptions (shapes world), an alternative caption text.
+    ``regions``: bool [B, h, w], the image tokens to regenerate (inpainting at inference; None:
+    the task draws its own)."""
 
     image_codes: Tensor | None
     captions: Sequence[str] | None = None
     questions: Sequence[str] | None = None
     answers: Sequence[str | None] | None = None  # None in a row: to be generated (inference)
     descriptions: Sequence[str] | None = None
+    regions: Tensor | None = None
 
     def select(self, rows: list[int]) -> "TaskInputs":
         pick = (lambda xs: None if xs is None else [xs[i] for i in rows])  # noqa: E731
@@ -45,8 +48,12 @@ class TaskInputs:
         if self.image_codes is not None:
             index = to_device(torch.tensor(rows, dtype=torch.long), self.image_codes.device)
             codes = self.image_codes.index_select(0, index)
+        regions = None
+        if self.regions is not None:
+            index = to_device(torch.tensor(rows, dtype=torch.long), self.regions.device)
+            regions = self.regions.index_select(0, index)
         return TaskInputs(codes, pick(self.captions), pick(self.questions), pick(self.answers),
-                          pick(self.descriptions))
+                          pick(self.descriptions), regions)
 
     def __len__(self) -> int:
         for field in (self.image_codes, self.captions, self.questions):
@@ -196,7 +203,9 @@ class TextOnly(Task):
 
 @TASKS.register("inpaint")
 class Inpainting(CaptionImageTask):
-    """Clean caption and the image outside a random rectangle; the rectangle is predicted."""
+    """Clean caption and the image outside a region; the region is predicted.  The region is the
+    inputs' ``regions`` when given (inference: the caller's mask), else a random rectangle drawn
+    from ``generator`` (training)."""
 
     name = "inpaint"
     cond_segments, prefix_segments = ("text",), ("text",)
@@ -223,8 +232,17 @@ class Inpainting(CaptionImageTask):
 
     def build(self, inputs, space, generator=None):
         tb = super().build(inputs, space, generator)
-        b = len(tb.tokens)
-        tb.target[:, space.sequence.image] = self.region(b, space.sequence.grid, generator).flatten(1)
+        b, grid = len(tb.tokens), space.sequence.grid
+        if inputs.regions is None:
+            region = self.region(b, grid, generator)
+        else:
+            # the caller's region: no draw, so inference never touches a random stream
+            region = torch.as_tensor(inputs.regions).cpu()
+            if region.dtype != torch.bool or tuple(region.shape) != (b, *grid):
+                raise ValueError(f"task 'inpaint': regions must be a bool tensor [{b}, {grid[0]}, "
+                                 f"{grid[1]}] (one token mask per image), got {region.dtype} "
+                                 f"{tuple(region.shape)}")
+        tb.target[:, space.sequence.image] = region.flatten(1)
         return tb
 
 

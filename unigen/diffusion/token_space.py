@@ -46,7 +46,9 @@ class TokenSpace:
         """``question <sep> answer <eos> <pad>...`` rows and the index where the answer starts.
         Without answers (or where an answer is None) the answer part is padding (to be masked and
         generated).  With a question slot the question is padded to the slot, so every answer
-        starts at the slot's end; with ``answer_len`` an answer must fit in that many positions."""
+        starts at the slot's end; with ``answer_len`` an answer must fit in that many positions.
+        A question that leaves fewer than two positions (a word and ``<eos>``) is refused: its
+        answer could only come out empty or cut."""
         rows, starts = [], []
         slot, answer_len = self.sequence.question_slot, self.sequence.answer_len
         for i, q in enumerate(questions):
@@ -61,6 +63,12 @@ class TokenSpace:
                 raise ValueError(f"question too long: {len(ids) - 1} tokens + <sep> leave fewer than "
                                  f"answer_len {answer_len} of the {self.sequence.max_text_len} text "
                                  f"positions: {q[:80]!r}")
+            room = self.sequence.max_text_len - len(ids)
+            if room < 2:  # the shortest answer is one word and <eos>
+                raise ValueError(f"question leaves no room for an answer: {len(ids) - 1} tokens + "
+                                 f"<sep> leave {max(room, 0)} of the {self.sequence.max_text_len} "
+                                 f"text positions, and an answer needs at least 2 (a word and "
+                                 f"<eos>): {q[:80]!r}")
             if answers is not None and answers[i] is not None:
                 answer = self._words(answers[i], "answer") + [self.eos_id]
                 if answer_len and len(answer) > answer_len:

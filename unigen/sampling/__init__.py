@@ -2,7 +2,9 @@
 classifier-free guidance and the one decode loop. See docs/samplers.md."""
 
 from unigen.sampling.ancestral import AncestralSampler
-from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, build_sampler
+from unigen.sampling.base import (
+    SAMPLERS, Sampler, SamplerOutput, build_sampler, check_num_steps, make_sampler,
+)
 from unigen.sampling.confidence import CONFIDENCE_MEASURES, token_confidence
 from unigen.sampling.confident import ConfidentSampler
 from unigen.sampling.decode import DecodeResult, decode
@@ -30,9 +32,11 @@ __all__ = [
     "SamplerOutput",
     "SemiARSampler",
     "build_sampler",
+    "check_num_steps",
     "decode",
     "inpaint_tokens",
     "make_generators",
+    "make_sampler",
     "rand_rows",
     "token_confidence",
 ]

@@ -35,10 +35,10 @@ class AncestralSampler(Sampler):
 
     def reveal_probability(self, step_index: int) -> float:
         """``(rate(t) - rate(s)) / rate(t)`` for the step from ``t`` to ``s``; 1 on the last step."""
-        assert self.timesteps is not None
+        assert self.time_grid is not None
         if self.is_last_step(step_index):
             return 1.0
-        rate_t, rate_s = self.schedule.mask_rate(self.timesteps[step_index : step_index + 2]).tolist()
+        rate_t, rate_s = self.schedule.mask_rate(self.time_grid[step_index : step_index + 2]).tolist()
         if rate_t <= 0:
             return 1.0
         return min(max((rate_t - rate_s) / rate_t, 0.0), 1.0)

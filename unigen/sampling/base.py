@@ -13,7 +13,10 @@ pipeline sets it from its vocabulary.
 
 from __future__ import annotations
 
+import copy
+import operator
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,23 @@ class SamplerOutput:
     confidence: Tensor | None = None  # [B, S] float, the measure the sampler ranked by (if any)
 
 
+def check_num_steps(num_steps: Any, name: str = "num_steps") -> int:
+    """``num_steps`` as a positive ``int``: the one check every entry point (``set_timesteps``,
+    ``decode``, the pipeline's tasks) shares.  Integral floats (``8.0``) pass as ints; ``8.5``,
+    ``0``, booleans and non-numbers are refused with one line."""
+    if isinstance(num_steps, bool) or num_steps is None:
+        raise TypeError(f"{name} must be a positive integer, got {num_steps!r}")
+    try:
+        value = operator.index(num_steps)
+    except TypeError:
+        if not isinstance(num_steps, float) or not num_steps.is_integer():
+            raise ValueError(f"{name} must be a positive integer, got {num_steps!r}") from None
+        value = int(num_steps)
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {num_steps!r}")
+    return int(value)
+
+
 def resolve_schedule(schedule: str | NoiseSchedule) -> NoiseSchedule:
     """A schedule object from a registered name (``linear``, ``cosine``, ``polynomial``) or itself."""
     if isinstance(schedule, NoiseSchedule):
@@ -66,15 +86,18 @@ class Sampler(ABC):
     def __init__(self, *, mask_id: int | None = None) -> None:
         self.mask_id = mask_id
         self._num_steps: int | None = None
-        self.timesteps: Tensor | None = None
+        self.timesteps: Tensor | None = None  # [K]: the time each step starts at
+        self.time_grid: Tensor | None = None  # [K + 1]: the times between steps, 1 down to 0
 
     # -- configuration -------------------------------------------------------------------------
     def set_timesteps(self, num_steps: int) -> None:
-        """Prepare for ``num_steps`` steps; ``timesteps`` runs from ``t = 1`` (all masked) to ``t = 0``."""
-        if int(num_steps) != num_steps or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-        self._num_steps = int(num_steps)
-        self.timesteps = torch.linspace(1.0, 0.0, self._num_steps + 1, dtype=torch.float64)
+        """Prepare for ``num_steps`` steps.  ``time_grid`` holds the ``num_steps + 1`` times from
+        ``t = 1`` (all masked) to ``t = 0``; ``timesteps`` the ``num_steps`` times the steps start
+        at, so ``for i, t in enumerate(sampler.timesteps): sampler.step(..., i)`` runs each step
+        once (the diffusers loop)."""
+        self._num_steps = check_num_steps(num_steps)
+        self.time_grid = torch.linspace(1.0, 0.0, self._num_steps + 1, dtype=torch.float64)
+        self.timesteps = self.time_grid[:-1]
 
     @property
     def num_steps(self) -> int:
@@ -172,3 +195,68 @@ class Sampler(ABC):
 def build_sampler(name: str, **kwargs: Any) -> Sampler:
     """Instantiate a registered sampler by recipe name, e.g. ``build_sampler("maskgit", temperature=1.0)``."""
     return SAMPLERS.get(name)(**kwargs)
+
+
+def special_id_options(name: str, cls: type, options: Mapping[str, Any],
+                       special_ids: Mapping[str, int]) -> dict[str, Any]:
+    """``options`` plus the special ids sampler ``cls`` declares it needs
+    (:attr:`Sampler.needs_special_ids`) from ``special_ids`` (a vocabulary's), unless given."""
+    out = dict(options)
+    for key in getattr(cls, "needs_special_ids", ()):
+        if key not in SPECIAL_IDS or key not in special_ids:
+            raise ValueError(f"sampler {name!r} asks for the special id {key!r}; the pipeline "
+                             f"has {', '.join(SPECIAL_IDS)}")
+        out.setdefault(key, int(special_ids[key]))
+    return out
+
+
+def _culprits(options: Mapping[str, Any], message: str) -> list[str]:
+    """The options an error message points at (by name or by value), for naming them."""
+    named = [k for k in options if f"'{k}'" in message or f" {k} " in f" {message} "]
+    return named or [k for k, v in options.items() if isinstance(v, str) and repr(v) in message]
+
+
+def make_sampler(sampler: "str | Sampler", options: Mapping[str, Any] | None = None, *,
+                 mask_id: int, special_ids: Mapping[str, int] | None = None,
+                 option: str = "sampler_kwargs") -> Sampler:
+    """The sampler a decode with a vocabulary's ``mask_id`` and ``special_ids`` uses: the one
+    construction path of the pipeline and the command line.
+
+    ``sampler`` is a registered name (built with ``options`` plus the special ids it declares) or a
+    :class:`Sampler` instance (a diffusers-style scheduler object: copied, so the caller's object
+    is not changed, with ``mask_id`` and any declared special id it left ``None`` filled in).
+    ``mask_id`` is the vocabulary's, never an option.  A bad option is one ``ValueError`` naming
+    it, ``option`` saying where it came from (``sampler_kwargs``, ``--sampler-arg``)."""
+    options = dict(options or {})
+    ids = dict(special_ids or {})
+    if isinstance(sampler, Sampler):
+        if options:
+            raise ValueError(f"{option} ({', '.join(options)}) only apply to a sampler given by "
+                             f"name; {type(sampler).__name__} is already built")
+        if sampler.mask_id is not None and int(sampler.mask_id) != int(mask_id):
+            raise ValueError(f"{type(sampler).__name__} has mask_id={sampler.mask_id}, but this "
+                             f"vocabulary's <mask> is {mask_id}; leave mask_id unset")
+        built = copy.deepcopy(sampler)
+        built.mask_id = int(mask_id)
+        for key, value in special_id_options(type(sampler).__name__, type(sampler), {}, ids).items():
+            if getattr(built, key, None) is None:
+                setattr(built, key, value)
+        return built
+    if not isinstance(sampler, str):
+        raise TypeError(f"sampler must be a registered sampler name or a Sampler instance, got "
+                        f"{type(sampler).__name__}")
+    cls = SAMPLERS.get(sampler)
+    if "mask_id" in options:
+        raise ValueError(f"{option}: mask_id is set from the vocabulary (its <mask> is {mask_id}); "
+                         "remove it")
+    kwargs = special_id_options(sampler, cls, options, ids)
+    try:
+        return cls(mask_id=int(mask_id), **kwargs)
+    except (TypeError, ValueError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        culprits = _culprits(options, message)
+        shown = ", ".join(f"{k}={options[k]!r}" for k in culprits or options)
+        where = f"{option} {shown}" if shown else option
+        raise ValueError(f"{where}: sampler {sampler!r} does not take "
+                         f"{'this option' if len(culprits) == 1 else 'these options'} ({message})"
+                         ) from None

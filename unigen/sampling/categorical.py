@@ -48,7 +48,8 @@ def sample_tokens(logits: Tensor, where: Tensor, temperature: float, generator: 
     is drawn and every position gets a token from its distribution (callers read the ``where``
     positions): the draws a row consumes never depend on its state or its batch, and no
     data-dependent indexing makes a GPU wait. ``probs``: ``softmax(logits)`` when the caller has it
-    already (reused at temperature 1).
+    already (reused at temperature 1).  Only the ``where`` positions must have a legal token: a
+    given position's logits are never read, so a model may leave them all ``-inf``.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -56,21 +57,24 @@ def sample_tokens(logits: Tensor, where: Tensor, temperature: float, generator: 
         raise ValueError(f"where must be shaped like logits without the vocabulary axis, got {tuple(where.shape)}")
     if temperature == 0:
         tokens = logits.argmax(-1)
-        if not bool(torch.isfinite(logits.gather(-1, tokens.unsqueeze(-1))).all()):
+        best = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        if not bool((torch.isfinite(best) | ~where).all()):
             raise ValueError(NO_LEGAL_TOKEN)
         return tokens
     u = rand_rows(logits.shape[:-1], generator, device=logits.device, dtype=torch.float64, purpose="token sampling")
     if temperature != 1.0 or probs is None:
         probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
-    return inverse_cdf(probs.flatten(0, -2), u.flatten()).view(u.shape)
+    return inverse_cdf(probs.flatten(0, -2), u.flatten(), check=where.flatten()).view(u.shape)
 
 
-def inverse_cdf(probs: Tensor, u: Tensor, block: int = CDF_BLOCK) -> Tensor:
+def inverse_cdf(probs: Tensor, u: Tensor, block: int = CDF_BLOCK, check: Tensor | None = None) -> Tensor:
     """Token ``v`` with ``cdf[v - 1] <= u * total < cdf[v]`` for ``probs [N, V]`` and uniforms ``u [N]``.
 
     Two levels: sums of vocabulary blocks (in ``probs``' dtype; one read, no ``[N, V]`` output)
     locate the block, then a float64 cumulative sum of that one block locates the token. Tokens
-    with zero probability own an empty interval, so they are never returned.
+    with zero probability own an empty interval, so they are never returned.  A row without mass
+    (all ``-inf`` logits, or NaN) is an error where ``check [N]`` (default: every row) is True;
+    elsewhere its token is an arbitrary in-range id nobody reads.
     """
     n, vocab_size = probs.shape
     num_blocks = -(-vocab_size // block)
@@ -91,9 +95,10 @@ def inverse_cdf(probs: Tensor, u: Tensor, block: int = CDF_BLOCK) -> Tensor:
     # Rounding (block sums against the block's own cumulative sum, or a target on the total mass)
     # can land on a token without mass; fix those rare rows only.
     landed = probs.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
-    wrong = landed <= 0
     no_mass = ~(block_cdf[:, -1] > 0) | ~torch.isfinite(block_cdf[:, -1])  # all -inf logits, or NaN
-    any_no_mass, any_wrong = torch.stack((no_mass.any(), wrong.any())).tolist()  # one host sync
+    wrong = (landed <= 0) & ~no_mass  # a row without mass has no token to move to
+    checked = no_mass if check is None else no_mass & check
+    any_no_mass, any_wrong = torch.stack((checked.any(), wrong.any())).tolist()  # one host sync
     if any_no_mass:
         raise ValueError(NO_LEGAL_TOKEN)
     if any_wrong:

@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from unigen.sampling.base import Sampler, SamplerOutput
+from unigen.sampling.base import Sampler, SamplerOutput, check_num_steps
 from unigen.sampling.guidance import ClassifierFreeGuidance, GuidedBatch, step_progress
 from unigen.sampling.rng import GeneratorArg, check_generator
 
@@ -130,6 +130,7 @@ def decode(
             on that compact view, so no work is spent on the given rest of the sequence.  Choose them
             per task, not per batch (e.g. the image segment), or results would depend on the batch.
     """
+    num_steps = check_num_steps(num_steps)
     mask_id = sampler.require_mask_id()
     _check_inputs(tokens, is_masked, mask_id, cond_mask)
     if guidance is not None and cond_mask is None:

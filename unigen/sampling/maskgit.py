@@ -54,8 +54,8 @@ class MaskGITSampler(Sampler):
 
     def target_counts(self, editable: Tensor) -> Tensor:
         """``[B, K + 1]`` masked counts the schedule prescribes for each row (see :func:`masked_counts`)."""
-        assert self.timesteps is not None  # num_steps is checked first by callers
-        return masked_counts(self.schedule, self.timesteps, editable.sum(-1))
+        assert self.time_grid is not None  # num_steps is checked first by callers
+        return masked_counts(self.schedule, self.time_grid, editable.sum(-1))
 
     def step(
         self,

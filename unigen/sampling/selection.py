@@ -38,15 +38,16 @@ def choice_scores(confidence: Tensor, measure: str, tau: float | Tensor, generat
     return score + tau * noise
 
 
-def masked_counts(schedule: NoiseSchedule, timesteps: Tensor, num_editable: Tensor) -> Tensor:
+def masked_counts(schedule: NoiseSchedule, time_grid: Tensor, num_editable: Tensor) -> Tensor:
     """``[B, K + 1]`` number of target positions still masked after each of ``K`` steps (column 0 = start).
 
     MaskGIT (Chang et al. 2022): after the step that ends at time ``t`` a row with ``N`` target positions
     keeps ``floor(N * mask_rate(t))`` masked, but every step reveals at least one token and the last
-    step reveals the rest. ``timesteps`` runs from 1 down to 0 (``K + 1`` values).
+    step reveals the rest. ``time_grid`` runs from 1 down to 0 (``K + 1`` values: a sampler's
+    ``time_grid``).
     """
     n = num_editable.to(torch.float64).unsqueeze(-1)
-    raw = torch.floor(n * schedule.mask_rate(timesteps.to(torch.float64)).to(n.device)).long()
+    raw = torch.floor(n * schedule.mask_rate(time_grid.to(torch.float64)).to(n.device)).long()
     raw[:, 0] = num_editable
     raw[:, -1] = 0
     # c_j = min(raw_j, c_{j-1} - 1) is a running minimum of raw_j + j, shifted back by j.
@@ -87,7 +88,7 @@ def replanned_counts(schedule: NoiseSchedule, num_masked: Tensor, num_editable: 
     while any position is masked) and each row's time after the step (``[B]`` float64).
     """
     device = num_masked.device
-    grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device=device)  # samplers' timesteps
+    grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device=device)  # samplers' time_grid
     planned = masked_counts(schedule, grid, num_editable.to(device))[:, step_index : step_index + 2]
     n = num_editable.to(device, torch.float64).clamp_min(1)
     ahead = num_masked < planned[:, 0]
