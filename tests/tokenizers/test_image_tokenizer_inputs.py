@@ -59,6 +59,20 @@ def test_encode_accepts_half_precision_input(fsq, dtype):
     assert 0 <= int(codes.min()) and int(codes.max()) < fsq.codebook_size
 
 
+@pytest.mark.parametrize("name", ["fsq", "lfq", "vq"])
+def test_half_precision_weights_encode_and_decode(name):
+    # FSQ's lookup makes float32 grid values whatever the weights' dtype: the decoder must cast
+    overrides = {"kmeans_init": False} if name == "vq" else {}
+    full = make_tokenizer(name, **overrides).eval()
+    half = make_tokenizer(name, **overrides).eval().to(torch.bfloat16)
+    images = tiny_images(seed=5)
+    codes = half.encode(images)
+    assert codes.shape == (4, 8, 8) and codes.dtype == torch.long
+    decoded = half.decode(codes)
+    assert decoded.dtype == torch.bfloat16 and decoded.shape == (4, 3, 16, 16)
+    assert torch.allclose(decoded.float(), full.decode(codes), atol=0.05)
+
+
 @pytest.mark.parametrize("codes, message", [
     (torch.full((1, 4, 4), 3.7), "integer dtype .* got torch.float32"),
     (torch.full((1, 4, 4), float("nan")), "integer dtype"),

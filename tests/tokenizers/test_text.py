@@ -143,6 +143,18 @@ def test_save_and_load_round_trip(kind, request, tmp_path):
         assert loaded.mask_id not in loaded.encode("<mask>")  # survives reloading
 
 
+def test_save_replaces_an_earlier_save_but_never_a_foreign_folder(word, tmp_path):
+    word.save_pretrained(tmp_path / "tok")
+    word.save_pretrained(tmp_path / "tok")  # an earlier save of the same kind is replaced
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty and holds no text_tokenizer_config.json"):
+        word.save_pretrained(foreign)
+    assert [p.name for p in foreign.iterdir()] == ["todo.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "tok"]  # no temporary left
+
+
 def test_from_pretrained_errors(word, tmp_path):
     with pytest.raises(FileNotFoundError, match="text tokenizer file not found: .*nowhere"):
         TextTokenizer.from_pretrained(tmp_path / "nowhere")

@@ -198,7 +198,7 @@ def save_lora(model: nn.Module, config: LoRAConfig, path: str | os.PathLike) -> 
         raise ValueError(f"{type(model).__name__} has no LoRA adapters to save")
     meta = {"format_version": FORMAT_VERSION, "type": "lora", **asdict(config),
             "target_modules": list(layers), "base_fingerprint": base_fingerprint(model)}
-    with io.atomic_directory(path) as tmp:
+    with io.atomic_directory(path, marker=CONFIG_NAME) as tmp:
         io.write_json(tmp / CONFIG_NAME, meta)
         io.save_safetensors(lora_state_dict(model), tmp / WEIGHTS_NAME)
 

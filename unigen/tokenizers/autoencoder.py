@@ -154,4 +154,7 @@ class QuantizedAutoencoder(ImageTokenizer):
         return self.quantizer(self.encode_latent(images)).codes
 
     def decode_codes(self, codes: Tensor) -> Tensor:
-        return self.decode_latent(self.quantizer.lookup(codes))
+        # FSQ's lookup computes its grid values in float32 whatever the weights' dtype; the decoder
+        # convolutions need their own (bf16/fp16 weights otherwise refuse the float32 latent)
+        latent = self.quantizer.lookup(codes)
+        return self.decode_latent(latent.to(self.post_quant_conv.weight.dtype))

@@ -247,7 +247,7 @@ class TextTokenizer:
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` and ``text_tokenizer_config.json``; complete or absent."""
-        with io.atomic_directory(path) as tmp:
+        with io.atomic_directory(path, marker=CONFIG_FILE) as tmp:
             io.write_text(tmp / TOKENIZER_FILE, self._tok.to_str(pretty=True))
             io.write_json(tmp / CONFIG_FILE, {"format_version": FORMAT_VERSION, "kind": self.kind,
                                               "vocab_size": self.vocab_size,

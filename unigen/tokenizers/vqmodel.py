@@ -148,7 +148,7 @@ def export_to_diffusers(tokenizer: QuantizedAutoencoder, path: str | os.PathLike
         getattr(vqmodel, name).load_state_dict(getattr(tokenizer, name).state_dict())
     with torch.no_grad():
         vqmodel.quantize.embedding.weight.copy_(codebook)
-    with io.atomic_directory(path) as tmp:
+    with io.atomic_directory(path, marker="config.json") as tmp:  # diffusers' own
         vqmodel.save_pretrained(tmp, safe_serialization=True)
 
 
