@@ -41,15 +41,23 @@ def _lightning_cli(args: Sequence[str], run: bool = True, argv_prefix: Sequence[
                                   apply_on="parse")
 
         def _parse_ckpt_path(self) -> None:
-            # LightningCLI reads --ckpt_path's hyperparameters (weights_only=True); turn its
-            # multi-line unpickling error into our one line naming the file
-            try:
-                super()._parse_ckpt_path()
-            except Exception:
-                from unigen.training.checkpoint import read_checkpoint
+            # LightningCLI would replace the recipe's model (class and every init_arg, command-line
+            # overrides included) by the checkpoint's hyper-parameters, and only for a file path,
+            # not for "last".  A checkpoint restores state; the recipe says what to build.
+            sub = self.config.get("subcommand")
+            if sub:
+                check_checkpoint_against_recipe(self.config[sub], sub)
 
-                read_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))
-                raise
+        def parse_arguments(self, parser, args) -> None:
+            # a recipe's logger leaves save_dir out (loggers_follow_root_dir); it is filled in
+            # before the parsed config is validated, where a missing required argument fails
+            self.config = parser.parse_args(args, _skip_validation=True)
+            sub = self.config.get("subcommand")
+            loggers_follow_root_dir((self.config[sub] if sub else self.config).get("trainer"))
+            try:
+                parser.validate(self.config)
+            except (TypeError, KeyError, argparse.ArgumentError) as err:
+                parser.error(str(err), err)  # as parse_args reports them: one line, exit 2
 
         def instantiate_trainer(self, **kwargs):
             # every recipe: atomic checkpoints, NaN guard, per-step reseeding, resumable "last"
@@ -99,6 +107,80 @@ def _lightning_cli(args: Sequence[str], run: bool = True, argv_prefix: Sequence[
                              parser_kwargs={"prog": "unigen", "allow_abbrev": False}, auto_configure_optimizers=False)
     finally:
         sys.argv = saved_argv
+
+
+def loggers_follow_root_dir(trainer: Any) -> None:
+    """Give every logger of the parsed trainer config that has no ``save_dir`` the trainer's
+    ``default_root_dir`` (the working directory if that is unset, as Lightning does).  Recipes leave
+    ``save_dir`` out, so ``--trainer.default_root_dir X`` moves logs and sample grids with the
+    checkpoints, and separate runs do not pile ``version_N`` folders into one directory; an explicit
+    ``save_dir`` is kept."""
+    if trainer is None:
+        return
+    import os
+
+    loggers = trainer.get("logger")
+    root = trainer.get("default_root_dir") or os.getcwd()
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init = getattr(logger, "init_args", None)
+        if init is not None and "save_dir" in init and init.get("save_dir") is None:
+            init["save_dir"] = str(root)
+
+
+def _plain(value: Any) -> Any:
+    """Recipe values as a checkpoint's hyper-parameters hold them (lists, dicts, numbers)."""
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def differing_hparams(checkpoint: dict[str, Any], init_args: dict[str, Any]) -> list[str]:
+    """The recipe's model arguments whose values differ from the checkpoint's hyper-parameters
+    (arguments only one of them has, e.g. constructor objects, are not compared)."""
+    saved = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items()
+             if not k.startswith("_")}
+    return sorted(k for k in saved.keys() & init_args.keys()
+                  if _plain(saved[k]) != _plain(init_args[k]))
+
+
+def check_checkpoint_against_recipe(config: Any, verb: str) -> None:
+    """``--ckpt_path FILE``: refuse a checkpoint of another model class than the recipe's (one
+    line naming both), warn in one line when the recipe's model arguments differ from the
+    checkpoint's.  The file is read safely and its CRCs checked (one line if it is not usable)."""
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc") or "://" in str(ckpt_path) \
+            or not Path(ckpt_path).is_file():
+        return  # resolved, or reported as missing, by Lightning / check_resume_target
+    from unigen.training.checkpoint import module_class_of, read_checkpoint
+
+    checkpoint = read_checkpoint(ckpt_path)
+    model = config.get("model")
+    recipe_class = getattr(model, "class_path", None)
+    written_by = module_class_of(checkpoint)
+    if written_by and recipe_class and written_by != recipe_class:
+        raise ValueError(f"checkpoint {ckpt_path} was written by {written_by}, but the recipe's "
+                         f"model is {recipe_class}; use a checkpoint of this recipe's model")
+    init_args = _plain(getattr(model, "init_args", None) or {})
+    differ = differing_hparams(checkpoint, init_args)
+    if not differ:
+        return
+    if verb == "fit":
+        restart = ("start a new run from the weights instead (model.init_args.init_weights: an "
+                   "export of the run)" if "init_weights" in init_args else
+                   "start a new run from the weights instead (model.init_args.init_from: an "
+                   "export of the run)" if "init_from" in init_args else
+                   "start a new run instead")
+        effect = ("; the optimizer and LR-scheduler state restored from the checkpoint still govern "
+                  f"the resumed training (learning rate, warm-up, schedule length): to change "
+                  f"them, {restart}")
+    else:
+        effect = ""
+    print(f"unigen: warning: the recipe's model arguments differ from those saved in {ckpt_path}: "
+          f"{', '.join(differ)}; the recipe's are used{effect}", file=sys.stderr)
 
 
 def instantiate_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Any:

@@ -146,3 +146,48 @@ def test_tokenizer_metrics_are_refused_at_unified_validation():
 
     with pytest.raises(ValueError, match="scores tokenizers"):
         build_recipe_metrics(["psnr"], None)
+
+
+def _loggers(path: Path) -> list[dict]:
+    logger = ((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get("logger")
+    return [lg for lg in (logger if isinstance(logger, list) else [logger]) if isinstance(lg, dict)]
+
+
+def test_recipe_loggers_leave_save_dir_to_default_root_dir():
+    """A hard-coded save_dir keeps logs and sample grids in the recipe's folder when a run is
+    moved with --trainer.default_root_dir; `unigen fit` fills it in from default_root_dir."""
+    fixed = [p.relative_to(ROOT).as_posix() for p in RECIPES for lg in _loggers(p)
+             if "save_dir" in (lg.get("init_args") or {})]
+    assert not fixed, f"recipes with a hard-coded logger save_dir: {fixed}"
+    assert any(_loggers(p) for p in RECIPES), "no recipe configures a logger: is the scan wrong?"
+
+
+@pytest.mark.parametrize("name,artifacts", [
+    ("unified_debug.yaml", ("logs/version_0/metrics.csv", "logs/version_0/samples/*.png")),
+    ("tokenizer_fsq_debug.yaml", ("tensorboard/version_0/events.*",
+                                  "tensorboard/version_0/reconstructions/*.png"))])
+def test_logs_and_grids_follow_default_root_dir(name, artifacts, tokenizer_dirs, tmp_path,
+                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tokenizers = (["--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+                   "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"]]
+                  if name.startswith("unified") else ["--data.init_args.num_train", "32"])
+    for run in ("one", "two"):
+        main(["fit", "--config", str(ROOT / "recipes" / "debug" / name), *tokenizers,
+              "--data.init_args.image_size", "16", "--trainer.max_steps", "2",
+              "--trainer.val_check_interval", "2", "--trainer.default_root_dir", run])
+        for pattern in artifacts:
+            assert list((tmp_path / run).glob(pattern)), (run, pattern)
+    # (the tokenizer recipe's export_dir is its own setting, left as it is)
+    assert not list(tmp_path.glob("runs/**/version_*")), "no logs in the recipe's own folder"
+
+
+def test_an_explicit_logger_save_dir_is_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = instantiate_recipe(ROOT / "recipes" / "debug" / "tokenizer_fsq_debug.yaml",
+                             ["--trainer.default_root_dir", "run",
+                              "--trainer.logger.init_args.save_dir", "elsewhere"])
+    assert cli.trainer.logger.save_dir == "elsewhere"
+    cli = instantiate_recipe(ROOT / "recipes" / "debug" / "tokenizer_fsq_debug.yaml",
+                             ["--trainer.default_root_dir", "run"])
+    assert cli.trainer.logger.save_dir == "run"

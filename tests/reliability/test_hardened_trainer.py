@@ -82,17 +82,19 @@ def _draws() -> tuple[float, float, float]:
 
 
 def test_reseeding_is_a_function_of_seed_step_and_micro_batch():
-    def start(callback: ReseedEveryStep, step: int) -> tuple[float, float, float]:
-        callback.on_train_batch_start(SimpleNamespace(global_step=step, global_rank=0), None,
-                                      None, 0)
+    def start(callback: ReseedEveryStep, step: int, batch_idx: int) -> tuple[float, float, float]:
+        trainer = SimpleNamespace(global_step=step, global_rank=0, accumulate_grad_batches=2)
+        callback.on_train_batch_start(trainer, None, None, batch_idx)
         return _draws()
 
     a, b = ReseedEveryStep(7), ReseedEveryStep(7)
-    first = [start(a, s) for s in (0, 1, 1, 2)]  # step 1 has two micro-batches
+    batches = [(0, 0), (0, 1), (1, 2), (1, 3)]  # (step, batch index): two micro-batches a step
+    first = [start(a, s, i) for s, i in batches]
     torch.manual_seed(123), np.random.seed(5), random.seed(9)  # whatever came before
-    assert [start(b, s) for s in (0, 1, 1, 2)] == first
+    assert [start(b, s, i) for s, i in batches] == first
     assert len(set(first)) == 4, "steps and micro-batches draw different numbers"
     resumed = ReseedEveryStep(7)
-    assert start(resumed, 2) == first[3], "a resumed run draws what the uninterrupted one drew"
-    assert start(ReseedEveryStep(8), 2) != first[3]
+    assert start(resumed, 1, 3) == first[3], \
+        "a run resumed inside an accumulation window draws what the uninterrupted one drew"
+    assert start(ReseedEveryStep(8), 1, 3) != first[3]
     assert step_seed(7, 2, 0, 0) != step_seed(7, 0, 2, 0) and 0 <= step_seed(7, 1) < 2**63

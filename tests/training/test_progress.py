@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import pytest
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
@@ -42,3 +44,35 @@ def test_a_recipes_bar_keeps_its_settings_and_other_bars_are_left_alone(tmp_path
     tqdm = TQDMProgressBar()
     trainer = use_run_progress_bar(_trainer(tmp_path, max_steps=2, callbacks=[tqdm]))
     assert type(trainer.progress_bar_callback) is TQDMProgressBar
+
+
+class _RecordingBar(RunProgressBar):
+    """The train bar's (position, total) after every batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: list[tuple[float, float | None]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        task = next(t for t in self.progress.tasks if t.id == self.train_progress_bar_id)
+        self.shown.append((task.completed, task.total))
+
+
+def test_the_bar_total_after_a_mid_epoch_resume_is_where_the_run_stops(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    every_4 = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1,
+                              filename="{step}")
+    first = _RecordingBar()
+    L.Trainer(default_root_dir=tmp_path, logger=False, enable_model_summary=False,
+              limit_val_batches=0, max_steps=6, limit_train_batches=8,
+              callbacks=[first, every_4]).fit(BoringModel())
+    assert first.shown == [(i, 6) for i in range(1, 7)]
+    resumed = _RecordingBar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BoringModel's loader is not resumable: only the bar counts
+        _trainer(tmp_path, max_steps=6, limit_train_batches=8, callbacks=[resumed]).fit(
+            BoringModel(), ckpt_path=tmp_path / "step=4.ckpt")
+    # batches 5 and 6 of the epoch, which ends the run at its 6th batch (Lightning showed 5/1, 6/1)
+    assert resumed.shown == [(5, 6), (6, 6)]

@@ -24,8 +24,10 @@ Every training loader of :class:`~unigen.data.shapes_datamodule.ShapesDataModule
   ``RANK`` environment variables, then 1 and 0 (:func:`world_and_rank`).
 * **Resume.**  After restoring a mid-epoch checkpoint the sampler skips the batches Lightning's
   restored progress counter says were trained on (:func:`batches_done_this_epoch`), so an
-  interrupted and resumed run sees exactly the batches of an uninterrupted one.  The position is not
-  kept by the loader (the fetcher prefetches: a loader-side count runs a batch ahead of training);
+  interrupted and resumed run sees exactly the batches of an uninterrupted one; an epoch-end
+  checkpoint resumes at the start of the next epoch (:func:`settle_epoch_end_restore`).  The
+  position is not kept by the loader (the fetcher prefetches: a loader-side count runs a batch
+  ahead of training);
   the loader's checkpointed state (:class:`StatefulDataLoader`) is the data configuration, and
   resuming with another configuration (seed, sample count, global batch) raises instead of
   silently changing the order.
@@ -119,9 +121,43 @@ class EpochShuffleSampler(DistributedEpochSampler):
     skip_once = DistributedEpochSampler.skip_samples
 
 
+def settle_epoch_end_restore(trainer: L.Trainer | None) -> bool:
+    """Turn a restored *epoch-end* checkpoint into the start of the next epoch; True if it did.
+
+    A checkpoint written in ``on_train_epoch_end`` (validation once per epoch, or none: Lightning's
+    default) holds epoch ``e`` as processed but not completed.  In a step-limited run Lightning
+    restores it as "restarting" and replays the end of epoch ``e`` once more: an extra pass of its
+    epoch loop that (without validation) trains one batch of the next epoch's order under epoch
+    ``e``, then counts the epoch as processed a second time, so every later epoch reads the order of
+    the epoch after it (``set_epoch`` gets ``processed``).  Completing the epoch here, with the
+    per-epoch counters Lightning clears at an epoch start, makes the resumed run enter epoch
+    ``e + 1`` exactly as the uninterrupted one did.  It must run after Lightning restored its loops
+    and before ``fit_loop.reset``: :func:`epoch_loader` calls it (Lightning builds the train loader
+    in between, and calls no hook there)."""
+    if trainer is None or not trainer.fit_loop.restarting:
+        return False
+    fit = trainer.fit_loop
+    epochs = getattr(fit, "epoch_progress", None)  # stand-ins for a Trainer may have no epochs
+    if epochs is None or not all(t.ready == t.started == t.processed == t.completed + 1
+                                 for t in (epochs.current, epochs.total)):
+        return False
+    epochs.current.completed = epochs.current.processed
+    epochs.total.completed = epochs.total.processed
+    loop = fit.epoch_loop
+    # a restarting epoch loop would replay the finished epoch's last step (and validation check),
+    # counting one more logged step; a fresh one resets its per-epoch counters itself.  The batch
+    # counter is cleared now because the loader reads it next (batches_done_this_epoch).  The fit
+    # loop stays restarting, so Lightning still checks the loader's state against the checkpoint.
+    loop.restarting = False
+    loop.batch_progress.reset_on_run()
+    return True
+
+
 def batches_done_this_epoch(trainer: L.Trainer | None, batches_per_epoch: int) -> int:
     """Batches of the current epoch a restored checkpoint has already trained on (0 if not
-    resuming); after a restart Lightning's batch counter resumes from ``processed``."""
+    resuming); after a restart Lightning's batch counter resumes from ``processed``.  A count of a
+    whole epoch (a step checkpoint written at the epoch's last batch, which Lightning then rolls
+    over into the next epoch) skips nothing."""
     if trainer is None or not trainer.fit_loop.restarting:
         return 0
     done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -183,6 +219,7 @@ def epoch_loader(module: L.LightningDataModule, dataset: Dataset, order: Callabl
     """The train loader of a data module: rank-split epoch order, resumable mid-epoch (module
     docstring).  ``batch_size`` is per rank; ``drop_last`` drops each rank's last partial batch."""
     trainer = module.trainer
+    settle_epoch_end_restore(trainer)
     world, rank = world_and_rank(trainer)
     sampler = DistributedEpochSampler(order, len(dataset), batch_size, world, rank, drop_last)
     sampler.skip_batches(batches_done_this_epoch(trainer, sampler.batches_per_epoch))
@@ -202,5 +239,5 @@ def shuffled_loader(module: L.LightningDataModule, dataset: Dataset, seed: int, 
 
 
 __all__ = ["DistributedEpochSampler", "EpochShuffleSampler", "StatefulDataLoader",
-           "batches_done_this_epoch", "epoch_loader", "seeded_permutation", "shuffled_loader",
-           "world_and_rank"]
+           "batches_done_this_epoch", "epoch_loader", "seeded_permutation",
+           "settle_epoch_end_restore", "shuffled_loader", "world_and_rank"]

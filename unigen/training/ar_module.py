@@ -88,7 +88,10 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, EvaluationSta
     # UnifiedModule's own construction, per-step generators, data path and optimizer: the two models
     # differ only in attention mask, loss and decoding (these functions use no zero-argument super())
     configure_model = UnifiedModule.configure_model
+    check_state_shapes = UnifiedModule.check_state_shapes  # one line, not torch's page of sizes
     _generator = UnifiedModule._generator
+    _micro_batch = UnifiedModule._micro_batch
+    _step_generator = UnifiedModule._step_generator
     task_inputs = UnifiedModule.task_inputs
     configure_optimizers = UnifiedModule.configure_optimizers
     configure_callbacks = UnifiedModule.configure_callbacks
@@ -110,7 +113,7 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, EvaluationSta
         return F.cross_entropy(logits.flatten(0, 1), tb.tokens[:, image].flatten())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        gen = self._generator(0)
+        gen = self._step_generator(batch_idx)
         tb = self.task.build(self.task_inputs(batch), self.space, gen)
         loss = self.next_token_loss(tb, gen)
         if self._writes_step_logs():  # as UnifiedModule: no host read of the loss between logs

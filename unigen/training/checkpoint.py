@@ -20,24 +20,82 @@ import torch
 CLASS_KEY = "unigen_module_class"
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format: a zip archive opens with a local file header
+
+
+def check_archive(path: Path) -> None:
+    """Raise one line naming ``path`` (and the bad member) unless every member of the checkpoint's
+    zip archive matches its CRC-32.  torch's reader does not check them, so bytes overwritten on
+    disk or in a copy would otherwise load as silently wrong weights.  Reads the whole file once
+    (about as fast as the disk: docs/reliability.md, "Safe weights")."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise ValueError(f"checkpoint {path} is truncated or corrupt: its zip archive cannot be "
+                         f"read ({err})") from None
+    if bad is not None:
+        # torch.save puts every record under a folder named after the file it wrote (for unigen's
+        # atomic writes a temporary name): the record's own name is what identifies it
+        member = bad.split("/", 1)[-1]
+        raise ValueError(f"checkpoint {path} is corrupt: member {member} does not match its CRC-32 "
+                         "(damaged on disk or in a copy)")
+
+
+def _unsafe_detail(err: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused (e.g. ``GLOBAL posix.system``), without its
+    advice to retry with ``weights_only=False``, which would run the file's code."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    found = [ln for ln in lines if "GLOBAL" in ln or ln.lower().startswith("unsupported")]
+    return f" ({found[0]})" if found else ""
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Lightning checkpoint's contents, on the CPU, read with ``weights_only=True`` after its zip
+    CRCs are checked; one ``ValueError`` line naming the file when it is not a checkpoint, is
+    truncated or corrupt, or holds objects that could run code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as fh:
-        head = fh.read(1)
+        head = fh.read(len(ZIP_MAGIC))
     # torch.save writes a zip archive (older versions: a pickle, first byte 0x80); say that anything
     # else is not a checkpoint, rather than torch's advice about unpickling
-    if not (head == b"\x80" or zipfile.is_zipfile(path)):
+    if head == ZIP_MAGIC:
+        check_archive(path)
+    elif head[:1] != b"\x80":
         raise ValueError(f"not a Lightning checkpoint: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(f"refusing to load {path}: it holds objects other than weights and plain "
-                         f"data, which could run code when unpickled ({str(err).splitlines()[0]})") from None
+                         f"data, which could run code when unpickled{_unsafe_detail(err)}") from None
     except (RuntimeError, EOFError) as err:
-        raise ValueError(f"cannot read checkpoint {path} (truncated or not a checkpoint): "
+        raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt): "
                          f"{str(err).splitlines()[0]}") from None
+
+
+def module_class_of(checkpoint: dict[str, Any]) -> str | None:
+    """The LightningModule class a checkpoint was written by (``unigen`` modules record it; a
+    LightningCLI run records its ``class_path`` in the hyper-parameters), or None if unknown."""
+    recorded = checkpoint.get(CLASS_KEY)
+    if isinstance(recorded, str):
+        return recorded
+    cli = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    return cli if isinstance(cli, str) else None
+
+
+def check_state_shapes(own: dict[str, Any], state_dict: dict[str, Any], hint: str) -> None:
+    """One line naming the first tensor whose shape differs between a checkpoint's ``state_dict``
+    and the model's own (torch would print a page of size mismatches); ``hint`` says what to
+    check."""
+    wrong = [k for k, v in state_dict.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"checkpoint weights do not fit this model: {k} is "
+                         f"{list(state_dict[k].shape)} in the checkpoint, {list(own[k].shape)} "
+                         f"here ({len(wrong)} tensors differ; {hint})")
 
 
 class RecordsClassPath:

@@ -139,7 +139,11 @@ class ClipModule(FusedOptimizerClipping, L.LightningModule):
         self.log("train/logit_scale", self.clip.model.logit_scale.detach(), batch_size=n)
         return out.loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # right after the update, not in on_train_batch_end: ModelCheckpoint (a callback) runs
+        # before the module's on_train_batch_end and would save the unclamped value
         with torch.no_grad():
             self.clip.model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
 

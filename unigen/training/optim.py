@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
@@ -64,8 +63,22 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_rat
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class WarmupCosine:
+    """:func:`warmup_cosine_factor` with its settings as attributes.  ``LambdaLR`` checkpoints the
+    attributes of a callable object (not the arguments of a function or ``partial``), so the
+    schedule's length is saved and restored with the scheduler: a run resumed with another
+    ``max_steps`` keeps the schedule it was trained on (``unigen fit`` warns,
+    :class:`~unigen.training.reliability.ScheduleLengthCheck`)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> None:
+        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine_factor(step, self.warmup_steps, self.total_steps, self.min_ratio)
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
                   min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
-    """:func:`warmup_cosine_factor` as a per-step scheduler (a ``partial``, so it checkpoints)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-        warmup_cosine_factor, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio))
+    """:func:`warmup_cosine_factor` as a per-step scheduler whose settings checkpoint with it."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(warmup_steps, total_steps, min_ratio))

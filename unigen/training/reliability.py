@@ -13,6 +13,8 @@
   take an explicit generator (dropout, k-means init, dead-code restarts) becomes a function of the
   step, so a run resumed from a checkpoint draws exactly what the uninterrupted run drew (the
   global-RNG counterpart of ``UnifiedModule._generator``).
+* :class:`ScheduleLengthCheck` warns in one line when a resumed run restores an LR schedule of
+  another length than this run's step budget would give it (the restored one is kept).
 * :func:`harden_trainer` installs all of the above (and
   :class:`~unigen.training.host_threads.HostThreads`: one host thread beside an accelerator) on a
   built Trainer and makes ``ckpt_path="last"``
@@ -28,6 +30,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -252,15 +255,41 @@ class ReseedEveryStep(Callback):
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
-        self._step = -1
-        self._micro = 0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        step = int(trainer.global_step)
-        self._micro = self._micro + 1 if step == self._step else 0
-        self._step = step
-        seed_global_rngs(step_seed(self.seed, step, int(trainer.global_rank), self._micro))
+        # the window position from the batch's place in the epoch (where Lightning aligns its
+        # windows), not a count of calls, which a resumed process would restart at 0
+        every = max(1, int(trainer.accumulate_grad_batches))
+        seed_global_rngs(step_seed(self.seed, int(trainer.global_step), int(trainer.global_rank),
+                                   batch_idx % every))
+
+
+class ScheduleLengthCheck(Callback):
+    """Warn in one line when a resumed run's LR schedule was restored with another length than
+    this run would give it (``--trainer.max_steps 12 --ckpt_path last`` after a 6-step run).
+
+    The schedule's length is checkpointed (:class:`~unigen.training.optim.WarmupCosine`), so the
+    resumed run keeps the schedule it was trained on, as it keeps the optimizer's moments: after the
+    old length it trains at the schedule's final learning rate.  Reshaping it instead would jump
+    the learning rate back up mid-run; a new schedule is a new run from the weights."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None or not trainer.is_global_zero:
+            return
+        wanted = trainer.estimated_stepping_batches
+        if not np.isfinite(wanted):
+            return
+        for config in trainer.lr_scheduler_configs:
+            for fn in getattr(config.scheduler, "lr_lambdas", ()):
+                restored = getattr(fn, "total_steps", None)
+                if isinstance(restored, int) and restored != int(wanted):
+                    print(f"unigen: warning: the LR schedule restored from {trainer.ckpt_path} "
+                          f"runs over {restored} steps, this run's would run over {int(wanted)}: the "
+                          f"restored one is kept (after step {restored} the learning rate stays at "
+                          "its final value); for a new schedule start a new run from the weights "
+                          "(docs/reliability.md, \"Resuming a run\")", file=sys.stderr)
+                    return
 
 
 def _stable_checkpoint_dirs(trainer: L.Trainer) -> None:
@@ -275,13 +304,14 @@ def _stable_checkpoint_dirs(trainer: L.Trainer) -> None:
 
 def harden_trainer(trainer: L.Trainer, seed: int | None = None) -> L.Trainer:
     """Install atomic checkpoint IO, the NaN guard, per-step reseeding (when ``seed`` is an int),
-    one host thread beside an accelerator (``HostThreads``) and stable checkpoint directories on
+    one host thread beside an accelerator (``HostThreads``), the resumed-schedule check
+    (``ScheduleLengthCheck``) and stable checkpoint directories on
     ``trainer``; returns it.  Idempotent; a callback of the same type the trainer has already
     (e.g. a recipe's ``HostThreads`` with other settings) is kept."""
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     _stable_checkpoint_dirs(trainer)
-    wanted: list[Callback] = [NonFiniteLossGuard(), HostThreads()]
+    wanted: list[Callback] = [NonFiniteLossGuard(), HostThreads(), ScheduleLengthCheck()]
     if isinstance(seed, int) and not isinstance(seed, bool):
         wanted.append(ReseedEveryStep(seed))
     present = {type(cb) for cb in trainer.callbacks}

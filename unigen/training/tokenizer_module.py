@@ -33,7 +33,7 @@ from unigen.tokenizers.codebook_metrics import CodebookUsage
 from unigen.tokenizers.discriminator import AdversarialLoss
 from unigen.tokenizers.perceptual import PerceptualLoss
 from unigen.tokenizers.visualize import comparison_grid, save_png
-from unigen.training.checkpoint import RecordsClassPath
+from unigen.training.checkpoint import RecordsClassPath, check_state_shapes
 from unigen.training.ema import ModelEMA
 from unigen.training.optim import warmup_cosine
 
@@ -99,6 +99,12 @@ class TokenizerModule(RecordsClassPath, L.LightningModule):
         # the tokenizer is a constructor object, not a hyper-parameter: record how to rebuild it
         checkpoint[TOKENIZER_KEY] = {"type": type(self.tokenizer).type_name,
                                      "config": self.tokenizer.config}
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        # a checkpoint of another tokenizer config: one line instead of torch's page of sizes
+        check_state_shapes(self.state_dict(), state_dict,
+                           f"another {type(self.tokenizer).type_name} config than the recipe's?")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def __init__(self, tokenizer: ImageTokenizer, reconstruction_loss: Literal["l1", "l2"] = "l1",
                  perceptual: PerceptualLoss | None = None, adversarial: AdversarialLoss | None = None,
@@ -180,6 +186,7 @@ class TokenizerModule(RecordsClassPath, L.LightningModule):
         opt_g.zero_grad()
         self.manual_backward(terms["loss"])
         opt_g.step()
+        self._update_ema()  # manual optimization never calls optimizer_step
         self.lr_schedulers().step()
         if active:
             d_loss = self.adversarial.discriminator_term(images, out.reconstruction)
@@ -197,7 +204,15 @@ class TokenizerModule(RecordsClassPath, L.LightningModule):
         self.log_dict(logged, batch_size=batch_size)
         self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=batch_size)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # here, not in on_train_batch_end: Lightning runs callbacks (ModelCheckpoint) before the
+        # module's on_train_batch_end, so a step-N checkpoint would hold N - 1 EMA updates and a
+        # run resumed from it would lose one; once per optimizer step, also under accumulation
+        self._update_ema()
+
+    def _update_ema(self) -> None:
         if self.ema is not None:
             self.ema.update(self.tokenizer)
 

@@ -194,6 +194,22 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         key = hash((self.hparams.seed, int(self.global_step), int(self.global_rank), *salt))
         return gen.manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
 
+    def _micro_batch(self, batch_idx: int) -> int:
+        """Position of this batch in its gradient-accumulation window (0 without accumulation):
+        a function of the batch's place in the epoch, where Lightning aligns its windows, so a
+        resumed run computes it exactly as the uninterrupted one."""
+        trainer = self._trainer
+        every = int(trainer.accumulate_grad_batches) if trainer is not None else 1
+        return batch_idx % every if every > 1 else 0
+
+    def _step_generator(self, batch_idx: int) -> torch.Generator:
+        """The training step's generator; each micro-batch of an accumulation window draws its own
+        tasks, masks and condition dropout (they would all be the same with one seed per step).
+        The first micro-batch keeps the seed a step without accumulation has always had, so runs
+        without accumulation draw what they drew before."""
+        micro = self._micro_batch(batch_idx)
+        return self._generator(0, micro) if micro else self._generator(0)
+
     def _sample_generators(self, batch: dict[str, Any]) -> list[torch.Generator]:
         """One CPU generator per sample from (seed, global step, the sample's data-set index): a
         sample's noise does not depend on how the global batch is split (ranks, micro-batches)."""
@@ -313,7 +329,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         mark_step_begin(self.hparams.get("compile"))  # FinetuneModule's hparams have no compile
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        gen = self._sample_generators(batch) if self.hparams.get("per_sample_noise") else self._generator(0)
+        gen = (self._sample_generators(batch) if self.hparams.get("per_sample_noise")
+               else self._step_generator(batch_idx))
         tb, assignment = self._build_tasks(self.task_inputs(batch), gen)
         loss, per_row = self.diffusion_loss(tb, gen, assignment)
         if self._writes_step_logs():
