@@ -243,6 +243,18 @@ def test_ema_callback_validates_with_and_finally_applies_the_average(tmp_path):
     assert set(callback.state_dict()) >= {"weight", "bias", "num_updates"}
 
 
+def test_ema_callback_moves_once_per_optimizer_step_under_accumulation(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, generator=g)
+    data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
+    callback = EMACallback(decay=0.5, attribute="net", warmup=False)
+    t = trainer(tmp_path, max_steps=3, callbacks=[callback], accumulate_grad_batches=2,
+                limit_val_batches=0)
+    module = _Regressor()
+    t.fit(module, data)
+    assert t.global_step == 3 and int(callback.ema.num_updates) == 3  # 6 micro-batches, 3 steps
+
+
 def test_init_from_starts_from_an_exported_tokenizer(tmp_path):
     torch.manual_seed(0)
     exported = FSQTokenizer(levels=(5, 5, 5), **TINY)

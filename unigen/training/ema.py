@@ -95,7 +95,9 @@ class EMACallback(L.Callback):
 
     Validation and test run on the averaged weights; ``apply_on_fit_end`` leaves them in the model
     after training (so a checkpoint/export written afterwards holds the EMA).  The averages are saved
-    in and restored from Lightning checkpoints.
+    in and restored from Lightning checkpoints.  The average moves once per batch that stepped the
+    optimizer: under gradient accumulation the micro-batches before the step leave the weights as
+    they were, and averaging them again would only shorten the EMA's horizon.
     """
 
     def __init__(self, decay: float = 0.999, attribute: str | None = None, warmup: bool = True,
@@ -107,6 +109,7 @@ class EMACallback(L.Callback):
         self.ema: ModelEMA | None = None
         self._pending_state: dict[str, Any] | None = None
         self._swap: contextlib.ExitStack | None = None
+        self._step_at_batch_start = -1
 
     def _target(self, pl_module: L.LightningModule) -> nn.Module:
         if self.attribute is None:
@@ -131,8 +134,14 @@ class EMACallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._ensure(pl_module)
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._step_at_batch_start = trainer.global_step
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self._ensure(pl_module).update(self._target(pl_module))
+        # global_step counts optimizer steps (manual optimization included); Lightning runs this
+        # hook before ModelCheckpoint's, so a step-N checkpoint holds an N-step average
+        if trainer.global_step != self._step_at_batch_start:
+            self._ensure(pl_module).update(self._target(pl_module))
 
     def _swap_in(self, pl_module: L.LightningModule) -> None:
         if self.ema is None:
