@@ -171,6 +171,21 @@ def test_sweep_runs_the_grid_and_plots_curves(pipeline_dir, debug_recipe, tmp_pa
             assert img.width > 200
 
 
+def test_a_new_sweep_replaces_the_earlier_grids_points(pipeline_dir, debug_recipe, tmp_path):
+    out = tmp_path / "sweep"
+    tasks = ("--override", "data.num_samples=2", "--override",
+             "tasks={t2i: {num_steps: 2, metrics: [compositional_accuracy]}}")
+    first = run_eval(pipeline_dir, debug_recipe, out, *tasks, "--sweep", "t2i.guidance_scale=1,2,3")
+    assert len(list((out / "points").iterdir())) == 3
+    mine = out / "points" / first["metadata"]["points"][2]["dir"].split("/")[-1] / "my_notes.txt"
+    mine.write_text("keep me")
+    second = run_eval(pipeline_dir, debug_recipe, out, *tasks, "--sweep", "t2i.num_steps=2,4")
+    wanted = {p["dir"].split("/")[-1] for p in second["metadata"]["points"]}
+    # the earlier grid's folders are gone, except what eval did not write there
+    assert {p.name for p in (out / "points").iterdir()} == wanted | {mine.parent.name}
+    assert [p.name for p in mine.parent.iterdir()] == ["my_notes.txt"]
+
+
 def test_sweep_carries_model_calls_per_sampler(pipeline_dir, debug_recipe, tmp_path):
     out = tmp_path / "calls"
     summary = run_eval(pipeline_dir, debug_recipe, out, "--override", "data.num_samples=2",

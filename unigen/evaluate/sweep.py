@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from unigen.evaluate.loop import evaluate_pipeline
-from unigen.evaluate.persistence import POINTS_DIR
+from unigen.evaluate.persistence import POINTS_DIR, remove_run_outputs
 from unigen.evaluate.recipe import (_split_assignment, metric_entries, parse_config,
                                     setting_paths, with_setting)
 from unigen.evaluate.record_metrics import result_name
@@ -111,6 +111,19 @@ def check_sweep(config: Mapping[str, Any], axes: Mapping[str, Sequence[Any]]) ->
             parse_config(with_setting(base, key, value))
 
 
+def _remove_stale_points(points_dir: Path, wanted: set[str]) -> None:
+    """A new sweep replaces an earlier one: the point folders of a grid that is not this one lose
+    the files eval wrote there (and go when nothing else is left), so ``points/`` holds this
+    sweep's points only; files eval did not write are kept."""
+    if not points_dir.is_dir():
+        return
+    for folder in sorted(points_dir.iterdir()):
+        if folder.is_dir() and folder.name not in wanted:
+            remove_run_outputs(folder)
+            if not any(folder.iterdir()):
+                folder.rmdir()
+
+
 def sweep_pipeline(pipe, config: Mapping[str, Any], out_dir: str | os.PathLike,
                    axes: Mapping[str, Sequence[Any]] | None = None, progress: bool = True,
                    resume: bool = False, metadata: Mapping[str, Any] | None = None
@@ -123,13 +136,16 @@ def sweep_pipeline(pipe, config: Mapping[str, Any], out_dir: str | os.PathLike,
     axes = dict(recipe_axes if axes is None else axes)
     check_sweep(base, axes)
     out = Path(out_dir)
+    grid = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    labels = [_safe(f"{number:03d}_" + "_".join(f"{k}-{v}" for k, v in point.items()))
+              for number, point in enumerate(grid)]
+    if not resume:
+        _remove_stale_points(out / POINTS_DIR, set(labels))
     points, results, runs = [], [], []
-    for number, values in enumerate(itertools.product(*axes.values())):
-        point = dict(zip(axes, values))
+    for point, label in zip(grid, labels):
         point_config = base
         for key, value in point.items():
             point_config = with_setting(point_config, key, value)
-        label = _safe(f"{number:03d}_" + "_".join(f"{k}-{v}" for k, v in point.items()))
         run = evaluate_pipeline(pipe, point_config, out / POINTS_DIR / label, progress, resume,
                                 metadata)
         points.append(point)
