@@ -40,10 +40,38 @@ def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
+# the folders Lightning writes runs into: a second `make demo` would otherwise add `-v1`
+# checkpoints beside the first run's and leave its `last.ckpt` in place
+RUN_DIRS = ("image_tokenizer_run", "unified_run")
+
+
+def _replace_earlier_runs(out: Path) -> None:
+    import shutil
+
+    for name in RUN_DIRS:
+        if (out / name).is_dir():
+            print(f"replacing the earlier demo run in {out / name}", flush=True)
+            shutil.rmtree(out / name)
+
+
+def _validation_numbers(cli: Any, prefix: str = "val/") -> dict[str, float]:
+    """The last validation's logged numbers of a finished fit (what the stage reached)."""
+    metrics = cli.trainer.callback_metrics
+    return {k: float(v) for k, v in sorted(metrics.items())
+            if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1}
+
+
+def _print_numbers(numbers: dict[str, float]) -> None:
+    for name, value in numbers.items():
+        print(f"  {name:<38} {value:.4f}", flush=True)
+
+
 def run_demo(config_path: str | Path, out_dir: str | None = None) -> dict[str, Any]:
     from unigen.cli import _lightning_cli
     from unigen.commands import build_text_tokenizer
     from unigen.evaluate import evaluate_pipeline, load_eval_config
+    from unigen.evaluate.command import print_summary
+    from unigen.metrics.report import json_safe
     from unigen.pipeline import UnifiedPipeline
 
     config = load_demo_config(config_path)
@@ -51,6 +79,7 @@ def run_demo(config_path: str | Path, out_dir: str | None = None) -> dict[str, A
     seed = str(config.get("seed", 0))
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    _replace_earlier_runs(out)
 
     _banner("1/4 text tokenizer")
     tt = dict(config["text_tokenizer"])
@@ -59,19 +88,25 @@ def run_demo(config_path: str | Path, out_dir: str | None = None) -> dict[str, A
 
     _banner("2/4 image tokenizer (FSQ)")
     t0 = time.perf_counter()
-    _lightning_cli(["fit", "--config", config["image_tokenizer_recipe"], "--seed_everything", seed,
-                    "--trainer.default_root_dir", str(out / "image_tokenizer_run"),
-                    "--export_dir", str(out / "image_tokenizer")])
+    cli = _lightning_cli(["fit", "--config", config["image_tokenizer_recipe"], "--seed_everything",
+                          seed, "--trainer.default_root_dir", str(out / "image_tokenizer_run"),
+                          "--export_dir", str(out / "image_tokenizer")])
     timings["image_tokenizer_s"] = time.perf_counter() - t0
+    tokenizer_numbers = _validation_numbers(cli)
+    print("image tokenizer, last validation:")
+    _print_numbers(tokenizer_numbers)
 
     _banner("3/4 unified transformer (text-to-image, captioning, VQA)")
     t0 = time.perf_counter()
-    _lightning_cli(["fit", "--config", config["unified_recipe"], "--seed_everything", seed,
-                    "--model.init_args.image_tokenizer", str(out / "image_tokenizer"),
-                    "--model.init_args.text_tokenizer", str(out / "text_tokenizer"),
-                    "--trainer.default_root_dir", str(out / "unified_run"),
-                    "--export_dir", str(out / "model")])
+    cli = _lightning_cli(["fit", "--config", config["unified_recipe"], "--seed_everything", seed,
+                          "--model.init_args.image_tokenizer", str(out / "image_tokenizer"),
+                          "--model.init_args.text_tokenizer", str(out / "text_tokenizer"),
+                          "--trainer.default_root_dir", str(out / "unified_run"),
+                          "--export_dir", str(out / "model")])
     timings["unified_s"] = time.perf_counter() - t0
+    unified_numbers = _validation_numbers(cli)
+    print("unified transformer, last validation:")
+    _print_numbers(unified_numbers)
 
     _banner("4/4 evaluation on held-out compositions")
     t0 = time.perf_counter()
@@ -79,13 +114,17 @@ def run_demo(config_path: str | Path, out_dir: str | None = None) -> dict[str, A
     results = evaluate_pipeline(pipe, load_eval_config(config["evaluation"]), out / "eval")
     timings["evaluation_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
+    print_summary(results)
     summary = {"metrics": results.get("metrics", results), "timings": timings,
+               "validation": {"image_tokenizer": tokenizer_numbers, "unified": unified_numbers},
                "model": str(out / "model"), "eval_dir": str(out / "eval")}
-    io.write_json(out / "metrics.json", summary)
+    io.write_json(out / "metrics.json", json_safe(summary))
     _banner("done")
     print(f"model:        {out / 'model'}  (unigen generate --model {out / 'model'} --prompt ...)")
     print(f"metrics:      {out / 'metrics.json'}")
     print(f"eval report:  {out / 'eval' / 'report.md'}")
     print(f"image grids:  {out / 'eval'}/*.png")
-    print(f"total time:   {timings['total_s'] / 60:.1f} min")
+    stages = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.0f} s" for k, v in timings.items()
+                       if k != "total_s")
+    print(f"total time:   {timings['total_s'] / 60:.1f} min ({stages})")
     return summary

@@ -78,6 +78,39 @@ def test_demo_recipe_is_valid():
         assert (ROOT / config[key]).is_file(), key
 
 
+def test_demo_runs_end_to_end_prints_its_numbers_and_replaces_an_earlier_run(tmp_path, monkeypatch,
+                                                                           capsys):
+    """The demo's four stages on the debug recipes (seconds), twice into one folder."""
+    import json
+
+    from unigen.demo import run_demo
+
+    monkeypatch.chdir(ROOT)  # the recipe paths are relative to the project, as in `make demo`
+    out = tmp_path / "demo"
+    config = tmp_path / "demo.yaml"
+    config.write_text(
+        f"out_dir: {out}\nseed: 0\ntext_tokenizer: {{data: shapes, num_samples: 200, vocab_size: 256}}\n"
+        "image_tokenizer_recipe: recipes/debug/tokenizer_fsq_debug.yaml\n"
+        "unified_recipe: recipes/debug/unified_debug.yaml\n"
+        "evaluation: recipes/debug/eval_debug.yaml\n")
+    first = run_demo(config)
+    printed = capsys.readouterr().out
+    assert "image tokenizer, last validation:" in printed and "val/psnr" in printed
+    assert "unified transformer, last validation:" in printed and "val/loss" in printed
+    assert "vqa_exact_match" in printed and f"wrote {out / 'eval' / 'report.md'}" in printed
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["validation"]["image_tokenizer"]["val/psnr"] > 0
+    assert saved["metrics"] == pytest.approx(first["metrics"], nan_ok=True)
+
+    second = run_demo(config)
+    printed = capsys.readouterr().out
+    assert f"replacing the earlier demo run in {out / 'unified_run'}" in printed
+    # no `-v1` files beside the first run's: last.ckpt is the second run's own
+    names = sorted(p.name for p in (out / "unified_run" / "checkpoints").iterdir())
+    assert not any("-v1" in n for n in names) and "last.ckpt" in names
+    assert second["metrics"] == pytest.approx(first["metrics"], nan_ok=True)  # seeded
+
+
 @pytest.mark.parametrize("path", [p for p in RECIPES if kind(p) == "eval"], ids=lambda p: p.name)
 def test_eval_recipes_are_valid(path):
     evaluate = pytest.importorskip("unigen.evaluate")
