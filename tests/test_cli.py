@@ -66,6 +66,35 @@ def test_missing_tokenizer_is_one_clear_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 1
     assert err[-1].startswith("unigen: error:") and "runs/debug" in err[-1]
+    # a fresh clone hits this first: the line names the command that makes the missing directory
+    assert "`unigen text-tokenizer --data DATA --out runs/debug/text_tokenizer`" in err[-1]
+
+
+@pytest.mark.parametrize("verb, option, default", [
+    ("text-tokenizer", "--vocab-size", "default 4096"),
+    ("text-tokenizer", "--kind", "default wordlevel"),
+    ("text-tokenizer", "--seed", "default 0"),
+])
+def test_options_have_help_with_their_default(verb, option, default, capsys):
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    described = out.split("options:")[1].split(f" {option} ")[1].split(" --")[0]
+    assert default in described
+
+
+def test_eval_help_sweep_example_is_the_documented_key(capsys):
+    from unigen.evaluate import load_eval_config, parse_sweep
+    from unigen.evaluate.sweep import check_sweep
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    example = out.split("--sweep KEY=V1,V2,... evaluate every combination, e.g. ")[1].split()[0]
+    assert example == "t2i.guidance_scale=1,2,3"
+    axes = parse_sweep([example])  # and the parser accepts it on a real recipe
+    check_sweep(load_eval_config(ROOT / "recipes" / "debug" / "eval_debug.yaml"), axes)
+    assert axes == {"t2i.guidance_scale": [1, 2, 3]}
 
 
 def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):

@@ -337,13 +337,16 @@ def _answer(args: argparse.Namespace) -> None:
 def _text_tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="shapes",
                    help="a registered shard source: shapes | folder | fashion_mnist, or a plugin's "
-                        "(docs/extending.md)")
+                        "(docs/extending.md; default shapes)")
     p.add_argument("--root", default=None, help="image folder with metadata.jsonl (--data folder)")
     p.add_argument("--num-samples", type=int, default=20000,
-                   help="samples to read text from (shapes; sources without texts())")
-    p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--kind", default="wordlevel", help="wordlevel | bpe")
-    p.add_argument("--seed", type=int, default=0)
+                   help="samples to read text from (shapes; sources without texts(); default 20000)")
+    p.add_argument("--vocab-size", type=int, default=4096,
+                   help="vocabulary size, control tokens included (--task-token ids come on top; default 4096)")
+    p.add_argument("--kind", default="wordlevel",
+                   help="wordlevel (one id per word) | bpe (subwords) (default wordlevel)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="data set seed: which scenes/items the texts come from (default 0)")
     p.add_argument("--task-token", action="append", default=[], metavar="NAME",
                    help="add the <NAME> token of a task beyond the built-in six (repeatable; "
                         "docs/extending.md, \"A task\")")
@@ -476,7 +479,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="set a recipe key, e.g. data.num_samples=64 or t2i.num_steps=8 (repeatable)")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="evaluate every combination, e.g. guidance_scale=1,2,3 (repeatable)")
+                   help="evaluate every combination, e.g. t2i.guidance_scale=1,2,3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -90,6 +90,23 @@ def test_finetune_module_checks_image_size_and_options(pipeline_dir):
         FinetuneModule(str(pipeline_dir), lora={"rank": 0})
 
 
+def test_an_adapter_dir_with_other_trained_parts_is_refused(pipeline_dir):
+    # the adapter keeps LoRA weights only: a trained head would be lost and merge-lora would refuse
+    # the adapter as made for other base weights, so this is refused before any training
+    lora = {"rank": 2, "targets": ["attention"]}
+    for train_only in (["lora", "head"], ["blocks.1.*"]):
+        with pytest.raises(ValueError, match=r"adapter_dir holds LoRA weights only.*train only "
+                                             r"\[lora\].*--export_dir") as err:
+            FinetuneModule(str(pipeline_dir), image_size=32, lora=lora, train_only=train_only,
+                           adapter_dir="x")
+        assert repr(train_only[-1]) in str(err.value)
+    for train_only in (None, ["lora"], ["blocks.1.*.lora_a", "*.lora_b"]):  # adapters only: fine
+        FinetuneModule(str(pipeline_dir), image_size=32, lora=lora, train_only=train_only,
+                       adapter_dir="x")
+    # without adapter_dir the head may train alongside (exported whole with --export_dir)
+    FinetuneModule(str(pipeline_dir), image_size=32, lora=lora, train_only=["lora", "head"])
+
+
 def test_lora_fit_trains_adapters_only_and_its_outputs_agree(pipeline_dir, shard_dir, tmp_path,
                                                             monkeypatch):
     from unigen.cli import main
@@ -97,10 +114,10 @@ def test_lora_fit_trains_adapters_only_and_its_outputs_agree(pipeline_dir, shard
     from unigen.training.checkpoint import load_module_from_checkpoint
 
     monkeypatch.chdir(tmp_path)
+    # the recipe as shipped (only paths changed): its adapter must merge into its base below
     main(["fit", "--config", str(ROOT / "recipes" / "debug" / "finetune_lora_debug.yaml"),
           "--model.init_args.init_from", str(pipeline_dir),
           "--model.init_args.adapter_dir", str(tmp_path / "adapter"),
-          "--model.init_args.train_only", "[lora]",
           "--data.init_args.path", str(shard_dir), "--trainer.max_steps", "4",
           "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
           "--export_dir", str(tmp_path / "merged")])

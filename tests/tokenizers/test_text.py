@@ -1,4 +1,5 @@
 import json
+import re
 import unicodedata
 
 import pytest
@@ -156,8 +157,14 @@ def test_save_replaces_an_earlier_save_but_never_a_foreign_folder(word, tmp_path
 
 
 def test_from_pretrained_errors(word, tmp_path):
-    with pytest.raises(FileNotFoundError, match="text tokenizer file not found: .*nowhere"):
-        TextTokenizer.from_pretrained(tmp_path / "nowhere")
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="text tokenizer file not found: .*nowhere") as err:
+        TextTokenizer.from_pretrained(missing)
+    # the hint is the command that makes exactly the missing directory, on one line
+    assert f"`unigen text-tokenizer --data DATA --out {missing}`" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"--out {tmp_path / 'gone'}`")):
+        TextTokenizer.from_pretrained(tmp_path / "gone" / "tokenizer.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json is not a valid tokenizer.json"):
         TextTokenizer.from_pretrained(tmp_path / "bad.json")

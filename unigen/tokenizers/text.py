@@ -261,8 +261,11 @@ class TextTokenizer:
         path = Path(path)
         file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.is_file():
-            raise FileNotFoundError(f"text tokenizer file not found: {file} (train one with "
-                                    "TextTokenizer.train(...).save_pretrained(dir))")
+            # only the path is known here, not the data the caller trains on: DATA stays a blank
+            out = path.parent if path.suffix == ".json" else path
+            raise FileNotFoundError(f"text tokenizer file not found: {file} (make it with `unigen "
+                                    f"text-tokenizer --data DATA --out {out}`; DATA: the training "
+                                    f"data source, e.g. shapes)")
         try:
             raw = file.read_text()
             tok = Tokenizer.from_str(raw)

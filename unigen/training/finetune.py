@@ -31,7 +31,8 @@ from unigen.training.unified_module import UnifiedModule
 # preset name -> patterns over the parameter names of unigen.modules.transformer.UnifiedTransformer
 TRAIN_PRESETS: Registry[tuple[str, ...]] = Registry("train_only preset")
 TRAIN_PRESETS.register("all")(("*",))
-TRAIN_PRESETS.register("lora")(("*.lora_a", "*.lora_b"))
+LORA_SUFFIXES = (".lora_a", ".lora_b")  # unigen.modules.lora.LoRALinear's adapter parameters
+TRAIN_PRESETS.register("lora")(tuple(f"*{s}" for s in LORA_SUFFIXES))
 TRAIN_PRESETS.register("head")(("head.*",))
 TRAIN_PRESETS.register("image_head")(("head.image.*",))  # head: separate (UniDisc-style) only
 TRAIN_PRESETS.register("text_head")(("head.text.*",))
@@ -79,7 +80,8 @@ class FinetuneModule(UnifiedModule):
             ``dropout``, ``targets``, ``seed``) or ``None`` for no adapters.
         train_only: what trains (:data:`TRAIN_PRESETS` names or parameter patterns); default
             ``[lora]`` with adapters, else ``[all]``.
-        adapter_dir: where the adapters alone are written at the end of ``fit`` (LoRA only).
+        adapter_dir: where the adapters alone are written at the end of ``fit`` (LoRA only, and
+            ``train_only`` must train nothing but the adapters).
         The other arguments are :class:`UnifiedModule`'s training settings.
     """
 
@@ -104,7 +106,14 @@ class FinetuneModule(UnifiedModule):
         if adapter_dir is not None and lora is None:
             raise ValueError("adapter_dir needs lora: (there are no adapters to save)")
         self.train_only = list(train_only) if train_only else (["lora"] if lora is not None else ["all"])
-        trainable_patterns(self.train_only)
+        patterns = trainable_patterns(self.train_only)
+        # the adapter file holds LoRA weights and the fingerprint of the frozen base: any other part
+        # trained here would be lost from it, and merge-lora would refuse it as made for other weights
+        others = [e for e, ps in patterns.items() if not all(p.endswith(LORA_SUFFIXES) for p in ps)]
+        if adapter_dir is not None and others:
+            raise ValueError(f"adapter_dir holds LoRA weights only, but train_only also trains "
+                             f"{others}: train only [lora] (add head to lora.targets to adapt the "
+                             f"head), or drop adapter_dir and export the whole model with --export_dir")
         # UnifiedModule's save_hyperparameters also recorded its architecture arguments, which come
         # from init_from here; a checkpoint must rebuild this class from its own arguments only
         self.remove_ignored_hparams([k for k in list(self.hparams) if k not in _OWN_ARGS])
