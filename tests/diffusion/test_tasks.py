@@ -69,6 +69,11 @@ def test_empty_and_too_long_text_are_clear_errors(space):
                                             ["red " * 40]), space)
     with pytest.raises(ValueError, match="needs a question"):
         TASKS.get("vqa")().build(TaskInputs(torch.zeros(1, 4, 4, dtype=torch.long), ["x"]), space)
+    # data without questions (an image folder of captions) names the task that asked for them
+    codes = torch.zeros(2, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="task 'vqa' needs a question in every sample, and this batch has none.*leave "
+                                         "'vqa' out of the model's tasks"):
+        TASKS.get("vqa")().build(TaskInputs(codes, ["x", "y"], ["", ""], ["", ""]), space)
 
 
 @pytest.fixture(scope="module")

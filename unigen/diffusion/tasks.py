@@ -100,8 +100,15 @@ class Task(ABC):
 
 
 def _require(value, what: str, task: str):
-    if value is None:
-        raise ValueError(f"task {task!r} needs {what} in every sample")
+    # data without the field (an image folder of captions, trained with the vqa task) must say
+    # which task asked for it, not only that a string was empty
+    texts = value if isinstance(value, (list, tuple)) else ()
+    # (a batch of several samples all blank is data without the field; one blank text, such as a
+    # user's empty prompt, is reported by the encoder as an empty text; a None item is a text to
+    # generate, as in `UnifiedPipeline.answer`)
+    if value is None or (len(texts) > 1 and all(isinstance(v, str) and not v.strip() for v in texts)):
+        raise ValueError(f"task {task!r} needs {what} in every sample, and this batch has none "
+                         f"(data without them: leave {task!r} out of the model's tasks)")
     return value
 
 
