@@ -76,3 +76,21 @@ def test_the_bar_total_after_a_mid_epoch_resume_is_where_the_run_stops(tmp_path)
             BoringModel(), ckpt_path=tmp_path / "step=4.ckpt")
     # batches 5 and 6 of the epoch, which ends the run at its 6th batch (Lightning showed 5/1, 6/1)
     assert resumed.shown == [(5, 6), (6, 6)]
+
+
+def test_output_that_is_not_a_terminal_gets_a_plain_line_every_few_percent(tmp_path, capsys):
+    from unigen.training.progress import ProgressLines
+
+    trainer = use_run_progress_bar(_trainer(tmp_path, max_steps=40, limit_train_batches=8),
+                                   interactive=False)
+    lines = [cb for cb in trainer.callbacks if isinstance(cb, ProgressLines)]
+    assert len(lines) == 1 and lines[0]._every(trainer) == 2  # a twentieth of 40 steps
+    trainer.fit(BoringModel())
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert [ln.split(" (")[0] for ln in printed] == [f"step {s}/40" for s in range(2, 41, 2)]
+    assert printed[-1].startswith("step 40/40 (100 %)") and printed[-1].endswith("steps/s")
+    # on a terminal the rich bar is enough; twice installed, the lines come once
+    assert not any(isinstance(cb, ProgressLines) for cb in use_run_progress_bar(
+        _trainer(tmp_path, max_steps=4), interactive=True).callbacks)
+    assert len([cb for cb in use_run_progress_bar(trainer, interactive=False).callbacks
+                if isinstance(cb, ProgressLines)]) == 1
