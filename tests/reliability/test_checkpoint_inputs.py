@@ -24,11 +24,9 @@ def _error_line(argv: list[str], capsys) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def unified_run(tokenizer_dirs, tmp_path_factory) -> tuple[Path, list[str]]:
-    """A one-step unified run: (its last.ckpt, the command line that made it)."""
-    root = tmp_path_factory.mktemp("unified_ckpt")
-    argv = [*unified_case(tokenizer_dirs).argv(root / "run"), "--trainer.max_steps", "1"]
+def _one_step_run(case, root: Path) -> tuple[Path, list[str]]:
+    """Fit ``case`` for one step in ``root``: (its last.ckpt, the command line that made it)."""
+    argv = [*case.argv(root / "run"), "--trainer.max_steps", "1"]
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -36,19 +34,17 @@ def unified_run(tokenizer_dirs, tmp_path_factory) -> tuple[Path, list[str]]:
     finally:
         os.chdir(cwd)
     return root / "run" / "checkpoints" / "last.ckpt", argv
+
+
+@pytest.fixture(scope="module")
+def unified_run(tokenizer_dirs, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A one-step unified run: (its last.ckpt, the command line that made it)."""
+    return _one_step_run(unified_case(tokenizer_dirs), tmp_path_factory.mktemp("unified_ckpt"))
 
 
 @pytest.fixture(scope="module")
 def tokenizer_run(tmp_path_factory) -> tuple[Path, list[str]]:
-    root = tmp_path_factory.mktemp("tokenizer_ckpt")
-    argv = [*tokenizer_case().argv(root / "run"), "--trainer.max_steps", "1"]
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        main(argv)
-    finally:
-        os.chdir(cwd)
-    return root / "run" / "checkpoints" / "last.ckpt", argv
+    return _one_step_run(tokenizer_case(), tmp_path_factory.mktemp("tokenizer_ckpt"))
 
 
 # -- the recipe, not the checkpoint, says what is built ---------------------------------------------
