@@ -178,7 +178,7 @@ class ClipModule(FusedOptimizerClipping, L.LightningModule):
         with the last validation retrieval accuracies."""
         if self.clip.processor is None:
             raise RuntimeError("cannot export a ClipModule without a vocabulary")
-        with io.atomic_directory(path) as tmp:
+        with io.atomic_directory(path, marker=INFO_NAME) as tmp:
             self.clip.model.save_pretrained(tmp)
             self.clip.processor.save_pretrained(tmp)
             io.write_json(tmp / INFO_NAME, {"retrieval": self.retrieval,
