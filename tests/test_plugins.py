@@ -396,12 +396,13 @@ def test_the_pipeline_asks_the_sampler_for_its_special_ids(plugin_env, model_dir
                  "--sampler", "eos_aware", "--out", str(tmp_path / "g.png")]) == 0
     pipe = UnifiedPipeline.from_pretrained(model_dir)
     assert sys.modules[module].BUILT[-1] == (pipe.space.eos_id, pipe.space.pad_id)
-    assert pipe.sampler_kwargs("semi_ar", {"pad_id": 7}) == {"eos_id": pipe.space.eos_id, "pad_id": 7}
-    assert pipe.sampler_kwargs("maskgit", {}) == {}
+    semi = pipe.make_sampler("semi_ar", {"pad_id": 7})
+    assert (semi.eos_id, semi.pad_id) == (pipe.space.eos_id, 7)  # a given id is kept
+    assert pipe.make_sampler("maskgit").mask_id == pipe.space.mask_id
 
     class Odd(SAMPLERS.get("maskgit")):
         needs_special_ids = ("bos_id",)
 
     SAMPLERS.register("odd")(Odd)
     with pytest.raises(ValueError, match="sampler 'odd' asks for the special id 'bos_id'"):
-        pipe.sampler_kwargs("odd", {})
+        pipe.make_sampler("odd")

@@ -37,8 +37,8 @@ from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.modules.transformer import PrefixCache, UnifiedTransformer
 from unigen.modules.heads import HEADS
-from unigen.sampling import SAMPLERS, ClassifierFreeGuidance, Sampler, decode
-from unigen.sampling.base import check_num_steps, make_sampler, special_id_options
+from unigen.sampling import ClassifierFreeGuidance, Sampler, decode
+from unigen.sampling.base import check_num_steps, make_sampler
 from unigen.sampling.graphed import GraphedModelFn, autocast_state, check_cuda_graphs
 from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
 from unigen.tokenizers.text import TextTokenizer
@@ -325,12 +325,6 @@ class UnifiedPipeline:
     def special_ids(self) -> dict[str, int]:
         """The vocabulary's ids a sampler may declare it needs (``Sampler.needs_special_ids``)."""
         return {"eos_id": self.space.eos_id, "pad_id": self.space.pad_id, "sep_id": self.space.sep_id}
-
-    def sampler_kwargs(self, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """``kwargs`` plus the special ids the sampler declares it needs
-        (``Sampler.needs_special_ids``, e.g. ``semi_ar``'s ``eos_id`` and ``pad_id``), from this
-        pipeline's vocabulary unless given."""
-        return special_id_options(name, SAMPLERS.get(name), kwargs, self.special_ids)
 
     def make_sampler(self, sampler: str | Sampler, options: dict[str, Any] | None = None,
                      option: str = "sampler_kwargs") -> Sampler:
