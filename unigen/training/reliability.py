@@ -236,6 +236,14 @@ def step_seed(seed: int, *key: int) -> int:
     return int(state[0]) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def micro_batch_index(trainer: L.Trainer | None, batch_idx: int) -> int:
+    """Position of a batch in its gradient-accumulation window (0 without accumulation): a function
+    of the batch's place in the epoch, where Lightning aligns its windows, not a count of calls,
+    which a resumed process would restart at 0."""
+    every = max(1, int(trainer.accumulate_grad_batches)) if trainer is not None else 1
+    return batch_idx % every
+
+
 def seed_global_rngs(seed: int) -> None:
     """Seed torch (every device), NumPy's legacy global RNG and ``random`` from one seed."""
     torch.manual_seed(seed)
@@ -258,11 +266,8 @@ class ReseedEveryStep(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        # the window position from the batch's place in the epoch (where Lightning aligns its
-        # windows), not a count of calls, which a resumed process would restart at 0
-        every = max(1, int(trainer.accumulate_grad_batches))
         seed_global_rngs(step_seed(self.seed, int(trainer.global_step), int(trainer.global_rank),
-                                   batch_idx % every))
+                                   micro_batch_index(trainer, batch_idx)))
 
 
 class ScheduleLengthCheck(Callback):

@@ -32,7 +32,7 @@ from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.compilation import compile_blocks, compile_mode, mark_step_begin
 from unigen.training.frozen import FrozenImageTokenizer
 from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_cosine
-from unigen.training.reliability import NonFiniteLossGuard, step_seed
+from unigen.training.reliability import NonFiniteLossGuard, micro_batch_index, step_seed
 from unigen.training.stages import EvaluationStages
 from unigen.training.validation_sampling import (
     check_sampling_options, log_validation_samples, sampling_defaults,
@@ -195,12 +195,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         return gen.manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
 
     def _micro_batch(self, batch_idx: int) -> int:
-        """Position of this batch in its gradient-accumulation window (0 without accumulation):
-        a function of the batch's place in the epoch, where Lightning aligns its windows, so a
-        resumed run computes it exactly as the uninterrupted one."""
-        trainer = self._trainer
-        every = int(trainer.accumulate_grad_batches) if trainer is not None else 1
-        return batch_idx % every if every > 1 else 0
+        """Position of this batch in its gradient-accumulation window (:func:`micro_batch_index`)."""
+        return micro_batch_index(self._trainer, batch_idx)
 
     def _step_generator(self, batch_idx: int) -> torch.Generator:
         """The training step's generator; each micro-batch of an accumulation window draws its own
