@@ -33,7 +33,8 @@ class TaskInputs:
     """Raw inputs for one batch; ``image_codes`` are codebook indices [B, h, w] (None if absent).
     ``descriptions``: exhaustive scene descriptions (shapes world), an alternative caption text.
     ``regions``: bool [B, h, w], the image tokens to regenerate (inpainting at inference; None:
-    the task draws its own)."""
+    the task draws its own).  ``segments``: codes of further modalities by segment name, each
+    [B, *shape] (:mod:`unigen.modalities`)."""
 
     image_codes: Tensor | None
     captions: Sequence[str] | None = None
@@ -41,6 +42,7 @@ class TaskInputs:
     answers: Sequence[str | None] | None = None  # None in a row: to be generated (inference)
     descriptions: Sequence[str] | None = None
     regions: Tensor | None = None
+    segments: dict[str, Tensor] | None = None
 
     def select(self, rows: list[int]) -> "TaskInputs":
         pick = (lambda xs: None if xs is None else [xs[i] for i in rows])  # noqa: E731
@@ -48,18 +50,22 @@ class TaskInputs:
         if self.image_codes is not None:
             index = to_device(torch.tensor(rows, dtype=torch.long), self.image_codes.device)
             codes = self.image_codes.index_select(0, index)
-        regions = None
-        if self.regions is not None:
-            index = to_device(torch.tensor(rows, dtype=torch.long), self.regions.device)
-            regions = self.regions.index_select(0, index)
+        regions = None if self.regions is None else _pick_rows(self.regions, rows)
+        segments = None if self.segments is None else {
+            name: _pick_rows(codes, rows) for name, codes in self.segments.items()}
         return TaskInputs(codes, pick(self.captions), pick(self.questions), pick(self.answers),
-                          pick(self.descriptions), regions)
+                          pick(self.descriptions), regions, segments)
 
     def __len__(self) -> int:
-        for field in (self.image_codes, self.captions, self.questions):
+        for field in (self.image_codes, self.captions, self.questions,
+                      *(self.segments or {}).values()):
             if field is not None:
                 return len(field)
         return 0
+
+
+def _pick_rows(x: Tensor, rows: list[int]) -> Tensor:
+    return x.index_select(0, to_device(torch.tensor(rows, dtype=torch.long), x.device))
 
 
 @dataclass
@@ -113,7 +119,10 @@ def _require(value, what: str, task: str):
 
 
 def _device(inputs: TaskInputs):
-    return inputs.image_codes.device if inputs.image_codes is not None else None
+    for codes in (inputs.image_codes, *(inputs.segments or {}).values()):
+        if codes is not None:
+            return codes.device
+    return None
 
 
 CAPTION_TEXTS: dict[str, str] = {"captions": "a caption", "descriptions": "a description"}
@@ -251,6 +260,45 @@ class Inpainting(CaptionImageTask):
                                  f"{tuple(region.shape)}")
         tb.target[:, space.sequence.image] = region.flatten(1)
         return tb
+
+
+class SegmentTask(Task):
+    """A task stated by its segments: ``given`` (clean, the condition and the cacheable prefix) and
+    ``predicted`` (masked targets); every other segment holds ``<pad>``: absent, neither given
+    nor predicted (``<mask>`` there would read as tokens still to be decoded).
+    Segments are ``text`` (the inputs' captions), ``image`` (the image codes) or extra segments
+    (the inputs' ``segments``, :mod:`unigen.modalities`).  A modality's tasks subclass it:
+
+    >>> @TASKS.register("layout2i")
+    ... class LayoutToImage(SegmentTask):
+    ...     name, given, predicted = "layout2i", ("layout",), ("image",)
+    """
+
+    given: tuple[str, ...] = ()
+    predicted: tuple[str, ...] = ()
+
+    def build(self, inputs, space, generator=None):
+        used = (*self.given, *self.predicted)
+        device = _device(inputs)
+        text = image = None
+        if "text" in used:
+            text = space.encode_captions(_require(inputs.captions, "a caption", self.name))
+        if "image" in used:
+            image = _require(inputs.image_codes, "an image", self.name)
+        segments = {}
+        for name in used:
+            if name in ("text", "image"):
+                continue
+            codes = (inputs.segments or {}).get(name)
+            segments[name] = _require(codes, f"{name} codes", self.name)
+        tokens = space.assemble(self.name, None if text is None else to_device(text, device), image,
+                                batch_size=len(inputs), segments=segments)
+        unused = [n for n in ("text", "image", *space.sequence.extra) if n not in used]
+        if unused:
+            absent = to_device(space.segment_mask(len(tokens), *unused), tokens.device)
+            tokens = tokens.masked_fill(absent, space.pad_id)
+        masks = self._masks(space, len(tokens), self.predicted, self.given, self.given)
+        return TaskBatch(tokens, *masks)
 
 
 class TaskMixture:

@@ -17,6 +17,9 @@ from unigen.transfer import to_device
 
 class TokenSpace:
     def __init__(self, text_tokenizer: Any, vocab: VocabLayout, sequence: SequenceLayout) -> None:
+        if list(vocab.extra) != list(sequence.extra):
+            raise ValueError(f"the vocabulary's extra segments {list(vocab.extra)} differ from the "
+                             f"sequence layout's {list(sequence.extra)}")
         self.text_tokenizer = text_tokenizer
         self.vocab = vocab
         self.sequence = sequence
@@ -99,18 +102,26 @@ class TokenSpace:
 
     # -- sequences -----------------------------------------------------------------------------------
     def assemble(self, task: str, text_ids: Tensor | None, image_codes: Tensor | None,
-                 batch_size: int | None = None) -> Tensor:
-        """[B, S] tokens.  ``image_codes`` are codebook indices [B, h, w] or [B, N]; a missing text or
-        image segment is filled with ``<mask>`` (it is then either generated or left unconditioned)."""
+                 batch_size: int | None = None, segments: dict[str, Tensor] | None = None) -> Tensor:
+        """[B, S] tokens.  ``image_codes`` are codebook indices [B, h, w] or [B, N]; ``segments``
+        maps extra segment names to their codes [B, *shape].  A missing text or image segment is
+        filled with ``<mask>`` (it is then either generated or left unconditioned); a missing
+        extra segment with ``<pad>``: tasks that know nothing of it leave it absent, not to be
+        decoded."""
         seq, vocab = self.sequence, self.vocab
-        b = batch_size or (text_ids.shape[0] if text_ids is not None else image_codes.shape[0])
-        device = text_ids.device if text_ids is not None else (
-            image_codes.device if image_codes is not None else None)
+        segments = segments or {}
+        present = [x for x in (text_ids, image_codes, *segments.values()) if x is not None]
+        b = batch_size or (present[0].shape[0] if present else None)
+        if b is None:
+            raise ValueError("assemble needs a batch_size when no segment is given")
+        device = present[0].device if present else None
         tokens = torch.full((b, seq.length), self.mask_id, dtype=torch.long, device=device)
         tokens[:, seq.task_pos] = self.task_token(task)
         tokens[:, seq.task_pos + 1] = vocab.special("<bos>")
         tokens[:, seq.soi_pos] = vocab.special("<soi>")
-        tokens[:, seq.image.stop] = vocab.special("<eoi>")
+        tokens[:, seq.eoi_pos] = vocab.special("<eoi>")
+        if seq.extra:
+            tokens[:, seq.eoi_pos + 1:] = self.pad_id
         if text_ids is not None:
             tokens[:, seq.text] = to_device(text_ids, tokens.device)
         if image_codes is not None:
@@ -119,6 +130,17 @@ class TokenSpace:
                 raise ValueError(f"image has {codes.shape[1]} tokens but the model expects "
                                  f"{seq.num_image_tokens} ({seq.grid[0]}x{seq.grid[1]})")
             tokens[:, seq.image] = vocab.image_to_vocab(to_device(codes, tokens.device))
+        for name, codes in segments.items():
+            if codes is None:
+                continue
+            if name not in seq.extra:
+                seq.extra_segment(name)  # raises the unknown-segment error
+            shape = seq.extra[name]
+            if tuple(codes.shape) != (b, *shape):
+                raise ValueError(f"{name} codes must be [{b}, {', '.join(map(str, shape))}], got "
+                                 f"{list(codes.shape)}")
+            tokens[:, seq.extra_segment(name)] = vocab.codes_to_vocab(
+                name, to_device(codes.reshape(b, -1), tokens.device))
         return tokens
 
     def task_token(self, task: str) -> int:
@@ -136,20 +158,25 @@ class TokenSpace:
         h, w = self.sequence.grid
         return self.vocab.vocab_to_image(tokens[:, self.sequence.image]).reshape(-1, h, w)
 
+    def segment_codes(self, tokens: Tensor, name: str) -> Tensor:
+        """[B, S] -> an extra segment's codebook indices [B, *shape] (``image``: [B, h, w])."""
+        if name == "image":
+            return self.image_codes(tokens)
+        seq = self.sequence
+        return self.vocab.vocab_to_codes(name, tokens[:, seq.extra_segment(name)]).reshape(
+            -1, *seq.extra[name])
+
     def segment_mask(self, batch_size: int, *segments: str, device: torch.device | None = None) -> Tensor:
         """[B, S] bool covering the named segments (``text``, ``image``, ``structure``,
-        ``question``: the question slot, empty without one)."""
+        ``question``: the question slot, empty without one; or an extra segment's name)."""
         seq = self.sequence
         mask = torch.zeros(seq.length, dtype=torch.bool)  # built on the host, copied once
         for name in segments:
-            if name == "text":
-                mask[seq.text] = True
-            elif name == "image":
-                mask[seq.image] = True
-            elif name == "question":
-                mask[seq.question] = True
-            elif name == "structure":
-                mask[[seq.task_pos, seq.task_pos + 1, seq.soi_pos, seq.image.stop]] = True
+            if name == "structure":
+                mask[[seq.task_pos, seq.task_pos + 1, seq.soi_pos, seq.eoi_pos]] = True
+            elif name in ("text", "image", "question") or name in seq.extra:
+                mask[seq.segment(name)] = True
             else:
-                raise ValueError(f"unknown segment {name!r}")
+                raise ValueError(f"unknown segment {name!r} (have text, image, question, structure"
+                                 f"{''.join(', ' + n for n in seq.extra)})")
         return to_device(mask, device).expand(batch_size, -1).clone()

@@ -6,7 +6,13 @@ Vocabulary (Show-o / UniDisc): ``[0, text_size)`` are the text tokenizer's ids, 
 
 Sequence (one layout for every task, so any batch mixes tasks freely)::
 
-    [task] [bos] text (max_text_len) [soi] image (h * w) [eoi]
+    [task] [bos] text (max_text_len) [soi] image (h * w) [eoi] extra_1 extra_2 ...
+
+Extra segments hold further modalities (:mod:`unigen.modalities`: a scene layout, audio codes...),
+one per entry of ``SequenceLayout.extra`` (name -> token grid shape), their codes appended to the
+vocabulary after the image codes in the same order (``VocabLayout.extra``: name -> codebook
+size), as in UniDisc's and MMaDA's multimodal layouts.  They carry no bracket tokens: a segment is
+told by its modality embedding and position, and its place in the layout is fixed.
 
 The text segment holds ``caption <eos> <pad>...`` or ``question <sep> answer <eos> <pad>...``.
 With a *question slot* of ``q`` positions (``question_slot=q``) a question always fills the first
@@ -18,14 +24,16 @@ Tasks differ only in which positions are given and which are predicted (``unigen
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-# modality ids used for per-position heads and legal-logit masks
+# modality ids used for per-position heads and legal-logit masks; extra segments follow (3, 4, ...)
 STRUCTURE, TEXT, IMAGE = 0, 1, 2
+BUILTIN_SEGMENTS = ("text", "image", "question", "structure")
 
 # specials the text segment may never *predict* (they are placed by the layout, not generated);
 # <unk> stays predictable: a caption word missing from the vocabulary is a legal <unk> target
@@ -43,10 +51,16 @@ class VocabLayout:
     text_size: int
     image_size: int
     specials: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, int] = field(default_factory=dict)  # extra segment name -> codebook size
 
     REQUIRED = ("<pad>", "<mask>", "<bos>", "<eos>", "<soi>", "<eoi>", "<sep>")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "extra", dict(self.extra))
+        check_extra_names(self.extra, "vocabulary layout")
+        small = {k: v for k, v in self.extra.items() if not isinstance(v, int) or v <= 0}
+        if small:
+            raise ValueError(f"extra segment codebook sizes must be positive integers, got {small}")
         missing = [s for s in self.REQUIRED if s not in self.specials]
         if missing:
             raise ValueError(f"vocabulary layout is missing special tokens {missing}")
@@ -58,7 +72,43 @@ class VocabLayout:
 
     @property
     def total_size(self) -> int:
-        return self.text_size + self.image_size
+        return self.text_size + self.image_size + sum(self.extra.values())
+
+    @property
+    def num_modalities(self) -> int:
+        """Rows of :meth:`legal_bias`: structure, text, image and one per extra segment."""
+        return 3 + len(self.extra)
+
+    def modality_id(self, name: str) -> int:
+        """The modality id of a segment: ``text``, ``image`` or an extra segment's name."""
+        if name == "text":
+            return TEXT
+        if name == "image":
+            return IMAGE
+        if name in self.extra:
+            return 3 + list(self.extra).index(name)
+        raise ValueError(f"no segment {name!r} in the vocabulary (have text, image"
+                         f"{''.join(', ' + n for n in self.extra)})")
+
+    def offset(self, name: str) -> int:
+        """The first vocabulary id of a segment's codes (``image`` or an extra segment)."""
+        if name == "image":
+            return self.image_offset
+        start = self.image_offset + self.image_size
+        for other, size in self.extra.items():
+            if other == name:
+                return start
+            start += size
+        raise ValueError(f"no code segment {name!r} in the vocabulary (have image"
+                         f"{''.join(', ' + n for n in self.extra)})")
+
+    def codebook_size(self, name: str) -> int:
+        """The number of codes of a segment (``image`` or an extra segment)."""
+        if name == "image":
+            return self.image_size
+        if name not in self.extra:
+            self.offset(name)  # raises the unknown-segment error
+        return self.extra[name]
 
     @property
     def image_offset(self) -> int:
@@ -82,22 +132,42 @@ class VocabLayout:
     def legal_range(self, modality: int) -> slice:
         if modality == TEXT:
             return slice(0, self.text_size)
-        if modality == IMAGE:
-            return slice(self.image_offset, self.total_size)
+        names = ("image", *self.extra)
+        if IMAGE <= modality < IMAGE + len(names):
+            name = names[modality - IMAGE]
+            start = self.offset(name)
+            return slice(start, start + self.codebook_size(name))
         raise ValueError(f"modality {modality} has no output range")
 
     def image_to_vocab(self, codes: Tensor) -> Tensor:
-        return codes.long() + self.image_offset
+        return self.codes_to_vocab("image", codes)
 
     def vocab_to_image(self, ids: Tensor) -> Tensor:
-        codes = ids.long() - self.image_offset
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.image_size):
-            raise ValueError("ids outside the image code range cannot be decoded to an image")
+        return self.vocab_to_codes("image", ids)
+
+    def codes_to_vocab(self, name: str, codes: Tensor) -> Tensor:
+        """A segment's codebook indices -> vocabulary ids."""
+        size = self.codebook_size(name)
+        codes = codes.long()
+        if name != "image" and codes.numel() and (codes.min() < 0 or codes.max() >= size):
+            # (image codes come from the image tokenizer, which checks its own range)
+            raise ValueError(f"{name} codes must lie in [0, {size}), got "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
+        return codes + self.offset(name)
+
+    def vocab_to_codes(self, name: str, ids: Tensor) -> Tensor:
+        """Vocabulary ids -> a segment's codebook indices; ids outside its range are refused."""
+        size = self.codebook_size(name)
+        codes = ids.long() - self.offset(name)
+        if codes.numel() and (codes.min() < 0 or codes.max() >= size):
+            what = "an image" if name == "image" else f"{name} codes"
+            raise ValueError(f"ids outside the {name} code range cannot be decoded to {what}")
         return codes
 
     def legal_bias(self) -> Tensor:
-        """[3, V] additive logit bias: 0 where a modality may emit a token, -inf elsewhere."""
-        bias = torch.full((3, self.total_size), float("-inf"))
+        """[M, V] additive logit bias (M: :attr:`num_modalities`): 0 where a modality may emit a
+        token, -inf elsewhere."""
+        bias = torch.full((self.num_modalities, self.total_size), float("-inf"))
         bias[STRUCTURE] = 0.0  # structure positions are never predicted; keep them finite
         bias[TEXT, self.legal_range(TEXT)] = 0.0
         for name in _NON_OUTPUT_SPECIALS:
@@ -106,16 +176,30 @@ class VocabLayout:
         for name, idx in self.specials.items():
             if name.startswith("<") and name not in self.REQUIRED and name != "<unk>":
                 bias[TEXT, idx] = float("-inf")  # task tokens
-        bias[IMAGE, self.legal_range(IMAGE)] = 0.0
+        for modality in range(IMAGE, self.num_modalities):
+            bias[modality, self.legal_range(modality)] = 0.0
         return bias
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.extra:  # absent when empty: configs saved before extra segments stay equal
+            del out["extra"]
+        return out
 
     @classmethod
-    def from_tokenizers(cls, text_tokenizer: Any, image_codebook_size: int) -> "VocabLayout":
+    def from_tokenizers(cls, text_tokenizer: Any, image_codebook_size: int,
+                        extra: dict[str, int] | None = None) -> "VocabLayout":
         return cls(text_size=text_tokenizer.vocab_size, image_size=image_codebook_size,
-                   specials=dict(text_tokenizer.special_ids))
+                   specials=dict(text_tokenizer.special_ids), extra=dict(extra or {}))
+
+
+def check_extra_names(names, where: str) -> None:
+    """Extra segment names are identifiers that no built-in segment uses."""
+    bad = [n for n in names if not isinstance(n, str) or not n.isidentifier()
+           or n in BUILTIN_SEGMENTS]
+    if bad:
+        raise ValueError(f"{where}: extra segment names must be identifiers other than "
+                         f"{list(BUILTIN_SEGMENTS)}, got {bad}")
 
 
 @dataclass(frozen=True)
@@ -131,9 +215,19 @@ class SequenceLayout:
     grid: tuple[int, int]
     question_slot: int = 0
     answer_len: int = 0
+    extra: dict[str, tuple[int, ...]] = field(default_factory=dict)  # name -> (n,) or (h, w)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        check_extra_names(self.extra, "sequence layout")
+        shapes = {}
+        for name, shape in dict(self.extra).items():
+            dims = (shape,) if isinstance(shape, int) else tuple(shape)
+            if not 1 <= len(dims) <= 2 or not all(isinstance(d, int) and d > 0 for d in dims):
+                raise ValueError(f"extra segment {name!r}: shape must be (n,) or (h, w) of positive "
+                                 f"integers, got {shape!r}")
+            shapes[name] = dims
+        object.__setattr__(self, "extra", shapes)
         if self.max_text_len < 2:
             raise ValueError(f"max_text_len must be >= 2, got {self.max_text_len}")
         if self.question_slot and not 2 <= self.question_slot <= self.max_text_len - 2:
@@ -178,14 +272,36 @@ class SequenceLayout:
         return slice(start, start + self.num_image_tokens)
 
     @property
+    def eoi_pos(self) -> int:
+        return self.image.stop
+
+    def extra_segment(self, name: str) -> slice:
+        """The positions of an extra segment (in the order of ``extra``, after ``<eoi>``)."""
+        start = self.eoi_pos + 1
+        for other, shape in self.extra.items():
+            n = math.prod(shape)
+            if other == name:
+                return slice(start, start + n)
+            start += n
+        raise ValueError(f"no extra segment {name!r} in the sequence layout (have {list(self.extra)})")
+
+    def segment(self, name: str) -> slice:
+        """The positions of ``text``, ``image``, ``question`` or an extra segment."""
+        if name in ("text", "image", "question"):
+            return getattr(self, name)
+        return self.extra_segment(name)
+
+    @property
     def length(self) -> int:
-        return self.image.stop + 1
+        return self.eoi_pos + 1 + sum(math.prod(s) for s in self.extra.values())
 
     def modality(self) -> Tensor:
-        """[S] long: STRUCTURE / TEXT / IMAGE for each position."""
+        """[S] long: STRUCTURE / TEXT / IMAGE (then 3, 4, ... for the extra segments) per position."""
         mod = torch.full((self.length,), STRUCTURE, dtype=torch.long)
         mod[self.text] = TEXT
         mod[self.image] = IMAGE
+        for i, name in enumerate(self.extra):
+            mod[self.extra_segment(name)] = IMAGE + 1 + i
         return mod
 
     def axes(self) -> Tensor:
@@ -198,7 +314,20 @@ class SequenceLayout:
         rows = torch.arange(h).repeat_interleave(w)
         cols = torch.arange(w).repeat(h)
         axes[self.image] = torch.stack((start + rows, start + cols), dim=-1)
-        axes[self.image.stop:] = max(h, w) + start + torch.arange(self.length - self.image.stop)[:, None]
+        after = max(h, w) + start  # <eoi>
+        axes[self.eoi_pos] = after
+        cursor = after + 1
+        for name, shape in self.extra.items():
+            # a 1-D segment continues the text's diagonal; a 2-D one is a grid like the image's
+            seg = self.extra_segment(name)
+            if len(shape) == 1:
+                axes[seg] = cursor + torch.arange(shape[0])[:, None]
+                cursor += shape[0]
+            else:
+                gh, gw = shape
+                axes[seg] = cursor + torch.stack((torch.arange(gh).repeat_interleave(gw),
+                                                  torch.arange(gw).repeat(gh)), dim=-1)
+                cursor += max(gh, gw)
         return axes
 
     def grid_axes(self) -> Tensor:
@@ -215,4 +344,6 @@ class SequenceLayout:
             out["question_slot"] = self.question_slot
         if self.answer_len:  # likewise
             out["answer_len"] = self.answer_len
+        if self.extra:  # likewise
+            out["extra"] = {name: list(shape) for name, shape in self.extra.items()}
         return out

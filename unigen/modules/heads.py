@@ -6,6 +6,10 @@ image codes.
 - ``shared``: one projection over the whole vocabulary (Show-o).
 - ``separate``: one projection per modality (UniDisc-style), concatenated into the unified id order.
 
+A head is built as ``Head(dim, text_size, image_size)``, plus ``extra_sizes=(n1, n2, ...)`` (the
+codebook sizes of further modalities, :mod:`unigen.modalities`, whose ids follow the image codes)
+only when the model has such segments.
+
 ``forward(hidden, vocab_limit=None)``: with ``vocab_limit`` only the first ``vocab_limit`` ids are
 scored.  Decoding text passes the text vocabulary's size: every image code is illegal at a text
 position, so skipping them loses nothing a sampler reads and saves the projection onto the
@@ -44,9 +48,10 @@ def aligned_linear(x: Tensor, weight: Tensor, multiple: int) -> Tensor:
 
 @HEADS.register("shared")
 class SharedHead(nn.Module):
-    def __init__(self, dim: int, text_size: int, image_size: int) -> None:
+    def __init__(self, dim: int, text_size: int, image_size: int,
+                 extra_sizes: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim, text_size + image_size, bias=False)
+        self.proj = nn.Linear(dim, text_size + image_size + sum(extra_sizes), bias=False)
 
     def forward(self, hidden: Tensor, vocab_limit: int | None = None) -> Tensor:
         if type(self.proj) is not nn.Linear:  # wrapped (e.g. LoRA): score all, keep the first ids
@@ -59,14 +64,21 @@ class SharedHead(nn.Module):
 
 @HEADS.register("separate")
 class SeparateHeads(nn.Module):
-    def __init__(self, dim: int, text_size: int, image_size: int) -> None:
+    def __init__(self, dim: int, text_size: int, image_size: int,
+                 extra_sizes: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.text = nn.Linear(dim, text_size, bias=False)
         self.image = nn.Linear(dim, image_size, bias=False)
+        # only with further modalities, so the state dict of a text + image model is unchanged
+        if extra_sizes:
+            self.extra = nn.ModuleList(nn.Linear(dim, n, bias=False) for n in extra_sizes)
         self.text_size = text_size
 
     def forward(self, hidden: Tensor, vocab_limit: int | None = None) -> Tensor:
         if vocab_limit is not None and vocab_limit <= self.text_size:
             return self.text(hidden)[..., :vocab_limit]
-        logits = torch.cat((self.text(hidden), self.image(hidden)), dim=-1)
+        parts = [self.text(hidden), self.image(hidden)]
+        if hasattr(self, "extra"):
+            parts += [proj(hidden) for proj in self.extra]
+        logits = torch.cat(parts, dim=-1)
         return logits if vocab_limit is None else logits[..., :vocab_limit]

@@ -108,6 +108,9 @@ class UnifiedTransformer(nn.Module):
         check_transformer_size(dim, depth, heads, mlp_ratio)
         if position not in ("learned", "rope"):
             raise ValueError(f"position must be 'learned' or 'rope', got {position!r}")
+        if list(vocab.extra) != list(sequence.extra):
+            raise ValueError(f"the vocabulary's extra segments {list(vocab.extra)} differ from the "
+                             f"sequence layout's {list(sequence.extra)}")
         self.vocab, self.sequence = vocab, sequence
         self.dim, self.depth, self.heads = dim, depth, heads
         # everything needed to rebuild the network (saved next to the weights)
@@ -117,7 +120,7 @@ class UnifiedTransformer(nn.Module):
         self.position = position
         self._attention_backend = "sdpa"
         self.token_emb = nn.Embedding(vocab.total_size, dim)
-        self.modality_emb = nn.Embedding(3, dim)
+        self.modality_emb = nn.Embedding(vocab.num_modalities, dim)
         nn.init.normal_(self.token_emb.weight, std=0.02)
         nn.init.normal_(self.modality_emb.weight, std=0.02)
         length = sequence.length
@@ -125,7 +128,10 @@ class UnifiedTransformer(nn.Module):
         self.rotary = MultimodalRotary(dim // heads) if position == "rope" else None
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qk_norm, dropout) for _ in range(depth))
         self.norm = RMSNorm(dim)
-        self.head = HEADS.get(head)(dim, vocab.text_size, vocab.image_size)
+        # extra segments' sizes only when there are any: a head written for text + image still
+        # serves every model without a further modality
+        extra = {"extra_sizes": tuple(vocab.extra.values())} if vocab.extra else {}
+        self.head = HEADS.get(head)(dim, vocab.text_size, vocab.image_size, **extra)
         self.register_buffer("modality", sequence.modality(), persistent=False)
         self.register_buffer("grid_axes", sequence.grid_axes(), persistent=False)
         self.register_buffer("rope_axes", sequence.axes(), persistent=False)
