@@ -4,7 +4,8 @@ object, with text-to-image, captioning, VQA and inpainting (diffusers-pipeline s
 A pipeline directory (``save_pretrained``) holds::
 
     pipeline.json            format version and what the parts are (and, for an output head
-                             from a plugin, its module: only named in errors, never imported)
+                             from a plugin, its module: only named in errors, never imported;
+                             and the further modalities, :mod:`unigen.modalities`, if any)
     transformer/             config.json + model.safetensors
     image_tokenizer/         config.json + model.safetensors
     text_tokenizer/          tokenizer.json + text_tokenizer_config.json
@@ -34,7 +35,8 @@ from torch import Tensor
 
 from unigen import io
 from unigen.diffusion.token_space import TokenSpace
-from unigen.diffusion.tasks import TASKS, TaskInputs
+from unigen.diffusion.tasks import TASKS, SegmentTask, TaskInputs
+from unigen.modalities import Modality, build_modalities, modality_spec
 from unigen.modules.transformer import PrefixCache, UnifiedTransformer
 from unigen.modules.heads import HEADS
 from unigen.sampling import ClassifierFreeGuidance, Sampler, decode
@@ -129,11 +131,13 @@ class UnifiedPipeline:
     KIND = KIND
 
     def __init__(self, transformer: UnifiedTransformer, image_tokenizer: ImageTokenizer,
-                 text_tokenizer: TextTokenizer) -> None:
+                 text_tokenizer: TextTokenizer, modalities: dict[str, Modality] | None = None) -> None:
         self.transformer = transformer
         self.image_tokenizer = image_tokenizer
         self.text_tokenizer = text_tokenizer
+        self.modalities: dict[str, Modality] = dict(modalities or {})
         self.space = TokenSpace(text_tokenizer, transformer.vocab, transformer.sequence)
+        check_modalities(self.modalities, transformer)
         self._graphed: dict[tuple, Any] = {}  # CUDA-graphed model_fns (SamplingConfig.cuda_graphs)
         if transformer.vocab.image_size != image_tokenizer.codebook_size:
             raise ValueError(f"codebook size mismatch: the transformer expects "
@@ -158,6 +162,8 @@ class UnifiedPipeline:
         modules = self.plugin_modules()
         if modules:
             meta["modules"] = modules
+        if self.modalities:
+            meta["modalities"] = modality_spec(self.modalities)
         # replaces only an earlier pipeline save (one holding pipeline.json), never other files
         with io.atomic_directory(path, marker="pipeline.json") as tmp:
             io.write_json(tmp / "pipeline.json", meta)
@@ -187,8 +193,13 @@ class UnifiedPipeline:
         cls.check_components(path, meta, config)
         net = io.load_weights(UnifiedTransformer.from_config(config),
                               path / "transformer" / "model.safetensors")
+        try:
+            modalities = build_modalities(meta.get("modalities"))
+        except (KeyError, ValueError, TypeError) as err:
+            raise type(err)(f"{err.args[0] if err.args else err} (named in {path / 'pipeline.json'})"
+                            ) from None
         pipe = cls(net.eval(), ImageTokenizer.from_pretrained(path / "image_tokenizer"),
-                   TextTokenizer.from_pretrained(path / "text_tokenizer"))
+                   TextTokenizer.from_pretrained(path / "text_tokenizer"), modalities)
         return pipe.to(device, dtype)
 
     def plugin_modules(self) -> dict[str, str]:
@@ -273,11 +284,12 @@ class UnifiedPipeline:
         depend on its batch."""
         seq = self.space.sequence
         keep = torch.zeros(seq.length, dtype=torch.bool, device=target.device)
-        for segment in (seq.question, seq.after_question, seq.image):
+        extra = [seq.extra_segment(name) for name in seq.extra]
+        for segment in (seq.question, seq.after_question, seq.image, *extra):
             if bool(target[:, segment].any()):
                 keep[segment] = True
         if bool((target & ~keep).any()):
-            raise ValueError("targets outside the text and image segments cannot be decoded")
+            raise ValueError("targets outside the text, image and extra segments cannot be decoded")
         return keep.nonzero().squeeze(-1)
 
     def vocab_limit(self, target: Tensor) -> int | None:
@@ -285,7 +297,9 @@ class UnifiedPipeline:
         Image codes are illegal at text positions, so the heads and samplers skip them: captioning
         and VQA score ~100 ids instead of the codebook's thousands.  A property of the task's
         segments, like :meth:`decode_positions`, never of the batch."""
-        if bool(target[:, self.space.sequence.image].any()):
+        beyond_text = target.clone()
+        beyond_text[:, self.space.sequence.text] = False
+        if bool(beyond_text.any()):
             return None
         return self.transformer.vocab.text_size
 
@@ -494,6 +508,73 @@ class UnifiedPipeline:
                                      cfg, self.generators(len(x), seed, generator), progress)
         return self._image_output(tokens, output, calls, return_calls)
 
+    def run_task(self, task: str, inputs: dict[str, Any], num_steps: int = 16,
+                 sampler: str | Sampler = "maskgit", guidance_scale: float = 1.0,
+                 seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
+                 progress: bool = False, return_calls: bool = False, **options: Any
+                 ) -> dict[str, Any] | tuple[dict[str, Any], list[int]]:
+        """Run a task stated by its segments (:class:`~unigen.diffusion.tasks.SegmentTask`, e.g. a
+        further modality's ``layout2i`` / ``i2layout``).  ``inputs`` maps each segment the task is
+        given to a batch of raw items: ``text`` a list of strings, ``image`` images (as
+        :meth:`caption` takes them), a modality's segment what its ``encode`` takes.  Returns
+        ``{segment: outputs}`` for each predicted segment: ``text`` strings, ``image`` as
+        ``output`` says (see :meth:`text_to_image`), a modality's segment its ``decode``'s items
+        (``"<name>_codes"`` holds the codes too).  Other options as :meth:`text_to_image`."""
+        cls = TASKS.get(task)
+        if not (isinstance(cls, type) and issubclass(cls, SegmentTask)):
+            raise ValueError(f"run_task runs tasks stated by their segments (SegmentTask); "
+                             f"{task!r} has its own method (text_to_image, caption, answer, inpaint)")
+        if output not in IMAGE_OUTPUTS:
+            raise ValueError(f"output must be one of {IMAGE_OUTPUTS}, got {output!r}")
+        given, predicted = tuple(cls.given), tuple(cls.predicted)
+        wrong = sorted(set(inputs) - set(given))
+        missing = [g for g in given if g not in inputs]
+        if wrong or missing:
+            raise ValueError(f"task {task!r} takes inputs {list(given)} (got {sorted(inputs)})")
+        unknown = [n for n in (*given, *predicted) if n not in ("text", "image") and n not in self.modalities]
+        if unknown:
+            raise ValueError(f"task {task!r} needs the segments {unknown}, which this model lacks "
+                             f"(its modalities: {list(self.modalities) or 'none'})")
+        cfg = SamplingConfig.from_options(sampler, num_steps, guidance_scale=guidance_scale,
+                                          **options)
+        raw = {k: [v] if isinstance(v, str) else v for k, v in inputs.items()}
+        codes, captions, segments = None, None, {}
+        if "image" in given:
+            codes = self.image_tokenizer.encode(self.images_to_tensor(raw["image"]))
+        for name in given:
+            if name not in ("text", "image"):
+                segments[name] = self.modalities[name].encode(raw[name]).to(self.device)
+        sizes = {len(codes) if k == "image" else len(segments[k]) if k in segments else len(raw[k])
+                 for k in given}
+        if len(sizes) > 1:
+            raise ValueError(f"task {task!r}: the inputs hold different numbers of items {sizes}")
+        n = sizes.pop() if sizes else 0
+        if "text" in given:
+            captions = list(raw["text"])
+        elif "text" in predicted:
+            captions = ["<mask>"] * n  # replaced: the text segment is the target
+        if "image" in predicted:
+            grid = self.space.sequence.grid
+            codes = torch.zeros(n, *grid, dtype=torch.long, device=self.device)
+        for name in predicted:
+            if name not in ("text", "image"):
+                shape = self.space.sequence.extra[name]
+                segments[name] = torch.zeros(n, *shape, dtype=torch.long, device=self.device)
+        tokens, calls = self._decode(task, TaskInputs(codes, captions=captions,
+                                                      segments=segments or None),
+                                     cfg, self.generators(n, seed, generator), progress)
+        result: dict[str, Any] = {}
+        for name in predicted:
+            if name == "text":
+                result["text"] = self.space.decode_text(tokens)
+            elif name == "image":
+                result["image"] = self._image_output(tokens, output, calls, False)
+            else:
+                seg_codes = self.space.segment_codes(tokens, name)
+                result[f"{name}_codes"] = seg_codes
+                result[name] = self.modalities[name].decode(seg_codes.cpu()) if n else []
+        return self._with_calls(result, calls, return_calls)
+
     def inpaint_regions(self, mask: Any, batch_size: int) -> Tensor:
         """``mask`` (see :meth:`inpaint`) as the token regions ``[B, h, w]`` bool, on the host."""
         grid = self.space.sequence.grid
@@ -513,6 +594,19 @@ class UnifiedPipeline:
         if tuple(region.shape[1:]) != grid:
             region = region.reshape(batch_size, grid[0], f, grid[1], f).any(dim=4).any(dim=2)
         return region.cpu().contiguous()
+
+
+def check_modalities(modalities: dict[str, Modality], transformer: UnifiedTransformer) -> None:
+    """The modalities must be the transformer's extra segments, in order, with their sizes."""
+    vocab, seq = transformer.vocab, transformer.sequence
+    if list(modalities) != list(vocab.extra):
+        raise ValueError(f"the transformer has the extra segments {list(vocab.extra)}, the "
+                         f"pipeline was given the modalities {list(modalities)}")
+    for name, modality in modalities.items():
+        if (modality.codebook_size, tuple(modality.shape)) != (vocab.extra[name], seq.extra[name]):
+            raise ValueError(f"modality {name!r} has {modality.codebook_size} codes in "
+                             f"{tuple(modality.shape)}, the transformer's segment "
+                             f"{vocab.extra[name]} codes in {seq.extra[name]}")
 
 
 def _mask_tensor(mask: Any) -> Tensor:

@@ -141,6 +141,7 @@ class FinetuneModule(UnifiedModule):
         self.net = pipe.transformer.train()
         self.image_tokenizer = pipe.image_tokenizer.requires_grad_(False).eval()
         self.space = pipe.space
+        self.modalities = pipe.modalities
         if self.lora_config is not None:
             apply_lora(self.net, self.lora_config)
         self.trainable = freeze(self.net, self.train_only)
@@ -159,7 +160,8 @@ class FinetuneModule(UnifiedModule):
         """A plain pipeline (adapters merged into a copy of the weights)."""
         from unigen.pipeline import UnifiedPipeline
 
-        return UnifiedPipeline(self.merged_network(), self.image_tokenizer, self.space.text_tokenizer)
+        return UnifiedPipeline(self.merged_network(), self.image_tokenizer, self.space.text_tokenizer,
+                               self.modalities)
 
     def save_adapter(self, path: str | Path) -> None:
         if self.lora_config is None:

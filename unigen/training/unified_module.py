@@ -24,6 +24,7 @@ from unigen.diffusion.schedules import build_schedule
 from unigen.diffusion.tasks import TaskBatch, TaskInputs, TaskMixture
 from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.vocab import SequenceLayout, VocabLayout
+from unigen.modalities import Modality, build_modalities
 from unigen.modules.attention import check_attention_backend
 from unigen.modules.transformer import UnifiedTransformer, check_transformer_size
 from unigen.tokenizers.base import ImageTokenizer
@@ -94,6 +95,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             (the arguments of :func:`~unigen.training.validation_sampling.log_validation_samples`,
             checked here); ``{}`` turns them off.  ``unigen predict`` decodes with its
             ``num_steps``, ``guidance_scale``, ``sampler``, ``text_steps`` and ``seed``.
+        modalities: further modalities, each a segment of its own (:mod:`unigen.modalities`):
+            segment name -> ``{kind: registered modality, **its arguments}`` (``kind`` defaults
+            to the name), e.g. ``{layout: {kind: shapes_layout}}`` with the tasks
+            ``layout2i`` / ``i2layout``.  Each reads its batch field (``Modality.field``).
         per_sample_noise: draw each sample's task, mask and condition dropout from its own
             generator seeded by (seed, step, the sample's ``index``), not one generator per batch:
             N ranks with batch B then train exactly like one process with batch N*B (with
@@ -118,7 +123,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False,
                  init_weights: str | None = None, question_slot: int = 0,
                  loss_reduction: str = "tokens", task_loss_weights: dict[str, float] | None = None,
-                 answer_len: int = 0, attention: str = "sdpa") -> None:
+                 answer_len: int = 0, attention: str = "sdpa",
+                 modalities: dict[str, dict[str, Any]] | None = None) -> None:
         super().__init__()
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
@@ -131,6 +137,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         check_transformer_size(dim, depth, heads, mlp_ratio)
         check_sampling_options(val_sampling, log_validation_samples)  # a typo fails now, not at validation
         self.save_hyperparameters()
+        self.modalities: dict[str, Modality] = build_modalities(modalities)
         self.mixture = TaskMixture(tasks or {"t2i": 1.0}, task_kwargs)
         # a buffer, so it is on the training device without a copy every step (not checkpointed)
         self.register_buffer("task_loss_weight", task_weight_vector(
@@ -148,9 +155,12 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         text_tok = TextTokenizer.from_pretrained(hp.text_tokenizer)
         image_tok = ImageTokenizer.from_pretrained(hp.image_tokenizer)
         image_tok.requires_grad_(False).eval()
-        vocab = VocabLayout.from_tokenizers(text_tok, image_tok.codebook_size)
+        extra = getattr(self, "modalities", None) or {}  # (the AR model has no further modality)
+        vocab = VocabLayout.from_tokenizers(text_tok, image_tok.codebook_size,
+                                            {n: m.codebook_size for n, m in extra.items()})
         sequence = SequenceLayout(hp.max_text_len, image_tok.latent_grid(hp.image_size),
-                                  hp.get("question_slot", 0), hp.get("answer_len", 0))
+                                  hp.get("question_slot", 0), hp.get("answer_len", 0),
+                                  {n: m.shape for n, m in extra.items()})
         self.space = TokenSpace(text_tok, vocab, sequence)
         # a task without its <name> token: stop before training (the AR subclass has no mixture)
         for name in getattr(getattr(self, "mixture", None), "names", ()):
@@ -245,8 +255,12 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             # the data modules produce [0, 1] images; the tokenizer's range check reads the tensor on
             # the host, which would make every training step wait for the GPU
             codes = self.image_tokenizer.encode(batch["image"], check_values=False)
+        segments = {}
+        for name, modality in (getattr(self, "modalities", None) or {}).items():
+            if modality.field in batch:  # a task that needs the segment names a missing field
+                segments[name] = to_device(modality.encode(batch[modality.field]), codes.device)
         return TaskInputs(codes, batch.get("caption"), batch.get("question"), batch.get("answer"),
-                          batch.get("description"))
+                          batch.get("description"), segments=segments or None)
 
     # -- loss ----------------------------------------------------------------------------------------
     def plan_masks(self, tb: TaskBatch, generator: Noise) -> MaskPlan:
@@ -436,7 +450,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         from unigen.pipeline import UnifiedPipeline
 
         self.configure_model()
-        return UnifiedPipeline(self.net, self.image_tokenizer, self.space.text_tokenizer)
+        return UnifiedPipeline(self.net, self.image_tokenizer, self.space.text_tokenizer,
+                               getattr(self, "modalities", None))
 
     def export(self, path: str | Path) -> None:
         self.to_pipeline().save_pretrained(path)
