@@ -186,6 +186,40 @@ def test_a_new_sweep_replaces_the_earlier_grids_points(pipeline_dir, debug_recip
     assert [p.name for p in mine.parent.iterdir()] == ["my_notes.txt"]
 
 
+def test_a_t2i_sweep_generates_caption_and_vqa_once(pipeline_dir, debug_recipe, tmp_path,
+                                                    monkeypatch, capsys):
+    made = {}
+    for method in ("text_to_image", "caption", "answer"):
+        original = getattr(UnifiedPipeline, method)
+
+        def counted(self, *args, _original=original, _method=method, **kwargs):
+            made[_method] = made.get(_method, 0) + 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(UnifiedPipeline, method, counted)
+    out = tmp_path / "sweep"
+    small = ("--override", "data.num_samples=2")  # one batch per task
+    summary = run_eval(pipeline_dir, debug_recipe, out, *small,
+                       "--sweep", "t2i.guidance_scale=1,2,3")
+    assert made == {"text_to_image": 3, "caption": 1, "answer": 1}
+    points = summary["metadata"]["points"]
+    first = points[0]["dir"]
+    assert [p.get("reused") for p in points] == [None] + [{"caption": first, "vqa": first}] * 2
+    assert f"(caption, vqa reused from {first})" in capsys.readouterr().out
+    # each point holds what a plain run of its settings writes
+    for p in points:
+        alone = tmp_path / f"alone_{p['point']['t2i.guidance_scale']}"
+        plain = run_eval(pipeline_dir, debug_recipe, alone, *small,
+                         "--override", f"t2i.guidance_scale={p['point']['t2i.guidance_scale']}")
+        point = json.loads((out / p["dir"] / "results.json").read_text())
+        assert point["metrics"] == plain["metrics"]
+        assert point["per_category"] == plain["per_category"]
+        assert records(out / p["dir"]) == records(alone)
+        for i in range(2):
+            assert ((out / p["dir"] / "samples" / "t2i" / f"{i:06d}.png").read_bytes()
+                    == (alone / "samples" / "t2i" / f"{i:06d}.png").read_bytes())
+
+
 def test_sweep_carries_model_calls_per_sampler(pipeline_dir, debug_recipe, tmp_path):
     out = tmp_path / "calls"
     summary = run_eval(pipeline_dir, debug_recipe, out, "--override", "data.num_samples=2",

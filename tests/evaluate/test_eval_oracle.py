@@ -502,3 +502,297 @@ def test_extractor_runs_once_per_image_set_for_all_its_metrics(tmp_path, domain_
     assert out["metrics"]["fid"] == pytest.approx(fid.item(), rel=1e-6)
     assert out["metrics"]["kid"] == kid.compute()["kid"].item()
     assert out["metrics"]["inception_score"] == score.compute()["inception_score"].item()
+
+
+# --- sweeps reuse the tasks a point does not change -------------------------------------------
+
+def _generated(pipe) -> dict[str, int]:
+    """Samples the pipeline generated, per task."""
+    out: dict[str, int] = {}
+    for method, n, _ in pipe.calls:
+        out[method] = out.get(method, 0) + n
+    return out
+
+
+def _records(folder):
+    return [json.loads(x) for x in (folder / "records.jsonl").read_text().splitlines()]
+
+
+def _results(folder):
+    return json.loads((folder / "results.json").read_text())
+
+
+REUSE = {"data": {**SHAPES, "num_samples": 6}, "batch_size": 4, "grid_size": 2, "tasks": {
+    "t2i": {"num_steps": 2, "metrics": ["compositional_accuracy", "model_calls"]},
+    "caption": {"metrics": ["bleu4", "caption_fact_precision", "model_calls"]},
+    "vqa": {"num_steps": 2, "metrics": ["vqa_exact_match", "model_calls"]}}}
+# the same tasks with fewer plots to draw (no per-category bars, one grid image)
+LIGHT = {**REUSE, "grid_size": 1, "tasks": {"t2i": {"metrics": ["model_calls"]},
+                                            "caption": {"metrics": ["bleu4"]},
+                                            "vqa": {"metrics": ["vqa_exact_match"]}}}
+
+
+def test_a_t2i_sweep_generates_caption_and_vqa_once_and_reuses_them(tmp_path):
+    from unigen.evaluate import sweep_pipeline, with_setting
+
+    pipe = OraclePipeline(build_data(SHAPES, 64), 64)
+    out = sweep_pipeline(pipe, REUSE, tmp_path / "sweep", {"t2i.guidance_scale": [1, 2, 3]},
+                         progress=False)
+    # t2i at each of the 3 points, caption and VQA at the first only
+    assert _generated(pipe) == {"t2i": 18, "caption": 6, "vqa": 6}
+    assert [c[2]["guidance_scale"] for c in pipe.calls if c[0] == "t2i"] == [1, 1, 2, 2, 3, 3]
+    first = out["points"][0]["dir"]
+    assert "reused" not in out["points"][0]
+    for run in out["points"][1:]:
+        assert run["reused"] == {"caption": first, "vqa": first}
+    summary = _results(tmp_path / "sweep")
+    assert summary["metadata"]["points"] == out["points"]
+    # every point is what a plain run of its settings writes: records, numbers, sample images
+    for k, run in enumerate(out["points"]):
+        folder = tmp_path / "sweep" / run["dir"]
+        alone = tmp_path / f"alone{k}"
+        plain = OraclePipeline(pipe.data, 64)
+        plain.transformer.load_state_dict(pipe.transformer.state_dict())  # the same model
+        config = with_setting(REUSE, "t2i.guidance_scale", k + 1)
+        expected = evaluate_pipeline(plain, config, alone, progress=False)
+        assert _records(folder) == _records(alone)
+        assert out["metrics"][k] == expected["metrics"]
+        saved = _results(folder)
+        assert saved["metrics"] == _results(alone)["metrics"]
+        assert saved["per_category"] == _results(alone)["per_category"]
+        assert sorted(p.name for p in (folder / "samples" / "t2i").iterdir()) == [
+            "000000.png", "000001.png"]
+        for name in ("samples_t2i.png", "samples_caption.png", "samples_vqa.png"):
+            assert (folder / name).is_file()
+        meta = saved["metadata"]
+        if k:
+            assert meta["reused"] == {"caption": first, "vqa": first}
+            assert {t: v["generated"] for t, v in meta["timings"].items()} == {
+                "t2i": 6, "caption": 0, "vqa": 0}
+            assert "reused" in (folder / "report.md").read_text()
+        else:
+            assert "reused" not in meta
+    # a point folder holding reused tasks resumes on its own: nothing left to generate
+    last = tmp_path / "sweep" / out["points"][2]["dir"]
+    pipe.calls.clear()
+    again = evaluate_pipeline(pipe, with_setting(REUSE, "t2i.guidance_scale", 3), last,
+                              progress=False, resume=True)
+    assert pipe.calls == []
+    assert again["metadata"]["resumed_samples"] == {"t2i": 6, "caption": 6, "vqa": 6}
+    assert again["metrics"] == out["metrics"][2]
+    # reuse=False: every point generates every task, with the same numbers
+    pipe.calls.clear()
+    plain = sweep_pipeline(pipe, REUSE, tmp_path / "plain", {"t2i.guidance_scale": [1, 2, 3]},
+                           progress=False, reuse=False)
+    assert _generated(pipe) == {"t2i": 18, "caption": 18, "vqa": 18}
+    assert plain["metrics"] == out["metrics"]
+    assert all("reused" not in run for run in plain["points"])
+
+
+def test_sweep_reuse_takes_image_metric_state_and_sample_images(tmp_path, domain_classifier_dir):
+    from unigen.evaluate import sweep_pipeline, with_setting
+
+    data = build_data(SHAPES, 32)
+    pipe = OraclePipeline(data, 32)
+    config = _fid_recipe(domain_classifier_dir, metrics=[
+        {"name": "kid", "subset_size": 3, "subsets": 2}])
+    config["tasks"]["caption"] = {"metrics": ["bleu4"]}
+    out = sweep_pipeline(pipe, config, tmp_path / "sweep", {"caption.num_steps": [1, 2]},
+                         progress=False)
+    assert _generated(pipe) == {"t2i": 6, "caption": 12}
+    first, second = (tmp_path / "sweep" / run["dir"] for run in out["points"])
+    assert out["points"][1]["reused"] == {"t2i": out["points"][0]["dir"]}
+    assert {"fid", "kid", "kid_std"} <= set(out["metrics"][1])
+    assert out["metrics"][1] == out["metrics"][0]
+    for name in ("000000.png", "000001.png"):
+        assert ((first / "samples" / "t2i" / name).read_bytes()
+                == (second / "samples" / "t2i" / name).read_bytes())
+    assert (second / "samples_t2i.png").is_file()
+    # the state was checkpointed with the reused samples: a resume restores it, generates nothing
+    pipe.calls.clear()
+    again = evaluate_pipeline(pipe, with_setting(config, "caption.num_steps", 2), second,
+                              progress=False, resume=True)
+    assert pipe.calls == []
+    assert again["metadata"]["resumed_samples"] == {"t2i": 6, "caption": 6}
+    assert again["metrics"] == out["metrics"][1]
+    # and the FID of a plain run of that point's settings
+    alone = evaluate_pipeline(pipe, with_setting(config, "caption.num_steps", 2), tmp_path / "a",
+                              progress=False)
+    assert alone["metrics"] == out["metrics"][1]
+
+
+@pytest.mark.parametrize("axes, generated", [
+    # keys outside tasks (data, grid_size; the seed: see below) decide every task's outputs
+    ({"data.num_samples": [5, 6]}, {"t2i": 11, "caption": 11, "vqa": 11}),
+    ({"grid_size": [0, 2]}, {"t2i": 12, "caption": 12, "vqa": 12}),
+    # a bare task key sets every task
+    ({"num_steps": [1, 2]}, {"t2i": 12, "caption": 12, "vqa": 12}),
+    # speed-only keys count too: a sweep of them measures the timings of every task it sets
+    ({"batch_size": [2, 3]}, {"t2i": 12, "caption": 12, "vqa": 12}),
+    ({"t2i.cuda_graphs": [False, True]}, {"t2i": 12, "caption": 6, "vqa": 6}),
+    # one task's key: the others are taken from the first point
+    ({"vqa.sampler": ["maskgit", "confident"]}, {"t2i": 6, "caption": 6, "vqa": 12}),
+    ({"caption.metrics": [["bleu4"], ["cider_d"]]}, {"t2i": 6, "caption": 12, "vqa": 6}),
+    # a key that decides nothing: the second point takes every task from the first
+    ({"checkpoint_every": [4, 8]}, {"t2i": 6, "caption": 6, "vqa": 6}),
+])
+def test_sweep_reuses_a_task_only_when_nothing_that_decides_it_changed(tmp_path, axes, generated):
+    from unigen.evaluate import sweep_pipeline
+
+    pipe = OraclePipeline(build_data(SHAPES, 64), 64)
+    out = sweep_pipeline(pipe, LIGHT, tmp_path, axes, progress=False)
+    assert _generated(pipe) == generated
+    reused = set(out["points"][1].get("reused", {}))
+    assert reused == {t for t, n in generated.items() if n == 6}
+
+
+def test_task_identity_follows_the_sampling_seed_model_and_metric_networks(tmp_path,
+                                                                          domain_classifier_dir):
+    from unigen.evaluate import parse_config, with_setting
+    from unigen.evaluate.persistence import _run_identity
+    from unigen.metrics import build_feature_extractor, build_metric
+
+    pipe = OraclePipeline(build_data(SHAPES, 64), 64)
+    config = _fid_recipe(domain_classifier_dir)
+    config["tasks"]["vqa"] = {"metrics": ["vqa_exact_match"]}
+
+    def sha1(recipe, model=pipe, extractor=None):
+        cfg = parse_config(recipe)
+        live = {"t2i": {"fid": build_metric("fid", {"extractor": extractor})}} if extractor else {}
+        return _run_identity(cfg, model, live)["task_sha1"]
+
+    extractor = build_feature_extractor(config["resources"]["extractor"])
+    base = sha1(config, extractor=extractor)
+    assert sha1(config, extractor=extractor) == base  # canonical: computed again, the same
+    assert sha1(with_setting(config, "seed", 1), extractor=extractor).keys() == base.keys()
+    assert all(a != b for a, b in zip(
+        sha1(with_setting(config, "seed", 1), extractor=extractor).values(), base.values()))
+    other_model = OraclePipeline(pipe.data, 64)
+    assert all(a != b for a, b in zip(sha1(config, other_model, extractor).values(),
+                                      base.values()))
+    # the metric networks of a task are part of its identity only
+    other = sha1(with_setting(config, "resources.extractor",
+                              {"name": "domain_classifier", "path": str(tmp_path / "x")}),
+                 extractor=extractor)
+    assert other["t2i"] != base["t2i"] and other["vqa"] == base["vqa"]
+    assert sha1(with_setting(config, "vqa.num_steps", 3), extractor=extractor)["t2i"] == base["t2i"]
+
+
+def test_a_task_that_reads_another_is_reused_only_with_it(tmp_path, monkeypatch):
+    from unigen.evaluate import (EVAL_TASKS, RECORD, BatchOutput, TaskSpec, _base_record,
+                                 parse_config, sweep_pipeline)
+    from unigen.evaluate.persistence import identity_recipe, task_identities
+
+    made = []
+
+    def echo(pipe, settings, samples, seeds, checks):  # e.g. a caption of the t2i images
+        made.extend(s.index for s in samples)
+        return BatchOutput([_base_record("echo", s, seed, 1) for s, seed in zip(samples, seeds)])
+
+    monkeypatch.setitem(EVAL_TASKS._items, "echo", TaskSpec(echo, (RECORD,), inputs_from=("t2i",)))
+    config = {**REUSE, "tasks": {**REUSE["tasks"], "echo": {"metrics": ["model_calls"]}}}
+    pipe = OraclePipeline(build_data(SHAPES, 64), 64)
+    out = sweep_pipeline(pipe, config, tmp_path / "a", {"t2i.guidance_scale": [1, 2]},
+                         progress=False)
+    assert len(made) == 12  # its own settings did not change, the t2i outputs it reads did
+    assert set(out["points"][1]["reused"]) == {"caption", "vqa"}
+    made.clear()
+    out = sweep_pipeline(pipe, config, tmp_path / "b", {"vqa.num_steps": [1, 2]}, progress=False)
+    assert len(made) == 6
+    assert set(out["points"][1]["reused"]) == {"t2i", "caption", "echo"}
+    # tasks that read each other in a cycle are refused
+    monkeypatch.setitem(EVAL_TASKS._items, "t2i", TaskSpec(echo, (RECORD,), inputs_from=("echo",)))
+    cfg = parse_config({"data": SHAPES, "tasks": {"t2i": {"metrics": ["model_calls"]},
+                                                  "echo": {"metrics": ["model_calls"]}}})
+    with pytest.raises(ValueError, match="in a cycle: t2i -> echo -> t2i"):
+        task_identities(cfg, identity_recipe(cfg), {}, {"sha1": "0" * 40})
+
+
+def test_reuse_needs_a_finished_run_of_the_same_model_and_task(tmp_path):
+    from unigen.evaluate import with_setting
+
+    data = build_data(SHAPES, 64)
+    pipe = OraclePipeline(data, 64)
+    source = tmp_path / "source"
+    evaluate_pipeline(pipe, REUSE, source, progress=False)
+    changed = with_setting(REUSE, "t2i.num_steps", 3)
+
+    def reused(run_pipe, folder):
+        run_pipe.calls.clear()
+        result = evaluate_pipeline(run_pipe, changed, tmp_path / folder, progress=False,
+                                   reuse_from={"earlier": source})
+        return result["metadata"].get("reused", {}), _generated(run_pipe)
+
+    assert reused(pipe, "ok") == ({"caption": "earlier", "vqa": "earlier"}, {"t2i": 6})
+    # a list of folders names them by their paths
+    pipe.calls.clear()
+    listed = evaluate_pipeline(pipe, changed, tmp_path / "listed", progress=False,
+                               reuse_from=[source])
+    assert listed["metadata"]["reused"] == {"caption": str(source), "vqa": str(source)}
+    # other weights: nothing is reused
+    other = OraclePipeline(data, 64)
+    assert reused(other, "other_model") == ({}, {"t2i": 6, "caption": 6, "vqa": 6})
+    # a source missing a record of a task: that task is generated
+    lines = (source / "records.jsonl").read_text().splitlines()
+    kept = [x for x in lines if json.loads(x) != {**json.loads(x), "task": "vqa", "index": 5}]
+    (source / "records.jsonl").write_text("\n".join(kept) + "\n")
+    assert reused(pipe, "torn") == ({"caption": "earlier"}, {"t2i": 6, "vqa": 6})
+    # a run that did not finish (no results) or that predates task identities: nothing reused
+    (source / "records.jsonl").write_text("\n".join(lines) + "\n")
+    identity = json.loads((source / "run.json").read_text())
+    del identity["task_sha1"]
+    (source / "run.json").write_text(json.dumps(identity))
+    assert reused(pipe, "old") == ({}, {"t2i": 6, "caption": 6, "vqa": 6})
+    evaluate_pipeline(pipe, REUSE, source, progress=False)
+    (source / "results.json").unlink()
+    assert reused(pipe, "unfinished") == ({}, {"t2i": 6, "caption": 6, "vqa": 6})
+
+
+class _KilledOracle(OraclePipeline):
+    """Raises (as a kill would stop the run) on its ``kill_at``-th text_to_image call."""
+
+    def __init__(self, data, image_size, kill_at):
+        super().__init__(data, image_size)
+        self.kill_at, self.t2i_calls = kill_at, 0
+
+    def text_to_image(self, *args, **kwargs):
+        self.t2i_calls += 1
+        if self.t2i_calls == self.kill_at:
+            raise KeyboardInterrupt("killed")
+        return super().text_to_image(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kill_at", [4, 6])  # the 2nd batch of point 1, of point 2
+def test_a_killed_sweep_resumes_and_reuses_again(tmp_path, kill_at):
+    from unigen.evaluate import sweep_pipeline
+
+    data = build_data(SHAPES, 64)
+    axes = {"t2i.guidance_scale": [1, 2, 3]}
+    clean = OraclePipeline(data, 64)
+    full = sweep_pipeline(clean, LIGHT, tmp_path / "clean", axes, progress=False)
+    pipe = _KilledOracle(data, 64, kill_at)
+    pipe.transformer.load_state_dict(clean.transformer.state_dict())
+    with pytest.raises(KeyboardInterrupt):
+        sweep_pipeline(pipe, LIGHT, tmp_path / "sweep", axes, progress=False)
+    pipe.calls.clear()
+    pipe.kill_at = 0
+    out = sweep_pipeline(pipe, LIGHT, tmp_path / "sweep", axes, progress=False, resume=True)
+    # only the killed point's last t2i batch (2 samples) and the points after it are generated
+    assert _generated(pipe) == {"t2i": 2 + 6 * (kill_at == 4)}
+    assert out["metrics"] == full["metrics"]
+    assert out["points"] == full["points"]
+    for run in full["points"]:
+        clean_records = _records(tmp_path / "clean" / run["dir"])
+        assert _records(tmp_path / "sweep" / run["dir"]) == clean_records
+    # a sweep run without reuse, resumed with it: the later points take caption and VQA from the
+    # first point instead of keeping their own (the same records), and generate nothing
+    pipe.calls.clear()
+    sweep_pipeline(pipe, LIGHT, tmp_path / "plain", axes, progress=False, reuse=False)
+    pipe.calls.clear()
+    again = sweep_pipeline(pipe, LIGHT, tmp_path / "plain", axes, progress=False, resume=True)
+    assert pipe.calls == [] and again["metrics"] == full["metrics"]
+    assert [run.get("reused") for run in again["points"]] == [run.get("reused")
+                                                               for run in full["points"]]
+    for run in full["points"]:
+        clean_records = _records(tmp_path / "clean" / run["dir"])
+        assert _records(tmp_path / "plain" / run["dir"]) == clean_records

@@ -8,7 +8,8 @@ as it goes, keeps only running state for image metrics (a killed run resumes whe
 and writes ``results.json``, ``report.md``, the per-category plot and sample grids.  Text-to-image
 prompts of the shapes world are scored GenEval-style by the pixel checker, FID on a local feature
 extractor. :func:`sweep_pipeline` runs a grid of settings and plots each metric against each
-numeric parameter.
+numeric parameter, generating a task only at the points that change what decides it (the others
+take it from an earlier point).
 
 One module per job; each imports only the ones listed before it:
 
@@ -18,7 +19,8 @@ One module per job; each imports only the ones listed before it:
   (:data:`RECORD_METRICS`);
 - :mod:`~unigen.evaluate.tasks`: tasks (:data:`EVAL_TASKS`): generate a batch, make its records;
 - :mod:`~unigen.evaluate.recipe`: reading a recipe, checking it against the registries, overrides;
-- :mod:`~unigen.evaluate.persistence`: a run's records, image-metric state and identity;
+- :mod:`~unigen.evaluate.persistence`: a run's records, image-metric state and identity (and each
+  task's, which a sweep matches to reuse a task an earlier point computed);
 - :mod:`~unigen.evaluate.loop`: the evaluation loop (:func:`evaluate_pipeline`);
 - :mod:`~unigen.evaluate.sweep`: sweeps and metric-vs-parameter curves (:func:`sweep_pipeline`);
 - :mod:`~unigen.evaluate.command`: the ``unigen eval`` entry point (:func:`evaluate_model`).
@@ -42,15 +44,17 @@ from unigen.evaluate.tasks import (EVAL_TASKS, BatchOutput, TaskSpec, _base_reco
                                    _generate_caption, _generate_t2i, _generate_vqa,
                                    _t2i_grid_text, sampling_kwargs)
 from unigen.evaluate.recipe import (_split_assignment, load_eval_config, metric_entries,
-                                    metric_kind, parse_config, setting_paths, with_setting)
+                                    metric_kind, parse_config, setting_paths, shared_arguments,
+                                    with_setting)
 from unigen.evaluate.persistence import (POINTS_DIR, RECORDS_NAME, RUN_NAME, SAMPLES_DIR,
                                          STATE_NAME, RecordLog, _fingerprint, _first_difference,
                                          _restore_state, _run_identity, _state_tensors,
-                                         model_fingerprint)
+                                         finished_task, model_fingerprint, pipeline_description,
+                                         task_identities)
 from unigen.evaluate.loop import (_RECORD_CHUNK, GRID_TILE_PIXELS, _chunks, _compute,
-                                  _device_name, _load_png, _plan_tasks, _resume, _run_task,
-                                  _save_png, _shared_resources, _TaskRun, _write_grids,
-                                  evaluate_pipeline)
+                                  _device_name, _load_png, _plan_tasks, _resume, _reuse_sources,
+                                  _reuse_task, _run_task, _save_png, _shared_resources, _TaskRun,
+                                  _write_grids, evaluate_pipeline)
 from unigen.evaluate.sweep import (_affects, _is_headline, _point_label, _safe, check_sweep,
                                    parse_sweep, sweep_curves, sweep_pipeline)
 from unigen.evaluate.command import _resolve_device, evaluate_model, print_summary

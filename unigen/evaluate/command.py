@@ -49,6 +49,11 @@ def print_summary(result: Mapping[str, Any]) -> None:
     if "points" in result:
         for run, metrics in zip(result["points"], result["metrics"]):
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if _is_headline(k))
+            reused = {}
+            for task, source in run.get("reused", {}).items():
+                reused.setdefault(source, []).append(task)
+            shown += "".join(f" ({', '.join(tasks)} reused from {source})"
+                             for source, tasks in reused.items())
             print(f"[{_point_label(run['point'])}] {shown}")
     else:
         for name, value in result["metrics"].items():

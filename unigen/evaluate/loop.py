@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
-import inspect
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -29,16 +29,16 @@ from tqdm.auto import tqdm
 from unigen import io
 from unigen.evaluate.config import EvalConfig, TaskSettings
 from unigen.evaluate.data import EvalData, build_data
-from unigen.evaluate.persistence import (RECORDS_NAME, RESOURCE_OPTIONS, RUN_NAME, SAMPLES_DIR,
-                                         STATE_NAME, RecordLog, _first_difference,
+from unigen.evaluate.persistence import (_SAMPLE_PNG, RECORDS_NAME, RESOURCE_OPTIONS, RUN_NAME,
+                                         SAMPLES_DIR, STATE_NAME, RecordLog, _first_difference,
                                          _restore_state, _run_identity, _state_tensors,
-                                         remove_run_outputs)
+                                         finished_task, remove_run_outputs)
 from unigen.evaluate.recipe import (check_metric_options, metric_entries, metric_kind,
-                                    parse_config)
+                                    parse_config, shared_arguments)
 from unigen.evaluate.record_metrics import (RECORD, RECORD_METRICS, _feed_image_metrics,
                                             _feed_records, result_name)
 from unigen.evaluate.tasks import EVAL_TASKS, TaskSpec, settings_used
-from unigen.metrics import (COMPOSITIONAL, METRICS, ClipEncoder, build_feature_extractor,
+from unigen.metrics import (COMPOSITIONAL, ClipEncoder, build_feature_extractor,
                             build_metric, flatten_results, write_report)
 from unigen.tokenizers.base import pil_to_tensor
 from unigen.visual import captioned_grid, save_png, to_pil
@@ -57,6 +57,7 @@ class _TaskRun:
     done: int = 0
     generated_now: int = 0
     seconds: float = 0.0
+    reused_from: str | None = None  # the earlier run whose records and state this task took
 
     def live_metrics(self) -> dict[str, Any]:
         return {name: metric for name, (_, metric) in self.image_metrics.items()}
@@ -94,12 +95,8 @@ def _plan_tasks(cfg: EvalConfig, data: EvalData, device: torch.device
             raise ValueError(f"tasks.{name} needs {' and '.join(needs)} texts for every sample; "
                              f"sample {gap[0]} of data source {cfg.data['source']!r} has no "
                              f"{gap[1]}")
-    plans, wanted = [], set()
-    for name, settings in cfg.tasks.items():
-        for metric, kwargs in metric_entries(settings):
-            if metric in METRICS:
-                params = inspect.signature(METRICS.get(metric).__init__).parameters
-                wanted |= {k for k in ("extractor", "clip") if k in params and k not in kwargs}
+    plans = []
+    wanted = set().union(*(shared_arguments(settings) for settings in cfg.tasks.values()))
     shared = _shared_resources(cfg, wanted)
     for name, settings in cfg.tasks.items():
         spec = EVAL_TASKS.get(name)
@@ -117,9 +114,11 @@ def _plan_tasks(cfg: EvalConfig, data: EvalData, device: torch.device
     return plans, shared
 
 
-def _resume(plans: list[_TaskRun], log: RecordLog, state_path: Path) -> list[dict[str, Any]]:
+def _resume(plans: list[_TaskRun], log: RecordLog, state_path: Path,
+            skip: Collection[str] = ()) -> list[dict[str, Any]]:
     """Set each task's ``done`` count from the records (and, for tasks with image metrics, the
-    checkpointed state, which may lag the records); returns the records kept."""
+    checkpointed state, which may lag the records); returns the records kept. The tasks in
+    ``skip`` (taken whole from an earlier run instead) keep nothing and start from 0."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for record in log:
         rows = by_task.setdefault(record.get("task"), [])
@@ -130,6 +129,8 @@ def _resume(plans: list[_TaskRun], log: RecordLog, state_path: Path) -> list[dic
     state = io.load_safetensors(state_path) if state_path.is_file() else {}
     kept = []
     for plan in plans:
+        if plan.name in skip:
+            continue
         rows = by_task.get(plan.name, [])
         plan.done = len(rows)
         if plan.image_metrics:
@@ -179,6 +180,49 @@ def _run_task(pipe, plan: _TaskRun, cfg: EvalConfig, data: EvalData, log: Record
                 since_save = 0
             bar.update(len(samples))
     plan.seconds = time.perf_counter() - start
+
+
+def _reuse_sources(plans: list[_TaskRun], identity: Mapping[str, Any],
+                   reuse_from: Mapping[str, Path], num_samples: int, grid_count: int, out: Path
+                   ) -> dict[str, tuple[str, Path, list[dict[str, Any]], dict[str, Tensor]]]:
+    """Per task, the first of the earlier runs ``reuse_from`` (name -> folder) that finished it as
+    this run would compute it (:func:`finished_task`), with the sample images its grid needs:
+    ``task -> (name, folder, records, metric state)``."""
+    found = {}
+    for plan in plans:
+        for name, source in reuse_from.items():
+            if source.resolve() == out.resolve():
+                continue
+            taken = finished_task(source, plan.name, identity["task_sha1"][plan.name],
+                                  num_samples, plan.live_metrics())
+            if taken is None:
+                continue
+            if plan.spec.grid_from_generated and not all(
+                    (source / SAMPLES_DIR / plan.name / f"{i:06d}.png").is_file()
+                    for i in range(grid_count)):
+                continue
+            found[plan.name] = (name, source, *taken)
+            break
+    return found
+
+
+def _reuse_task(plan: _TaskRun, name: str, source: Path, records: list[dict[str, Any]],
+                state: Mapping[str, Tensor], log: RecordLog, out: Path) -> None:
+    """Take a task whole from the earlier run ``source``: its records, its image-metric state (the
+    caller checkpoints it) and its grid's sample images, so this folder is complete and resumes
+    like one that generated the task itself."""
+    if plan.image_metrics:
+        _restore_state({plan.name: plan.live_metrics()}, state)
+    folder = source / SAMPLES_DIR / plan.name
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and _SAMPLE_PNG.fullmatch(path.name):
+                target = out / SAMPLES_DIR / plan.name / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+    log.append(records)
+    plan.done = len(records)
+    plan.reused_from = name
 
 
 def _add_sample_fields(records: list[dict[str, Any]], name: str, metric: Any) -> None:
@@ -273,14 +317,20 @@ def _device_name(device: torch.device) -> str:
 
 def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str | os.PathLike,
                       progress: bool = True, resume: bool = False,
-                      metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      metadata: Mapping[str, Any] | None = None,
+                      reuse_from: Mapping[str, str | os.PathLike]
+                      | Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
     """Evaluate ``pipe`` (a :class:`unigen.pipeline.UnifiedPipeline`) as ``config`` (an eval recipe
     mapping, see :class:`EvalConfig`) says, writing everything into ``out_dir``.
 
     ``resume=True`` continues a run killed in ``out_dir`` (same recipe and model, else an error);
     otherwise an earlier run there is replaced. ``metadata`` is added to results.json (e.g. the
-    model directory). Returns ``{"metrics": flat metric values, "per_category": {...},
-    "metadata": {...}, "paths": {name: path}}``.
+    model directory). ``reuse_from`` names finished runs (folders, or ``{name: folder}``; a sweep
+    passes its earlier points): a task that one of them computed exactly as this run would (same
+    task identity in its ``run.json``, see :func:`unigen.evaluate.persistence.task_identities`) is
+    not generated again; its records, metric state and sample images are taken from the first
+    such run, and ``metadata.reused`` names that run per task. Returns ``{"metrics": flat metric
+    values, "per_category": {...}, "metadata": {...}, "paths": {name: path}}``.
 
     Example (the demo's quick check)::
 
@@ -302,6 +352,10 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
     plans, shared = _plan_tasks(cfg, data, pipe.device)
     log, state_path, run_path = RecordLog(out / RECORDS_NAME), out / STATE_NAME, out / RUN_NAME
     identity = _run_identity(cfg, pipe, {p.name: p.live_metrics() for p in plans})
+    if not isinstance(reuse_from, Mapping):
+        reuse_from = {str(folder): folder for folder in reuse_from}
+    sources = _reuse_sources(plans, identity, {k: Path(v) for k, v in reuse_from.items()},
+                             len(data), min(cfg.grid_size, len(data)), out)
     kept: list[dict[str, Any]] = []
     resuming = resume and run_path.is_file()
     if resuming:
@@ -316,7 +370,7 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
             where = _first_difference(saved.get("resources"), identity["resources"])
             raise ValueError(f"cannot resume {out}: the metrics' networks differ from the earlier "
                              f"run's at {where!r} (other weights: start over without --resume)")
-        kept = _resume(plans, log, state_path)
+        kept = _resume(plans, log, state_path, skip=sources)
     # a new run removes everything an earlier one wrote there (and nothing else); a resumed one
     # keeps what it continues from and writes the results, report and grids anew
     remove_run_outputs(out, resuming)
@@ -329,7 +383,12 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
         io.save_safetensors(_state_tensors(live, {p.name: p.done for p in plans}), state_path)
 
     for plan in plans:
-        _run_task(pipe, plan, cfg, data, log, out, save_state, progress)
+        if plan.name in sources:
+            _reuse_task(plan, *sources[plan.name], log, out)
+            if plan.image_metrics:
+                save_state()
+        else:
+            _run_task(pipe, plan, cfg, data, log, out, save_state, progress)
     results, per_category = _compute(plans, log)
     meta = {
         **(metadata or {}),
@@ -344,6 +403,9 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
                              if p.seconds > 0 and p.generated_now else None}
                     for p in plans},
     }
+    reused = {p.name: p.reused_from for p in plans if p.reused_from is not None}
+    if reused:  # these tasks' numbers come from the named run's records and metric state
+        meta["reused"] = reused
     paths = write_report(out, results, meta, per_category)
     grids = _write_grids(plans, cfg, data, log, out)
     if grids:

@@ -1,6 +1,7 @@
 """Persistence of a run: the folder's file names, records (JSONL), image-metric state
 (safetensors), the run identity (recipe, model and metric-weights fingerprints) that a resume must
-match, and which files of a folder an earlier run wrote.
+match, each task's identity (what a sweep's later point must match to reuse the task from a
+finished earlier run, :func:`finished_task`), and which files of a folder an earlier run wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from unigen import io
 from unigen.evaluate.config import _RUN_ONLY_KEYS, _RUN_ONLY_TASK_KEYS, EvalConfig
+from unigen.evaluate.recipe import shared_arguments
 from unigen.evaluate.tasks import EVAL_TASKS
 from unigen.metrics.features import without_locations
 from unigen.metrics.report import (CATEGORY_PLOT, REPORT_NAME, RESULTS_NAME, SWEEP_PLOT, json_line,
@@ -133,15 +135,106 @@ def resource_identity(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
             if callable(getattr(metric, "describe", None))}
 
 
+def pipeline_description(pipe, model_sha1: str) -> dict[str, Any]:
+    """The model as a task identity names it: its weights' fingerprint (:func:`model_fingerprint`)
+    and what else of the pipeline shapes its outputs (class, image size, transformer config, text
+    vocabulary size)."""
+    text = getattr(pipe, "text_tokenizer", None)
+    return {"sha1": model_sha1, "class": f"{type(pipe).__module__}.{type(pipe).__qualname__}",
+            "image_size": getattr(pipe, "image_size", None),
+            "transformer": json_safe(getattr(pipe.transformer, "config", None)),
+            "text_vocab_size": getattr(text, "vocab_size", None)}
+
+
+def task_identities(cfg: EvalConfig, recipe: Mapping[str, Any], resources: Mapping[str, Any],
+                    model: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per task, everything that decides its records, metric state, sample images and numbers:
+    its own settings (with ``cuda_graphs``), every recipe key outside ``tasks:`` that is not a
+    run-only key (data, seed, grid_size, ...) plus ``batch_size``, the model
+    (:func:`pipeline_description`), the networks its metrics compute with (described, and the
+    ``resources:`` entries they are given), and the identities of the tasks it reads
+    (``TaskSpec.inputs_from``).  Two runs whose task identities are equal compute that task
+    identically, so a sweep reuses its results (speed-only keys count too: a sweep over them
+    measures the timings of every task).
+
+    ``recipe`` and ``resources`` are :func:`identity_recipe` and :func:`resource_identity`."""
+    common = {k: v for k, v in recipe.items() if k != "tasks"}
+    common.update(batch_size=cfg.batch_size, model=dict(model))
+    every_resource = json_safe(dataclasses.asdict(cfg.resources))
+    out: dict[str, dict[str, Any]] = {}
+
+    def identity(task: str, reading: tuple[str, ...]) -> dict[str, Any] | None:
+        if task not in cfg.tasks:
+            return None  # a task read but not in the recipe: part of the key as absent
+        if task in reading:
+            raise ValueError(f"eval tasks read each other's outputs in a cycle: "
+                             f"{' -> '.join((*reading, task))}")
+        if task not in out:
+            settings = cfg.tasks[task]
+            own = dict(recipe["tasks"][task])
+            own.update({k: getattr(settings, k) for k in _RUN_ONLY_TASK_KEYS})
+            inputs = EVAL_TASKS.get(task).inputs_from
+            out[task] = {
+                **common, "task": task, "settings": own,
+                "resources": {k: v for k, v in resources.items()
+                              if k.split("/", 1)[0] == task},
+                "shared_resources": {k: every_resource[k]
+                                     for k in sorted(shared_arguments(settings))},
+                "inputs": {t: identity(t, (*reading, task)) for t in inputs}}
+        return out[task]
+
+    for task in cfg.tasks:
+        identity(task, ())
+    return {task: out[task] for task in cfg.tasks}
+
+
 def _run_identity(cfg: EvalConfig, pipe, metrics: Mapping[str, Mapping[str, Any]] | None = None
                   ) -> dict[str, Any]:
     """What a resumed run must share with the earlier one: recipe, model weights and, per image
-    metric, the networks it computes with (``metrics``: task -> name -> live metric)."""
+    metric, the networks it computes with (``metrics``: task -> name -> live metric); and per
+    task the fingerprint of :func:`task_identities` (``task_sha1``), which a sweep's later point
+    must match to reuse that task's results."""
     resources = resource_identity(metrics or {})
     recipe = identity_recipe(cfg, {tuple(key.split("/", 1)) for key in resources})
+    model_sha1 = model_fingerprint(pipe)
+    tasks = task_identities(cfg, recipe, resources, pipeline_description(pipe, model_sha1))
     return {"recipe": recipe, "recipe_sha1": _fingerprint(recipe),
-            "model_sha1": model_fingerprint(pipe), "resources": resources,
-            "resources_sha1": _fingerprint(resources)}
+            "model_sha1": model_sha1, "resources": resources,
+            "resources_sha1": _fingerprint(resources),
+            "task_sha1": {task: _fingerprint(value) for task, value in tasks.items()}}
+
+
+def finished_task(source: Path, task: str, task_sha1: str, num_samples: int,
+                  metrics: Mapping[str, Any]
+                  ) -> tuple[list[dict[str, Any]], dict[str, Tensor]] | None:
+    """The records of ``task`` and its image-metric state (``metrics``: name -> live metric) in
+    the finished run ``source``, when that run computed the task exactly as this one would (its
+    ``run.json`` holds the same ``task_sha1``) and holds all of it: results written, one record
+    per sample in order, the metric state of every sample. None otherwise (the task is then
+    generated; an unreadable folder is no error)."""
+    try:
+        saved = io.read_json(source / RUN_NAME, "eval run")
+        if (not isinstance(saved, Mapping) or not isinstance(saved.get("task_sha1"), Mapping)
+                or saved["task_sha1"].get(task) != task_sha1
+                or not (source / RESULTS_NAME).is_file()):
+            return None
+        records = [r for r in RecordLog(source / RECORDS_NAME) if r.get("task") == task]
+        if [r.get("index") for r in records] != list(range(num_samples)):
+            return None
+        state: dict[str, Tensor] = {}
+        if metrics:
+            saved_state = io.load_safetensors(source / STATE_NAME)
+            if int(saved_state.get(f"done/{task}", torch.tensor(0))) != num_samples:
+                return None
+            state = {k: v for k, v in saved_state.items()
+                     if k == f"done/{task}" or k.startswith(f"{task}/")}
+            for name, metric in metrics.items():
+                for key, value in metric.metric_state.items():
+                    if not isinstance(value, list) and f"{task}/{name}/{key}" not in state:
+                        return None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return None
+    return records, state
 
 
 def run_outputs(out: Path) -> list[Path]:

@@ -124,6 +124,17 @@ def metric_entries(task: TaskSettings) -> list[tuple[str, dict[str, Any]]]:
     return out + ([("fid", {})] if task.fid else [])
 
 
+def shared_arguments(task: TaskSettings) -> set[str]:
+    """The networks of ``resources:`` (``extractor``, ``clip``) that a task's metrics are given by
+    the run: those their constructors take and their entries do not set themselves."""
+    wanted: set[str] = set()
+    for metric, kwargs in metric_entries(task):
+        if metric in METRICS:
+            params = inspect.signature(METRICS.get(metric).__init__).parameters
+            wanted |= {k for k in _SHARED_ARGUMENTS if k in params and k not in kwargs}
+    return wanted
+
+
 def load_eval_config(path: str | os.PathLike, overrides: Sequence[str] = ()
                      ) -> dict[str, Any]:
     """Read a YAML recipe and apply ``key=value`` overrides (values parsed as YAML)."""

@@ -1,6 +1,9 @@
 """Sweeps: a grid of settings, one evaluation per point, metric-vs-parameter curves.
 :func:`sweep_pipeline` runs the grid (e.g. guidance scale x steps, as in the MaskGIT / Show-o
-trade-off plots) and plots each metric against each numeric parameter.
+trade-off plots) and plots each metric against each numeric parameter. A point generates only
+the tasks whose identity (settings, data, seed, model, metric networks: everything that decides
+their outputs) no earlier point had; it takes the others' records, metric state and sample images
+from the earliest point that computed them.
 """
 
 from __future__ import annotations
@@ -126,11 +129,20 @@ def _remove_stale_points(points_dir: Path, wanted: set[str]) -> None:
 
 def sweep_pipeline(pipe, config: Mapping[str, Any], out_dir: str | os.PathLike,
                    axes: Mapping[str, Sequence[Any]] | None = None, progress: bool = True,
-                   resume: bool = False, metadata: Mapping[str, Any] | None = None
-                   ) -> dict[str, Any]:
+                   resume: bool = False, metadata: Mapping[str, Any] | None = None,
+                   reuse: bool = True) -> dict[str, Any]:
     """Evaluate every point of the grid ``axes`` (default: the recipe's ``sweep:`` block; keys as in
     :func:`setting_paths`) into ``out_dir/points/<point>``; ``out_dir`` gets the summary:
-    results.json, report.md and one ``sweep_<metric>_vs_<parameter>.png`` per numeric axis."""
+    results.json, report.md and one ``sweep_<metric>_vs_<parameter>.png`` per numeric axis.
+
+    A task that an earlier point computed exactly as this point would (every setting, data, seed,
+    model and metric network that decides its outputs equal: its task identity, see
+    :func:`unigen.evaluate.persistence.task_identities`) is not generated again
+    (``reuse=False``: every point generates every task): the point takes that task's records,
+    metric state and sample images from the earliest such point, so its folder is complete and
+    resumable, and its results name the point in ``metadata.reused``; the summary's ``points``
+    entries list the reused tasks too. A sweep of ``t2i.*`` keys thus generates caption and VQA
+    once."""
     base = dict(config)
     recipe_axes = base.pop("sweep", None) or {}
     axes = dict(recipe_axes if axes is None else axes)
@@ -142,15 +154,21 @@ def sweep_pipeline(pipe, config: Mapping[str, Any], out_dir: str | os.PathLike,
     if not resume:
         _remove_stale_points(out / POINTS_DIR, set(labels))
     points, results, runs = [], [], []
+    finished: dict[str, Path] = {}  # earlier points of this sweep: "points/<label>" -> folder
     for point, label in zip(grid, labels):
         point_config = base
         for key, value in point.items():
             point_config = with_setting(point_config, key, value)
+        name = f"{POINTS_DIR}/{label}"
         run = evaluate_pipeline(pipe, point_config, out / POINTS_DIR / label, progress, resume,
-                                metadata)
+                                metadata, reuse_from=dict(finished) if reuse else {})
+        finished[name] = out / POINTS_DIR / label
         points.append(point)
         results.append(run["metrics"])
-        runs.append({"point": point, "dir": f"{POINTS_DIR}/{label}"})
+        entry = {"point": point, "dir": name}
+        if run["metadata"].get("reused"):
+            entry["reused"] = dict(run["metadata"]["reused"])
+        runs.append(entry)
     sweeps = sweep_curves(axes, points, results, _affects(base))
     summary = {f"[{_point_label(p)}] {name}": value for p, r in zip(points, results)
                for name, value in r.items() if _is_headline(name)}

@@ -46,6 +46,9 @@ class TaskSpec:
     # the step count a UnifiedPipeline's ``method`` uses when given none and its signature says
     # None (the default is computed inside the method)
     default_steps: Callable[[Any], int] | None = None
+    # tasks whose outputs this task's generation or metrics read: a sweep reuses this task's
+    # results from an earlier point only when those tasks are the same computation there too
+    inputs_from: tuple[str, ...] = ()
 
 
 EVAL_TASKS: Registry[TaskSpec] = Registry("eval task")
