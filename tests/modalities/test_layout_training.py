@@ -91,6 +91,21 @@ def test_an_unknown_saved_modality_names_the_file(trained, tmp_path):
         UnifiedPipeline.from_pretrained(tmp_path / "model")
 
 
+def test_validation_scores_the_layout_parser_exactly(trained, tmp_path, monkeypatch):
+    from unigen.training import validation_sampling
+    from unigen.training.validation_sampling import sample_segment_tasks
+
+    module, batch, _ = trained
+    monkeypatch.setattr(validation_sampling, "_log_dir", lambda m: tmp_path)  # no trainer here
+    metrics = sample_segment_tasks(module, module.to_pipeline(), batch, 8, 4, 4, "maskgit", 0, "val")
+    truth = ShapesLayout().encode(batch["scene"])
+    parsed = module.to_pipeline().run_task("i2layout", {"image": batch["image"]}, num_steps=4,
+                                           sampler="confident")["layout_codes"]
+    assert metrics["val/i2layout_code_accuracy"] == float((parsed == truth).float().mean())
+    assert "val/layout2i_code_accuracy" not in metrics  # an image is not scored by its codes
+    assert (tmp_path / "samples" / "layout2i_step0000000.png").exists()
+
+
 def test_layout_debug_recipe_fits_and_exports(layout_dirs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(ROOT / "recipes" / "debug" / "layout_debug.yaml"),
@@ -100,6 +115,8 @@ def test_layout_debug_recipe_fits_and_exports(layout_dirs, tmp_path, monkeypatch
           "--export_dir", str(tmp_path / "model")])
     logs = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "val/loss_i2layout" in logs and "val/loss_layout2i" in logs
+    assert "val/i2layout_code_accuracy" in logs  # the segment tasks are decoded and scored
+    assert list(tmp_path.rglob("samples/layout2i_step*.png")), "layout-to-image sample grids"
     pipe = UnifiedPipeline.from_pretrained(tmp_path / "model")
     assert pipe.transformer.sequence.extra == {"layout": (3, 3)}
     out = pipe.run_task("i2layout", {"image": torch.rand(2, 3, 32, 32)}, num_steps=2)

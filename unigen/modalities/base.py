@@ -49,6 +49,10 @@ class Modality(ABC):
     def decode(self, codes: Tensor) -> list[Any]:
         """Codes ``[B, *shape]`` -> one raw item per row."""
 
+    def describe(self, items: list[Any]) -> list[str]:
+        """One line of text per decoded item, for humans (sample grids); default ``str``."""
+        return [str(item) for item in items]
+
     def config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this modality (saved with a model)."""
         return {}

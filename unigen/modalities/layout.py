@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from unigen.data.shapes import COLORS, GRID, SHAPES, SIZES, Scene, ShapeObject
+from unigen.data.shapes import COLORS, GRID, SHAPES, SIZES, Scene, ShapeObject, description
 from unigen.diffusion.tasks import TASKS, SegmentTask
 from unigen.modalities.base import Modality, register_modality
 
@@ -65,6 +65,11 @@ class ShapesLayout(Modality):
                        for r, row in enumerate(grid) for c, code in enumerate(row) if code]
             scenes.append(Scene(objects))
         return scenes
+
+
+    def describe(self, items: Sequence[Any]) -> list[str]:
+        """The scenes' exhaustive descriptions (``a small red circle in the top left ...``)."""
+        return [description(_scene(item, i)) for i, item in enumerate(items)]
 
 
 def _scene(item: Any, index: int) -> Scene:

@@ -89,6 +89,48 @@ def caption_references(batch: dict[str, Any], n: int) -> list[list[str]]:
     return [[c, *([d] if d and d != c else [])] for c, d in zip(batch["caption"][:n], descriptions)]
 
 
+def sample_segment_tasks(module, pipe, batch: dict[str, Any], n: int, num_steps: int,
+                         text_steps: int | None, sampler: str, seed: int, stage: str
+                         ) -> dict[str, float]:
+    """The recipe's tasks stated by segments (:class:`~unigen.diffusion.tasks.SegmentTask`, e.g.
+    a further modality's): each one decoded on the first ``n`` samples; a predicted modality
+    segment is scored by ``<stage>/<task>_code_accuracy`` (codes equal to the data's), a
+    predicted image is saved as a grid under its given modality's description."""
+    from unigen.diffusion.tasks import TASKS, SegmentTask
+
+    metrics: dict[str, float] = {}
+    modalities = pipe.modalities
+    prefix = "" if stage == "val" else f"{stage}_"
+    for name in module.mixture.names:
+        task = TASKS.get(name)
+        if not (isinstance(task, type) and issubclass(task, SegmentTask)):
+            continue
+        inputs: dict[str, Any] = {}
+        for seg in task.given:
+            if seg == "text":
+                inputs[seg] = list(batch["caption"][:n])
+            elif seg == "image":
+                inputs[seg] = batch["image"][:n]
+            else:
+                inputs[seg] = batch[modalities[seg].field][:n]
+        image_out = "image" in task.predicted
+        out = pipe.run_task(name, inputs, num_steps=num_steps if image_out else (text_steps or num_steps),
+                            sampler=sampler if image_out else "confident", seed=seed, output="tensor")
+        for seg in task.predicted:
+            if seg in modalities:
+                truth = modalities[seg].encode(batch[modalities[seg].field][:n])
+                codes = out[f"{seg}_codes"].cpu()
+                metrics[f"{stage}/{name}_code_accuracy"] = float((codes == truth).float().mean())
+        if image_out:
+            given = [g for g in task.given if g in modalities]
+            labels = (modalities[given[0]].describe(inputs[given[0]]) if given
+                      else list(inputs.get("text", [name] * n)))
+            grid = captioned_grid(out["image"].cpu(), labels)
+            save_png(grid, _log_dir(module) / "samples" / f"{prefix}{name}_step{module.global_step:07d}.png")
+            _log_image(module, f"{stage}/{name}_samples", grid)
+    return metrics
+
+
 def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, num_steps: int = 12,
                            guidance_scale: float = 1.0, sampler: str = "maskgit",
                            text_steps: int | None = None, seed: int = 0,
@@ -154,6 +196,8 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
             grid = captioned_grid(images_in.cpu(), generated)
             save_png(grid, _log_dir(module) / "samples" / f"{prefix}caption_step{module.global_step:07d}.png")
             _log_image(module, f"{stage}/captions", grid)
+        metrics.update(sample_segment_tasks(module, pipe, batch, n, num_steps, text_steps, sampler,
+                                            seed, stage))
     finally:
         module.net.train(was_training)
     for name, metric in recipe_metrics.items():
