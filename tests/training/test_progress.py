@@ -94,3 +94,109 @@ def test_output_that_is_not_a_terminal_gets_a_plain_line_every_few_percent(tmp_p
         _trainer(tmp_path, max_steps=4), interactive=True).callbacks)
     assert len([cb for cb in use_run_progress_bar(trainer, interactive=False).callbacks
                 if isinstance(cb, ProgressLines)]) == 1
+
+
+# -- rates and totals after a resume --------------------------------------------------------------
+SLEEP = 0.05  # seconds a training batch takes at least: no rate above 1 / SLEEP is sensible
+
+
+class _SlowModel(BoringModel):
+    def training_step(self, batch, batch_idx):
+        import time
+
+        time.sleep(SLEEP)
+        return super().training_step(batch, batch_idx)
+
+
+class _RateBar(RunProgressBar):
+    """The train bar's (position, total, shown rate) after every batch, as its columns render."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: list[tuple[float, float | None, str]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from lightning.pytorch.callbacks.progress.rich_progress import ProcessingSpeedColumn
+
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        task = next(t for t in self.progress.tasks if t.id == self.train_progress_bar_id)
+        (speed,) = [c for c in self.progress.columns if isinstance(c, ProcessingSpeedColumn)]
+        self.shown.append((task.completed, task.total, speed.render(task).plain))
+
+
+def _rate(text: str) -> float:
+    assert text.endswith("it/s"), text
+    return float(text.removesuffix("it/s"))
+
+
+def _first_run(tmp_path, every_4: bool = True, **kwargs) -> None:
+    """A run whose checkpoints are ``step=4.ckpt``, ``step=8.ckpt`` ... (``every_4``) or only
+    ``last.ckpt``, written when the fit ends."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    saving = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1,
+                             filename="{step}") if every_4 else \
+        ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    L.Trainer(default_root_dir=tmp_path, logger=False, enable_model_summary=False,
+              enable_progress_bar=False, callbacks=[saving], **kwargs).fit(_SlowModel())
+
+
+def _resume(tmp_path, ckpt: str, callbacks, **kwargs) -> float:
+    """Resume from ``ckpt``; the seconds the fit took."""
+    import time
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BoringModel's loader is not resumable: only the bar counts
+        _trainer(tmp_path, callbacks=callbacks, **kwargs).fit(_SlowModel(),
+                                                              ckpt_path=tmp_path / ckpt)
+    return time.perf_counter() - start
+
+
+def test_the_bar_rate_after_a_resume_counts_this_process_batches(tmp_path):
+    _first_run(tmp_path, max_steps=4, limit_train_batches=8, limit_val_batches=0)
+    bar = _RateBar()
+    took = _resume(tmp_path, "step=4.ckpt", [bar], max_steps=6, limit_train_batches=8)
+    assert [shown[:2] for shown in bar.shown] == [(5, 6), (6, 6)]
+    rates = [_rate(shown[2]) for shown in bar.shown]
+    # rich's estimate of the epoch's task read 0.00it/s after the first resumed batch (one update,
+    # a jump to position 5, not counted); the rate is that of the 2 batches of this process: not
+    # the 6 of the run, nor the 4 restored ones
+    assert all(0 < rate <= 1 / SLEEP for rate in rates), rates
+    assert rates[-1] >= 2 / took
+
+
+def test_the_bar_rate_is_kept_across_an_epoch_start(tmp_path):
+    bar = _RateBar()
+    trainer = _trainer(tmp_path, max_steps=5, limit_train_batches=2, callbacks=[bar])
+    trainer.fit(_SlowModel())
+    # every epoch's first batch read 0.00it/s: rich's estimate is reset at each epoch start
+    assert [shown[0] for shown in bar.shown] == [1, 2, 1, 2, 1]
+    assert all(0 < _rate(shown[2]) <= 1 / SLEEP for shown in bar.shown), bar.shown
+
+
+def test_the_bar_total_after_resuming_a_fit_that_ended_mid_epoch(tmp_path):
+    # val_check_interval counted across epochs (as the debug recipes do): the end-of-fit "last"
+    # checkpoint resumes with a replayed epoch start, but the batches go on from the 5th
+    loop = dict(limit_val_batches=0, val_check_interval=8, check_val_every_n_epoch=None)
+    _first_run(tmp_path, every_4=False, max_steps=12, limit_train_batches=8, **loop)
+    bar = _RateBar()
+    _resume(tmp_path, "last.ckpt", [bar], max_steps=14, limit_train_batches=8,
+            **{k: v for k, v in loop.items() if k != "limit_val_batches"})
+    assert [shown[:2] for shown in bar.shown] == [(5, 6), (6, 6)]  # was 5/2, 6/2
+
+
+def test_plain_lines_after_a_resume_give_this_process_steps_per_second(tmp_path):
+    import io
+
+    from unigen.training.progress import ProgressLines
+
+    _first_run(tmp_path, max_steps=4, limit_train_batches=8, limit_val_batches=0)
+    out = io.StringIO()
+    took = _resume(tmp_path, "step=4.ckpt", [ProgressLines(every=2, stream=out)], max_steps=8,
+                   limit_train_batches=8, enable_progress_bar=False)
+    lines = out.getvalue().splitlines()
+    assert [ln.split(" (")[0] for ln in lines] == ["step 6/8", "step 8/8"]
+    rates = [float(ln.split(" · ")[-1].removesuffix(" steps/s")) for ln in lines]
+    assert all(0 < rate <= 1 / SLEEP for rate in rates), lines
+    assert min(rates) >= 2 / took, lines

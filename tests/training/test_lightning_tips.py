@@ -1,0 +1,109 @@
+"""`unigen fit` drops Lightning's litlogger / litmodels tips, and no other message."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import pytest
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from unigen import cli
+from unigen.training import lightning_tips as tips
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "debug" / "tokenizer_fsq_debug.yaml"
+# the tips as lightning/pytorch/trainer/connectors/{logger,callback}_connector.py log them
+LITLOGGER_TIP = ("💡 Tip: For seamless cloud logging and experiment tracking, try installing "
+                 "[litlogger](https://pypi.org/project/litlogger/) to enable LitLogger, which logs "
+                 "metrics and artifacts automatically to the Lightning Experiments platform.")
+LITMODELS_TIP = ("💡 Tip: For seamless cloud uploads and versioning, try installing "
+                 "[litmodels](https://pypi.org/project/litmodels/) to enable LitModelCheckpoint, "
+                 "which syncs automatically with the Lightning model registry.")
+
+
+def _emitting_logger() -> logging.Logger:
+    from lightning_utilities.core import rank_zero
+
+    return rank_zero.log  # the logger rank_zero_info writes to
+
+
+@pytest.fixture
+def messages():
+    """The messages rank_zero_info logs during the test, with no tip filter installed at its
+    start (an earlier CLI test may have installed one; it is put back afterwards)."""
+    loggers = [logging.getLogger(n) for n in {*tips._RANK_ZERO_LOGGERS, _emitting_logger().name}]
+    removed = {lg: [f for f in lg.filters if isinstance(f, tips.LightningTipFilter)]
+               for lg in loggers}
+    for lg, filters in removed.items():
+        for f in filters:
+            lg.removeFilter(f)
+    seen: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    log = _emitting_logger()
+    handler, level = Recorder(level=logging.INFO), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield seen
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        for lg in loggers:
+            for f in [f for f in lg.filters if isinstance(f, tips.LightningTipFilter)]:
+                lg.removeFilter(f)
+        for lg, filters in removed.items():
+            for f in filters:
+                lg.addFilter(f)
+
+
+def _tiny_fit(tmp_path) -> None:
+    L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, max_steps=1, limit_train_batches=1,
+              limit_val_batches=0).fit(BoringModel())
+
+
+def _tips(seen: list[str]) -> list[str]:
+    return [m for m in seen if "litlogger" in m or "litmodels" in m]
+
+
+def test_the_filter_drops_exactly_the_two_tips():
+    def kept(message: str, name: str = "lightning.pytorch.utilities.rank_zero") -> bool:
+        record = logging.LogRecord(name, logging.INFO, __file__, 1, message, None, None)
+        return tips.LightningTipFilter().filter(record)
+
+    assert not kept(LITLOGGER_TIP) and not kept(LITMODELS_TIP)
+    assert kept("GPU available: False, used: False")
+    assert kept("💡 Tip: some other advice")
+    assert kept("Restoring states from the checkpoint path at last.ckpt")
+
+
+def test_lightnings_tips_are_dropped_and_its_other_messages_kept(tmp_path, messages):
+    _tiny_fit(tmp_path / "a")
+    # the premise: this Lightning logs both tips on a plain fit (else the filter has gone stale)
+    assert sorted(_tips(messages)) == sorted([LITLOGGER_TIP, LITMODELS_TIP]), messages
+    assert any(m.startswith("GPU available") for m in messages)
+    messages.clear()
+    tips.quiet_lightning_tips()
+    tips.quiet_lightning_tips()  # installed once however often asked
+    assert sum(isinstance(f, tips.LightningTipFilter) for f in _emitting_logger().filters) == 1
+    _tiny_fit(tmp_path / "b")
+    rank_zero_info("an unrelated message")
+    assert _tips(messages) == []
+    assert any(m.startswith("GPU available") for m in messages)  # Lightning's other info
+    assert "an unrelated message" in messages
+
+
+def test_the_lightning_verbs_install_the_filter(tmp_path, monkeypatch, messages):
+    monkeypatch.chdir(tmp_path)
+    cli.instantiate_recipe(RECIPE, ["--data.init_args.num_train", "16",
+                                    "--data.init_args.batch_size", "4"])
+    # the trainer is made: its logger set-up logged the litlogger tip, which was dropped
+    assert any(m.startswith("GPU available") for m in messages), messages
+    assert _tips(messages) == []
