@@ -33,6 +33,17 @@ def image_tokenizer_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def layout_text_tokenizer_dir(text_tokenizer_dir, tmp_path_factory):
+    """The tiny text tokenizer plus the layout modality's task tokens."""
+    from unigen.tokenizers.text import TextTokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "text_tokenizer_layout"
+    base = TextTokenizer.from_pretrained(text_tokenizer_dir)
+    base.add_task_tokens(["layout2i", "i2layout", "t2layout"]).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tokenizer_dirs(text_tokenizer_dir, image_tokenizer_dir):
     return {"text_tokenizer": str(text_tokenizer_dir), "image_tokenizer": str(image_tokenizer_dir)}
 

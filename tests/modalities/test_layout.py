@@ -13,6 +13,7 @@ from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.vocab import IMAGE, STRUCTURE, TEXT, SequenceLayout, VocabLayout
 from unigen.modalities import MODALITIES, ShapesLayout, build_modalities, layout_scores, modality_spec
+from unigen.modalities.layout import malformed_cells
 from unigen.modules.transformer import UnifiedTransformer
 from unigen.tokenizers.text import TextTokenizer
 
@@ -35,23 +36,38 @@ def test_layout_codes_round_trip_scenes():
     layout = ShapesLayout()
     raw = scenes(8)
     codes = layout.encode(raw)
-    assert codes.shape == (8, GRID, GRID) and codes.dtype == torch.long
-    assert int(codes.max()) < layout.codebook_size == 97
+    assert codes.shape == (8, GRID, 3 * GRID) and codes.dtype == torch.long
+    assert int(codes.max()) < layout.codebook_size == 17
     for scene_json, scene, grid in zip(raw, layout.decode(codes), codes):
         want = {(o.row, o.col, o.shape, o.color, o.size) for o in Scene.from_json(scene_json).objects}
         assert {(o.row, o.col, o.shape, o.color, o.size) for o in scene.objects} == want
-        assert int((grid != 0).sum()) == len(want)  # empty cells are code 0
+        assert int((grid != 0).sum()) == 3 * len(want)  # empty cells are three 0 slots
     assert torch.equal(layout.encode(layout.decode(codes)), codes)
+    assert malformed_cells(codes).tolist() == [0] * 8
 
 
-def test_layout_codes_are_distinct_per_object_kind():
+def test_layout_slots_factor_shape_color_and_size():
     layout = ShapesLayout()
-    a = Scene([ShapeObject("circle", "red", "small", 0, 0)])
-    b = Scene([ShapeObject("circle", "red", "large", 0, 0)])
-    c = Scene([ShapeObject("square", "red", "small", 0, 0)])
+    a = Scene([ShapeObject("circle", "red", "small", 0, 1)])
+    b = Scene([ShapeObject("circle", "blue", "large", 0, 1)])
+    c = Scene([ShapeObject("square", "red", "small", 0, 1)])
     codes = layout.encode([a, b.to_dict(), c.to_json()])  # Scene, dict and JSON all accepted
-    assert len({int(x) for x in codes[:, 0, 0]}) == 3
-    assert int(codes[:, 1:, :].abs().sum()) == 0
+    cell = codes[:, 0, 3:6]  # (row 0, col 1): slots shape, color, size
+    assert cell[0, 0] == cell[1, 0] != cell[2, 0]  # circle, circle, square
+    assert cell[0, 1] == cell[2, 1] != cell[1, 1]  # red, blue, red
+    assert cell[0, 2] == cell[2, 2] != cell[1, 2]  # small, large, small
+    assert int(codes[:, :, :3].abs().sum()) == int(codes[:, 1:].abs().sum()) == 0
+
+
+def test_malformed_cells_decode_as_empty_and_are_counted():
+    layout = ShapesLayout()
+    codes = layout.encode([Scene([ShapeObject("circle", "red", "small", 0, 0),
+                                  ShapeObject("star", "blue", "large", 2, 2)])])
+    broken = codes.clone()
+    broken[0, 0, 1] = broken[0, 0, 0]  # a shape code in the color slot
+    assert malformed_cells(broken).tolist() == [1]
+    assert [o.shape for o in layout.decode(broken)[0].objects] == ["star"]
+    assert layout_scores(broken, codes)["malformed"] == 1 / 9
 
 
 def test_layout_bad_input_is_one_clear_error():
@@ -60,20 +76,24 @@ def test_layout_bad_input_is_one_clear_error():
         layout.encode([scenes(1)[0], "{not json"])
     with pytest.raises(TypeError, match="takes a batch"):
         layout.encode(scenes(1)[0])
-    with pytest.raises(ValueError, match=r"layout codes must lie in \[0, 97\)"):
-        layout.decode(torch.full((1, 3, 3), 97))
-    with pytest.raises(ValueError, match=r"must be \[B, 3, 3\]"):
-        layout.decode(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"layout codes must lie in \[0, 17\)"):
+        layout.decode(torch.full((1, 3, 9), 17))
+    with pytest.raises(ValueError, match=r"must be \[B, 3, 9\]"):
+        layout.decode(torch.zeros(1, 3, 3, dtype=torch.long))
 
 
 def test_layout_scores_are_exact():
-    target = torch.zeros(2, 3, 3, dtype=torch.long)
-    target[0, 0, 0], target[0, 1, 1], target[1, 2, 2] = 5, 7, 9
-    pred = target.clone()
-    pred[0, 1, 1] = 8  # one object wrong
-    pred[1, 0, 0] = 3  # one hallucinated object
+    layout = ShapesLayout()
+    target = layout.encode([Scene([ShapeObject("circle", "red", "small", 0, 0),
+                                   ShapeObject("star", "blue", "large", 1, 1)]),
+                            Scene([ShapeObject("cross", "white", "small", 2, 2)])])
+    pred = layout.encode([Scene([ShapeObject("circle", "red", "small", 0, 0),
+                                 ShapeObject("star", "blue", "small", 1, 1)]),  # size wrong
+                          Scene([ShapeObject("cross", "white", "small", 2, 2),
+                                 ShapeObject("cross", "red", "small", 0, 0)])])  # one extra
     scores = layout_scores(pred, target)
-    assert scores == {"cell_accuracy": 16 / 18, "object_recall": 2 / 3, "exact_match": 0.0}
+    assert scores == {"cell_accuracy": 16 / 18, "object_recall": 2 / 3, "exact_match": 0.0,
+                      "malformed": 0.0}
     assert layout_scores(target, target)["exact_match"] == 1.0
 
 
@@ -93,7 +113,7 @@ def test_modalities_are_built_by_name_and_saved_to_rebuild():
 # -- layouts with an extra segment -------------------------------------------------------------------
 def test_vocabulary_appends_the_segment_after_the_image_codes(space):
     vocab = space.vocab
-    assert vocab.total_size == vocab.text_size + 125 + 97
+    assert vocab.total_size == vocab.text_size + 125 + 17
     assert vocab.offset("layout") == vocab.text_size + 125
     assert vocab.modality_id("layout") == 3 and vocab.num_modalities == 4
     bias = vocab.legal_bias()
@@ -102,7 +122,7 @@ def test_vocabulary_appends_the_segment_after_the_image_codes(space):
     assert legal[3].nonzero().squeeze(-1).tolist() == list(range(vocab.offset("layout"), vocab.total_size))
     assert not legal[IMAGE, vocab.offset("layout"):].any()  # no image position emits a layout code
     assert not legal[TEXT, vocab.text_size:].any()
-    codes = torch.tensor([[0, 96]])
+    codes = torch.tensor([[0, 16]])
     assert torch.equal(vocab.vocab_to_codes("layout", vocab.codes_to_vocab("layout", codes)), codes)
     with pytest.raises(ValueError, match="cannot be decoded to layout codes"):
         vocab.vocab_to_codes("layout", torch.tensor([vocab.text_size]))
@@ -119,14 +139,14 @@ def test_configs_without_extra_segments_are_unchanged(space):
 def test_sequence_places_the_segment_after_eoi_with_its_own_grid(space):
     seq = space.sequence
     layout = seq.extra_segment("layout")
-    assert layout == slice(seq.eoi_pos + 1, seq.eoi_pos + 10) and seq.length == layout.stop
+    assert layout == slice(seq.eoi_pos + 1, seq.eoi_pos + 28) and seq.length == layout.stop
     modality = seq.modality()
     assert (modality[layout] == 3).all() and modality[seq.eoi_pos] == STRUCTURE
     axes = seq.axes()
     cells = axes[layout]
-    assert len({tuple(a) for a in cells.tolist()}) == 9  # a 2-D grid: every cell its own pair
+    assert len({tuple(a) for a in cells.tolist()}) == 27  # a 2-D grid: every token its own pair
     assert torch.equal(cells[1] - cells[0], torch.tensor([0, 1]))  # next column
-    assert torch.equal(cells[3] - cells[0], torch.tensor([1, 0]))  # next row
+    assert torch.equal(cells[9] - cells[0], torch.tensor([1, 0]))  # next row
     assert int(cells.min()) > int(axes[seq.eoi_pos].max())  # after everything before it
     one_d = SequenceLayout(12, (4, 4), extra={"audio": (5,)})
     audio = one_d.axes()[one_d.extra_segment("audio")]
@@ -145,7 +165,7 @@ def test_segments_assemble_and_read_back(space):
     assert torch.equal(space.segment_codes(tokens, "layout"), codes)
     assert torch.equal(space.image_codes(tokens), image)
     assert (tokens[:, space.sequence.text] == space.mask_id).all()  # an unused segment stays <mask>
-    with pytest.raises(ValueError, match=r"layout codes must be \[3, 3, 3\]"):
+    with pytest.raises(ValueError, match=r"layout codes must be \[3, 3, 9\]"):
         space.assemble("i2layout", None, image, segments={"layout": codes.flatten(1)})
     with pytest.raises(ValueError, match="no extra segment 'audio'"):
         space.assemble("i2layout", None, image, segments={"audio": codes})
@@ -154,18 +174,21 @@ def test_segments_assemble_and_read_back(space):
 
 
 @pytest.mark.parametrize("task,target,given", [("layout2i", "image", "layout"),
-                                               ("i2layout", "layout", "image")])
+                                               ("i2layout", "layout", "image"),
+                                               ("t2layout", "layout", "text")])
 def test_layout_tasks_mask_their_segments(space, task, target, given):
     codes = ShapesLayout().encode(scenes(4))
-    inputs = TaskInputs(torch.randint(0, 125, (4, 4, 4)), segments={"layout": codes})
+    inputs = TaskInputs(torch.randint(0, 125, (4, 4, 4)), captions=["a red circle"] * 4,
+                        segments={"layout": codes})
     tb = TASKS.get(task)().build(inputs, space)
     seg = space.segment_mask
     assert torch.equal(tb.target, seg(4, target))
     assert torch.equal(tb.cond, seg(4, given))
     assert torch.equal(tb.prefix, seg(4, "structure", given))
     assert tb.tokens[0, 0] == space.task_token(task)
-    assert not (tb.target & seg(4, "text")).any()
-    assert (tb.tokens[:, space.sequence.text] == space.pad_id).all()  # absent, not to be decoded
+    for unused in {"text", "image", "layout"} - {target, given}:  # absent, not to be decoded
+        assert not (tb.target & seg(4, unused)).any()
+        assert (tb.tokens[seg(4, unused)] == space.pad_id).all()
 
 
 def test_a_layout_task_without_layouts_names_itself(space):
@@ -194,7 +217,7 @@ def test_transformer_restricts_layout_positions_to_layout_codes(space, head, pos
 
 
 @pytest.mark.parametrize("task", ["t2i", "caption", "vqa", "joint", "text", "inpaint", "layout2i",
-                                  "i2layout"])
+                                  "i2layout", "t2layout"])
 def test_every_task_on_a_layout_model_keeps_structure_given_and_unused_layouts_absent(space, task):
     n = 3
     raw = scenes(n)

@@ -44,10 +44,10 @@ def test_the_trained_model_parses_its_scenes_and_the_export_keeps_the_modality(t
     pipe = module.to_pipeline()
     truth = ShapesLayout().encode(batch["scene"])
     out = pipe.run_task("i2layout", {"image": batch["image"]}, num_steps=4, sampler="confident")
-    assert out["layout_codes"].shape == (8, 3, 3)
+    assert out["layout_codes"].shape == (8, 3, 9)
     scores = layout_scores(out["layout_codes"], truth)
     assert scores["cell_accuracy"] >= 0.95 and scores["object_recall"] >= 0.9, scores
-    assert [len(s.objects) for s in out["layout"]] == [int((t != 0).sum()) for t in out["layout_codes"]]
+    assert [len(s.objects) for s in out["layout"]] == [int((t != 0).sum()) // 3 for t in out["layout_codes"]]
     pipe.save_pretrained(tmp_path / "model")
     meta = json.loads((tmp_path / "model" / "pipeline.json").read_text())
     assert meta["modalities"] == {"layout": {"kind": "shapes_layout"}}
@@ -118,6 +118,6 @@ def test_layout_debug_recipe_fits_and_exports(layout_dirs, tmp_path, monkeypatch
     assert "val/i2layout_code_accuracy" in logs  # the segment tasks are decoded and scored
     assert list(tmp_path.rglob("samples/layout2i_step*.png")), "layout-to-image sample grids"
     pipe = UnifiedPipeline.from_pretrained(tmp_path / "model")
-    assert pipe.transformer.sequence.extra == {"layout": (3, 3)}
+    assert pipe.transformer.sequence.extra == {"layout": (3, 9)}
     out = pipe.run_task("i2layout", {"image": torch.rand(2, 3, 32, 32)}, num_steps=2)
-    assert out["layout_codes"].shape == (2, 3, 3)
+    assert out["layout_codes"].shape == (2, 3, 9)

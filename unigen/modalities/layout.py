@@ -1,16 +1,21 @@
-"""The shapes world's scene layout as a modality of its own: one token per cell of the 3x3 grid,
-naming the object there (shape, color, size) or an empty cell.
+"""The shapes world's scene layout as a modality of its own: three tokens per cell of the 3x3
+grid, naming the shape, the color and the size of the object there, or an empty cell.
 
-It turns the unified model into a layout-to-image generator and a scene parser (image to layout),
-the semantic-layout conditioning of layout-to-image models in miniature, and it is the worked
-example of a third modality: this one file registers the modality and its two tasks, and
-``recipes/layout_shapes_cpu.yaml`` trains them next to text-to-image.  The data comes from the
-shapes data modules' ``scene`` field (JSON), so no data set changes.
+It turns the unified model into a layout-to-image generator, a scene parser (image to layout)
+and a layout planner (caption to layout), the semantic-layout conditioning of layout-to-image
+models in miniature, and it is the worked example of a third modality: this one file registers
+the modality and its tasks, and ``recipes/layout_shapes_cpu.yaml`` trains them next to
+text-to-image.  The data comes from the shapes data modules' ``scene`` field (JSON), so no data
+set changes.
 
-Codes: 0 is an empty cell; object ``(shape, color, size)`` is
-``1 + (SHAPES.index(shape) * len(COLORS) + COLORS.index(color)) * len(SIZES) + SIZES.index(size)``
-(97 codes).  Decoding gives each object its size class's middle extent, centred in its cell:
-the layout fixes what is where, not the jitter.
+Codes ``[3, 9]``: row ``r`` holds the cells of grid row ``r``, three slots each (shape, color,
+size), in one codebook of 17: 0 fills all three slots of an empty cell, 1-6 are ``SHAPES``, 7-14
+``COLORS``, 15-16 ``SIZES``.  The attributes are separate tokens rather than one token per
+(shape, color, size) on purpose: the held-out split pairs colors with shapes never seen together
+(``HELDOUT_COLOR_SHAPE``), and a joint code for such a pair would be a token never trained.
+Decoding gives each object its size class's middle extent, centred in its cell (the layout fixes
+what is where, not the jitter); a cell whose slots do not read shape, color, size (or all 0) is
+malformed and decodes as empty (:func:`malformed_cells` counts them).
 """
 
 from __future__ import annotations
@@ -19,53 +24,81 @@ import json
 from typing import Any, Sequence
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from unigen.data.shapes import COLORS, GRID, SHAPES, SIZES, Scene, ShapeObject, description
 from unigen.diffusion.tasks import TASKS, SegmentTask
 from unigen.modalities.base import Modality, register_modality
 
-_KINDS = [(s, c, z) for s in SHAPES for c in COLORS for z in SIZES]
-_CODE = {kind: 1 + i for i, kind in enumerate(_KINDS)}
+SLOTS = 3  # shape, color, size
+_OFFSETS = (1, 1 + len(SHAPES), 1 + len(SHAPES) + len(COLORS))
+_VALUES = (SHAPES, COLORS, SIZES)
+CODEBOOK_SIZE = 1 + len(SHAPES) + len(COLORS) + len(SIZES)
+
+
+def _cells(codes: Tensor) -> Tensor:
+    """``[B, 3, 9]`` -> ``[B, 3, 3, 3]`` (row, col, slot)."""
+    return rearrange(codes, "b r (c s) -> b r c s", s=SLOTS)
+
+
+def _slot_ok(cells: Tensor) -> Tensor:
+    """[B, 3, 3] bool: every slot of the cell holds a value of its own attribute."""
+    ok = torch.ones(cells.shape[:-1], dtype=torch.bool)
+    for k, (offset, values) in enumerate(zip(_OFFSETS, _VALUES)):
+        ok &= (cells[..., k] >= offset) & (cells[..., k] < offset + len(values))
+    return ok
+
+
+def malformed_cells(codes: Tensor) -> Tensor:
+    """[B] the number of cells per layout that are neither empty nor a (shape, color, size)."""
+    cells = _cells(torch.as_tensor(codes).cpu())
+    empty = (cells == 0).all(-1)
+    return (~(empty | _slot_ok(cells))).flatten(1).sum(1)
 
 
 @register_modality("shapes_layout")
 class ShapesLayout(Modality):
-    """Scene (JSON string, dict or :class:`Scene`) <-> ``[3, 3]`` codes."""
+    """Scene (JSON string, dict or :class:`Scene`) <-> ``[3, 9]`` codes (module docstring)."""
 
     field = "scene"
 
     @property
     def codebook_size(self) -> int:
-        return 1 + len(_KINDS)
+        return CODEBOOK_SIZE
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (GRID, GRID)
+        return (GRID, GRID * SLOTS)
 
     def encode(self, raw: Sequence[Any]) -> Tensor:
         if isinstance(raw, (str, Scene)):
             raise TypeError("ShapesLayout.encode takes a batch (a list of scenes), got one scene")
-        codes = torch.zeros(len(raw), GRID, GRID, dtype=torch.long)
+        cells = torch.zeros(len(raw), GRID, GRID, SLOTS, dtype=torch.long)
         for i, item in enumerate(raw):
             for o in _scene(item, i).objects:
-                codes[i, o.row, o.col] = _CODE[(o.shape, o.color, o.size)]
-        return codes
+                cells[i, o.row, o.col] = torch.tensor(
+                    [off + values.index(v) for off, values, v in
+                     zip(_OFFSETS, _VALUES, (o.shape, o.color, o.size))])
+        return rearrange(cells, "b r c s -> b r (c s)")
 
     def decode(self, codes: Tensor) -> list[Scene]:
-        codes = torch.as_tensor(codes)
-        if codes.ndim != 3 or tuple(codes.shape[1:]) != (GRID, GRID):
-            raise ValueError(f"layout codes must be [B, {GRID}, {GRID}], got {list(codes.shape)}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise ValueError(f"layout codes must lie in [0, {self.codebook_size}), got "
+        codes = torch.as_tensor(codes).cpu()
+        if codes.ndim != 3 or tuple(codes.shape[1:]) != self.shape:
+            raise ValueError(f"layout codes must be [B, {GRID}, {GRID * SLOTS}], got "
+                             f"{list(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= CODEBOOK_SIZE):
+            raise ValueError(f"layout codes must lie in [0, {CODEBOOK_SIZE}), got "
                              f"[{int(codes.min())}, {int(codes.max())}]")
+        cells = _cells(codes)
+        ok = _slot_ok(cells)
         scenes = []
-        for grid in codes.tolist():
-            objects = [ShapeObject(*_KINDS[code - 1], row=r, col=c)
-                       for r, row in enumerate(grid) for c, code in enumerate(row) if code]
+        for b in range(len(cells)):
+            objects = [ShapeObject(*(values[int(cells[b, r, c, k]) - off] for k, (off, values)
+                                     in enumerate(zip(_OFFSETS, _VALUES))), row=r, col=c)
+                       for r in range(GRID) for c in range(GRID) if ok[b, r, c]]
             scenes.append(Scene(objects))
         return scenes
-
 
     def describe(self, items: Sequence[Any]) -> list[str]:
         """The scenes' exhaustive descriptions (``a small red circle in the top left ...``)."""
@@ -82,19 +115,21 @@ def _scene(item: Any, index: int) -> Scene:
 
 
 def layout_scores(predicted: Tensor, target: Tensor) -> dict[str, float]:
-    """Scene parsing scores of layout codes ``[B, 3, 3]``: ``cell_accuracy`` (cells right),
-    ``object_recall`` (objects of the target found with every attribute in their cell) and
-    ``exact_match`` (whole layouts right)."""
+    """Scene parsing scores of layout codes ``[B, 3, 9]``: ``cell_accuracy`` (cells with all
+    three slots right), ``object_recall`` (the target's objects found with every attribute in
+    their cell), ``exact_match`` (whole layouts right) and ``malformed`` (the share of predicted
+    cells that are neither empty nor an object)."""
     predicted, target = torch.as_tensor(predicted).cpu(), torch.as_tensor(target).cpu()
     if predicted.shape != target.shape or predicted.ndim != 3:
-        raise ValueError(f"layout_scores takes two [B, 3, 3] code tensors, got "
+        raise ValueError(f"layout_scores takes two [B, {GRID}, {GRID * SLOTS}] code tensors, got "
                          f"{list(predicted.shape)} and {list(target.shape)}")
-    same = predicted == target
-    objects = target != 0
-    recall = float((same & objects).sum()) / max(int(objects.sum()), 1)
-    rows = same.flatten(1)
-    return {"cell_accuracy": int(rows.sum()) / max(rows.numel(), 1), "object_recall": recall,
-            "exact_match": int(rows.all(1).sum()) / max(len(rows), 1)}
+    same = (_cells(predicted) == _cells(target)).all(-1).flatten(1)  # [B, 9] cells right
+    objects = (_cells(target) != 0).any(-1).flatten(1)
+    cells = max(same.numel(), 1)
+    return {"cell_accuracy": int(same.sum()) / cells,
+            "object_recall": int((same & objects).sum()) / max(int(objects.sum()), 1),
+            "exact_match": int(same.all(1).sum()) / max(len(same), 1),
+            "malformed": int(malformed_cells(predicted).sum()) / cells}
 
 
 @TASKS.register("layout2i")
@@ -109,3 +144,12 @@ class ImageToLayout(SegmentTask):
     """Clean image, masked layout: parse the scene (what is in each cell)."""
 
     name, given, predicted = "i2layout", ("image",), ("layout",)
+
+
+@TASKS.register("t2layout")
+class TextToLayout(SegmentTask):
+    """Clean caption, masked layout: plan a scene the caption describes (a caption leaves facts
+    open, e.g. positions, which the layout then fixes); with ``layout2i`` it draws a caption in two
+    stages, text to layout to image."""
+
+    name, given, predicted = "t2layout", ("text",), ("layout",)
