@@ -4,7 +4,8 @@ A model trained with the layout modality (``recipes/layout_shapes_cpu.yaml``) dr
 caption twice with the same seed:
 
 - **direct**: ``text_to_image`` (MaskGIT, CFG);
-- **two-stage**: ``run_task("t2layout")`` plans a layout (confident decoding), then
+- **two-stage**: ``run_task("t2layout")`` plans a layout (MaskGIT: confident decoding commits
+  every slot to its likeliest value, an empty cell, and plans empty scenes), then
   ``run_task("layout2i")`` draws it (the same image sampler and guidance).
 
 Both images are scored by the pixel checker against the caption's facts (what ``unigen eval``'s
@@ -12,7 +13,8 @@ t2i compositional accuracy counts), and the two-stage gain is reported per sampl
 standard error.  Also measured, on the same scenes: the plan itself (the planned layout rendered
 exactly by the shapes renderer, checked against the caption), the drawing of a layout (the
 checker's exhaustive scene check of ``layout2i`` on the true layout, and on the plan) and scene
-parsing (``i2layout`` on the true images: cell accuracy, object recall, exact match).
+parsing (``i2layout`` on the true images, confident decoding: cell accuracy, object recall,
+exact match).
 
 Writes ``benchmarks/results/layout_quality_<device>.json`` (or ``--out``) and a grid of the first
 samples (caption, plan, direct and two-stage drawings with the checker's verdicts) beside it.
@@ -60,7 +62,8 @@ def held_out(num: int, size: int, seed: int = 0) -> dict[str, list]:
 
 
 def run(pipe: UnifiedPipeline, data: dict[str, list], batch_size: int, image_steps: int,
-        layout_steps: int, guidance: float, seed: int, progress: bool = True) -> dict[str, Any]:
+        layout_steps: int, guidance: float, seed: int, progress: bool = True,
+        plan_sampler: str = "maskgit") -> dict[str, Any]:
     """Per-sample scores of every measurement, and the first batch's images for the grid."""
     rows: dict[str, list[float]] = {k: [] for k in (
         "direct", "two_stage", "plan", "two_stage_follows_plan", "layout2i_true_scene")}
@@ -74,11 +77,11 @@ def run(pipe: UnifiedPipeline, data: dict[str, list], batch_size: int, image_ste
         queries = [parse_caption(c) for c in captions]
         direct = pipe.text_to_image(captions, seed=seeds, **image)
         plan = pipe.run_task("t2layout", {"text": captions}, num_steps=layout_steps,
-                             sampler="confident", seed=seeds)
+                             sampler=plan_sampler, seed=seeds)
         drawn = pipe.run_task("layout2i", {"layout": plan["layout"]}, seed=seeds, **image)["image"]
         from_truth = pipe.run_task("layout2i", {"layout": scenes}, seed=seeds, **image)["image"]
         parse = pipe.run_task("i2layout", {"image": data["image"][sl]}, num_steps=layout_steps,
-                              sampler="confident", seed=seeds)
+                              seed=seeds)  # the task's own sampler: confident
         size = pipe.image_size
         for i, q in enumerate(queries):
             rows["direct"].append(float(check(direct[i].cpu(), q).correct))
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--image-steps", type=int, default=16, help="MaskGIT steps of an image")
     parser.add_argument("--layout-steps", type=int, default=9, help="confident steps of a layout")
     parser.add_argument("--guidance", type=float, default=2.0, help="CFG scale of the images")
+    parser.add_argument("--plan-sampler", default="maskgit",
+                        help="sampler of the caption -> layout plan (confident plans empty scenes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     args = parser.parse_args(argv)
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = held_out(args.num_samples, pipe.image_size)
     started = time.perf_counter()
     result = run(pipe, data, args.batch_size, args.image_steps, args.layout_steps, args.guidance,
-                 args.seed)
+                 args.seed, plan_sampler=args.plan_sampler)
     seconds = time.perf_counter() - started
     device = torch.device("cpu")
     grid = result_path("layout_quality", device, args.out).with_suffix(".png")

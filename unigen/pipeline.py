@@ -509,7 +509,7 @@ class UnifiedPipeline:
         return self._image_output(tokens, output, calls, return_calls)
 
     def run_task(self, task: str, inputs: dict[str, Any], num_steps: int = 16,
-                 sampler: str | Sampler = "maskgit", guidance_scale: float = 1.0,
+                 sampler: str | Sampler | None = None, guidance_scale: float = 1.0,
                  seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
                  progress: bool = False, return_calls: bool = False, **options: Any
                  ) -> dict[str, Any] | tuple[dict[str, Any], list[int]]:
@@ -519,7 +519,9 @@ class UnifiedPipeline:
         :meth:`caption` takes them), a modality's segment what its ``encode`` takes.  Returns
         ``{segment: outputs}`` for each predicted segment: ``text`` strings, ``image`` as
         ``output`` says (see :meth:`text_to_image`), a modality's segment its ``decode``'s items
-        (``"<name>_codes"`` holds the codes too).  Other options as :meth:`text_to_image`."""
+        (``"<name>_codes"`` holds the codes too).  ``sampler``: None takes the task's own
+        (``SegmentTask.sampler``, e.g. ``confident`` for image to layout), else MaskGIT.  Other
+        options as :meth:`text_to_image`."""
         cls = TASKS.get(task)
         if not (isinstance(cls, type) and issubclass(cls, SegmentTask)):
             raise ValueError(f"run_task runs tasks stated by their segments (SegmentTask); "
@@ -527,6 +529,8 @@ class UnifiedPipeline:
         if output not in IMAGE_OUTPUTS:
             raise ValueError(f"output must be one of {IMAGE_OUTPUTS}, got {output!r}")
         given, predicted = tuple(cls.given), tuple(cls.predicted)
+        if sampler is None:
+            sampler = cls.sampler or "maskgit"
         wrong = sorted(set(inputs) - set(given))
         missing = [g for g in given if g not in inputs]
         if wrong or missing:

@@ -55,6 +55,11 @@ def test_the_trained_model_parses_its_scenes_and_the_export_keeps_the_modality(t
     assert list(again.modalities) == ["layout"]
     reloaded = again.run_task("i2layout", {"image": batch["image"]}, num_steps=4, sampler="confident")
     assert torch.equal(reloaded["layout_codes"], out["layout_codes"])
+    default = again.run_task("i2layout", {"image": batch["image"]}, num_steps=4)
+    assert torch.equal(default["layout_codes"], out["layout_codes"])  # the task's own: confident
+    uncached = again.run_task("i2layout", {"image": batch["image"]}, num_steps=4,
+                              sampler="confident", use_cache=False)
+    assert torch.equal(uncached["layout_codes"], out["layout_codes"])  # the prefix cache is exact
     drawn = again.run_task("layout2i", {"layout": batch["scene"][:2]}, num_steps=4, output="tensor",
                            seed=3)
     assert drawn["image"].shape == (2, 3, 32, 32)
@@ -121,3 +126,10 @@ def test_layout_debug_recipe_fits_and_exports(layout_dirs, tmp_path, monkeypatch
     assert pipe.transformer.sequence.extra == {"layout": (3, 9)}
     out = pipe.run_task("i2layout", {"image": torch.rand(2, 3, 32, 32)}, num_steps=2)
     assert out["layout_codes"].shape == (2, 3, 9)
+
+
+def test_a_layout_checkpoint_in_a_model_without_the_layout_is_one_line(trained, layout_dirs):
+    module, _, _ = trained
+    plain = make(layout_dirs, tasks={"t2i": 1.0})
+    with pytest.raises(ValueError, match="codebook size mismatch.*or other modalities"):
+        plain.check_state_shapes(module.state_dict())

@@ -276,6 +276,11 @@ class SegmentTask(Task):
 
     given: tuple[str, ...] = ()
     predicted: tuple[str, ...] = ()
+    # the sampler that decodes the task when the caller names none: None (the caller's default,
+    # MaskGIT) or e.g. "confident" for a reading (image to layout): greedy confident decoding of a
+    # sparse output that is *drawn* (caption to layout) commits every slot to its likeliest value,
+    # an empty cell, and plans empty scenes (benchmarks/layout_quality.py)
+    sampler: str | None = None
 
     def build(self, inputs, space, generator=None):
         used = (*self.given, *self.predicted)

@@ -144,6 +144,7 @@ class ImageToLayout(SegmentTask):
     """Clean image, masked layout: parse the scene (what is in each cell)."""
 
     name, given, predicted = "i2layout", ("image",), ("layout",)
+    sampler = "confident"  # a reading, decoded greedily as captions are
 
 
 @TASKS.register("t2layout")

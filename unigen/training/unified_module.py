@@ -186,11 +186,13 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         vocab, hp = self.space.vocab, self.hparams
         rows = state_dict.get("net.token_emb.weight")
         if rows is not None and rows.shape[0] != vocab.total_size:
+            extra = sum(vocab.extra.values())
+            beside = f" and {extra} codes of further modalities" if extra else ""
             raise ValueError(f"codebook size mismatch: the checkpoint's token table has {rows.shape[0]} "
-                             f"rows, i.e. {rows.shape[0] - vocab.text_size} image codes with this text "
-                             f"vocabulary of {vocab.text_size}, but the image tokenizer at "
-                             f"{hp.image_tokenizer} has {vocab.image_size} codes (was it trained with "
-                             "another image or text tokenizer?)")
+                             f"rows, i.e. {rows.shape[0] - vocab.text_size - extra} image codes with "
+                             f"this text vocabulary of {vocab.text_size}{beside}, but the image "
+                             f"tokenizer at {hp.image_tokenizer} has {vocab.image_size} codes (was it "
+                             "trained with another image or text tokenizer, or other modalities?)")
         k = wrong[0]
         raise ValueError(f"checkpoint weights do not fit this model: {k} is "
                          f"{list(state_dict[k].shape)} in the checkpoint, {list(own[k].shape)} here "

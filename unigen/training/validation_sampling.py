@@ -114,8 +114,9 @@ def sample_segment_tasks(module, pipe, batch: dict[str, Any], n: int, num_steps:
             else:
                 inputs[seg] = batch[modalities[seg].field][:n]
         image_out = "image" in task.predicted
+        # a task's own sampler (a reading decodes greedily), else the recipe's
         out = pipe.run_task(name, inputs, num_steps=num_steps if image_out else (text_steps or num_steps),
-                            sampler=sampler if image_out else "confident", seed=seed, output="tensor")
+                            sampler=task.sampler or sampler, seed=seed, output="tensor")
         for seg in task.predicted:
             if seg in modalities:
                 truth = modalities[seg].encode(batch[modalities[seg].field][:n])
