@@ -46,13 +46,10 @@ class TaskInputs:
 
     def select(self, rows: list[int]) -> "TaskInputs":
         pick = (lambda xs: None if xs is None else [xs[i] for i in rows])  # noqa: E731
-        codes = None
-        if self.image_codes is not None:
-            index = to_device(torch.tensor(rows, dtype=torch.long), self.image_codes.device)
-            codes = self.image_codes.index_select(0, index)
+        codes = None if self.image_codes is None else _pick_rows(self.image_codes, rows)
         regions = None if self.regions is None else _pick_rows(self.regions, rows)
         segments = None if self.segments is None else {
-            name: _pick_rows(codes, rows) for name, codes in self.segments.items()}
+            name: _pick_rows(seg, rows) for name, seg in self.segments.items()}
         return TaskInputs(codes, pick(self.captions), pick(self.questions), pick(self.answers),
                           pick(self.descriptions), regions, segments)
 

@@ -133,13 +133,12 @@ class TokenSpace:
         for name, codes in segments.items():
             if codes is None:
                 continue
-            if name not in seq.extra:
-                seq.extra_segment(name)  # raises the unknown-segment error
+            positions = seq.extra_segment(name)  # an unknown name is one error
             shape = seq.extra[name]
             if tuple(codes.shape) != (b, *shape):
                 raise ValueError(f"{name} codes must be [{b}, {', '.join(map(str, shape))}], got "
                                  f"{list(codes.shape)}")
-            tokens[:, seq.extra_segment(name)] = vocab.codes_to_vocab(
+            tokens[:, positions] = vocab.codes_to_vocab(
                 name, to_device(codes.reshape(b, -1), tokens.device))
         return tokens
 

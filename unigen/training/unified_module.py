@@ -98,7 +98,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         modalities: further modalities, each a segment of its own (:mod:`unigen.modalities`):
             segment name -> ``{kind: registered modality, **its arguments}`` (``kind`` defaults
             to the name), e.g. ``{layout: {kind: shapes_layout}}`` with the tasks
-            ``layout2i`` / ``i2layout``.  Each reads its batch field (``Modality.field``).
+            ``t2layout``, ``layout2i``, ``i2layout``.  Each reads its batch field
+            (``Modality.field``).
         per_sample_noise: draw each sample's task, mask and condition dropout from its own
             generator seeded by (seed, step, the sample's ``index``), not one generator per batch:
             N ranks with batch B then train exactly like one process with batch N*B (with
