@@ -481,6 +481,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="evaluate every combination, e.g. t2i.guidance_scale=1,2,3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="a sweep regenerates every task at every point (by default a task an "
+                        "earlier point computed identically is taken from it)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -490,7 +493,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     check_device(args.device, allow_auto=True)
     print_summary(evaluate_model(args.model, args.config, args.out, args.override, args.sweep,
-                                 args.resume, args.device, not args.no_progress))
+                                 args.resume, args.device, not args.no_progress,
+                                 reuse=not args.no_reuse))
 
 
 # -- tokenize (pretokenized shards) -----------------------------------------------------------------

@@ -218,6 +218,12 @@ def test_a_t2i_sweep_generates_caption_and_vqa_once(pipeline_dir, debug_recipe, 
         for i in range(2):
             assert ((out / p["dir"] / "samples" / "t2i" / f"{i:06d}.png").read_bytes()
                     == (alone / "samples" / "t2i" / f"{i:06d}.png").read_bytes())
+    made.clear()  # --no-reuse: every point generates every task
+    again = run_eval(pipeline_dir, debug_recipe, tmp_path / "no_reuse", *small,
+                     "--sweep", "t2i.guidance_scale=1,2,3", "--no-reuse")
+    assert made == {"text_to_image": 3, "caption": 3, "answer": 3}
+    assert not any(p.get("reused") for p in again["metadata"]["points"])
+    assert again["metrics"] == summary["metrics"]  # the same numbers, generated again
 
 
 def test_sweep_carries_model_calls_per_sampler(pipeline_dir, debug_recipe, tmp_path):

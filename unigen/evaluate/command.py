@@ -24,9 +24,9 @@ def _resolve_device(device: str) -> str:
 def evaluate_model(model_dir: str | os.PathLike, recipe: str | os.PathLike,
                    out_dir: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                    sweeps: Sequence[str] = (), resume: bool = False, device: str = "auto",
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, reuse: bool = True) -> dict[str, Any]:
     """``unigen eval``: load the pipeline in ``model_dir`` and run the recipe (a sweep when it has a
-    ``sweep:`` block or ``sweeps`` are given)."""
+    ``sweep:`` block or ``sweeps`` are given; ``reuse``: see :func:`sweep_pipeline`)."""
     from unigen.pipeline import UnifiedPipeline
 
     config = load_eval_config(recipe, overrides)
@@ -40,7 +40,7 @@ def evaluate_model(model_dir: str | os.PathLike, recipe: str | os.PathLike,
     pipe = UnifiedPipeline.from_pretrained(model_dir, device=_resolve_device(device))
     metadata = {"model": str(model_dir), "recipe": str(recipe), "overrides": list(overrides)}
     if axes:
-        return sweep_pipeline(pipe, config, out, axes, progress, resume, metadata)
+        return sweep_pipeline(pipe, config, out, axes, progress, resume, metadata, reuse=reuse)
     return evaluate_pipeline(pipe, config, out, progress, resume, metadata)
 
 
