@@ -46,6 +46,31 @@ def test_layout_codes_round_trip_scenes():
     assert malformed_cells(codes).tolist() == [0] * 8
 
 
+def test_layout_to_json_is_json_that_encode_reads_back():
+    layout = ShapesLayout()
+    codes = layout.encode(scenes(4))
+    data = [layout.to_json(s) for s in layout.decode(codes)]
+    assert torch.equal(layout.encode([json.dumps(d) for d in data]), codes)
+    assert all(set(d) == {"objects"} for d in data)
+
+
+def test_modality_to_json_refuses_items_that_are_not_json():
+    from unigen.modalities import Modality
+
+    class Plain(Modality):
+        codebook_size, shape = 4, (2,)
+
+        def encode(self, raw):
+            return torch.as_tensor(raw)
+
+        def decode(self, codes):
+            return [object() for _ in codes]
+
+    assert Plain().to_json([1, 2]) == [1, 2]
+    with pytest.raises(TypeError, match="Plain.decode gives object items.*override Modality.to_json"):
+        Plain().to_json(object())
+
+
 def test_layout_slots_factor_shape_color_and_size():
     layout = ShapesLayout()
     a = Scene([ShapeObject("circle", "red", "small", 0, 1)])

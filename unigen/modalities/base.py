@@ -14,6 +14,7 @@ a recipe.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -52,6 +53,17 @@ class Modality(ABC):
     def describe(self, items: list[Any]) -> list[str]:
         """One line of text per decoded item, for humans (sample grids); default ``str``."""
         return [str(item) for item in items]
+
+    def to_json(self, item: Any) -> Any:
+        """One decoded item as JSON data (what ``unigen task`` and eval records write); the
+        default returns JSON-ready items as they are and refuses others, so a modality whose
+        ``decode`` gives objects overrides it."""
+        try:
+            json.dumps(item)
+        except (TypeError, ValueError):
+            raise TypeError(f"{type(self).__name__}.decode gives {type(item).__name__} items, "
+                            "which are not JSON data: override Modality.to_json") from None
+        return item
 
     def config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this modality (saved with a model)."""

@@ -100,6 +100,10 @@ class ShapesLayout(Modality):
             scenes.append(Scene(objects))
         return scenes
 
+    def to_json(self, item: Scene) -> dict[str, Any]:
+        """A decoded scene as the dict ``encode`` reads back (``{"objects": [...]}``)."""
+        return _scene(item, 0).to_dict()
+
     def describe(self, items: Sequence[Any]) -> list[str]:
         """The scenes' exhaustive descriptions (``a small red circle in the top left ...``)."""
         return [description(_scene(item, i)) for i, item in enumerate(items)]
