@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "text_decoding": [],
     "host_threads": [],
     "head_alignment": ["--shapes", "1001x64x1543,2001x128x15439", "--steps", "3"],
+    "modality_encode": [],
     # random weights here: the calls and cache timings hold, the accuracies mean nothing
     "sampler_curves": ["--num-samples", "32", "--thresholds", "0.5,0.9", "--batch-size", "32",
                        "--repeats", "2"],
@@ -45,6 +46,7 @@ QUICK: dict[str, list[str]] = {
     "text_decoding": ["--batch-size", "4", "--repeats", "1", "--caption-steps", "2", "--vqa-steps", "1"],
     "host_threads": ["--size", "tiny", "--steps", "2", "--warmup", "0", "--workers", "1"],
     "head_alignment": ["--shapes", "101x16x67", "--steps", "1", "--repeats", "1"],
+    "modality_encode": ["--batch-sizes", "4,8", "--steps", "2", "--repeats", "1"],
     "sampler_curves": ["--num-samples", "4", "--steps", "2,4", "--reference-steps", "4",
                        "--thresholds", "0.9", "--threshold-budget", "4", "--vqa-steps", "1,2",
                        "--batch-size", "4", "--repeats", "1", "--grid-size", "0"],

@@ -196,3 +196,17 @@ def test_self_verification_compares_rules_on_the_same_candidates(tokenizer_dirs,
     assert all(max(s["contrastive"]) < 0 for s in samples)  # a share of a softmax: log < 0
     with pytest.raises(SystemExit, match="--candidates must be >= 2"):
         main(["--model", str(tmp_path / "m"), "--candidates", "1"])
+
+
+def test_modality_encode_times_the_steps_codes_both_ways(tmp_path):
+    from benchmarks.modality_encode import main
+
+    result = main(["--batch-sizes", "4,8", "--steps", "2", "--repeats", "1", "--threads", "1",
+                   "--out", str(tmp_path / "m.json")])
+    assert [r["batch"] for r in result["rows"]] == [4, 8]
+    for row in result["rows"]:
+        assert row["host_encode_ms_per_step"] > 0 and row["precomputed_ms_per_step"] > 0
+        assert row["host_over_precomputed"] == pytest.approx(
+            row["host_encode_ms_per_step"] / row["precomputed_ms_per_step"])
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["benchmark"] == "modality_encode" and saved["environment"]["date"]

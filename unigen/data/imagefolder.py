@@ -55,6 +55,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from unigen.data.batch_transforms import BatchTransforms
 from unigen.data.resumable import shuffled_loader
 
 logger = logging.getLogger(__name__)
@@ -306,7 +307,7 @@ def seeded_split(n: int, num_val: int, seed: int) -> tuple[list[int], list[int]]
     return sorted(perm[num_val:].tolist()), sorted(perm[:num_val].tolist())
 
 
-class SplitDataModule(L.LightningDataModule):
+class SplitDataModule(BatchTransforms, L.LightningDataModule):
     """Loaders shared by unigen data modules: a seeded shuffle for train, fixed order otherwise.
 
     The training order is a pure function of ``(seed, epoch)``, split across ranks under DDP (each
@@ -334,11 +335,13 @@ class SplitDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset | None, name: str) -> DataLoader:
         return DataLoader(self._require(dataset, name), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          collate_fn=self.worker_collate())
 
     def train_dataloader(self) -> DataLoader:
         return shuffled_loader(self, self._require(self.train_set, "train"), self.seed,
-                               self.batch_size, self.num_workers, drop_last=False)
+                               self.batch_size, self.num_workers, drop_last=False,
+                               collate_fn=self.worker_collate())
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is not None and len(self.val_set) == 0:

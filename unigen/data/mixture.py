@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from unigen.data.batch_transforms import BatchTransforms
 from unigen.data.resumable import epoch_loader, seeded_permutation
 from unigen.data.shards import TEXT_FIELDS
 
@@ -120,7 +121,7 @@ def check_sources(names: list[str], sources: list[Dataset], image_size: int) -> 
         raise ValueError(f"mixture shard sources were made by different image tokenizers: {tokenizers}")
 
 
-class MixtureDataModule(L.LightningDataModule):
+class MixtureDataModule(BatchTransforms, L.LightningDataModule):
     """Training data drawn from several sources by ratio (module docstring).
 
     Args:
@@ -192,7 +193,8 @@ class MixtureDataModule(L.LightningDataModule):
         return epoch_loader(self, _EpochView(self.train_set, sum(self.counts)), self.epoch_order,
                             hp.batch_size, hp.num_workers,
                             {"sources": self.names, "lengths": self.train_set.lengths,
-                             "counts": self.counts, "seed": hp.seed})
+                             "counts": self.counts, "seed": hp.seed},
+                            collate_fn=self.worker_collate())
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
@@ -213,7 +215,7 @@ class MixtureDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers)
+                          num_workers=self.hparams.num_workers, collate_fn=self.worker_collate())
 
 
 class _EpochView(Dataset):

@@ -215,9 +215,10 @@ def pins_memory(trainer: Any) -> bool:
 
 def epoch_loader(module: L.LightningDataModule, dataset: Dataset, order: Callable[[int], Tensor],
                  batch_size: int, num_workers: int, resume_key: dict[str, Any],
-                 drop_last: bool = True) -> StatefulDataLoader:
+                 drop_last: bool = True, collate_fn: Callable | None = None) -> StatefulDataLoader:
     """The train loader of a data module: rank-split epoch order, resumable mid-epoch (module
-    docstring).  ``batch_size`` is per rank; ``drop_last`` drops each rank's last partial batch."""
+    docstring).  ``batch_size`` is per rank; ``drop_last`` drops each rank's last partial batch;
+    ``collate_fn`` (None: torch's default) changes what a batch holds, never which samples."""
     trainer = module.trainer
     settle_epoch_end_restore(trainer)
     world, rank = world_and_rank(trainer)
@@ -225,17 +226,18 @@ def epoch_loader(module: L.LightningDataModule, dataset: Dataset, order: Callabl
     sampler.skip_batches(batches_done_this_epoch(trainer, sampler.batches_per_epoch))
     return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                               num_workers=num_workers, persistent_workers=num_workers > 0,
-                              pin_memory=pins_memory(trainer),
+                              pin_memory=pins_memory(trainer), collate_fn=collate_fn,
                               resume_key={**resume_key, "global_batch": batch_size * world})
 
 
 def shuffled_loader(module: L.LightningDataModule, dataset: Dataset, seed: int, batch_size: int,
-                    num_workers: int, drop_last: bool = True) -> StatefulDataLoader:
+                    num_workers: int, drop_last: bool = True,
+                    collate_fn: Callable | None = None) -> StatefulDataLoader:
     """:func:`epoch_loader` over a plain shuffle: epoch ``e`` reads
     ``seeded_permutation(len(dataset), seed, e)``."""
     n = len(dataset)
     return epoch_loader(module, dataset, partial(seeded_permutation, n, seed), batch_size,
-                        num_workers, {"seed": seed, "num_samples": n}, drop_last)
+                        num_workers, {"seed": seed, "num_samples": n}, drop_last, collate_fn)
 
 
 __all__ = ["DistributedEpochSampler", "EpochShuffleSampler", "StatefulDataLoader",

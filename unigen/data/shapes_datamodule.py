@@ -3,7 +3,8 @@ tokenize.
 
 Batches are the default collate of :class:`~unigen.data.shapes.ShapesDataset` items: ``image``
 float ``[B, 3, H, W]`` in [0, 1], ``caption`` / ``description`` / ``question`` / ``answer`` /
-``scene`` lists of str, ``index`` long ``[B]``.
+``scene`` lists of str, ``index`` long ``[B]``; plus what the model's batch transforms add in the
+workers (e.g. ``layout_codes``, :mod:`unigen.data.batch_transforms`).
 
 The training order is a pure function of ``(seed, epoch)``
 (:func:`~unigen.data.resumable.shuffled_loader`; Lightning calls the sampler's ``set_epoch``),
@@ -18,11 +19,12 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
+from unigen.data.batch_transforms import BatchTransforms
 from unigen.data.resumable import shuffled_loader
 from unigen.data.shapes import SPLITS, TASK_TEXTS, ShapesDataset
 
 
-class ShapesDataModule(L.LightningDataModule):
+class ShapesDataModule(BatchTransforms, L.LightningDataModule):
     """Shapes-world splits: train (``num_train``, shuffled, last partial batch dropped), val
     (``num_val`` of the ``val`` split) and test/predict (``num_test`` of ``test_split``, by default
     the held-out compositions)."""
@@ -59,12 +61,13 @@ class ShapesDataModule(L.LightningDataModule):
     def _loader(self, name: str) -> DataLoader:
         self.setup()
         return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          collate_fn=self.worker_collate())
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
         return shuffled_loader(self, self.datasets["train"], self.seed, self.batch_size,
-                               self.num_workers)
+                               self.num_workers, collate_fn=self.worker_collate())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

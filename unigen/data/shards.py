@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from unigen import io
+from unigen.data.batch_transforms import BatchTransforms
 from unigen.data.resumable import DistributedEpochSampler, seeded_permutation, shuffled_loader
 from unigen.registry import Registry
 from unigen.tokenizers.base import ImageTokenizer
@@ -328,7 +329,7 @@ class ShardDataset(Dataset):
 
 
 # -- data module -------------------------------------------------------------------------------
-class ShardDataModule(L.LightningDataModule):
+class ShardDataModule(BatchTransforms, L.LightningDataModule):
     """Pretokenized shards for training (module docstring).
 
     Args:
@@ -392,14 +393,15 @@ class ShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         hp = self.hparams
-        return shuffled_loader(self, self.train_set, hp.seed, hp.batch_size, hp.num_workers)
+        return shuffled_loader(self, self.train_set, hp.seed, hp.batch_size, hp.num_workers,
+                               collate_fn=self.worker_collate())
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
         if self.val_set is None:
             return []  # validation disabled
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers)
+                          num_workers=self.hparams.num_workers, collate_fn=self.worker_collate())
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
@@ -407,7 +409,7 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError("ShardDataModule has no test set: set data.init_args.test_path to a "
                              "shard directory (`unigen tokenize --split heldout ...`)")
         return DataLoader(self.test_set, batch_size=self.hparams.batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers)
+                          num_workers=self.hparams.num_workers, collate_fn=self.worker_collate())
 
     def predict_dataloader(self) -> DataLoader:
         """``unigen predict`` reads the test shards, as the other data modules read their test set."""

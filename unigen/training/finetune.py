@@ -128,6 +128,20 @@ class FinetuneModule(UnifiedModule):
                              f"{self.hparams.init_from}: {k} is {list(state_dict[k].shape)} in the "
                              f"checkpoint, {list(own[k].shape)} here (another pipeline or LoRA rank?)")
 
+    def data_modalities(self) -> dict:
+        """The pipeline's modalities, for the loaders' workers: ``setup`` runs before
+        ``configure_model`` loads the pipeline, so they come from its ``pipeline.json``; if that
+        cannot be read, none (the step encodes them, and ``configure_model`` names the error)."""
+        if self.net is not None:
+            return self.modalities
+        from unigen.modalities import build_modalities
+        from unigen.pipeline import read_pipeline_meta
+
+        try:
+            return build_modalities(read_pipeline_meta(self.hparams.init_from)[1].get("modalities"))
+        except (OSError, KeyError, ValueError, TypeError):
+            return {}
+
     def configure_model(self) -> None:
         if self.net is not None:
             return

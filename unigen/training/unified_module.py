@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from unigen.data.batch_transforms import EncodeModalities, hand_off_batch_transform, segment_codes
 from unigen.diffusion.losses import LOSS_KINDS, LOSS_REDUCTIONS, masked_token_loss
 from unigen.diffusion.masking import Noiser, drop_condition
 from unigen.diffusion.schedules import build_schedule
@@ -41,6 +42,7 @@ from unigen.training.validation_sampling import (
 from unigen.transfer import to_device
 
 Noise = torch.Generator | list[torch.Generator]  # one per batch, or one per sample
+ENCODE_TRANSFORM = "encode_modalities"  # the batch transform's name on the data module (setup)
 
 
 @dataclass
@@ -99,7 +101,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             segment name -> ``{kind: registered modality, **its arguments}`` (``kind`` defaults
             to the name), e.g. ``{layout: {kind: shapes_layout}}`` with the tasks
             ``t2layout``, ``layout2i``, ``i2layout``.  Each reads its batch field
-            (``Modality.field``).
+            (``Modality.field``); a data module with batch transforms encodes it in its loader
+            workers (:meth:`setup`).
         per_sample_noise: draw each sample's task, mask and condition dropout from its own
             generator seeded by (seed, step, the sample's ``index``), not one generator per batch:
             N ranks with batch B then train exactly like one process with batch N*B (with
@@ -176,6 +179,26 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             load_transformer_weights(self.net, hp.init_weights)
         self.net.attention_backend = hp.get("attention", "sdpa")  # older checkpoints lack it
         compile_blocks(self.net.blocks, hp.compile)
+
+    def data_modalities(self) -> dict[str, Modality]:
+        """The modalities whose fields the data's loaders encode (:meth:`setup`)."""
+        return getattr(self, "modalities", None) or {}
+
+    def setup(self, stage: str) -> None:
+        """Hand the data module the modalities' ``encode`` as a batch transform, so the loader
+        workers make the codes: parsing a batch of layouts on the main process held every training
+        step (benchmarks/modality_encode.py).  Data modules without the hook, and plain batches,
+        are encoded in :meth:`task_inputs` as before, with the same codes.  ``predict_step`` uses
+        no segment, so prediction is left alone."""
+        super().setup(stage)
+        modalities = self.data_modalities() if stage != "predict" else {}
+        hand_off_batch_transform(self, ENCODE_TRANSFORM,
+                                 EncodeModalities(modalities) if modalities else None)
+
+    def teardown(self, stage: str) -> None:
+        """Take the transform back: the data module may be reused with another model."""
+        hand_off_batch_transform(self, ENCODE_TRANSFORM, None)
+        super().teardown(stage)
 
     def check_state_shapes(self, state_dict) -> None:
         """One clear error when a checkpoint was trained with other tokenizers (torch would raise
@@ -260,8 +283,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             codes = self.image_tokenizer.encode(batch["image"], check_values=False)
         segments = {}
         for name, modality in (getattr(self, "modalities", None) or {}).items():
-            if modality.field in batch:  # a task that needs the segment names a missing field
-                segments[name] = to_device(modality.encode(batch[modality.field]), codes.device)
+            # made by the loader's workers when the data module took the transform (setup)
+            seg = segment_codes(batch, name, modality)
+            if seg is not None:  # a task that needs the segment names a missing field
+                segments[name] = to_device(seg, codes.device)
         return TaskInputs(codes, batch.get("caption"), batch.get("question"), batch.get("answer"),
                           batch.get("description"), segments=segments or None)
 

@@ -96,6 +96,7 @@ def sample_segment_tasks(module, pipe, batch: dict[str, Any], n: int, num_steps:
     a further modality's): each one decoded on the first ``n`` samples; a predicted modality
     segment is scored by ``<stage>/<task>_code_accuracy`` (codes equal to the data's), a
     predicted image is saved as a grid under its given modality's description."""
+    from unigen.data.batch_transforms import codes_key
     from unigen.diffusion.tasks import TASKS, SegmentTask
 
     metrics: dict[str, float] = {}
@@ -119,7 +120,10 @@ def sample_segment_tasks(module, pipe, batch: dict[str, Any], n: int, num_steps:
                             sampler=task.sampler or sampler, seed=seed, output="tensor")
         for seg in task.predicted:
             if seg in modalities:
-                truth = modalities[seg].encode(batch[modalities[seg].field][:n])
+                # the loader's workers may have encoded the field already (batch_transforms)
+                made = batch.get(codes_key(seg))
+                truth = (made[:n].cpu() if made is not None
+                         else modalities[seg].encode(batch[modalities[seg].field][:n]))
                 codes = out[f"{seg}_codes"].cpu()
                 metrics[f"{stage}/{name}_code_accuracy"] = float((codes == truth).float().mean())
         if image_out:
