@@ -54,6 +54,11 @@ def test_layout_to_json_is_json_that_encode_reads_back():
     assert all(set(d) == {"objects"} for d in data)
 
 
+def test_layout_describes_empty_scenes():
+    layout = ShapesLayout()
+    assert layout.describe([Scene([]), scenes(1)[0]])[0] == "an empty scene"
+
+
 def test_modality_to_json_refuses_items_that_are_not_json():
     from unigen.modalities import Modality
 

@@ -37,7 +37,8 @@ from unigen.evaluate.recipe import (check_metric_options, metric_entries, metric
                                     parse_config, shared_arguments)
 from unigen.evaluate.record_metrics import (RECORD, RECORD_METRICS, _feed_image_metrics,
                                             _feed_records, result_name)
-from unigen.evaluate.tasks import EVAL_TASKS, TaskSpec, settings_used
+from unigen.evaluate.segment_tasks import eval_task, eval_task_names
+from unigen.evaluate.tasks import TaskSpec, settings_used
 from unigen.metrics import (COMPOSITIONAL, ClipEncoder, build_feature_extractor,
                             build_metric, flatten_results, write_report)
 from unigen.tokenizers.base import pil_to_tensor
@@ -89,7 +90,7 @@ def _plan_tasks(cfg: EvalConfig, data: EvalData, device: torch.device
     """Build every task's live (image-fed) metrics, sharing one extractor / CLIP between them,
     once the data is known to hold what every task needs."""
     for name in cfg.tasks:
-        needs = EVAL_TASKS.get(name).needs
+        needs = eval_task(name).needs
         gap = data.first_missing(needs) if needs else None
         if gap is not None:
             raise ValueError(f"tasks.{name} needs {' and '.join(needs)} texts for every sample; "
@@ -99,7 +100,7 @@ def _plan_tasks(cfg: EvalConfig, data: EvalData, device: torch.device
     wanted = set().union(*(shared_arguments(settings) for settings in cfg.tasks.values()))
     shared = _shared_resources(cfg, wanted)
     for name, settings in cfg.tasks.items():
-        spec = EVAL_TASKS.get(name)
+        spec = eval_task(name)
         record, image = [], {}
         for metric, kwargs in metric_entries(settings):
             kind = metric_kind(metric, name)
@@ -265,15 +266,31 @@ def _compute(plans: list[_TaskRun], log: RecordLog) -> tuple[dict[str, Any], dic
             for _, kind, metric in metrics:
                 _feed_records(metric, kind, chunk)
         for name, kind, metric in metrics:
-            results[result_name(name, plan.name)] = metric.compute()
-            if kind == COMPOSITIONAL:
-                per_category = metric.per_category()
+            _store(results, name, plan.name, metric.compute())
+            if kind == COMPOSITIONAL and (plan.name == "t2i" or not per_category):
+                per_category = metric.per_category()  # one plot: t2i's, else the first task's
         for name, (_, metric) in plan.image_metrics.items():
             with warnings.catch_warnings():
                 # all of a resumed run's images may come from restored state: no update() call
                 warnings.filterwarnings("ignore", message=".*was called before the ``update``")
-                results[name] = metric.compute()
+                _store(results, name, plan.name, metric.compute())
     return results, per_category
+
+
+def _store(results: dict[str, Any], metric: str, task: str, value: Any) -> None:
+    """``results[result_name(metric, task)] = value``; a qualified metric's own values (``kid``,
+    ``kid_std``) become ``kid/<task>`` and ``kid_std/<task>``, its other parts stay below
+    (``compositional_accuracy/<task>/overall``)."""
+    key = result_name(metric, task)
+    if key == metric or not isinstance(value, Mapping):
+        results[key] = value
+        return
+    own = [k for k in value if k == metric or k.startswith(f"{metric}_")]
+    for k in own:
+        results[f"{k}/{task}"] = value[k]
+    rest = {k: v for k, v in value.items() if k not in own}
+    if rest:
+        results[key] = rest
 
 
 def _write_grids(plans: list[_TaskRun], cfg: EvalConfig, data: EvalData, log: RecordLog,

@@ -20,7 +20,7 @@ from torch import Tensor
 from unigen import io
 from unigen.evaluate.config import _RUN_ONLY_KEYS, _RUN_ONLY_TASK_KEYS, EvalConfig
 from unigen.evaluate.recipe import shared_arguments
-from unigen.evaluate.tasks import EVAL_TASKS
+from unigen.evaluate.segment_tasks import eval_task, eval_task_names, is_eval_task
 from unigen.metrics.features import without_locations
 from unigen.metrics.report import (CATEGORY_PLOT, REPORT_NAME, RESULTS_NAME, SWEEP_PLOT, json_line,
                                    json_safe)
@@ -173,7 +173,7 @@ def task_identities(cfg: EvalConfig, recipe: Mapping[str, Any], resources: Mappi
             settings = cfg.tasks[task]
             own = dict(recipe["tasks"][task])
             own.update({k: getattr(settings, k) for k in _RUN_ONLY_TASK_KEYS})
-            inputs = EVAL_TASKS.get(task).inputs_from
+            inputs = eval_task(task).inputs_from
             out[task] = {
                 **common, "task": task, "settings": own,
                 "resources": {k: v for k, v in resources.items()
@@ -242,11 +242,11 @@ def run_outputs(out: Path) -> list[Path]:
     results, report, plots, grids, the grids' ``samples/<task>/NNNNNN.png``); whatever else lies
     there is not eval's and is never listed."""
     names = [RECORDS_NAME, STATE_NAME, RUN_NAME, RESULTS_NAME, REPORT_NAME, CATEGORY_PLOT,
-             *(f"samples_{task}.png" for task in EVAL_TASKS.names())]
+             *(f"samples_{task}.png" for task in eval_task_names())]
     found = [out / name for name in names if (out / name).is_file()]
     prefix, suffix = SWEEP_PLOT.split("{name}")
     found += sorted(p for p in out.glob(f"{prefix}*{suffix}") if p.is_file())
-    for task in EVAL_TASKS.names():
+    for task in eval_task_names():
         folder = out / SAMPLES_DIR / task
         if folder.is_dir():
             found += sorted(p for p in folder.iterdir()
@@ -261,7 +261,7 @@ def remove_run_outputs(out: Path, resuming: bool = False) -> None:
     for path in run_outputs(out):
         if path not in kept and not (resuming and path.parent.parent == out / SAMPLES_DIR):
             path.unlink()
-    for folder in [out / SAMPLES_DIR / t for t in EVAL_TASKS.names()] + [out / SAMPLES_DIR]:
+    for folder in [out / SAMPLES_DIR / t for t in eval_task_names()] + [out / SAMPLES_DIR]:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
 

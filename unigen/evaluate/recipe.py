@@ -16,8 +16,8 @@ import yaml
 
 from unigen.evaluate.config import EvalConfig, TaskSettings, _from_mapping
 from unigen.evaluate.data import EVAL_DATA, data_options
-from unigen.evaluate.record_metrics import RECORD, RECORD_METRICS, owner_task
-from unigen.evaluate.tasks import EVAL_TASKS
+from unigen.evaluate.record_metrics import BASE_RECORD_FIELDS, RECORD, RECORD_METRICS, owner_task
+from unigen.evaluate.segment_tasks import eval_task, eval_task_names, is_eval_task
 from unigen.metrics import METRICS
 from unigen.metrics.base import metric_entries as parse_metric_entries
 from unigen.metrics.base import metric_options
@@ -43,10 +43,10 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
     data_options(cfg.data)
     if not cfg.tasks:
         raise ValueError("recipe key 'tasks' lists no task; known: "
-                         f"{', '.join(EVAL_TASKS.names())}")
+                         f"{', '.join(eval_task_names())}")
     for name, task in cfg.tasks.items():
-        if name not in EVAL_TASKS:
-            raise ValueError(f"unknown task 'tasks.{name}'; known: {', '.join(EVAL_TASKS.names())}")
+        if not is_eval_task(name):
+            raise ValueError(f"unknown task 'tasks.{name}'; known: {', '.join(eval_task_names())}")
         if task.sampler is not None and task.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {task.sampler!r} in tasks.{name}.sampler; known: "
                              f"{', '.join(SAMPLERS.names())}")
@@ -166,7 +166,7 @@ def setting_paths(config: Mapping[str, Any], key: str) -> list[tuple[str, ...]]:
     ``tasks.t2i.num_steps`` or its shorthand ``t2i.num_steps``), or a bare task setting
     (``num_steps``), which means that setting of every task in the recipe."""
     parts = tuple(key.split("."))
-    if parts[0] in EVAL_TASKS:
+    if is_eval_task(parts[0]):
         return [("tasks", *parts)]
     task_keys = {f.name for f in dataclasses.fields(TaskSettings)}
     if len(parts) == 1 and parts[0] in task_keys:
@@ -196,11 +196,15 @@ def with_setting(config: Mapping[str, Any], key: str, value: Any) -> dict[str, A
 
 def metric_kind(name: str, task: str) -> str:
     """The kind of metric ``name``, checked against what ``task`` can feed."""
-    spec = EVAL_TASKS.get(task)
+    spec = eval_task(task)
     if name in RECORD_METRICS:
         owner = owner_task(name)  # raises for a record metric that never set its task
         if owner is not None and owner != task:
             raise ValueError(f"metric {name!r} scores task {owner!r}, not tasks.{task}")
+        field = RECORD_METRICS.get(name).field
+        if owner is None and field not in (*BASE_RECORD_FIELDS, *spec.record_fields):
+            raise ValueError(f"metric {name!r} reads the records' {field!r}, which tasks.{task} "
+                             f"does not write")
         if RECORD not in spec.record_kinds:
             raise ValueError(f"metric {name!r} (a record metric) cannot score tasks.{task}; it "
                              f"takes {', '.join(spec.record_kinds + spec.image_kinds)} metrics")

@@ -84,6 +84,59 @@ class ModelCalls(RecordMean):
     higher_is_better = False
 
 
+class RecordRatio(RecordMean):
+    """Sum of one record field over the sum of another (``field`` / ``denominator``): a micro
+    average, where records count by their size (objects found over objects)."""
+
+    denominator: str = ""
+
+    def update(self, records: Sequence[Mapping[str, Any]]) -> None:
+        for r in records:
+            self.total += float(r[self.field])
+            self.count += float(r[self.denominator])
+
+    def compute(self) -> Tensor:
+        if not self.count:
+            raise RuntimeError(f"{self.field}: no {self.denominator} in the records scored")
+        return torch.tensor(self.total / self.count, dtype=torch.float64)
+
+
+# -- tasks of further modalities (unigen.evaluate.segment_tasks): predicted codes against the
+# sample's own item (Modality.scores, the "reference" check)
+@RECORD_METRICS.register("code_accuracy")
+class CodeAccuracy(RecordMean):
+    """Share of a predicted modality item's codes equal to the true item's (e.g. layout slots
+    of a parsed scene), per task that predicts a modality."""
+
+    task, field, needs_checks = None, "code_accuracy", ("reference",)
+
+
+@RECORD_METRICS.register("segment_exact_match")
+class SegmentExactMatch(RecordMean):
+    """Share of predicted modality items whose codes are all right (a whole layout)."""
+
+    task, field, needs_checks = None, "exact_match", ("reference",)
+
+
+@RECORD_METRICS.register("layout_cell_accuracy")
+class LayoutCellAccuracy(RecordMean):
+    """Scene parsing: share of grid cells read right (shape, color and size, or empty)."""
+
+    task, field, needs_checks = "i2layout", "cell_accuracy", ("reference",)
+
+
+@RECORD_METRICS.register("layout_object_recall")
+class LayoutObjectRecall(RecordRatio):
+    """Scene parsing: share of the scenes' objects found in their cell with every attribute."""
+
+    task, field, denominator, needs_checks = "i2layout", "objects_found", "objects", ("reference",)
+
+
+# fields every task's records hold (``_base_record``): record metrics with ``task = None`` read
+# these or a task's own ``TaskSpec.record_fields``
+BASE_RECORD_FIELDS = ("model_calls",)
+
+
 def owner_task(metric: str) -> str | None:
     """The task whose records feed record metric ``metric`` (``None``: any task's); raises if its
     class never set ``task``."""
@@ -97,10 +150,14 @@ def owner_task(metric: str) -> str | None:
 
 
 def result_name(metric: str, task: str) -> str:
-    """The key of ``metric``'s value in the results: metrics any task may list carry the task."""
-    if metric in RECORD_METRICS and owner_task(metric) is None:
-        return f"{metric}/{task}"
-    return metric
+    """The key of ``metric``'s value in the results: metrics any task may list carry the task
+    (``model_calls/vqa``), and so do those of a further modality's task other than its own record
+    metrics (``compositional_accuracy/t2layout`` beside t2i's ``compositional_accuracy``)."""
+    from unigen.evaluate.tasks import EVAL_TASKS
+
+    if metric in RECORD_METRICS:
+        return f"{metric}/{task}" if owner_task(metric) is None else metric
+    return metric if task in EVAL_TASKS else f"{metric}/{task}"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from unigen.evaluate.persistence import POINTS_DIR, remove_run_outputs
 from unigen.evaluate.recipe import (_split_assignment, metric_entries, parse_config,
                                     setting_paths, with_setting)
 from unigen.evaluate.record_metrics import result_name
-from unigen.evaluate.tasks import EVAL_TASKS
+from unigen.evaluate.segment_tasks import eval_task, eval_task_names, is_eval_task
 from unigen.metrics import Sweep, write_report
 
 
@@ -42,9 +42,11 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list[Any]]:
 def _is_headline(name: str) -> bool:
     """Metrics worth a curve: not per-category entries, spreads or secondary aggregates (an
     ``/overall`` aggregate or a per-task ``<metric>/<task>`` value is a headline)."""
-    qualified = name.rpartition("/")[2] in ("overall", *EVAL_TASKS.names())
-    return (not name.endswith("_std") and "/category/" not in name
-            and name.count("/") <= (1 if qualified else 0))
+    parts = name.split("/")
+    if parts[0].endswith("_std") or name.endswith("_std") or "category" in parts[1:]:
+        return False
+    qualifiers = {"overall", *eval_task_names()}
+    return len([p for p in parts[1:] if p not in qualifiers]) == 0
 
 
 def _safe(text: str) -> str:

@@ -49,6 +49,11 @@ class TaskSpec:
     # tasks whose outputs this task's generation or metrics read: a sweep reuses this task's
     # results from an earlier point only when those tasks are the same computation there too
     inputs_from: tuple[str, ...] = ()
+    # the sampler ``method`` uses when given none and its signature says None
+    default_sampler: Callable[[Any], str] | None = None
+    # fields its records hold beyond every task's (``model_calls``...), which record metrics that
+    # any task may list (``task = None``) can read
+    record_fields: tuple[str, ...] = ()
 
 
 EVAL_TASKS: Registry[TaskSpec] = Registry("eval task")
@@ -163,17 +168,21 @@ def settings_used(pipe: Any, task: str, settings: TaskSettings) -> dict[str, Any
     """``settings`` as the run used them, for the results: an unset sampler or step count is named
     by the default of the pipeline method that decodes the task (None where that method takes no
     such argument, or where its default is computed inside a pipeline other than unigen's)."""
+    from unigen.evaluate.segment_tasks import eval_task
     from unigen.pipeline import UnifiedPipeline
 
     used = dataclasses.asdict(settings)
-    spec = EVAL_TASKS.get(task)
+    spec = eval_task(task)
     method = getattr(pipe, spec.method, None)
     params = inspect.signature(method).parameters if method else {}
     for key in ("sampler", "num_steps"):
         param = params.get(key)
         if used[key] is None and param is not None and param.default is not inspect.Parameter.empty:
             used[key] = param.default
-    if used["num_steps"] is None and spec.default_steps is not None and isinstance(
-            pipe, UnifiedPipeline):
+    if not isinstance(pipe, UnifiedPipeline):
+        return used
+    if used["num_steps"] is None and spec.default_steps is not None:
         used["num_steps"] = spec.default_steps(pipe)
+    if used["sampler"] is None and spec.default_sampler is not None:
+        used["sampler"] = spec.default_sampler(pipe)
     return used

@@ -18,6 +18,7 @@ import json
 from abc import ABC, abstractmethod
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from unigen.registry import Registry, saved_module_record
@@ -64,6 +65,20 @@ class Modality(ABC):
             raise TypeError(f"{type(self).__name__}.decode gives {type(item).__name__} items, "
                             "which are not JSON data: override Modality.to_json") from None
         return item
+
+    def scores(self, predicted: Tensor, reference: Tensor) -> list[dict[str, float]]:
+        """Per-row scores of predicted codes against the true codes (both ``[B, *shape]``), for
+        ``unigen eval``: ``code_accuracy`` (the share of codes right) and ``exact_match`` (1 when
+        every code is).  A modality adds its own (keep these two)."""
+        same = (torch.as_tensor(predicted).cpu() == torch.as_tensor(reference).cpu()).flatten(1)
+        return [{"code_accuracy": int(row.sum()) / max(row.numel(), 1), "exact_match": float(row.all())}
+                for row in same]
+
+    def render(self, items: list[Any], size: int) -> Tensor | None:
+        """A picture of each decoded item, ``[B, 3, size, size]`` in [0, 1] (a layout drawn
+        exactly), or None when the modality has none: ``unigen eval`` then checks the picture of
+        a predicted item against the prompt it was made from."""
+        return None
 
     def config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this modality (saved with a model)."""

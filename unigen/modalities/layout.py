@@ -27,7 +27,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from unigen.data.shapes import COLORS, GRID, SHAPES, SIZES, Scene, ShapeObject, description
+from unigen.data.shapes import (COLORS, GRID, SHAPES, SIZES, Scene, ShapeObject, description,
+                                 render_tensor)
 from unigen.diffusion.tasks import TASKS, SegmentTask
 from unigen.modalities.base import Modality, register_modality
 
@@ -104,9 +105,30 @@ class ShapesLayout(Modality):
         """A decoded scene as the dict ``encode`` reads back (``{"objects": [...]}``)."""
         return _scene(item, 0).to_dict()
 
+    def scores(self, predicted: Tensor, reference: Tensor) -> list[dict[str, float]]:
+        """The base scores plus scene parsing's, per layout: ``cell_accuracy`` (cells with all
+        three slots right), ``objects`` / ``objects_found`` (the reference's objects, and those
+        predicted with every attribute in their cell: summed, they give object recall) and
+        ``malformed`` (cells neither empty nor an object)."""
+        predicted, reference = torch.as_tensor(predicted).cpu(), torch.as_tensor(reference).cpu()
+        same = (_cells(predicted) == _cells(reference)).all(-1).flatten(1)
+        objects = (_cells(reference) != 0).any(-1).flatten(1)
+        broken = malformed_cells(predicted)
+        return [{**base, "cell_accuracy": int(s.sum()) / s.numel(), "objects": int(o.sum()),
+                 "objects_found": int((s & o).sum()), "malformed": int(m) / s.numel()}
+                for base, s, o, m in zip(super().scores(predicted, reference), same, objects,
+                                         broken)]
+
+    def render(self, items: Sequence[Any], size: int) -> Tensor:
+        """Each scene drawn exactly by the shapes renderer, ``[B, 3, size, size]``."""
+        return torch.stack([render_tensor(_scene(item, i), size) for i, item in enumerate(items)])
+
     def describe(self, items: Sequence[Any]) -> list[str]:
-        """The scenes' exhaustive descriptions (``a small red circle in the top left ...``)."""
-        return [description(_scene(item, i)) for i, item in enumerate(items)]
+        """The scenes' exhaustive descriptions (``a small red circle in the top left ...``, or
+        ``an empty scene``)."""
+        scenes = [_scene(item, i) for i, item in enumerate(items)]
+        # an untrained or greedy planner lays out empty scenes, which captions never describe
+        return [description(s) if s.objects else "an empty scene" for s in scenes]
 
 
 def _scene(item: Any, index: int) -> Scene:
@@ -127,13 +149,13 @@ def layout_scores(predicted: Tensor, target: Tensor) -> dict[str, float]:
     if predicted.shape != target.shape or predicted.ndim != 3:
         raise ValueError(f"layout_scores takes two [B, {GRID}, {GRID * SLOTS}] code tensors, got "
                          f"{list(predicted.shape)} and {list(target.shape)}")
-    same = (_cells(predicted) == _cells(target)).all(-1).flatten(1)  # [B, 9] cells right
-    objects = (_cells(target) != 0).any(-1).flatten(1)
-    cells = max(same.numel(), 1)
-    return {"cell_accuracy": int(same.sum()) / cells,
-            "object_recall": int((same & objects).sum()) / max(int(objects.sum()), 1),
-            "exact_match": int(same.all(1).sum()) / max(len(same), 1),
-            "malformed": int(malformed_cells(predicted).sum()) / cells}
+    rows = ShapesLayout().scores(predicted, target)
+    n = max(len(rows), 1)
+    return {"cell_accuracy": sum(r["cell_accuracy"] for r in rows) / n,
+            "object_recall": sum(r["objects_found"] for r in rows)
+            / max(sum(r["objects"] for r in rows), 1),
+            "exact_match": sum(r["exact_match"] for r in rows) / n,
+            "malformed": sum(r["malformed"] for r in rows) / n}
 
 
 @TASKS.register("layout2i")
