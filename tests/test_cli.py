@@ -13,8 +13,8 @@ DEBUG = ROOT / "recipes" / "debug" / "unified_debug.yaml"
 def test_help_lists_every_verb(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for verb in ("fit", "validate", "test", "predict", "generate", "caption", "answer", "demo",
-                 "text-tokenizer", "export"):
+    for verb in ("fit", "validate", "test", "predict", "generate", "caption", "answer", "task",
+                 "eval", "demo", "text-tokenizer", "tokenize", "merge-lora", "export"):
         assert f"  {verb} " in out
 
 

@@ -1,8 +1,8 @@
 """The ``unigen`` command line.
 
 ``fit | validate | test | predict`` run recipes through LightningCLI; the other verbs (generate,
-caption, answer, eval, tokenize, text-tokenizer, export, demo) are small argparse front ends over the
-library.  ``unigen --help`` lists every verb with one line each.
+caption, answer, task, eval, tokenize, text-tokenizer, export, demo) are small argparse front ends
+over the library.  ``unigen --help`` lists every verb with one line each.
 
 Plugins (:mod:`unigen.plugins`): the global option ``--plugin MODULE`` (repeatable, before or after
 the verb; taken out before the verb's parser or LightningCLI sees the command line) imports a
