@@ -37,7 +37,7 @@ from unigen.evaluate.recipe import (check_metric_options, metric_entries, metric
                                     parse_config, shared_arguments)
 from unigen.evaluate.record_metrics import (RECORD, RECORD_METRICS, _feed_image_metrics,
                                             _feed_records, result_name)
-from unigen.evaluate.segment_tasks import eval_task, eval_task_names
+from unigen.evaluate.segment_tasks import eval_task
 from unigen.evaluate.tasks import TaskSpec, settings_used
 from unigen.metrics import (COMPOSITIONAL, ClipEncoder, build_feature_extractor,
                             build_metric, flatten_results, write_report)

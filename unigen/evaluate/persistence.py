@@ -20,7 +20,7 @@ from torch import Tensor
 from unigen import io
 from unigen.evaluate.config import _RUN_ONLY_KEYS, _RUN_ONLY_TASK_KEYS, EvalConfig
 from unigen.evaluate.recipe import shared_arguments
-from unigen.evaluate.segment_tasks import eval_task, eval_task_names, is_eval_task
+from unigen.evaluate.segment_tasks import eval_task, eval_task_names
 from unigen.metrics.features import without_locations
 from unigen.metrics.report import (CATEGORY_PLOT, REPORT_NAME, RESULTS_NAME, SWEEP_PLOT, json_line,
                                    json_safe)

@@ -21,7 +21,7 @@ from unigen.evaluate.persistence import POINTS_DIR, remove_run_outputs
 from unigen.evaluate.recipe import (_split_assignment, metric_entries, parse_config,
                                     setting_paths, with_setting)
 from unigen.evaluate.record_metrics import result_name
-from unigen.evaluate.segment_tasks import eval_task, eval_task_names, is_eval_task
+from unigen.evaluate.segment_tasks import eval_task_names
 from unigen.metrics import Sweep, write_report
 
 
