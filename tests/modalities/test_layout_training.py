@@ -133,3 +133,20 @@ def test_a_layout_checkpoint_in_a_model_without_the_layout_is_one_line(trained, 
     plain = make(layout_dirs, tasks={"t2i": 1.0})
     with pytest.raises(ValueError, match="codebook size mismatch.*or other modalities"):
         plain.check_state_shapes(module.state_dict())
+
+
+def test_a_task_whose_segment_the_model_lacks_is_one_line_before_training(layout_dirs, tmp_path):
+    with pytest.raises(ValueError, match=r"task 't2layout' uses the segment 'layout', which this "
+                                         r"model lacks \(name a modality 'layout' in model.init_args."
+                                         r"modalities; its further segments: \['scene'\]\)"):
+        make(layout_dirs, modalities={"scene": {"kind": "shapes_layout"}},
+             tasks={"t2i": 1.0, "t2layout": 1.0})
+    plain = make(layout_dirs, tasks={"t2i": 1.0})
+    plain.to_pipeline().save_pretrained(tmp_path / "plain")
+    from unigen.training.finetune import FinetuneModule
+
+    tune = FinetuneModule(str(tmp_path / "plain"), image_size=32, tasks={"i2layout": 1.0})
+    with pytest.raises(ValueError, match=r"task 'i2layout' uses the segment 'layout', which this "
+                                         r"model lacks \(the pipeline at .*plain was trained "
+                                         r"without it; its further segments: none\)"):
+        tune.configure_model()

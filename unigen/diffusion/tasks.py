@@ -318,6 +318,21 @@ class TaskMixture:
         total = sum(ratios.values())
         self.probs = torch.tensor([ratios[n] / total for n in self.names])
 
+    def check_segments(self, segments: Sequence[str], model: str = "") -> None:
+        """One line when a task of the mixture uses a segment the model lacks (e.g. ``t2layout``
+        on a model whose layout modality is named ``scene``): before training, not at the first
+        step of that task.  ``model``: the pipeline a fine-tune starts from (else the recipe's
+        modalities are at fault)."""
+        for name, task in zip(self.names, self.tasks):
+            used = (*getattr(task, "given", ()), *getattr(task, "predicted", ()))
+            missing = [s for s in used if s not in segments]
+            if missing:
+                extra = [s for s in segments if s not in ("text", "image")]
+                fix = (f"the pipeline at {model} was trained without it" if model else
+                       f"name a modality {missing[0]!r} in model.init_args.modalities")
+                raise ValueError(f"task {name!r} uses the segment {missing[0]!r}, which this model "
+                                 f"lacks ({fix}; its further segments: {extra or 'none'})")
+
     def assign(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
         return torch.multinomial(self.probs, batch_size, replacement=True, generator=generator)
 

@@ -156,6 +156,7 @@ class FinetuneModule(UnifiedModule):
         self.image_tokenizer = pipe.image_tokenizer.requires_grad_(False).eval()
         self.space = pipe.space
         self.modalities = pipe.modalities
+        self.mixture.check_segments(("text", "image", *self.modalities), self.hparams.init_from)
         if self.lora_config is not None:
             apply_lora(self.net, self.lora_config)
         self.trainable = freeze(self.net, self.train_only)

@@ -169,6 +169,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         # a task without its <name> token: stop before training (the AR subclass has no mixture)
         for name in getattr(getattr(self, "mixture", None), "names", ()):
             self.space.task_token(name)
+        if getattr(self, "mixture", None) is not None:
+            self.mixture.check_segments(("text", "image", *extra))
         self.image_tokenizer = image_tok
         self.net = UnifiedTransformer(vocab, sequence, dim=hp.dim, depth=hp.depth, heads=hp.heads,
                                       mlp_ratio=hp.mlp_ratio, qk_norm=hp.qk_norm,
