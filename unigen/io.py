@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -64,11 +65,25 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], target: str | os.PathLike) -> None:
+# safetensors metadata key of the config the weights were saved with (canonical JSON of the object
+# written to the config file beside them): loading refuses a config file edited since
+CONFIG_RECORD_KEY = "unigen_config"
+
+
+def canonical_json(obj: Any) -> str:
+    """One fixed text per JSON value (sorted keys, no spaces): what :data:`CONFIG_RECORD_KEY` holds."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], target: str | os.PathLike,
+                     config: dict[str, Any] | None = None) -> None:
+    """Write ``tensors``; ``config`` (the object written to the config file beside them) is
+    recorded in the file's metadata, for :func:`check_saved_config` at load time."""
     # safetensors refuses shared storage and non-contiguous tensors; store independent copies
     clean = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
+    metadata = None if config is None else {CONFIG_RECORD_KEY: canonical_json(config)}
     with atomic_path(target) as tmp:
-        save_file(clean, str(tmp))
+        save_file(clean, str(tmp), metadata=metadata)
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -77,6 +92,18 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"cannot read weights file {path}: {err}") from None
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata (str -> str) of a safetensors file, read from its header alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
     except Exception as err:  # safetensors raises its own error types
         raise ValueError(f"cannot read weights file {path}: {err}") from None
 
@@ -92,15 +119,36 @@ def save_typed_model(path: str | os.PathLike, module: torch.nn.Module, type_name
     complete or absent."""
     from unigen.registry import saved_module_record
 
+    meta = {"type": type_name, "format_version": format_version, "config": config,
+            **saved_module_record(type(module))}
     with atomic_directory(path, marker=CONFIG_FILE) as tmp:
-        write_json(tmp / CONFIG_FILE, {"type": type_name, "format_version": format_version,
-                                       "config": config, **saved_module_record(type(module))})
-        save_safetensors(module.state_dict(), tmp / WEIGHTS_FILE)
+        write_json(tmp / CONFIG_FILE, meta)
+        save_safetensors(module.state_dict(), tmp / WEIGHTS_FILE, config=meta)
 
 
-def load_weights(module: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+def load_typed_weights(module: torch.nn.Module, path: str | os.PathLike,
+                       config_file: str | os.PathLike, meta: dict[str, Any]) -> torch.nn.Module:
+    """:func:`load_weights` for a :func:`save_typed_model` directory: ``meta`` (its config file's
+    content) must be the config the weights were saved with; a constructor argument missing on one
+    side counts as its default, and ``module`` (only named in errors) may differ."""
+    from unigen.saved_config import constructor_defaults
+
+    return load_weights(module, path, config_file, meta,
+                        defaults={"config": constructor_defaults(type(module))}, ignore=("module",))
+
+
+def load_weights(module: torch.nn.Module, path: str | os.PathLike,
+                 config_file: str | os.PathLike | None = None, config: dict[str, Any] | None = None,
+                 defaults: dict[str, Any] | None = None, ignore: Sequence[str] = ()
+                 ) -> torch.nn.Module:
     """Load a safetensors file into ``module``, strictly: any missing, unexpected or mis-shaped
-    tensor is one ``ValueError`` naming the file (torch's own error is a page that does not)."""
+    tensor is one ``ValueError`` naming the file (torch's own error is a page that does not).
+    With ``config_file`` (and ``config``, its content as read), first :func:`check_saved_config`:
+    the file must hold the config the weights were saved with."""
+    if config_file is not None:
+        from unigen.saved_config import check_saved_config
+
+        check_saved_config(config_file, config, path, defaults, ignore)
     state = load_safetensors(path)
     expected = module.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()

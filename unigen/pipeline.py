@@ -36,12 +36,14 @@ from torch import Tensor
 from unigen import io
 from unigen.diffusion.token_space import TokenSpace
 from unigen.diffusion.tasks import TASKS, SegmentTask, TaskInputs
+from unigen.diffusion.vocab import SequenceLayout, VocabLayout
 from unigen.modalities import Modality, build_modalities, modality_spec
 from unigen.modules.transformer import PrefixCache, UnifiedTransformer
 from unigen.modules.heads import HEADS
 from unigen.sampling import ClassifierFreeGuidance, Sampler, decode
 from unigen.sampling.base import check_num_steps, make_sampler
 from unigen.sampling.graphed import GraphedModelFn, autocast_state, check_cuda_graphs
+from unigen.saved_config import constructor_defaults
 from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
 from unigen.tokenizers.text import TextTokenizer
 from unigen.verification import best_of, caption_elbo
@@ -168,7 +170,8 @@ class UnifiedPipeline:
         with io.atomic_directory(path, marker="pipeline.json") as tmp:
             io.write_json(tmp / "pipeline.json", meta)
             io.write_json(tmp / "transformer" / "config.json", self.transformer.config)
-            io.save_safetensors(state, tmp / "transformer" / "model.safetensors")
+            io.save_safetensors(state, tmp / "transformer" / "model.safetensors",
+                                config=self.transformer.config)
             self.image_tokenizer.save_pretrained(tmp / "image_tokenizer")
             self.text_tokenizer.save_pretrained(tmp / "text_tokenizer")
 
@@ -191,8 +194,7 @@ class UnifiedPipeline:
                              f"{cls.__name__}, which reads {cls.KIND!r})")
         config = io.read_json(path / "transformer" / "config.json", "transformer config")
         cls.check_components(path, meta, config)
-        net = io.load_weights(UnifiedTransformer.from_config(config),
-                              path / "transformer" / "model.safetensors")
+        net = load_saved_transformer(UnifiedTransformer.from_config(config), path, config)
         try:
             modalities = build_modalities(meta.get("modalities"))
         except (KeyError, ValueError, TypeError) as err:
@@ -743,5 +745,20 @@ def load_transformer_weights(net: UnifiedTransformer, path: str | os.PathLike) -
     diff = io.config_diff(saved, ours)
     if diff:
         raise ValueError(f"the transformer at {path} has another architecture; (saved, recipe): {diff}")
-    return io.load_weights(net, path / "transformer" / "model.safetensors")
+    return load_saved_transformer(net, path)
+
+
+def load_saved_transformer(net: UnifiedTransformer, path: Any,
+                           config: dict[str, Any] | None = None) -> UnifiedTransformer:
+    """Load the transformer weights of the pipeline directory ``path`` into ``net``; its
+    ``transformer/config.json`` (``config``: its content, read here when None) must be the config
+    the weights were saved with (:func:`unigen.saved_config.check_saved_config`).  A key missing on one side
+    counts as its default (configs omit ``question_slot``, ``answer_len``, ``extra`` when unset);
+    ``answer_len`` may differ, as in :func:`load_transformer_weights`."""
+    defaults = {**constructor_defaults(UnifiedTransformer),
+                "vocab": constructor_defaults(VocabLayout),
+                "sequence": constructor_defaults(SequenceLayout)}
+    return io.load_weights(net, path / "transformer" / "model.safetensors",
+                           path / "transformer" / "config.json", config, defaults,
+                           ignore=("sequence.answer_len",))
 

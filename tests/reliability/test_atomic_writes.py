@@ -69,11 +69,11 @@ def test_loading_with_weights_only_false_is_refused(tmp_path):
 def _fail_on_nth_safetensors_write(monkeypatch, n: int) -> None:
     real, calls = io.save_file, []
 
-    def save_file(tensors, path):
+    def save_file(tensors, path, metadata=None):
         calls.append(path)
         if len(calls) == n:
             raise OSError(5, "Input/output error")
-        real(tensors, path)
+        real(tensors, path, metadata=metadata)
 
     monkeypatch.setattr(io, "save_file", save_file)
 
@@ -112,7 +112,7 @@ def test_pipeline_export_is_complete_or_the_old_one_stays(pipe, tmp_path, monkey
 
 def test_a_failed_first_export_leaves_nothing(pipe, tmp_path, monkeypatch):
     _fail_on_nth_safetensors_write(monkeypatch, 2)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Input/output error"):  # the simulated failure, no other
         pipe.save_pretrained(tmp_path / "model")
     assert list(tmp_path.iterdir()) == []
 
@@ -122,6 +122,6 @@ def test_tokenizer_save_pretrained_is_complete_or_the_old_one_stays(pipe, tmp_pa
     tok.save_pretrained(target)
     before = _snapshot(target)
     _fail_on_nth_safetensors_write(monkeypatch, 1)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Input/output error"):
         tok.save_pretrained(target)
     assert _snapshot(target) == before and junk(tmp_path) == []

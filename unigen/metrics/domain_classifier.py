@@ -96,5 +96,6 @@ class DomainClassifier(nn.Module):
             raise ValueError(f"{path / CONFIG_NAME} is not a {TYPE_NAME} config of format version "
                              f"{FORMAT_VERSION} (type {meta.get('type')!r}, "
                              f"version {meta.get('format_version')!r})")
-        model = io.load_weights(cls(**meta["config"]), path / WEIGHTS_NAME)
+        model = io.load_typed_weights(cls(**meta["config"]), path / WEIGHTS_NAME,
+                                      path / CONFIG_NAME, meta)
         return model.to(map_location).eval()

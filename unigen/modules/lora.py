@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from unigen import io
 from unigen.registry import Registry
+from unigen.saved_config import check_saved_config
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
@@ -200,7 +201,7 @@ def save_lora(model: nn.Module, config: LoRAConfig, path: str | os.PathLike) -> 
             "target_modules": list(layers), "base_fingerprint": base_fingerprint(model)}
     with io.atomic_directory(path, marker=CONFIG_NAME) as tmp:
         io.write_json(tmp / CONFIG_NAME, meta)
-        io.save_safetensors(lora_state_dict(model), tmp / WEIGHTS_NAME)
+        io.save_safetensors(lora_state_dict(model), tmp / WEIGHTS_NAME, config=meta)
 
 
 def read_lora_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -220,6 +221,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike, check_base: bool = True
     ``check_base`` the model must hold the base weights the adapters were trained on."""
     path = Path(path)
     meta = read_lora_config(path)
+    check_saved_config(path / CONFIG_NAME, meta, path / WEIGHTS_NAME)  # e.g. an edited alpha
     if check_base and base_fingerprint(model) != meta["base_fingerprint"]:
         raise ValueError(f"the LoRA adapter at {path} was trained on other base weights than this "
                          f"{type(model).__name__} (fingerprint {meta['base_fingerprint'][:12]} vs "

@@ -217,7 +217,7 @@ class ImageTokenizer(nn.Module, ABC):
             raise ValueError(f"{path} holds a {name!r} tokenizer, not a {cls.__name__}")
         with io.config_errors(config_file, "image tokenizer"):
             model = target(**config)
-        model = io.load_weights(model, path / WEIGHTS_NAME)
+        model = io.load_typed_weights(model, path / WEIGHTS_NAME, config_file, meta)
         return model.to(map_location).eval()
 
 
