@@ -135,12 +135,17 @@ def test_fashion_prompts_name_one_class_each():
     assert len({prompt_class(p, CLASS_NAMES) for p in prompts}) >= 8  # a seeded mix of classes
 
 
-def test_heads_override_changes_the_head_width_only(tmp_path):
+def test_heads_override_changes_the_head_width_only(tmp_path, capsys):
     from benchmarks.train_throughput import main
 
     result = main(["--size", "tiny", "--heads", "2", "--steps", "1", "--warmup", "0", "--repeats", "1",
                    "--batch-size", "2", "--out", str(tmp_path / "t.json")])
     model = result["settings"]["model"]
     assert model["heads"] == 2 and model["dim"] == SIZES["tiny"].dim
-    with pytest.raises(SystemExit):  # 64 channels do not split into 3 heads
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # 64 channels do not split into 3 heads
         main(["--size", "tiny", "--heads", "3", "--out", str(tmp_path / "u.json")])
+    assert exc.value.code == 2
+    assert (f"error: --heads must divide the width {SIZES['tiny'].dim}, got 3"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "u.json").exists()

@@ -73,8 +73,10 @@ def test_each_stage_parses(parse_only, name, limit, args):
     assert "--out" not in args or namespace.out.endswith("_cuda.json")  # gpu_check copies *_cuda.json
 
 
-def test_a_typo_would_be_caught(parse_only):
+def test_a_typo_would_be_caught(parse_only, capsys):
     from benchmarks import train_throughput
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         train_throughput.main(["--size", "219m", "--device", "cuda", "--profile-stpes", "3"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --profile-stpes 3" in capsys.readouterr().err

@@ -46,6 +46,7 @@ def test_a_plan_rendered_exactly_passes_the_checker():
     from unigen.data.shapes import render_tensor
 
     data = layout_quality.held_out(12, 64)
+    assert len(data["scene"]) == len(data["caption"]) == 12  # not vacuously true on no scenes
     assert all(check(render_tensor(s, 64), parse_caption(c)).correct
                for s, c in zip(data["scene"], data["caption"]))
 

@@ -44,8 +44,9 @@ def test_every_shared_score_is_compared_on_the_common_samples(tmp_path, capsys):
 def test_runs_without_a_shared_score_are_one_clear_error(tmp_path):
     write_records(tmp_path / "a", [{"task": "t2i", "index": 0, "correct": True}])
     write_records(tmp_path / "b", [{"task": "vqa", "index": 0, "prediction": "x", "answer": "x"}])
-    with pytest.raises(SystemExit, match="share no scored task"):
+    with pytest.raises(SystemExit, match="share no scored task") as err:
         main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out", str(tmp_path / "r.json")])
+    assert "\n" not in str(err.value)
 
 
 def test_classifier_verdicts_pair_and_records_without_a_score_are_skipped(tmp_path):

@@ -4,6 +4,7 @@ and unified recipes through LightningCLI, export, timed evaluation) into a tempo
 the JSON fields a GPU session reads back.  Nothing here asserts a speed or a quality."""
 
 import json
+import re
 
 import pytest
 
@@ -109,7 +110,8 @@ def test_a_tokenizer_trained_earlier_skips_the_tokenizer_fit(tmp_path):
     assert first["stages"]["image_tokenizer"]["steps_done"] == 2
     assert not (tmp_path / "b" / "image_tokenizer").exists()
     assert saved["stages"]["unified"]["steps_done"] == 1
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="^image tokenizer directory not found: "
+                       + re.escape(str(tmp_path / "missing")) + " "):
         main(["--smoke", "--image-tokenizer", str(tmp_path / "missing"), "--work-dir",
               str(tmp_path / "c"), "--out", str(tmp_path / "c.json")])
 
@@ -135,7 +137,7 @@ def test_a_compile_failure_in_calibration_falls_back_to_eager(tmp_path, monkeypa
     assert unified["steps_done"] == unified["steps_planned"] and saved["complete"]
 
 
-def test_compile_modes_are_calibrated_and_the_fastest_fits(tmp_path, monkeypatch):
+def test_compile_modes_are_calibrated_and_the_fastest_fits(tmp_path, monkeypatch, capsys):
     import time
 
     from unigen.modules.transformer import Block
@@ -170,11 +172,15 @@ def test_compile_modes_are_calibrated_and_the_fastest_fits(tmp_path, monkeypatch
     assert cmd[last + 1] == "default"
     assert unified["calibration"]["step_s"] == trials["default"]["step_s"]
     assert unified["steps_done"] == unified["steps_planned"] and saved["complete"]
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
         main(["--smoke", "--compile-modes", "reduce_overhead"])
+    assert exc.value.code == 2
+    assert "error: --compile-modes takes modes of [" in capsys.readouterr().err
 
 
-def test_host_threads_are_calibrated_and_the_fit_keeps_the_chosen_count(tmp_path, monkeypatch):
+def test_host_threads_are_calibrated_and_the_fit_keeps_the_chosen_count(tmp_path, monkeypatch,
+                                                                       capsys):
     from unigen.training.host_threads import HostThreads
 
     def slow_with_one_thread(self, trainer, pl_module, stage):  # a CPU fit: stand in for a GPU
@@ -203,11 +209,14 @@ def test_host_threads_are_calibrated_and_the_fit_keeps_the_chosen_count(tmp_path
     assert unified["host_threads"] == 2
     assert any('"num_threads": 2' in a for a in unified["command"])  # the fit keeps the winner
     assert unified["steps_done"] == unified["steps_planned"] and saved["complete"]
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
         main(["--smoke", "--host-threads", "0"])
+    assert exc.value.code == 2
+    assert "error: --host-threads takes counts >= 1, got ['0']" in capsys.readouterr().err
 
 
-def test_a_returned_model_continues_in_the_next_run(tmp_path, monkeypatch):
+def test_a_returned_model_continues_in_the_next_run(tmp_path, monkeypatch, capsys):
     import subprocess
 
     out = tmp_path / "device_out"
@@ -241,8 +250,12 @@ def test_a_returned_model_continues_in_the_next_run(tmp_path, monkeypatch):
     # too big for one part: nothing packed, the history still adds up
     assert second["returned_model"]["packed"] is False and second["returned_model"]["runs"] == 2
     assert second["returned_model"]["total_unified_steps"] == 5
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
         main(["--smoke", "--init-unified", str(model), "--image-tokenizer", str(model / "image_tokenizer")])
+    assert exc.value.code == 2
+    assert ("error: --init-unified brings its own image tokenizer; drop --image-tokenizer"
+            in capsys.readouterr().err)
     with pytest.raises(FileNotFoundError, match="--init-unified pipeline directory not found"):
         main(["--smoke", "--init-unified", str(tmp_path / "missing"), "--work-dir", str(tmp_path / "c"),
               "--out", str(tmp_path / "c.json")])

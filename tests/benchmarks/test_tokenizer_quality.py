@@ -1,6 +1,7 @@
 """benchmarks/tokenizer_quality.py: reconstruction scores and the checker ceiling of a tokenizer."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -32,8 +33,11 @@ def test_script_writes_reconstruction_and_checker_json(tmp_path, image_tokenizer
 
 
 def test_missing_tokenizer_directory_is_one_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing"):
+    # the path itself ends in "missing": match the message around it, not just the word
+    with pytest.raises(FileNotFoundError, match="^image tokenizer directory not found: "
+                       + re.escape(str(tmp_path / "missing")) + r" \(train one with ") as err:
         tokenizer_quality.main(["--tokenizer", str(tmp_path / "missing"), "--image-size", "32"])
+    assert "\n" not in str(err.value)
 
 
 def test_classifier_accuracy_counts_the_labelled_class(tmp_path):

@@ -129,8 +129,9 @@ def test_bad_rows_raise_one_clear_error_or_are_skipped(tmp_path, caplog, row, me
     root = write_folder(tmp_path / "d", images, [{"file_name": "img0.png", "text": "ok"}, row])
     (root / "junk.png").write_bytes(b"not a png at all")
     (tmp_path / "escape.png").write_bytes((root / "img0.png").read_bytes())
-    with pytest.raises(BadSampleError, match=message):
+    with pytest.raises(BadSampleError, match=message) as err:
         ImageFolderDataset(root, image_size=8)
+    assert "\n" not in str(err.value)
     with caplog.at_level(logging.WARNING, logger="unigen.data.imagefolder"):
         ds = ImageFolderDataset(root, image_size=8, skip_bad=True)
     assert len(ds) == 1 and ds.num_skipped == 1 and ds[0]["caption"] == "ok"

@@ -291,7 +291,7 @@ def test_dataset_items():
     assert item["description"] == description(scene)
     again = ShapesDataset("train", num_samples=20, image_size=32, seed=5)[7]
     assert torch.equal(item["image"], again["image"]) and item["caption"] == again["caption"]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="^index 20 out of range for 20 samples$"):
         ds[20]
 
 

@@ -1,5 +1,7 @@
 """class_accuracy: prompts mapped to the class they name, scored by a domain classifier."""
 
+import re
+
 import pytest
 import torch
 
@@ -92,7 +94,8 @@ def test_refuses_bad_input(tmp_path):
         metric.update(torch.rand(1, 3, 32, 32), ["a green block"])
     with pytest.raises(RuntimeError, match="before any update"):
         metric.compute()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="^domain classifier directory not found: "
+                       + re.escape(str(tmp_path / "missing")) + " "):
         ClassAccuracy(classifier=tmp_path / "missing")
 
 

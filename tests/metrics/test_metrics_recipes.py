@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("unigen.data.shapes_datamodule")
-from unigen.cli import instantiate_recipe, main  # noqa: E402
-from unigen.data.shapes import vocabulary_words  # noqa: E402
-from unigen.training.classifier_module import ClassifierModule  # noqa: E402
-from unigen.training.clip_module import ClipModule  # noqa: E402
+from unigen.cli import instantiate_recipe, main
+from unigen.data.shapes import vocabulary_words
+from unigen.training.classifier_module import ClassifierModule
+from unigen.training.clip_module import ClipModule
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

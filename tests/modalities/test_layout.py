@@ -102,14 +102,18 @@ def test_malformed_cells_decode_as_empty_and_are_counted():
 
 def test_layout_bad_input_is_one_clear_error():
     layout = ShapesLayout()
-    with pytest.raises(ValueError, match="layout: sample 1 is not a shapes scene"):
+    with pytest.raises(ValueError, match="layout: sample 1 is not a shapes scene") as err:
         layout.encode([scenes(1)[0], "{not json"])
-    with pytest.raises(TypeError, match="takes a batch"):
+    assert "\n" not in str(err.value)
+    with pytest.raises(TypeError, match="takes a batch") as err:
         layout.encode(scenes(1)[0])
-    with pytest.raises(ValueError, match=r"layout codes must lie in \[0, 17\)"):
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"layout codes must lie in \[0, 17\)") as err:
         layout.decode(torch.full((1, 3, 9), 17))
-    with pytest.raises(ValueError, match=r"must be \[B, 3, 9\]"):
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"must be \[B, 3, 9\]") as err:
         layout.decode(torch.zeros(1, 3, 3, dtype=torch.long))
+    assert "\n" not in str(err.value)
 
 
 def test_layout_scores_are_exact():

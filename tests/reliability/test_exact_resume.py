@@ -90,7 +90,7 @@ def test_resumed_run_ends_with_bit_identical_state_and_export(runs):
     from unigen.io import load_safetensors
 
     a, b = (load_safetensors(root / "export" / case.exported_weights) for root in (ref, cut))
-    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert a and a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
 def test_export_of_the_resumed_checkpoint_matches_the_end_of_fit_export(runs, tmp_path):
@@ -100,4 +100,4 @@ def test_export_of_the_resumed_checkpoint_matches_the_end_of_fit_export(runs, tm
 
     a, b = (load_safetensors(root / case.exported_weights)
             for root in (ref / "export", tmp_path / "x"))
-    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert a and a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

@@ -101,6 +101,9 @@ def test_fit_refuses_a_malicious_checkpoint(malicious_checkpoint, tokenizer_dirs
 def test_a_plain_pickle_file_is_refused_too(tmp_path, capsys):
     marker, path = tmp_path / "pwned", tmp_path / "old_style.ckpt"
     path.write_bytes(pickle.dumps({"state_dict": Payload(marker)}))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         main(["export", "--ckpt", str(path), "--out", str(tmp_path / "out")])
-    assert "unigen: error:" in _one_error_line(capsys) and not marker.exists()
+    assert exc.value.code == 1
+    line = _one_error_line(capsys)
+    assert line.startswith(f"unigen: error: refusing to load {path}: ") and "could run code" in line
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -66,8 +66,10 @@ def test_confident_sampler_with_each_rule_reveals_at_least_one_and_never_a_given
 
 
 def test_unknown_rule_is_one_clear_error():
-    with pytest.raises(KeyError, match="unknown reveal rule 'nope'; known: error_budget, factor, threshold"):
+    with pytest.raises(KeyError, match="unknown reveal rule 'nope'; known: error_budget, factor, "
+                                       "threshold") as err:
         ConfidentSampler(rule="nope")
+    assert "\n" not in err.value.args[0]
 
 
 def step_counts(sampler: ConfidentSampler, net: DummyNet, tokens, is_masked, num_steps: int, seeds=(0, 1, 2)):

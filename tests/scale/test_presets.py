@@ -30,7 +30,7 @@ def test_ddp_preset_uses_every_gpu_of_every_node():
 
 
 def test_fsdp_preset_parses_into_a_block_wrapped_strategy():
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentError, ArgumentParser
     from lightning.pytorch.strategies import FSDPStrategy
 
     from unigen.modules.transformer import Block
@@ -45,5 +45,6 @@ def test_fsdp_preset_parses_into_a_block_wrapped_strategy():
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
     assert strategy.kwargs["use_orig_params"] is True  # frozen tokenizer / LoRA base weights
     assert strategy._state_dict_type == "full"
-    with pytest.raises(Exception):  # a misspelt key is caught by the same parse
+    # a misspelt key is caught by the same parse, and the error names it
+    with pytest.raises(ArgumentError, match=r"\bsharding(?!_strategy)"):
         parser.parse_object({"strategy": {**spec["init_args"], "sharding": "FULL_SHARD"}})

@@ -90,7 +90,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, shard_dir, shapes_32, i
 def test_resuming_with_other_settings_is_refused(tmp_path, shapes_32, image_tokenizer):
     out = tmp_path / "shards"
     args = dict(image_size=32, batch_size=8, source={"data": "shapes"}, progress=False)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^killed$"):
         write_shards(CrashAt(shapes_32, at=20), image_tokenizer, out, shard_size=16, **args)
     with pytest.raises(ValueError, match="differ in shard_size"):
         write_shards(shapes_32, image_tokenizer, out, shard_size=8, **args)
@@ -293,7 +293,14 @@ def test_training_from_shards_resumes_exactly_mid_epoch(shard_dir, tokenizer_dir
               "--export_dir", f"{root}/model", *extra])
         return load_safetensors(tmp_path / root / "model" / "transformer" / "model.safetensors")
 
+    def saved_steps(root: str) -> list[int]:
+        return sorted(int(p.stem.rsplit("step=", 1)[1]) for p in (tmp_path / root).rglob("*step=*.ckpt"))
+
     straight = fit("straight")
     (mid,) = (tmp_path / "straight").rglob("*step=3.ckpt")
     resumed = fit("resumed", "--ckpt_path", str(mid))
+    assert saved_steps("straight") == [1, 2, 3, 4, 5, 6]
+    # it went on from step 3 (a fresh 6-step run of the same seed would give the same weights)
+    assert saved_steps("resumed") == [4, 5, 6]
+    assert straight and resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)

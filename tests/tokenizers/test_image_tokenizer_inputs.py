@@ -40,7 +40,8 @@ def test_encode_accepts_mild_resampling_overshoot(fsq):
 def test_check_values_false_skips_only_the_value_check(fsq):
     images = tiny_images() * 255
     assert fsq.encode(images, check_values=False).shape == (4, 8, 8)
-    with pytest.raises(TypeError):  # keyword-only: a positional True must not be mistaken for it
+    # keyword-only: a positional flag must not be mistaken for it
+    with pytest.raises(TypeError, match=r"encode\(\) takes 2 positional arguments but 3 were given"):
         fsq.encode(images, False)
     with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):  # shape checks stay on
         fsq.encode(torch.rand(1, 1, 16, 16), check_values=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -41,9 +40,6 @@ def test_all_expected_recipes_exist():
 @pytest.mark.parametrize("path", MAIN + DEBUG, ids=lambda p: p.stem)
 def test_recipe_instantiates(path, tmp_path):
     data_class = _data_class_path(path)
-    if data_class.endswith("FashionMNISTDataModule") and \
-            importlib.util.find_spec("unigen.data.fashion_mnist") is None:
-        pytest.skip("unigen.data.fashion_mnist is not written yet")
     cli = _instantiate(path, tmp_path)
     assert isinstance(cli.model, TokenizerModule)
     tokenizer = cli.model.tokenizer
@@ -63,9 +59,19 @@ def test_choosing_the_quantizer_is_one_line(tmp_path):
     text = path.read_text().replace("unigen.tokenizers.fsq.FSQTokenizer",
                                     "unigen.tokenizers.lfq.LFQTokenizer")
     text = text.replace("levels: [5, 5, 5]", "codebook_size: 128")
+    original = path.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(original, text.splitlines()) if a != b]
+    assert len(text.splitlines()) == len(original) and len(changed) == 2  # class + its own option
     swapped = tmp_path / "swapped.yaml"
     swapped.write_text(text)
-    assert isinstance(_instantiate(swapped, tmp_path).model.tokenizer, LFQTokenizer)
+    fsq = _instantiate(path, tmp_path).model.tokenizer
+    lfq = _instantiate(swapped, tmp_path).model.tokenizer
+    assert type(fsq) is FSQTokenizer and type(lfq) is LFQTokenizer
+    assert lfq.codebook_size == 128  # the quantizer's option reached it
+    # the autoencoder settings of the recipe carry over unchanged
+    shared = {k: v for k, v in fsq.config.items() if k != "levels"}
+    assert {k: lfq.config[k] for k in shared} == shared
+    assert lfq.latent_grid(32) == fsq.latent_grid(32) == (8, 8)
 
 
 def test_debug_recipe_trains_and_exports(tmp_path):

@@ -99,19 +99,23 @@ def test_a_config_naming_a_missing_task_token_is_one_clear_error(text_tokenizer_
     TextTokenizer.from_pretrained(text_tokenizer_dir).save_pretrained(out)
     config = json.loads((out / CONFIG_FILE).read_text())
     (out / CONFIG_FILE).write_text(json.dumps({**config, "task_tokens": ["zoom"]}))
-    with pytest.raises(ValueError, match="tokenizer.json: tokenizer lacks the task token '<zoom>'"):
+    with pytest.raises(ValueError,
+                       match="tokenizer.json: tokenizer lacks the task token '<zoom>'") as err:
         TextTokenizer.from_pretrained(out)
+    assert "\n" not in str(err.value)
     (out / CONFIG_FILE).write_text(json.dumps({**config, "task_tokens": "zoom"}))
-    with pytest.raises(ValueError, match="task_tokens must be a list"):
+    with pytest.raises(ValueError, match="task_tokens must be a list") as err:
         TextTokenizer.from_pretrained(out)
+    assert "\n" not in str(err.value)
 
 
 def test_a_task_without_its_token_is_one_clear_error(outpaint_task, text_tokenizer_dir):
     tok = TextTokenizer.from_pretrained(text_tokenizer_dir)
     space = TokenSpace(tok, VocabLayout.from_tokenizers(tok, 125), SequenceLayout(24, (4, 4)))
     with pytest.raises(ValueError, match=f"task '{outpaint_task}' has no <{outpaint_task}> token.*"
-                                         f"--task-token {outpaint_task}"):
+                                         f"--task-token {outpaint_task}") as err:
         space.assemble(outpaint_task, None, torch.zeros(2, 4, 4, dtype=torch.long))
+    assert "\n" not in str(err.value)
 
 
 def test_a_plugin_task_trains_with_no_core_edit(outpaint_task, extended_dir, image_tokenizer_dir):
@@ -160,12 +164,12 @@ def test_the_cli_fits_a_plugin_task_with_its_added_token(tokenizer_dirs, tmp_pat
         assert main(["text-tokenizer", "--data", "shapes", "--num-samples", "200", "--out", "tok",
                      "--task-token", "outpaint_cli"]) == 0
         recipe = Path(__file__).resolve().parents[2] / "recipes" / "debug" / "unified_debug.yaml"
-        main(["--plugin", "my_tasks_cli", "fit", "--config", str(recipe),
-              "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
-              "--model.init_args.text_tokenizer", "tok",
-              "--model.init_args.tasks", "{t2i: 1.0, outpaint_cli: 1.0}",
-              "--model.init_args.task_loss_weights", "{}",
-              "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"])
+        assert main(["--plugin", "my_tasks_cli", "fit", "--config", str(recipe),
+                     "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+                     "--model.init_args.text_tokenizer", "tok",
+                     "--model.init_args.tasks", "{t2i: 1.0, outpaint_cli: 1.0}",
+                     "--model.init_args.task_loss_weights", "{}",
+                     "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"]) == 0
         logs = (tmp_path / "runs").rglob("metrics.csv")
         assert any("train/loss_outpaint_cli" in f.read_text() for f in logs)
     finally:

@@ -73,6 +73,7 @@ def test_a_real_cpu_fit_leaves_the_threads_alone(two_threads, tmp_path):
 def test_a_failed_fit_gives_the_threads_back(two_threads):
     callback = HostThreads(num_threads=1)
     callback.setup(trainer_on("cuda"), None, "fit")
+    assert torch.get_num_threads() == 1  # the premise: there is something to give back
     callback.on_exception(trainer_on("cuda"), None, RuntimeError("out of memory"))
     assert torch.get_num_threads() == 2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import lightning as L
 import pytest
@@ -274,5 +275,6 @@ def test_init_from_starts_from_an_exported_tokenizer(tmp_path):
         TokenizerModule(FSQTokenizer(levels=(8, 5, 5), **TINY), init_from=str(tmp_path / "tok"))
     with pytest.raises(ValueError, match="holds a 'fsq' tokenizer"):
         TokenizerModule(VQTokenizer(codebook_size=16, **TINY), init_from=str(tmp_path / "tok"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="^image tokenizer directory not found: "
+                       + re.escape(str(tmp_path / "none")) + " "):
         TokenizerModule(FSQTokenizer(levels=(5, 5, 5), **TINY), init_from=str(tmp_path / "none"))
