@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # OpenMP threads spin while waiting; on a busy 2-core machine that starves tiny ops
@@ -11,6 +12,30 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: a second intra-op thread only adds synchronisation, which costs seconds per
+    call when other processes load the two cores."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -14,19 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.tokenizers.image_tokenizer_testkit import TINY
 from unigen import io
 from unigen.saved_config import first_config_difference
 from unigen.tokenizers import FSQTokenizer, ImageTokenizer
 
-TINY = dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=8, norm_num_groups=4)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(n: int = 2, size: int = 16) -> torch.Tensor:

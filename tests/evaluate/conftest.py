@@ -29,10 +29,5 @@ def debug_recipe() -> Path:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # the models here are tiny: a second intra-op thread only adds synchronisation, which costs
-    # seconds per call when other processes load the CPU cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread_per_module):
     yield
-    torch.set_num_threads(before)

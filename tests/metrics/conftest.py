@@ -36,9 +36,5 @@ def tiny_clip_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    # tiny models: intra-op threads only add contention on a busy 2-core box
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)

@@ -14,11 +14,8 @@ if HERE not in sys.path:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread_per_module):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

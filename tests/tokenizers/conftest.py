@@ -23,12 +23,7 @@ def tokenizer_name(request) -> str:
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
+def single_thread(one_torch_thread):
     """These models are tiny: one thread is as fast as two, and with other processes busy on the
     machine two OpenMP threads can be ~100x slower (they spin waiting for each other)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)

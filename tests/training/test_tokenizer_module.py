@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from tests.tokenizers.image_tokenizer_testkit import TINY
 from unigen.tokenizers import FSQTokenizer, ImageTokenizer, VQTokenizer
 from unigen.tokenizers.discriminator import AdversarialLoss, PatchGANDiscriminator
 from unigen.tokenizers.perceptual import ConvFeatures, PerceptualLoss
@@ -19,16 +20,9 @@ from unigen.training import EMACallback, ModelEMA, TokenizerModule
 from unigen.training.optim import warmup_cosine_factor as warmup_cosine
 from unigen.training.tokenizer_module import batch_images
 
-TINY = dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=8, norm_num_groups=4)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # tiny models: one thread is as fast, and two spin badly when the machine is busy
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class DictImages(Dataset):
