@@ -56,6 +56,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from unigen.data.batch_transforms import BatchTransforms
+from unigen.data.loaders import data_loader
 from unigen.data.resumable import shuffled_loader
 
 logger = logging.getLogger(__name__)
@@ -334,7 +335,7 @@ class SplitDataModule(BatchTransforms, L.LightningDataModule):
         return dataset
 
     def _loader(self, dataset: Dataset | None, name: str) -> DataLoader:
-        return DataLoader(self._require(dataset, name), batch_size=self.batch_size, shuffle=False,
+        return data_loader(self._require(dataset, name), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           collate_fn=self.worker_collate())
 

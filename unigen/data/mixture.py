@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from unigen.data.batch_transforms import BatchTransforms
+from unigen.data.loaders import data_loader
 from unigen.data.resumable import epoch_loader, seeded_permutation
 from unigen.data.shards import TEXT_FIELDS
 
@@ -214,7 +215,7 @@ class MixtureDataModule(BatchTransforms, L.LightningDataModule):
         return self.test_dataloader()
 
     def _loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=False,
+        return data_loader(dataset, batch_size=self.hparams.batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers, collate_fn=self.worker_collate())
 
 

@@ -45,6 +45,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from unigen.data.loaders import worker_kwargs
+
 
 def seeded_permutation(n: int, seed: int, *key: int) -> Tensor:
     """A permutation of ``range(n)`` that is a pure function of ``(seed, *key)``."""
@@ -169,7 +171,7 @@ class StatefulDataLoader(DataLoader):
     configuration (seed, sample count, global batch) raises instead of silently changing the order."""
 
     def __init__(self, *args, resume_key: dict[str, Any], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **worker_kwargs(kwargs))  # workers die with this process
         self.resume_key = resume_key
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from unigen.data.batch_transforms import BatchTransforms
+from unigen.data.loaders import data_loader
 from unigen.data.resumable import shuffled_loader
 from unigen.data.shapes import SPLITS, TASK_TEXTS, ShapesDataset
 
@@ -60,7 +61,7 @@ class ShapesDataModule(BatchTransforms, L.LightningDataModule):
 
     def _loader(self, name: str) -> DataLoader:
         self.setup()
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=False,
+        return data_loader(self.datasets[name], batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           collate_fn=self.worker_collate())
 

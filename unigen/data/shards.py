@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from unigen import io
 from unigen.data.batch_transforms import BatchTransforms
+from unigen.data.loaders import data_loader
 from unigen.data.resumable import DistributedEpochSampler, seeded_permutation, shuffled_loader
 from unigen.registry import Registry
 from unigen.tokenizers.base import ImageTokenizer
@@ -183,7 +184,7 @@ def _write_shard(out: Path, k: int, dataset: Dataset, indices: range, tokenizer:
     # identical configs), the last shard's chunk is simply shorter
     writer = BinaryWriter(str(tmp), chunk_size=job["shard_size"], chunk_index=k)
     dtype = CODE_DTYPES[job["code_dtype"]]
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers)
+    loader = data_loader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers)
     position = indices.start
     for batch in loader:
         codes = tokenizer.encode(batch["image"]).cpu().numpy().astype(dtype)
@@ -400,7 +401,7 @@ class ShardDataModule(BatchTransforms, L.LightningDataModule):
         self.setup()
         if self.val_set is None:
             return []  # validation disabled
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
+        return data_loader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers, collate_fn=self.worker_collate())
 
     def test_dataloader(self) -> DataLoader:
@@ -408,7 +409,7 @@ class ShardDataModule(BatchTransforms, L.LightningDataModule):
         if self.test_set is None:
             raise ValueError("ShardDataModule has no test set: set data.init_args.test_path to a "
                              "shard directory (`unigen tokenize --split heldout ...`)")
-        return DataLoader(self.test_set, batch_size=self.hparams.batch_size, shuffle=False,
+        return data_loader(self.test_set, batch_size=self.hparams.batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers, collate_fn=self.worker_collate())
 
     def predict_dataloader(self) -> DataLoader:
