@@ -278,18 +278,25 @@ def _text_settings(args: argparse.Namespace, steps: int, kwargs: dict[str, Any])
             "model": str(args.model)}
 
 
-def _caption(args: argparse.Namespace) -> None:
+def _read_images_for(args: argparse.Namespace, verb: str) -> tuple[Path, Path, Any, dict, Any]:
+    """What caption and answer share: the checks that need no weights, then the pipeline, its
+    text sampler's options and the images: ``(out, settings path, pipe, sampler kwargs, images)``."""
     from unigen.pipeline import TEXT_SAMPLER
 
     _check_model_args(args)
     out = _check_out_file(args.out)
     settings = _check_out_file(_settings_path(out), "the settings file")
     _parse_sampler_args(args)
-    _refuse_autoregressive(args, "caption")
+    _refuse_autoregressive(args, verb)
     pipe = _pipeline(args)
     args.sampler = args.sampler or TEXT_SAMPLER
     kwargs = _sampler_kwargs(args, pipe, args.sampler)
     images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
+    return out, settings, pipe, kwargs, images
+
+
+def _caption(args: argparse.Namespace) -> None:
+    out, settings, pipe, kwargs, images = _read_images_for(args, "caption")
     steps = pipe.space.sequence.max_text_len if args.steps is None else args.steps
     captions = pipe.caption(images, num_steps=steps, sampler=args.sampler, seed=args.seed,
                             sampler_kwargs=kwargs, progress=True)
@@ -311,17 +318,9 @@ def _answer_args(p: argparse.ArgumentParser) -> None:
 
 
 def _answer(args: argparse.Namespace) -> None:
-    from unigen.pipeline import ANSWER_STEPS, TEXT_SAMPLER
+    from unigen.pipeline import ANSWER_STEPS
 
-    _check_model_args(args)
-    out = _check_out_file(args.out)
-    settings = _check_out_file(_settings_path(out), "the settings file")
-    _parse_sampler_args(args)
-    _refuse_autoregressive(args, "answer")
-    pipe = _pipeline(args)
-    args.sampler = args.sampler or TEXT_SAMPLER
-    kwargs = _sampler_kwargs(args, pipe, args.sampler)
-    images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
+    out, settings, pipe, kwargs, images = _read_images_for(args, "answer")
     questions = args.question * len(args.image) if len(args.question) == 1 else args.question
     steps = ANSWER_STEPS if args.steps is None else args.steps
     answers = pipe.answer(images, questions, num_steps=steps, sampler=args.sampler,
