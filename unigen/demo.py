@@ -86,27 +86,28 @@ def run_demo(config_path: str | Path, out_dir: str | None = None) -> dict[str, A
     build_text_tokenizer(out=str(out / "text_tokenizer"), seed=int(seed), **tt)
     timings["text_tokenizer_s"] = time.perf_counter() - start
 
+    def fit_stage(what: str, recipe: str, name: str, run_dir: str, export: str,
+                  *overrides: str) -> dict[str, float]:
+        """Fit one recipe of the demo, exported to ``out/export``; its last validation numbers."""
+        t0 = time.perf_counter()
+        cli = _lightning_cli(["fit", "--config", recipe, "--seed_everything", seed, *overrides,
+                              "--trainer.default_root_dir", str(out / run_dir),
+                              "--export_dir", str(out / export)])
+        timings[f"{name}_s"] = time.perf_counter() - t0
+        numbers = _validation_numbers(cli)
+        print(f"{what}, last validation:")
+        _print_numbers(numbers)
+        return numbers
+
     _banner("2/4 image tokenizer (FSQ)")
-    t0 = time.perf_counter()
-    cli = _lightning_cli(["fit", "--config", config["image_tokenizer_recipe"], "--seed_everything",
-                          seed, "--trainer.default_root_dir", str(out / "image_tokenizer_run"),
-                          "--export_dir", str(out / "image_tokenizer")])
-    timings["image_tokenizer_s"] = time.perf_counter() - t0
-    tokenizer_numbers = _validation_numbers(cli)
-    print("image tokenizer, last validation:")
-    _print_numbers(tokenizer_numbers)
+    tokenizer_numbers = fit_stage("image tokenizer", config["image_tokenizer_recipe"],
+                                  "image_tokenizer", "image_tokenizer_run", "image_tokenizer")
 
     _banner("3/4 unified transformer (text-to-image, captioning, VQA)")
-    t0 = time.perf_counter()
-    cli = _lightning_cli(["fit", "--config", config["unified_recipe"], "--seed_everything", seed,
-                          "--model.init_args.image_tokenizer", str(out / "image_tokenizer"),
-                          "--model.init_args.text_tokenizer", str(out / "text_tokenizer"),
-                          "--trainer.default_root_dir", str(out / "unified_run"),
-                          "--export_dir", str(out / "model")])
-    timings["unified_s"] = time.perf_counter() - t0
-    unified_numbers = _validation_numbers(cli)
-    print("unified transformer, last validation:")
-    _print_numbers(unified_numbers)
+    unified_numbers = fit_stage("unified transformer", config["unified_recipe"], "unified",
+                                "unified_run", "model",
+                                "--model.init_args.image_tokenizer", str(out / "image_tokenizer"),
+                                "--model.init_args.text_tokenizer", str(out / "text_tokenizer"))
 
     _banner("4/4 evaluation on held-out compositions")
     t0 = time.perf_counter()
