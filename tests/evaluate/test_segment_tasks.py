@@ -219,3 +219,25 @@ def test_sweeps_draw_the_headlines_of_further_modalities_tasks():
                  "compositional_accuracy/t2layout/sample_accuracy",
                  "compositional_accuracy/sample_accuracy"):
         assert not _is_headline(name), name
+
+
+def test_a_modality_without_pictures_shows_the_data_images_in_its_grid(layout_pipe, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setattr(ShapesLayout, "render", lambda self, items, size: None)
+    recipe = {"data": SHAPES | {"num_samples": 2}, "grid_size": 2,
+              "tasks": {"t2layout": {"num_steps": 2, "metrics": ["model_calls"]}}}
+    out = evaluate_pipeline(layout_pipe, recipe, tmp_path / "run", progress=False)
+    assert Path(out["paths"]["samples_t2layout"]).is_file()
+    data = build_data(SHAPES | {"num_samples": 2}, 32)
+    shown = sorted((tmp_path / "run" / "samples" / "t2layout").glob("*.png"))
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    for path, i in zip(shown, range(2)):
+        image = pil_to_tensor(Image.open(path).convert("RGB")).float() / 255
+        assert torch.allclose(image, data.sample(i).image, atol=1 / 255)
+    recipe["tasks"]["t2layout"]["metrics"] = ["compositional_accuracy"]
+    with pytest.raises(ValueError, match="compositional_accuracy on tasks.t2layout checks a "
+                                         r"picture of each predicted layout, and ShapesLayout "
+                                         r"draws none \(Modality.render\)"):
+        evaluate_pipeline(layout_pipe, recipe, tmp_path / "run2", progress=False)

@@ -126,7 +126,7 @@ def _generate(task: str, cls: type[SegmentTask], pipe: Any, settings: TaskSettin
             prefix = f"{segment}_" if len(reads) > 1 else ""
             for record, scores in zip(records, modality.scores(out[f"{segment}_codes"], truth)):
                 record.update({prefix + k: v for k, v in scores.items()})
-    pictures = _pictures(task, cls, pipe, out, inputs, reads, "compositional" in checks)
+    pictures = _pictures(task, pipe, out, inputs, reads, samples, "compositional" in checks)
     if "compositional" in checks:
         targets = _check_targets(task, pipe, inputs)
         for record, picture, target in zip(records, pictures, targets):
@@ -146,25 +146,24 @@ def _put(records: list[dict[str, Any]], key: str, values: Sequence[Any]) -> None
         record[key] = value
 
 
-def _pictures(task: str, cls: type[SegmentTask], pipe: Any, out: Mapping[str, Any],
-              inputs: Mapping[str, Any], reads: list[str], checking: bool) -> torch.Tensor:
-    """One image per sample: the one drawn; else the picture of the predicted item, which the
-    checker reads (required then); else, for the grid, the input image or the item's picture."""
+def _pictures(task: str, pipe: Any, out: Mapping[str, Any], inputs: Mapping[str, Any],
+              reads: list[str], samples: Sequence[EvalSample], checking: bool) -> torch.Tensor:
+    """One image per sample: the one drawn; else the picture of the predicted item when the
+    checker reads it (required then); else, for the grid, the input image, the item's picture or
+    the sample's own image (with the prediction in words under it)."""
     if "image" in out:
         return out["image"].float().clamp(0, 1)
-    size = pipe.image_size
-    picture = pipe.modalities[reads[0]].render(out[reads[0]], size) if reads else None
+    picture = pipe.modalities[reads[0]].render(out[reads[0]], pipe.image_size) if reads else None
     if checking and picture is None:
         raise ValueError(f"compositional_accuracy on tasks.{task} checks a picture of each "
                          f"predicted {reads[0] if reads else 'item'}, and "
                          f"{type(pipe.modalities[reads[0]]).__name__ if reads else 'the task'} "
                          "draws none (Modality.render)")
-    if "image" in inputs and not checking:
+    if checking or ("image" not in inputs and picture is not None):
+        return picture.float()
+    if "image" in inputs:
         return inputs["image"].float()
-    if picture is None:
-        raise ValueError(f"tasks.{task}: nothing to show in the sample grid (no image is given or "
-                         "drawn, and the predicted item has no picture); set grid_size: 0")
-    return picture.float()
+    return torch.stack([s.image for s in samples])
 
 
 def _check_targets(task: str, pipe: Any, inputs: Mapping[str, Any]) -> list[Any]:
