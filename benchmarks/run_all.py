@@ -2,11 +2,12 @@
 
 Each benchmark runs as its own process (``python -m benchmarks.<name>``) so memory and thread
 settings do not leak between them.  ``--quick`` shrinks everything to a smoke test (the slow tests
-use it); ``--only`` picks benchmarks.  Defaults to one CPU thread: on a shared 2-core machine two
-threads spin against other processes and the numbers scatter.
+use it) and writes to runs/bench_quick/ unless told otherwise; ``--only`` picks benchmarks.
+Defaults to one CPU thread: on a shared 2-core machine two threads spin against other processes
+and the numbers scatter.
 
     python benchmarks/run_all.py
-    python benchmarks/run_all.py --quick --results-dir /tmp/bench
+    python benchmarks/run_all.py --quick              # smoke test, JSON in runs/bench_quick/
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+QUICK_RESULTS = ROOT / "runs" / "bench_quick"  # git-ignored: --quick's smoke-test numbers
 
 # the CPU-tiny settings: a few minutes in total on 2 cores
 BENCHMARKS: dict[str, list[str]] = {
@@ -61,8 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per benchmark (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
-    parser.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--results-dir", default=None,
+                        help="where the JSON goes (default benchmarks/results; with --quick "
+                             f"{QUICK_RESULTS.relative_to(ROOT)}, so smoke numbers never replace "
+                             "measured ones)")
     args = parser.parse_args(argv)
+    if args.results_dir is None:
+        args.results_dir = str(QUICK_RESULTS if args.quick else ROOT / "benchmarks" / "results")
     table = QUICK if args.quick else BENCHMARKS
     names = list(table) if args.only is None else [n.strip() for n in args.only.split(",")]
     unknown = sorted(set(names) - set(table))

@@ -210,3 +210,23 @@ def test_modality_encode_times_the_steps_codes_both_ways(tmp_path):
             row["host_encode_ms_per_step"] / row["precomputed_ms_per_step"])
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["benchmark"] == "modality_encode" and saved["environment"]["date"]
+
+
+def test_quick_runs_never_replace_the_measured_results(monkeypatch):
+    """`run_all.py --quick` writes its smoke-test JSON under runs/ (git-ignored), not over
+    benchmarks/results/, which holds measurements."""
+    import types
+
+    from benchmarks import run_all
+
+    outs = []
+
+    def fake_run(cmd, **kwargs):
+        outs.append(Path(cmd[cmd.index("--out") + 1]))
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(run_all.subprocess, "run", fake_run)
+    assert run_all.main(["--quick", "--only", "modality_encode"]) == 0
+    assert run_all.main(["--only", "modality_encode"]) == 0
+    assert outs == [ROOT / "runs" / "bench_quick" / "modality_encode_cpu.json",
+                    ROOT / "benchmarks" / "results" / "modality_encode_cpu.json"]
