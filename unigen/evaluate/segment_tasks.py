@@ -27,7 +27,8 @@ from unigen.diffusion.tasks import TASKS, SegmentTask
 from unigen.evaluate.config import TaskSettings
 from unigen.evaluate.data import EvalSample
 from unigen.evaluate.record_metrics import RECORD
-from unigen.evaluate.tasks import EVAL_TASKS, BatchOutput, TaskSpec, _base_record, sampling_kwargs
+from unigen.evaluate.tasks import (EVAL_TASKS, BatchOutput, TaskSpec, _base_record,
+                                   sampling_kwargs, verdict_fields)
 from unigen.metrics import COMPOSITIONAL, DISTRIBUTION
 from unigen.modalities import segment_tasks
 
@@ -135,10 +136,8 @@ def _generate(task: str, cls: type[SegmentTask], pipe: Any, settings: TaskSettin
             except (ValueError, TypeError) as err:
                 raise ValueError(f"compositional_accuracy on tasks.{task} needs shapes-world "
                                  f"prompts or scenes; sample {record['index']}: {err}") from None
-            record.update(correct=result.correct, category=result.category,
-                          detected=len(result.detections), empty=not result.detections)
-    images = out["image"].float().clamp(0, 1) if "image" in out else pictures
-    return BatchOutput(records, images)
+            record.update(verdict_fields(result))
+    return BatchOutput(records, pictures)
 
 
 def _put(records: list[dict[str, Any]], key: str, values: Sequence[Any]) -> None:

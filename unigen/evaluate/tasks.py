@@ -76,6 +76,14 @@ def _base_record(task: str, sample: EvalSample, seed: int, calls: int) -> dict[s
     return {"task": task, "index": sample.index, "seed": seed, "model_calls": int(calls)}
 
 
+def verdict_fields(result: Any) -> dict[str, Any]:
+    """A record's fields of a shapes-checker verdict (:class:`unigen.data.checker.CheckResult`):
+    what ``compositional_accuracy`` and ``empty_images`` read."""
+    return {"correct": result.correct, "category": result.category,
+            "attributes": result.attributes, "detected": len(result.detections),
+            "empty": not result.detections}
+
+
 def _generate_t2i(pipe, settings: TaskSettings, samples: Sequence[EvalSample], seeds: list[int],
                   checks: set[str]) -> BatchOutput:
     prompts = [s.prompt for s in samples]
@@ -94,9 +102,7 @@ def _generate_t2i(pipe, settings: TaskSettings, samples: Sequence[EvalSample], s
             except ValueError as err:
                 raise ValueError(f"compositional_accuracy needs prompts of the shapes grammar; "
                                  f"sample {sample.index}: {err}") from None
-            record.update(correct=result.correct, category=result.category,
-                          attributes=result.attributes, detected=len(result.detections),
-                          empty=not result.detections)
+            record.update(verdict_fields(result))
         records.append(record)
     return BatchOutput(records, images)
 
