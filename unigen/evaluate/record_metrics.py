@@ -29,6 +29,9 @@ class RecordMean:
     kind = RECORD
     task: str | None = ""  # unset: refused by owner_task
     field: str = ""
+    # set: the sum of ``field`` over the sum of this field (a micro average, records counting by
+    # their size: objects found over objects); unset: the mean over records
+    denominator: str = ""
     needs_scenes: bool = False
     needs_checks: tuple[str, ...] = ()  # costly per-sample checks that write ``field``
     higher_is_better = True
@@ -39,11 +42,13 @@ class RecordMean:
     def update(self, records: Sequence[Mapping[str, Any]]) -> None:
         for r in records:
             self.total += float(r[self.field])
-            self.count += 1
+            self.count += float(r[self.denominator]) if self.denominator else 1
 
     def compute(self) -> Tensor:
         if not self.count:
-            raise RuntimeError(f"{self.field}: compute() called before any update()")
+            what = f"no {self.denominator} in the records scored" if self.denominator else \
+                "compute() called before any update()"
+            raise RuntimeError(f"{self.field}: {what}")
         return torch.tensor(self.total / self.count, dtype=torch.float64)
 
 
@@ -84,23 +89,6 @@ class ModelCalls(RecordMean):
     higher_is_better = False
 
 
-class RecordRatio(RecordMean):
-    """Sum of one record field over the sum of another (``field`` / ``denominator``): a micro
-    average, where records count by their size (objects found over objects)."""
-
-    denominator: str = ""
-
-    def update(self, records: Sequence[Mapping[str, Any]]) -> None:
-        for r in records:
-            self.total += float(r[self.field])
-            self.count += float(r[self.denominator])
-
-    def compute(self) -> Tensor:
-        if not self.count:
-            raise RuntimeError(f"{self.field}: no {self.denominator} in the records scored")
-        return torch.tensor(self.total / self.count, dtype=torch.float64)
-
-
 # -- tasks of further modalities (unigen.evaluate.segment_tasks): predicted codes against the
 # sample's own item (Modality.scores, the "reference" check)
 @RECORD_METRICS.register("code_accuracy")
@@ -126,7 +114,7 @@ class LayoutCellAccuracy(RecordMean):
 
 
 @RECORD_METRICS.register("layout_object_recall")
-class LayoutObjectRecall(RecordRatio):
+class LayoutObjectRecall(RecordMean):
     """Scene parsing: share of the scenes' objects found in their cell with every attribute."""
 
     task, field, denominator, needs_checks = "i2layout", "objects_found", "objects", ("reference",)
