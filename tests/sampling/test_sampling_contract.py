@@ -17,6 +17,7 @@ CONFIGS = [
     ("maskgit", {}),
     ("maskgit", {"temperature": 0, "choice_temperature": 0}),
     ("ancestral", {}),
+    ("halton", {}),
     ("confident", {}),
     ("confident", {"temperature": 1.0, "schedule": "cosine", "choice_temperature": 4.5}),
     ("remask", {"revise_threshold": 0.5}),

@@ -12,6 +12,7 @@ from unigen.sampling import (
     SAMPLERS,
     AncestralSampler,
     ConfidentSampler,
+    HaltonSampler,
     MaskGITSampler,
     RemaskSampler,
     Sampler,
@@ -25,6 +26,8 @@ FACTORIES: dict[str, Callable[[], Sampler]] = {
     "maskgit": lambda: MaskGITSampler(mask_id=MASK),
     "maskgit_margin_linear": lambda: MaskGITSampler(schedule="linear", confidence="margin", mask_id=MASK),
     "ancestral": lambda: AncestralSampler(mask_id=MASK),
+    "halton": lambda: HaltonSampler(mask_id=MASK),
+    "halton_cosine_grid": lambda: HaltonSampler(schedule="cosine", grid=(4, 6), mask_id=MASK),
     "confident": lambda: ConfidentSampler(threshold=0.6, temperature=1.0, mask_id=MASK),
     "confident_entropy": lambda: ConfidentSampler(threshold=0.3, confidence="entropy", temperature=1.0, mask_id=MASK),
     "confident_scheduled": lambda: ConfidentSampler(

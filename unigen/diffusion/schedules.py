@@ -85,5 +85,15 @@ class PolynomialSchedule(NoiseSchedule):
         return 1 - (1 - t) ** self.power
 
 
+@SCHEDULES.register("arccos")
+class ArccosSchedule(NoiseSchedule):
+    """``mask_rate = (2 / pi) arccos(1 - t)``: the arccos schedule of the Halton scheduler
+    (Besnier et al., ICLR 2025).  Against ``cosine`` it reveals far more in the first steps (the
+    first of 16 sampler steps reveals 4 % of the tokens, cosine's 0.5 %) and less in the last."""
+
+    def _rate(self, t: Tensor) -> Tensor:
+        return torch.arccos(1 - t) * (2 / math.pi)
+
+
 def build_schedule(name: str = "cosine", **kwargs: float) -> NoiseSchedule:
     return SCHEDULES.get(name)(**kwargs)

@@ -1,5 +1,5 @@
 """Masked-diffusion samplers apart from the model: MaskGIT, ancestral, confident, remask, semi-AR,
-classifier-free guidance and the one decode loop. See docs/samplers.md."""
+Halton order, classifier-free guidance and the one decode loop. See docs/samplers.md."""
 
 from unigen.sampling.ancestral import AncestralSampler
 from unigen.sampling.base import (
@@ -9,6 +9,7 @@ from unigen.sampling.confidence import CONFIDENCE_MEASURES, token_confidence
 from unigen.sampling.confident import ConfidentSampler
 from unigen.sampling.decode import DecodeResult, decode
 from unigen.sampling.guidance import GUIDANCE_SCHEDULES, ClassifierFreeGuidance
+from unigen.sampling.halton import HaltonSampler
 from unigen.sampling.inpaint import inpaint_tokens
 from unigen.sampling.maskgit import MaskGITSampler
 from unigen.sampling.remask import RemaskSampler
@@ -24,6 +25,7 @@ __all__ = [
     "DecodeResult",
     "GUIDANCE_SCHEDULES",
     "GeneratorArg",
+    "HaltonSampler",
     "MaskGITSampler",
     "REVEAL_RULES",
     "RemaskSampler",
