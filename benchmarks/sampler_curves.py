@@ -61,7 +61,8 @@ from unigen.pipeline import UnifiedPipeline
 from unigen.sampling import build_sampler
 from unigen.sampling.reveal_rules import REVEAL_RULES
 
-SAMPLERS = ("maskgit", "ancestral", "confident")
+SAMPLERS = ("maskgit", "ancestral", "confident")  # the default set
+KNOWN_SAMPLERS = (*SAMPLERS, "halton")  # --samplers may also name these
 GREEDY = {"temperature": 0.0}  # VQA answers: the most likely tokens (reveal order may still draw)
 
 
@@ -363,9 +364,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      f"{source.t2i_metric})")
     args.split = args.split or source.split
     args.samplers = comma_list(args.samplers)
-    unknown = sorted(set(args.samplers) - set(SAMPLERS))
+    unknown = sorted(set(args.samplers) - set(KNOWN_SAMPLERS))
     if unknown or not args.samplers:
-        parser.error(f"--samplers: choose from {list(SAMPLERS)}, got {args.samplers}")
+        parser.error(f"--samplers: choose from {list(KNOWN_SAMPLERS)}, got {args.samplers}")
     args.steps, args.vqa_steps = numbers(args.steps, int), numbers(args.vqa_steps, int)
     args.confident_rules = {"threshold": numbers(args.thresholds, float)}
     for spec in args.confident_rule:

@@ -48,7 +48,8 @@ from unigen.sampling import ClassifierFreeGuidance, build_sampler, decode, make_
 from unigen.sampling.autoregressive import generate_image_tokens
 from unigen.training.ar_module import AutoregressivePipeline
 
-MASKED_SAMPLERS = ("maskgit", "ancestral", "ancestral_cached", "confident")
+MASKED_SAMPLERS = ("maskgit", "ancestral", "ancestral_cached", "confident")  # the default set
+KNOWN_SAMPLERS = (*MASKED_SAMPLERS, "halton")  # --samplers may also name these
 
 
 @dataclass(frozen=True)
@@ -242,9 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--classifier scores --prompts fashion_mnist; shapes prompts are scored by "
                          "the pixel checker")
     samplers = comma_list(args.samplers)
-    unknown = sorted(set(samplers) - set(MASKED_SAMPLERS))
+    unknown = sorted(set(samplers) - set(KNOWN_SAMPLERS))
     if unknown:
-        raise SystemExit(f"unknown --samplers {unknown}; choose from {list(MASKED_SAMPLERS)}")
+        raise SystemExit(f"unknown --samplers {unknown}; choose from {list(KNOWN_SAMPLERS)}")
 
     dirs = None if (args.masked_model and args.ar_model) else TokenizerDirs(SIZES[args.size].fsq_levels)
     masked, masked_trained = load_or_build("masked", args.masked_model, dirs, args, device)
