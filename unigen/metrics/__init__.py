@@ -20,6 +20,9 @@ from unigen.metrics.features import (FEATURE_EXTRACTORS, DomainClassifierExtract
 from unigen.metrics.fid import FID, ReconstructionFID, frechet_distance, gaussian_statistics
 from unigen.metrics.inception_score import InceptionScore, inception_score
 from unigen.metrics.kid import KID, kernel_inception_distance
+from unigen.metrics.precision_recall import (PrecisionRecall, density_coverage, knn_radii,
+                                             precision_recall,
+                                             precision_recall_density_coverage)
 from unigen.metrics.reconstruction import PSNR, SSIM, evaluate_reconstruction
 from unigen.metrics.report import (Panel, Sweep, compute_metrics, flatten_results, plot_panels,
                                    write_report)
@@ -33,11 +36,13 @@ __all__ = [
     "CompositionalAccuracy", "DISTRIBUTION", "DomainClassifier", "DomainClassifierExtractor",
     "ExtractorOutput", "FEATURE_EXTRACTORS", "FID", "FeatureExtractor", "GENEVAL_CATEGORIES",
     "HostMetric", "InceptionScore", "InceptionV3", "KID", "KINDS", "METRICS", "PSNR", "Panel",
+    "PrecisionRecall",
     "RECONSTRUCTION", "ReconstructionFID", "SSIM", "Sweep", "TEXT_IMAGE", "VQA", "VQAExactMatch",
     "build_feature_extractor", "build_metric", "build_metrics", "cider_d_scores",
-    "compute_metrics", "evaluate_reconstruction", "exact_matches", "find_fid_helper_weights",
-    "flatten_results", "frechet_distance", "gaussian_statistics", "inception_score",
-    "kernel_inception_distance", "normalize_answer", "normalize_caption", "per_category_accuracy",
-    "plot_panels", "prompt_class",
+    "compute_metrics", "density_coverage", "evaluate_reconstruction", "exact_matches",
+    "find_fid_helper_weights", "flatten_results", "frechet_distance", "gaussian_statistics",
+    "inception_score", "kernel_inception_distance", "knn_radii", "normalize_answer",
+    "normalize_caption", "per_category_accuracy", "plot_panels", "precision_recall",
+    "precision_recall_density_coverage", "prompt_class",
     "register_extractor", "register_metric", "retrieval_accuracy", "write_report",
 ]

@@ -75,3 +75,37 @@ class DistributionMetric(FeatureMetric):
     def update_features(self, features: Tensor, real: bool) -> None:
         # through update() so torchmetrics' bookkeeping (update count, compute cache) stays right
         self.update(None, real, features=features)
+
+
+class FeatureSetMetric(DistributionMetric):
+    """A distribution metric that needs every feature of both sides at ``compute`` (KID's kernel
+    sums, k-nearest-neighbour balls), not running moments like FID.  Features are kept at the
+    precision they come in (extractors give float32: 8 KiB per image and side at 2048-d), half of
+    float64's memory and checkpoint size, and nothing lost, as subclasses compute in float64.
+    ``reset_real_features=False`` keeps the real side across ``reset`` (a fixed reference set)."""
+
+    def __init__(self, extractor: ExtractorSpec = "inception_v3", feature_dim: int | None = None,
+                 reset_real_features: bool = True, **kwargs: Any) -> None:
+        super().__init__(extractor, feature_dim, **kwargs)
+        self.reset_real_features = reset_real_features
+        self.add_state("real_features", [], dist_reduce_fx="cat")
+        self.add_state("fake_features", [], dist_reduce_fx="cat")
+
+    def update(self, images: Tensor | None, real: bool, features: Tensor | None = None) -> None:
+        raw = self.features_of(images, features)
+        x = self.check_features(raw)
+        if raw.dtype.itemsize <= 4:
+            x = x.float()
+        (self.real_features if real else self.fake_features).append(x)
+
+    def feature_sets(self, name: str) -> tuple[Tensor, Tensor]:
+        """(real, generated) features, each ``[N, D]``; ``name`` is the metric's, for the error."""
+        if not self.real_features or not self.fake_features:
+            raise RuntimeError(f"{name}: need both real and generated features before compute()")
+        return torch.cat(self.real_features), torch.cat(self.fake_features)
+
+    def reset(self) -> None:
+        kept = list(self.real_features) if not self.reset_real_features else None
+        super().reset()
+        if kept is not None:
+            self.real_features = kept

@@ -1,9 +1,8 @@
 """Kernel Inception Distance (Binkowski et al., 2018): unbiased MMD^2 with the polynomial kernel
 k(x, y) = (gamma x.y + coef0)^degree, averaged over random subsets of both feature sets.
 
-Unlike FID's moments, KID needs every feature until ``compute``: the metric keeps them at the
-precision they come in (extractors give float32: 8 KiB per image and side with Inception's 2048-d
-features) and computes in float64."""
+Unlike FID's moments, KID needs every feature until ``compute``
+(:class:`~unigen.metrics.feature_metric.FeatureSetMetric`); it computes in float64."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import torch
 from torch import Tensor
 
 from unigen.metrics.base import DISTRIBUTION, check_option_values, option_value, register_metric
-from unigen.metrics.feature_metric import DistributionMetric
+from unigen.metrics.feature_metric import FeatureSetMetric
 from unigen.metrics.features import ExtractorSpec
 
 
@@ -60,7 +59,7 @@ def kernel_inception_distance(real: Tensor, fake: Tensor, subsets: int = 100,
 
 
 @register_metric("kid", DISTRIBUTION)
-class KID(DistributionMetric):
+class KID(FeatureSetMetric):
     """KID between real and generated images; ``compute`` -> ``{"kid": mean, "kid_std": std}``.
     Subsets are drawn from ``torch.Generator().manual_seed(seed)``, so results are repeatable."""
 
@@ -71,12 +70,9 @@ class KID(DistributionMetric):
                  degree: int = 3, gamma: float | None = None, coef0: float = 1.0, seed: int = 0,
                  reset_real_features: bool = True, **kwargs: Any) -> None:
         self.check_options({"subsets": subsets, "subset_size": subset_size})
-        super().__init__(extractor, feature_dim, **kwargs)
+        super().__init__(extractor, feature_dim, reset_real_features, **kwargs)
         self.subsets, self.subset_size = subsets, subset_size
         self.degree, self.gamma, self.coef0, self.seed = degree, gamma, coef0, seed
-        self.reset_real_features = reset_real_features
-        self.add_state("real_features", [], dist_reduce_fx="cat")
-        self.add_state("fake_features", [], dist_reduce_fx="cat")
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any], num_samples: int | None = None) -> None:
@@ -85,26 +81,9 @@ class KID(DistributionMetric):
         check_option_values("kid", values, {"subsets": 1, "subset_size": 2}, ("subset_size",),
                             num_samples)
 
-    def update(self, images: Tensor | None, real: bool, features: Tensor | None = None) -> None:
-        raw = self.features_of(images, features)
-        x = self.check_features(raw)
-        if raw.dtype.itemsize <= 4:
-            # kept at the precision they came in (extractors give float32): half of float64's
-            # memory and checkpoint size, and nothing lost, as compute() works in float64
-            x = x.float()
-        (self.real_features if real else self.fake_features).append(x)
-
     def compute(self) -> dict[str, Tensor]:
-        if not self.real_features or not self.fake_features:
-            raise RuntimeError("kid: need both real and generated features before compute()")
+        real, fake = self.feature_sets("kid")
         mean, std = kernel_inception_distance(
-            torch.cat(self.real_features), torch.cat(self.fake_features), self.subsets,
-            self.subset_size, self.degree, self.gamma, self.coef0,
+            real, fake, self.subsets, self.subset_size, self.degree, self.gamma, self.coef0,
             torch.Generator().manual_seed(self.seed))
         return {"kid": mean, "kid_std": std}
-
-    def reset(self) -> None:
-        kept = list(self.real_features) if not self.reset_real_features else None
-        super().reset()
-        if kept is not None:
-            self.real_features = kept
