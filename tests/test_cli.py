@@ -344,6 +344,8 @@ def test_an_autoregressive_export_generates_and_refuses_what_it_cannot_do(model_
     for extra, message in ((["--steps", "4"], "--steps: --model"),
                            (["--sampler", "maskgit"], "--sampler: --model"),
                            (["--candidates", "2"], "--candidates: --model"),
+                           (["--guidance", "2", "--negative-prompt", "a star"],
+                            "--negative-prompt: --model"),
                            (["--sampler-arg", "threshold=1"], "--sampler-arg threshold: the "
                                                                "autoregressive pipeline"),
                            (["--sampler-arg", "top_k=0"], "--sampler-arg top_k=0: must be")):

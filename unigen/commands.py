@@ -177,6 +177,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="images per prompt, at least 1 (default 1)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale, >= 0 (default 1.0: no guidance; 0: unconditional)")
+    p.add_argument("--negative-prompt", action="append", default=None,
+                   help="what guidance steers away from: one for every --prompt, or one per "
+                        "--prompt, in order (repeatable; needs --guidance other than 1)")
     p.add_argument("--candidates", type=int, default=1,
                    help="draw this many images per prompt and keep the one the model itself reads "
                         "the prompt from best (its caption ELBO; unigen.verification; default 1)")
@@ -208,15 +211,17 @@ def _generate(args: argparse.Namespace) -> None:
     if _model_kind(args) == "autoregressive":
         images, record = _generate_autoregressive(args, prompts)
     else:
+        negatives = _negative_prompts(args)
         pipe = _pipeline(args)
         sampler = args.sampler or "maskgit"
         kwargs = _sampler_kwargs(args, pipe, sampler)
         steps = 16 if args.steps is None else args.steps
         images = pipe.text_to_image(prompts, num_steps=steps, guidance_scale=args.guidance,
                                     sampler=sampler, sampler_kwargs=kwargs, seed=args.seed,
-                                    output="tensor", progress=True, candidates=args.candidates)
+                                    output="tensor", progress=True, candidates=args.candidates,
+                                    negative_prompt=negatives)
         record = {"steps": steps, "candidates": args.candidates, "sampler": sampler,
-                  "sampler_kwargs": kwargs}
+                  "sampler_kwargs": kwargs, "negative_prompts": negatives}
     grid = captioned_grid(images.cpu(), prompts)
     with io.atomic_path(out) as tmp:
         grid.save(tmp, format=fmt)
@@ -224,6 +229,23 @@ def _generate(args: argparse.Namespace) -> None:
                              **record, "model": str(args.model)})
     print(f"wrote {out} ({len(prompts)} image{'s' if len(prompts) != 1 else ''}; settings in "
           f"{settings})")
+
+
+def _negative_prompts(args: argparse.Namespace) -> list[str] | None:
+    """``--negative-prompt`` as one string per generated image (each prompt's repeats share its
+    negative), refused in one line when it cannot act."""
+    if args.negative_prompt is None:
+        return None
+    if args.guidance == 1.0:
+        raise ValueError("--negative-prompt acts through classifier-free guidance; set --guidance "
+                         "to a value other than 1 (e.g. 2)")
+    negatives = args.negative_prompt
+    if len(negatives) == 1:
+        negatives = negatives * len(args.prompt)
+    if len(negatives) != len(args.prompt):
+        raise ValueError(f"--negative-prompt: give one, or one per --prompt ({len(args.prompt)}); "
+                         f"got {len(args.negative_prompt)}")
+    return [n for n in negatives for _ in range(args.num_per_prompt)]
 
 
 # what --sampler-arg may set for an autoregressive model: its token sampling
@@ -236,11 +258,12 @@ def _generate_autoregressive(args: argparse.Namespace, prompts: list[str]) -> tu
     refused; ``--sampler-arg`` takes its ``temperature`` and ``top_k``."""
     given = [flag for flag, used in (("--sampler", args.sampler is not None),
                                      ("--steps", args.steps is not None),
-                                     ("--candidates", args.candidates != 1)) if used]
+                                     ("--candidates", args.candidates != 1),
+                                     ("--negative-prompt", args.negative_prompt is not None)) if used]
     if given:
         raise ValueError(f"{given[0]}: --model {args.model} holds an autoregressive pipeline, "
-                         "which decodes one image token per step (no sampler, step budget or "
-                         "candidates; --sampler-arg takes temperature and top_k)")
+                         "which decodes one image token per step (no sampler, step budget, "
+                         "candidates or negative prompt; --sampler-arg takes temperature and top_k)")
     kwargs = _parse_sampler_args(args)
     unknown = sorted(set(kwargs) - set(AR_SAMPLING_OPTIONS))
     if unknown:

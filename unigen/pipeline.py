@@ -352,16 +352,28 @@ class UnifiedPipeline:
                             special_ids=self.special_ids, option=option)
 
     def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
-                progress: bool) -> tuple[Tensor, list[int]]:
-        """Decode the task's targets; returns the tokens and each sample's network calls."""
+                progress: bool, negative: TaskInputs | None = None) -> tuple[Tensor, list[int]]:
+        """Decode the task's targets; returns the tokens and each sample's network calls.
+        ``negative``: the same task's inputs with the negative prompts, whose condition the
+        guided unconditional pass holds instead of ``<mask>``."""
         sampler = self.make_sampler(cfg.sampler, cfg.sampler_kwargs)
+        guidance = None
+        if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
+            guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)
+        if negative is not None and guidance is None:
+            raise ValueError("negative_prompt acts through classifier-free guidance; set "
+                             "guidance_scale to a value other than 1")
         if len(inputs) == 0:  # nothing to decode; the tasks cannot build an empty batch
             return torch.empty(0, self.space.sequence.length, dtype=torch.long, device=self.device), []
         tb = TASKS.get(task)().build(inputs, self.space)
         tokens, target, cond, prefix = (x.to(self.device) for x in (tb.tokens, tb.target, tb.cond, tb.prefix))
-        guidance = None
-        if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
-            guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)
+        uncond_tokens = None
+        if negative is not None:
+            nb = TASKS.get(task)().build(negative, self.space)
+            if not torch.equal(nb.cond, tb.cond):
+                raise ValueError(f"the negative prompts of task {task!r} give other condition "
+                                 "positions than its prompts")
+            uncond_tokens = nb.tokens.to(self.device)
         positions = self.decode_positions(target)
         model_fn = self.model_fn(prefix, positions, cfg.use_cache, self.vocab_limit(target),
                                  cfg.cuda_graphs)
@@ -369,8 +381,19 @@ class UnifiedPipeline:
             result = decode(model_fn, tokens, target, sampler, num_steps=cfg.num_steps,
                             guidance=guidance, cond_mask=cond & ~target if guidance else None,
                             generator=generator, progress=progress, positions=positions,
-                            cache_unchanged=cfg.cache_unchanged)
+                            cache_unchanged=cfg.cache_unchanged, uncond_tokens=uncond_tokens)
         return result.tokens, result.calls_per_row.tolist()
+
+    @staticmethod
+    def _negative_prompts(negative: str | Sequence[str] | None, count: int) -> list[str] | None:
+        """``negative_prompt`` as one string per sample (None: none given)."""
+        if negative is None:
+            return None
+        negatives = [negative] * count if isinstance(negative, str) else list(negative)
+        if len(negatives) != count:
+            raise ValueError(f"got {len(negatives)} negative prompts for {count} samples (give "
+                             "one, or one per sample)")
+        return negatives
 
     @staticmethod
     def _with_calls(output: Any, calls: list[int], return_calls: bool) -> Any:
@@ -413,7 +436,8 @@ class UnifiedPipeline:
                       guidance_scale: float = 1.0, sampler: str | Sampler = "maskgit",
                       seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
                       progress: bool = False, return_calls: bool = False, candidates: int = 1,
-                      verify_masks: int = 4, **options: Any
+                      verify_masks: int = 4, negative_prompt: str | Sequence[str] | None = None,
+                      **options: Any
                       ) -> list[Image.Image] | Tensor | tuple[list[Image.Image] | Tensor, list[int]]:
         """Generate one image per prompt.  ``options`` go to :class:`SamplingConfig`.  ``sampler``
         is a registered name (options in ``sampler_kwargs``) or a :class:`Sampler` object, as a
@@ -427,8 +451,13 @@ class UnifiedPipeline:
         depend on its batch.  ``return_calls=True`` returns ``(images, calls)``: each sample's
         network calls (what it would cost decoded alone; adaptive samplers finish easy samples
         early; with candidates, every candidate's decoding plus ``1 + verify_masks`` calls to read
-        each one)."""
+        each one).
+
+        ``negative_prompt`` (one for every prompt, or one per prompt): what guidance steers away
+        from; the unconditional pass reads it instead of a masked prompt (diffusers'
+        ``negative_prompt``).  It needs ``guidance_scale`` other than 1."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        negatives = self._negative_prompts(negative_prompt, len(prompts))
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
             raise ValueError(f"candidates must be >= 1 (an integer), got {candidates!r}")
         cfg = SamplingConfig.from_options(sampler, num_steps, guidance_scale=guidance_scale,
@@ -436,8 +465,9 @@ class UnifiedPipeline:
         grid = self.space.sequence.grid
         codes = torch.zeros(len(prompts), *grid, dtype=torch.long, device=self.device)
         generators = self.generators(len(prompts), seed, generator)
-        drawn = [self._decode("t2i", TaskInputs(codes, captions=prompts), cfg, generators, progress)
-                 for _ in range(candidates)]
+        negative = None if negatives is None else TaskInputs(codes, captions=negatives)
+        drawn = [self._decode("t2i", TaskInputs(codes, captions=prompts), cfg, generators, progress,
+                              negative) for _ in range(candidates)]
         tokens, calls = drawn[0]
         if candidates > 1 and prompts:
             # the masks are drawn after every candidate, so candidate 0 is the plain call's image;
@@ -489,9 +519,11 @@ class UnifiedPipeline:
     def inpaint(self, image, mask: Any, prompt: str | Sequence[str], num_steps: int = 16,
                 guidance_scale: float = 1.0, sampler: str | Sampler = "maskgit",
                 seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
-                progress: bool = False, return_calls: bool = False, **options: Any):
+                progress: bool = False, return_calls: bool = False,
+                negative_prompt: str | Sequence[str] | None = None, **options: Any):
         """Regenerate the image tokens under ``mask`` (True = regenerate), guided by ``prompt`` (one
-        for every image, or one per image).  ``mask``: a bool (or 0/1) tensor or array, ``[H, W]``
+        for every image, or one per image) and away from ``negative_prompt`` (as in
+        :meth:`text_to_image`).  ``mask``: a bool (or 0/1) tensor or array, ``[H, W]``
         for every image or ``[B, H, W]`` (also ``[B, 1, H, W]``) one per image, in pixels or in
         tokens (``[h, w]``); or a PIL image (or a list, one per image) whose white pixels (>= 128
         in grayscale) are regenerated, as in diffusers.  Pixel masks are reduced to the token
@@ -506,8 +538,12 @@ class UnifiedPipeline:
                              "or one per image)")
         regions = self.inpaint_regions(mask, len(x))
         codes = self.image_tokenizer.encode(x)
+        negatives = self._negative_prompts(negative_prompt, len(x))
+        negative = (None if negatives is None
+                    else TaskInputs(codes, captions=negatives, regions=regions))
         tokens, calls = self._decode("inpaint", TaskInputs(codes, captions=prompts, regions=regions),
-                                     cfg, self.generators(len(x), seed, generator), progress)
+                                     cfg, self.generators(len(x), seed, generator), progress,
+                                     negative)
         return self._image_output(tokens, output, calls, return_calls)
 
     def run_task(self, task: str, inputs: dict[str, Any], num_steps: int = 16,

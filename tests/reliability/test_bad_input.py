@@ -218,6 +218,10 @@ def _generate(model: Path, out: Path, *extra: str) -> list[str]:
     (["--guidance", "-1"], "--guidance must be a finite number >= 0 (1: no guidance, 0: "
                            "unconditional), got -1"),
     (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
+    (["--negative-prompt", "a blue square"], "--negative-prompt acts through classifier-free "
+                                             "guidance; set --guidance to a value other than 1"),
+    (["--guidance", "2", "--negative-prompt", "a", "--negative-prompt", "b"],
+     "--negative-prompt: give one, or one per --prompt (1); got 2"),
 ])
 def test_generate_refuses_unusable_options(extra, message, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "grid.png"

@@ -110,6 +110,7 @@ def decode(
     progress: bool = False,
     callback: StepCallback | None = None,
     positions: Tensor | None = None,
+    uncond_tokens: Tensor | None = None,
 ) -> DecodeResult:
     """Generate every ``is_masked`` position of ``tokens`` with ``sampler``; given positions are kept.
 
@@ -129,12 +130,20 @@ def decode(
             ``model_fn`` returns logits for those positions only (``[N, P, V]``) and the sampler works
             on that compact view, so no work is spent on the given rest of the sequence.  Choose them
             per task, not per batch (e.g. the image segment), or results would depend on the batch.
+        uncond_tokens: optional ``[B, S]`` tokens the unconditional pass holds at ``cond_mask``
+            instead of ``mask_id``: a negative prompt, which guidance steers away from.
     """
     num_steps = check_num_steps(num_steps)
     mask_id = sampler.require_mask_id()
     _check_inputs(tokens, is_masked, mask_id, cond_mask)
     if guidance is not None and cond_mask is None:
         raise ValueError("guidance needs cond_mask= (the condition positions to drop for the unconditional pass)")
+    if uncond_tokens is not None:
+        if guidance is None:
+            raise ValueError("uncond_tokens (a negative prompt) only act through guidance; pass guidance=")
+        if uncond_tokens.shape != tokens.shape or uncond_tokens.dtype != tokens.dtype:
+            raise ValueError(f"uncond_tokens must be shaped and typed like tokens {tuple(tokens.shape)} "
+                             f"{tokens.dtype}, got {tuple(uncond_tokens.shape)} {uncond_tokens.dtype}")
     check_generator(generator, tokens.shape[0])
     sampler.set_timesteps(num_steps)
 
@@ -158,7 +167,8 @@ def decode(
             batch = (
                 GuidedBatch(tokens, "cond", 1.0)
                 if guidance is None
-                else guidance.prepare(tokens, cond_mask, mask_id, step_progress(step_index, num_steps))
+                else guidance.prepare(tokens, cond_mask, mask_id, step_progress(step_index, num_steps),
+                                      uncond_tokens)
             )
             raw = cache.lookup(batch.inputs)
             if raw is None:

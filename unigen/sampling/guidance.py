@@ -1,7 +1,8 @@
 """Classifier-free guidance for masked diffusion (Ho & Salimans 2022; as used by MUSE, Show-o, UniDisc).
 
 The unconditional pass is the same sequence with the condition positions (``cond_mask``) replaced by
-``mask_id`` (UniDisc / Show-o style, no separate null prompt). Both passes run as ONE batched forward
+``mask_id`` (UniDisc / Show-o style, no separate null prompt), or by other tokens, ``uncond_tokens``:
+a negative prompt, which guidance then steers away from (as diffusers' ``negative_prompt``). Both passes run as ONE batched forward
 of ``[cond; uncond]`` (2B rows) and combine on log-probabilities: ``uncond + scale * (cond - uncond)``.
 Scale 1 is exactly the conditional pass and scale 0 exactly the unconditional pass; both then run
 only the one pass they need. Guidance in a limited interval (Kynkäänniemi et al. 2024) applies the
@@ -90,14 +91,20 @@ class ClassifierFreeGuidance:
             return 1.0
         return self.min_scale + (self.scale - self.min_scale) * self._weight(progress)
 
-    def prepare(self, tokens: Tensor, cond_mask: Tensor, mask_id: int, progress: float) -> GuidedBatch:
-        """Network input for this step: the conditional rows, the unconditional rows, or both stacked."""
+    def prepare(self, tokens: Tensor, cond_mask: Tensor, mask_id: int, progress: float,
+                uncond_tokens: Tensor | None = None) -> GuidedBatch:
+        """Network input for this step: the conditional rows, the unconditional rows, or both
+        stacked.  The unconditional rows hold ``mask_id`` at ``cond_mask``, or ``uncond_tokens``'
+        values there (a negative prompt; ``[B, S]``, read only at ``cond_mask``)."""
         if cond_mask.shape != tokens.shape or cond_mask.dtype != torch.bool:
             raise ValueError("cond_mask must be a bool tensor shaped like tokens")
         scale = self.scale_at(progress)
         if scale == 1.0:
             return GuidedBatch(tokens, "cond", scale)
-        uncond = tokens.masked_fill(cond_mask, mask_id)
+        if uncond_tokens is None:
+            uncond = tokens.masked_fill(cond_mask, mask_id)
+        else:
+            uncond = torch.where(cond_mask, uncond_tokens, tokens)
         if scale == 0.0:
             return GuidedBatch(uncond, "uncond", scale)
         return GuidedBatch(torch.cat([tokens, uncond]), "both", scale)
