@@ -13,6 +13,12 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Lightning gives its loggers a StreamHandler on the sys.stderr of its first import: imported
+# first inside a test that captures stderr (capsys), the handler would keep that capture's stream,
+# closed when the test ends, and every later Lightning log line would print "--- Logging error
+# ---" into the next tests' output. Imported here, it binds the real stderr whatever the order.
+import lightning.pytorch  # noqa: E402,F401
+
 
 @contextlib.contextmanager
 def torch_threads(n: int):
