@@ -116,7 +116,8 @@ def _common_model_args(parser: argparse.ArgumentParser, sampler: str = "maskgit"
                                                                 f"(default {steps})")
     # None: the verb's default, resolved later (an autoregressive model refuses an explicit one)
     parser.add_argument("--sampler", default=None,
-                        help=f"maskgit | ancestral | confident | remask | semi_ar (default {sampler})")
+                        help=f"maskgit | ancestral | confident | remask | semi_ar | halton, or a "
+                             f"plugin's (default {sampler})")
     parser.add_argument("--sampler-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="a sampler option, value as YAML (repeatable), e.g. schedule=cosine "
                              "(docs/samplers.md)")
@@ -212,6 +213,8 @@ def _generate(args: argparse.Namespace) -> None:
         images, record = _generate_autoregressive(args, prompts)
     else:
         negatives = _negative_prompts(args)
+        if negatives is not None:  # each prompt's repeats share its negative
+            negatives = [n for n in negatives for _ in range(args.num_per_prompt)]
         pipe = _pipeline(args)
         sampler = args.sampler or "maskgit"
         kwargs = _sampler_kwargs(args, pipe, sampler)
@@ -232,8 +235,8 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _negative_prompts(args: argparse.Namespace) -> list[str] | None:
-    """``--negative-prompt`` as one string per generated image (each prompt's repeats share its
-    negative), refused in one line when it cannot act."""
+    """``--negative-prompt`` as one string per ``--prompt``, refused in one line when it cannot
+    act (shared by ``generate`` and ``inpaint``)."""
     if args.negative_prompt is None:
         return None
     if args.guidance == 1.0:
@@ -245,7 +248,7 @@ def _negative_prompts(args: argparse.Namespace) -> list[str] | None:
     if len(negatives) != len(args.prompt):
         raise ValueError(f"--negative-prompt: give one, or one per --prompt ({len(args.prompt)}); "
                          f"got {len(args.negative_prompt)}")
-    return [n for n in negatives for _ in range(args.num_per_prompt)]
+    return negatives
 
 
 # what --sampler-arg may set for an autoregressive model: its token sampling
@@ -353,6 +356,19 @@ def _answer(args: argparse.Namespace) -> None:
     io.write_json(settings, {**_text_settings(args, steps, kwargs), "questions": questions})
     for row in rows:
         print(f"{row['image']}: {row['question']} -> {row['answer']}")
+
+
+# -- inpaint (unigen/inpaint_command.py) ------------------------------------------------------------
+def _inpaint_args(p: argparse.ArgumentParser) -> None:
+    from unigen.inpaint_command import add_arguments
+
+    add_arguments(p)
+
+
+def _inpaint(args: argparse.Namespace) -> None:
+    from unigen.inpaint_command import run
+
+    run(args)
 
 
 # -- task (a further modality's tasks: unigen/task_command.py) -------------------------------------
@@ -607,6 +623,8 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
                  _generate_args, _generate),
     "caption": ("images -> captions (JSON)", _caption_args, _caption),
     "answer": ("images + questions -> answers (JSON)", _answer_args, _answer),
+    "inpaint": ("images + a region (mask or box) + text -> the region redrawn: a PNG grid (+ JSON)",
+                _inpaint_args, _inpaint),
     "task": ("run a segment task (a further modality's: t2layout, layout2i, i2layout, ...): "
              "JSON rows or a captioned grid", _task_args, _task),
     "text-tokenizer": ("train a text tokenizer on a data set's captions/questions/answers",

@@ -1,0 +1,133 @@
+"""``unigen inpaint``: a region given as a mask image or a pixel box, redrawn from a prompt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from unigen.cli import main
+from unigen.inpaint_command import parse_box, tinted
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def dirs(tokenizer_dirs, tmp_path_factory):
+    """A tiny masked and autoregressive pipeline, two 32x32 images and a top-half mask."""
+    from unigen.data.shapes import Scene, ShapesDataset, render
+    from unigen.training.ar_module import AutoregressiveModule
+    from unigen.training.unified_module import UnifiedModule
+
+    root = tmp_path_factory.mktemp("inpaint")
+    torch.manual_seed(0)
+    UnifiedModule(**tokenizer_dirs, image_size=SIZE, dim=32, depth=1, heads=4).export(root / "masked")
+    AutoregressiveModule(**tokenizer_dirs, image_size=SIZE, dim=32, depth=1, heads=4).export(root / "ar")
+    data = ShapesDataset("val", 2, SIZE)
+    for i in range(2):
+        render(Scene.from_json(data[i]["scene"]), SIZE).save(root / f"x{i}.png")
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (0, 0, SIZE, SIZE // 2))
+    mask.save(root / "top.png")
+    Image.new("L", (SIZE + 4, SIZE), 255).save(root / "wrong_size.png")
+    (root / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def _argv(dirs, out, *extra: str) -> list[str]:
+    return ["inpaint", "--model", str(dirs / "masked"), "--image", str(dirs / "x0.png"),
+            "--image", str(dirs / "x1.png"), "--prompt", "a red circle", "--steps", "2",
+            "--out", str(out), *extra]
+
+
+def test_a_box_and_the_same_region_as_a_mask_draw_the_same_grid(dirs, tmp_path):
+    by_box, by_mask = tmp_path / "box.png", tmp_path / "mask.png"
+    assert main(_argv(dirs, by_box, "--box", f"0,0,{SIZE},{SIZE // 2}")) == 0
+    assert main(_argv(dirs, by_mask, "--mask", str(dirs / "top.png"))) == 0
+    assert by_box.read_bytes() == by_mask.read_bytes()
+    settings = json.loads(by_box.with_suffix(".json").read_text())
+    # a 32x32 image is an 8x8 grid of tokens here (4x downsampling): the top half is 32 of them
+    assert settings["regenerated_tokens"] == [32, 32]
+    assert settings["prompts"] == ["a red circle"] * 2 and settings["box"] == f"0,0,{SIZE},{SIZE // 2}"
+    assert json.loads(by_mask.with_suffix(".json").read_text())["masks"] == [str(dirs / "top.png")]
+
+
+def test_the_results_are_the_pipelines_inpainting(dirs, tmp_path):
+    from unigen.commands import _load_images
+    from unigen.pipeline import UnifiedPipeline
+    from unigen.visual import captioned_grid
+
+    out = tmp_path / "g.png"
+    assert main(_argv(dirs, out, "--box", "8,8,24,24", "--seed", "7", "--guidance", "2",
+                      "--negative-prompt", "a blue square")) == 0
+    pipe = UnifiedPipeline.from_pretrained(dirs / "masked")
+    images = _load_images([str(dirs / "x0.png"), str(dirs / "x1.png")], SIZE, "none", False)
+    region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    region[8:24, 8:24] = True
+    expected = pipe.inpaint(images, region, "a red circle", num_steps=2, guidance_scale=2.0,
+                            seed=7, output="tensor", negative_prompt="a blue square")
+    regions = pipe.inpaint_regions(region, 2)
+    shown = tinted(images, regions, pipe.image_tokenizer.downsample_factor)
+    tiles = torch.stack([shown[0], expected[0], shown[1], expected[1]])
+    grid = captioned_grid(tiles, ["x0.png", "a red circle", "x1.png", "a red circle"], ncol=2)
+    assert list(Image.open(out).convert("RGB").getdata()) == list(grid.getdata())
+
+
+def test_the_tint_marks_exactly_the_region():
+    images = torch.full((1, 3, 4, 4), 0.5)
+    regions = torch.tensor([[[True, False], [False, False]]])
+    out = tinted(images, regions, factor=2)
+    assert not torch.equal(out[0, :, :2, :2], images[0, :, :2, :2])
+    keep = torch.ones(4, 4, dtype=torch.bool)
+    keep[:2, :2] = False
+    assert torch.equal(out[0][:, keep], images[0][:, keep])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1,2,3", "give four integers X0,Y0,X1,Y1"),
+    ("a,b,c,d", "give four integers"),
+    ("0,0,40,8", "need 0 <= X0 < X1 <= 32"),
+    ("8,8,8,16", "need 0 <= X0 < X1 <= 32"),
+])
+def test_bad_boxes_are_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_box(text, SIZE)
+
+
+def _one_line(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("unigen:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--box", "0,0,99,8"], "--box '0,0,99,8': need 0 <= X0 < X1 <= 32"),
+    (["--mask", "{d}/top.png", "--mask", "{d}/top.png", "--mask", "{d}/top.png"],
+     "--mask: give one, or one per --image (2); got 3"),
+    (["--mask", "{d}/missing.png"], "--mask {d}/missing.png: no such file"),
+    (["--mask", "{d}/broken.png"], "--mask {d}/broken.png: cannot read it as an image"),
+    (["--mask", "{d}/wrong_size.png"], "--mask: inpainting mask must be 32x32 pixels or 8x8 tokens"),
+    (["--box", "0,0,8,8", "--negative-prompt", "a star"],
+     "--negative-prompt acts through classifier-free guidance"),
+    (["--box", "0,0,8,8", "--prompt", "b", "--prompt", "c"],
+     "--prompt: give one, or one per --image (2); got 3"),
+])
+def test_unusable_regions_and_prompts_are_one_line_and_write_nothing(extra, message, dirs, tmp_path,
+                                                                     capsys):
+    extra = [e.replace("{d}", str(dirs)) for e in extra]
+    line = _one_line(_argv(dirs, tmp_path / "g.png", *extra), capsys)
+    assert message.replace("{d}", str(dirs)) in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_autoregressive_model_is_refused(dirs, tmp_path, capsys):
+    argv = _argv(dirs, tmp_path / "g.png", "--box", "0,0,8,8")
+    argv[2] = str(dirs / "ar")
+    line = _one_line(argv, capsys)
+    assert "holds an autoregressive pipeline" in line and "`unigen inpaint` needs a masked" in line

@@ -1,0 +1,148 @@
+"""``unigen inpaint``: regenerate a region of images from a prompt (``UnifiedPipeline.inpaint``;
+MaskGIT's and Show-o's inpainting: the image outside the region is given, its tokens inside are
+decoded, guided by the prompt).
+
+The region is a mask image (white = regenerate, as diffusers' masks) or a pixel box; the output is
+a grid with each input (the region tinted) next to its result, plus ``NAME.json`` with the
+settings.  Every check that needs no weights runs before the model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from unigen import io
+from unigen.commands import (_check_model_args, _common_model_args, _grid_paths, _image_args,
+                             _load_images, _negative_prompts, _parse_sampler_args, _pipeline,
+                             _refuse_autoregressive, _sampler_kwargs)
+
+REGION_TINT = (1.0, 0.0, 1.0)  # magenta: no shapes-world or garment colour, so the region shows
+TINT_ALPHA = 0.45
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _common_model_args(p)
+    _image_args(p)
+    region = p.add_mutually_exclusive_group(required=True)
+    region.add_argument("--mask", action="append", default=None,
+                        help="mask image, white (>= 128 grey) = regenerate, of the model's image "
+                             "size or its token grid: one for every --image or one per --image "
+                             "(repeatable)")
+    region.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
+                        help="regenerate this pixel box of every image (x1, y1 exclusive), e.g. "
+                             "0,0,32,16 for the top half of a 32x32 image")
+    p.add_argument("--prompt", action="append", required=True,
+                   help="text guiding the region (one for every image, or one per image)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale, >= 0 (default 1.0: no guidance)")
+    p.add_argument("--negative-prompt", action="append", default=None,
+                   help="what guidance steers away from: one, or one per --prompt (needs "
+                        "--guidance other than 1)")
+    p.add_argument("--out", required=True,
+                   help="grid image (.png, .jpg/.jpeg or .webp): each input with its region "
+                        "tinted, then its result; the settings go to the same name with .json")
+
+
+def parse_box(text: str, size: int) -> tuple[int, int, int, int]:
+    """``X0,Y0,X1,Y1`` as pixel bounds inside a ``size`` x ``size`` image, refused in one line
+    when malformed, empty or outside it."""
+    parts = text.split(",")
+    try:
+        x0, y0, x1, y1 = (int(v) for v in parts)
+    except ValueError:
+        raise ValueError(f"--box {text!r}: give four integers X0,Y0,X1,Y1 (pixels)") from None
+    if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
+        raise ValueError(f"--box {text!r}: need 0 <= X0 < X1 <= {size} and 0 <= Y0 < Y1 <= {size} "
+                         f"(the model's images are {size}x{size}; X1, Y1 exclusive)")
+    return x0, y0, x1, y1
+
+
+def _per_image(values: list[Any], count: int, flag: str) -> list[Any]:
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise ValueError(f"{flag}: give one, or one per --image ({count}); got {len(values)}")
+    return values
+
+
+def _masks(args: argparse.Namespace, size: int, count: int) -> Any:
+    """The region of each image: PIL masks from ``--mask``, or a bool tensor from ``--box``."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    if args.box is not None:
+        x0, y0, x1, y1 = parse_box(args.box, size)
+        region = torch.zeros(size, size, dtype=torch.bool)
+        region[y0:y1, x0:x1] = True
+        return region
+    masks = []
+    for path in _per_image(args.mask, count, "--mask"):
+        try:
+            with Image.open(path) as mask:
+                mask.load()
+                masks.append(mask.convert("L"))
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"--mask {path}: cannot read it as an image "
+                             f"({type(err).__name__}: {err})") from None
+    return masks
+
+
+def tinted(images: Any, regions: Any, factor: int) -> Any:
+    """``images`` [B, 3, H, W] with the token ``regions`` [B, h, w] blended towards the tint."""
+    import torch
+    from einops import repeat
+
+    pixels = repeat(regions, "b h w -> b 1 (h fh) (w fw)", fh=factor, fw=factor).to(images.dtype)
+    tint = torch.tensor(REGION_TINT, dtype=images.dtype).view(1, 3, 1, 1)
+    return images * (1 - TINT_ALPHA * pixels) + tint * (TINT_ALPHA * pixels)
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from unigen.sampling.guidance import check_scale
+    from unigen.visual import captioned_grid
+
+    _check_model_args(args)
+    check_scale(args.guidance, "--guidance", negative=False)
+    out, fmt, settings = _grid_paths(args.out)
+    _parse_sampler_args(args)
+    prompts = _per_image(args.prompt, len(args.image), "--prompt")
+    negatives = _negative_prompts(args)
+    if negatives is not None:
+        negatives = _per_image(negatives, len(args.image), "--negative-prompt")
+    if args.mask is not None:
+        for path in args.mask:
+            if not Path(path).is_file():
+                raise ValueError(f"--mask {path}: no such file")
+    _refuse_autoregressive(args, "inpaint")
+    pipe = _pipeline(args)
+    sampler = args.sampler or "maskgit"
+    kwargs = _sampler_kwargs(args, pipe, sampler)
+    images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
+    masks = _masks(args, pipe.image_size, len(images))
+    try:
+        regions = pipe.inpaint_regions(masks, len(images))
+    except ValueError as err:
+        raise ValueError(f"--{'box' if args.box is not None else 'mask'}: {err}") from None
+    steps = 16 if args.steps is None else args.steps
+    results = pipe.inpaint(images, regions, prompts, num_steps=steps, guidance_scale=args.guidance,
+                           sampler=sampler, sampler_kwargs=kwargs, seed=args.seed, output="tensor",
+                           progress=True, negative_prompt=negatives)
+    shown = tinted(images, regions, pipe.image_tokenizer.downsample_factor)
+    tiles = torch.stack([t for pair in zip(shown, results.cpu()) for t in pair])
+    labels = [text for path, prompt in zip(args.image, prompts) for text in (Path(path).name, prompt)]
+    grid = captioned_grid(tiles, labels, ncol=2)
+    with io.atomic_path(out) as tmp:
+        grid.save(tmp, format=fmt)
+    io.write_json(settings, {
+        "images": list(args.image), "masks": args.mask, "box": args.box, "prompts": prompts,
+        "negative_prompts": negatives, "guidance": args.guidance, "seed": args.seed, "steps": steps,
+        "sampler": sampler, "sampler_kwargs": kwargs, "resize": args.resize,
+        "convert": args.convert, "regenerated_tokens": [int(r.sum()) for r in regions],
+        "model": str(args.model)})
+    print(f"wrote {out} ({len(images)} image{'s' if len(images) != 1 else ''}; settings in "
+          f"{settings})")
+
