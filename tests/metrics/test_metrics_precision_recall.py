@@ -322,3 +322,12 @@ def test_unigen_eval_reports_the_four_scores(tmp_path, domain_classifier_dir):
     assert got == pytest.approx(_values(expected), abs=1e-12)
     # half of the generated images are the real ones: in a real ball by construction
     assert got["precision"] >= 0.5
+
+
+def test_sweeps_and_the_eval_summary_show_its_four_values():
+    from unigen.evaluate.sweep import _is_headline
+
+    for value in ("precision", "recall", "density", "coverage"):
+        assert _is_headline(f"precision_recall/{value}")
+    assert not _is_headline("precision_recall/other")
+    assert not _is_headline("kid/precision")  # another metric's part is no headline

@@ -22,7 +22,7 @@ from unigen.evaluate.recipe import (_split_assignment, metric_entries, parse_con
                                     setting_paths, with_setting)
 from unigen.evaluate.record_metrics import result_name
 from unigen.evaluate.segment_tasks import eval_task_names
-from unigen.metrics import Sweep, write_report
+from unigen.metrics import METRICS, Sweep, write_report
 
 
 def parse_sweep(items: Sequence[str]) -> dict[str, list[Any]]:
@@ -41,11 +41,13 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list[Any]]:
 
 def _is_headline(name: str) -> bool:
     """Metrics worth a curve: not per-category entries, spreads or secondary aggregates (an
-    ``/overall`` aggregate or a per-task ``<metric>/<task>`` value is a headline)."""
+    ``/overall`` aggregate, a per-task ``<metric>/<task>`` value or one of the values a metric
+    names in ``headline_values``, ``precision_recall/recall``, is a headline)."""
     parts = name.split("/")
     if parts[0].endswith("_std") or name.endswith("_std") or "category" in parts[1:]:
         return False
-    qualifiers = {"overall", *eval_task_names()}
+    own = getattr(METRICS.get(parts[0]), "headline_values", ()) if parts[0] in METRICS else ()
+    qualifiers = {"overall", *eval_task_names(), *own}
     return len([p for p in parts[1:] if p not in qualifiers]) == 0
 
 

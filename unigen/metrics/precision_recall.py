@@ -170,6 +170,8 @@ class PrecisionRecall(FeatureSetMetric):
     ``compute`` -> ``{"precision", "recall", "density", "coverage"}``."""
 
     higher_is_better = True
+    #: the values of ``compute`` that sweeps plot (``precision_recall/<value>`` in results)
+    headline_values = ("precision", "recall", "density", "coverage")
 
     def __init__(self, extractor: ExtractorSpec = "inception_v3",
                  feature_dim: int | None = None, k: int = 3, k_density_coverage: int = 5,
