@@ -134,3 +134,32 @@ def test_task_losses_are_logged_only_at_steps_with_their_rows(tokenizer_dirs, tm
     for row, present in zip(rows, module.present):
         logged = {name for name in tasks if row.get(f"train/loss_{name}")}
         assert logged == present, (row, present)
+
+
+def test_a_validation_metrics_missing_network_stops_fit_before_any_step(tokenizer_dirs, tmp_path):
+    sampling = {**SAMPLING, "metrics": [{"name": "class_accuracy",
+                                         "classifier": str(tmp_path / "no_classifier")}]}
+    module = UnifiedModule(**tokenizer_dirs, **SMALL, val_sampling=sampling)
+    with pytest.raises(FileNotFoundError, match="domain classifier directory not found") as err:
+        trainer(tmp_path, max_steps=5, val_check_interval=5).fit(module, datamodule=data())
+    assert "classifier_fashion_mnist.yaml" in str(err.value)
+    assert module.global_step == 0
+
+
+def test_validation_metrics_are_built_once_for_the_run(tokenizer_dirs, tmp_path,
+                                                                   monkeypatch):
+    from unigen.training import validation_sampling
+
+    built = []
+    real_build = validation_sampling.build_recipe_metrics
+    monkeypatch.setattr(validation_sampling, "build_recipe_metrics",
+                        lambda *a: built.append(a) or real_build(*a))
+    torch.manual_seed(0)
+    module = UnifiedModule(**tokenizer_dirs, **SMALL, tasks={"t2i": 1, "caption": 1},
+                           val_sampling={**SAMPLING, "metrics": ["bleu4"]})
+    fit = trainer(tmp_path, max_steps=4, val_check_interval=2, num_sanity_val_steps=0,
+                  limit_val_batches=1)
+    fit.fit(module, datamodule=data())
+    assert len(built) == 1  # at setup; both validations reuse it
+    assert "val/bleu4" in fit.callback_metrics
+    assert "_val_sampling_metrics" not in "".join(module.state_dict())  # never checkpointed

@@ -91,7 +91,9 @@ class DomainClassifier(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
                         ) -> "DomainClassifier":
         path, meta = io.read_model_dir(path, "domain classifier", "train one with `unigen fit "
-                                       "--config recipes/classifier_shapes.yaml`", CONFIG_NAME)
+                                       "--config recipes/classifier_<data>.yaml`, e.g. "
+                                       "classifier_fashion_mnist.yaml or classifier_shapes.yaml",
+                                       CONFIG_NAME)
         if meta.get("type") != TYPE_NAME or meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path / CONFIG_NAME} is not a {TYPE_NAME} config of format version "
                              f"{FORMAT_VERSION} (type {meta.get('type')!r}, "

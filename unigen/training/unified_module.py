@@ -37,7 +37,7 @@ from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_co
 from unigen.training.reliability import NonFiniteLossGuard, micro_batch_index, step_seed
 from unigen.training.stages import EvaluationStages
 from unigen.training.validation_sampling import (
-    check_sampling_options, log_validation_samples, sampling_defaults,
+    check_sampling_options, log_validation_samples, sampling_defaults, validation_metrics,
 )
 from unigen.transfer import to_device
 
@@ -196,6 +196,11 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         modalities = self.data_modalities() if stage != "predict" else {}
         hand_off_batch_transform(self, ENCODE_TRANSFORM,
                                  EncodeModalities(modalities) if modalities else None)
+        if stage != "predict" and self.hparams.val_sampling:
+            # a metric's missing network (a classifier not trained yet) stops the run here, not
+            # at the first validation thousands of steps in
+            validation_metrics(self, self.hparams.val_sampling.get("metrics"),
+                               self.hparams.val_sampling.get("metric_resources"))
 
     def teardown(self, stage: str) -> None:
         """Take the transform back: the data module may be reused with another model."""

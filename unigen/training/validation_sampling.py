@@ -82,6 +82,28 @@ def build_recipe_metrics(spec, resources: dict[str, Any] | None) -> dict[str, An
     return built
 
 
+_METRIC_CACHE = "_val_sampling_metrics"  # a plain attribute: never a submodule, never checkpointed
+
+
+def validation_metrics(module, metrics: list | dict | None,
+                       resources: dict[str, Any] | None) -> dict[str, Any]:
+    """The recipe metrics of ``module``'s sample logging, built once per module and reset for
+    each use: their networks (a domain classifier, Inception) load once, not at every validation,
+    and a missing one is found when :meth:`setup` first asks, before any training step."""
+    if not metrics:
+        return {}
+    key = repr((metrics, resources))
+    cached = module.__dict__.get(_METRIC_CACHE)
+    if cached is None or cached[0] != key:
+        # object.__setattr__: an nn.Module attribute would register torchmetrics objects as
+        # submodules, and their states would land in every checkpoint
+        object.__setattr__(module, _METRIC_CACHE, (key, build_recipe_metrics(metrics, resources)))
+    built = module.__dict__[_METRIC_CACHE][1]
+    for metric in built.values():
+        metric.reset()
+    return built
+
+
 def caption_references(batch: dict[str, Any], n: int) -> list[list[str]]:
     """The first ``n`` samples' reference captions: the caption and, where the batch carries one
     (shapes world), the scene's description (as ``unigen eval`` scores captions)."""
@@ -150,7 +172,7 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
     pipe = module.to_pipeline()
     tasks = set(module.mixture.names)
     n = min(num_samples, len(batch["caption"]))
-    recipe_metrics = build_recipe_metrics(metrics, metric_resources) if metrics else {}
+    recipe_metrics = validation_metrics(module, metrics, metric_resources)
     by_kind: dict[str, list] = {}
     for metric in recipe_metrics.values():
         by_kind.setdefault(metric.kind, []).append(metric)
