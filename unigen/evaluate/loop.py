@@ -363,10 +363,10 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
         raise ValueError("this recipe has a sweep: block; run it with sweep_pipeline "
                          "(or `unigen eval`), or remove the block")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg.data, pipe.image_size)
     check_metric_options(cfg, len(data))  # a folder's size is known only now
     plans, shared = _plan_tasks(cfg, data, pipe.device)
+    out.mkdir(parents=True, exist_ok=True)  # only once the run can start: a refusal leaves nothing
     log, state_path, run_path = RecordLog(out / RECORDS_NAME), out / STATE_NAME, out / RUN_NAME
     identity = _run_identity(cfg, pipe, {p.name: p.live_metrics() for p in plans})
     if not isinstance(reuse_from, Mapping):
