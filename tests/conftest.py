@@ -8,8 +8,15 @@ import os
 # OpenMP threads spin while waiting; on a busy 2-core machine that starves tiny ops
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# --import-mode=importlib puts no test folder on sys.path: this one holds cli_testkit
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

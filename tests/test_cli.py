@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_testkit import fails_with
 
 from unigen.cli import main
 
@@ -278,14 +279,7 @@ def model_dirs(tokenizer_dirs, tmp_path_factory):
     return root
 
 
-def one_error_line(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("unigen:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    return lines[0]
+one_error_line = fails_with
 
 
 def test_a_plugin_sampler_that_requires_a_special_id_runs_from_the_command_line(model_dirs, tmp_path,

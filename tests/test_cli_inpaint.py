@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from PIL import Image
+from cli_testkit import fails_with
 
 from unigen.cli import main
 from unigen.inpaint_command import parse_box, tinted
@@ -96,16 +97,6 @@ def test_bad_boxes_are_refused(text, message):
         parse_box(text, SIZE)
 
 
-def _one_line(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("unigen:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    return lines[0]
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--box", "0,0,99,8"], "--box '0,0,99,8': need 0 <= X0 < X1 <= 32"),
     (["--mask", "{d}/top.png", "--mask", "{d}/top.png", "--mask", "{d}/top.png"],
@@ -121,7 +112,7 @@ def _one_line(argv, capsys) -> str:
 def test_unusable_regions_and_prompts_are_one_line_and_write_nothing(extra, message, dirs, tmp_path,
                                                                      capsys):
     extra = [e.replace("{d}", str(dirs)) for e in extra]
-    line = _one_line(_argv(dirs, tmp_path / "g.png", *extra), capsys)
+    line = fails_with(_argv(dirs, tmp_path / "g.png", *extra), capsys)
     assert message.replace("{d}", str(dirs)) in line, line
     assert list(tmp_path.iterdir()) == []
 
@@ -129,5 +120,5 @@ def test_unusable_regions_and_prompts_are_one_line_and_write_nothing(extra, mess
 def test_an_autoregressive_model_is_refused(dirs, tmp_path, capsys):
     argv = _argv(dirs, tmp_path / "g.png", "--box", "0,0,8,8")
     argv[2] = str(dirs / "ar")
-    line = _one_line(argv, capsys)
+    line = fails_with(argv, capsys)
     assert "holds an autoregressive pipeline" in line and "`unigen inpaint` needs a masked" in line

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from PIL import Image
+from cli_testkit import fails_with
 
 from unigen import commands
 from unigen.cli import main
@@ -148,13 +149,7 @@ def two_input_task(monkeypatch):
 
 
 def error_line(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(["task", *map(str, argv)])
-    assert exc.value.code == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("unigen:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    return lines[0]
+    return fails_with(["task", *argv], capsys)
 
 
 def test_every_error_is_one_line_before_the_weights_are_read(models, tmp_path, capsys, monkeypatch,

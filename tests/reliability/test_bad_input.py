@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_testkit import fails_with
 
 from unigen.cli import main
 
@@ -20,16 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 UNIFIED_DEBUG = ROOT / "recipes" / "debug" / "unified_debug.yaml"
 
 
-def fails_with(argv: list[str], capsys, code: int = 1) -> str:
-    """Run the CLI, expect ``SystemExit(code)`` and exactly one ``unigen: error:`` line."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == code
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("unigen:")]
-    assert len(lines) == 1 and lines[0].startswith("unigen: error: "), err[-2000:]
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture
