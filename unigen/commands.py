@@ -168,6 +168,15 @@ def _image_args(parser: argparse.ArgumentParser) -> None:
 GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
+def _guidance_args(p: argparse.ArgumentParser) -> None:
+    """``--guidance`` and ``--negative-prompt`` (``generate``, ``inpaint``)."""
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale, >= 0 (default 1.0: no guidance; 0: unconditional)")
+    p.add_argument("--negative-prompt", action="append", default=None,
+                   help="what guidance steers away from: one for every --prompt, or one per "
+                        "--prompt, in order (repeatable; needs --guidance other than 1)")
+
+
 def _generate_args(p: argparse.ArgumentParser) -> None:
     _common_model_args(p)
     p.add_argument("--out", required=True,
@@ -176,11 +185,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
     p.add_argument("--num-per-prompt", type=int, default=1,
                    help="images per prompt, at least 1 (default 1)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale, >= 0 (default 1.0: no guidance; 0: unconditional)")
-    p.add_argument("--negative-prompt", action="append", default=None,
-                   help="what guidance steers away from: one for every --prompt, or one per "
-                        "--prompt, in order (repeatable; needs --guidance other than 1)")
+    _guidance_args(p)
     p.add_argument("--candidates", type=int, default=1,
                    help="draw this many images per prompt and keep the one the model itself reads "
                         "the prompt from best (its caption ELBO; unigen.verification; default 1)")

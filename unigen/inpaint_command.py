@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from unigen import io
-from unigen.commands import (_check_model_args, _common_model_args, _grid_paths, _image_args,
-                             _load_images, _negative_prompts, _parse_sampler_args, _pipeline,
-                             _refuse_autoregressive, _sampler_kwargs)
+from unigen.commands import (_check_model_args, _common_model_args, _grid_paths, _guidance_args,
+                             _image_args, _load_images, _negative_prompts, _parse_sampler_args,
+                             _pipeline, _refuse_autoregressive, _sampler_kwargs)
 
 REGION_TINT = (1.0, 0.0, 1.0)  # magenta: no shapes-world or garment colour, so the region shows
 TINT_ALPHA = 0.45
@@ -35,11 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                              "0,0,32,16 for the top half of a 32x32 image")
     p.add_argument("--prompt", action="append", required=True,
                    help="text guiding the region (one for every image, or one per image)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale, >= 0 (default 1.0: no guidance)")
-    p.add_argument("--negative-prompt", action="append", default=None,
-                   help="what guidance steers away from: one, or one per --prompt (needs "
-                        "--guidance other than 1)")
+    _guidance_args(p)
     p.add_argument("--out", required=True,
                    help="grid image (.png, .jpg/.jpeg or .webp): each input with its region "
                         "tinted, then its result; the settings go to the same name with .json")
