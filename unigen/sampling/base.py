@@ -62,7 +62,8 @@ def check_num_steps(num_steps: Any, name: str = "num_steps") -> int:
 
 
 def resolve_schedule(schedule: str | NoiseSchedule) -> NoiseSchedule:
-    """A schedule object from a registered name (``linear``, ``cosine``, ``polynomial``, ``arccos``) or itself."""
+    """A schedule object from a registered name (``linear``, ``cosine``, ``polynomial``,
+    ``arccos``) or itself."""
     if isinstance(schedule, NoiseSchedule):
         return schedule
     return build_schedule(schedule)

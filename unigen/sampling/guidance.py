@@ -2,8 +2,9 @@
 
 The unconditional pass is the same sequence with the condition positions (``cond_mask``) replaced by
 ``mask_id`` (UniDisc / Show-o style, no separate null prompt), or by other tokens, ``uncond_tokens``:
-a negative prompt, which guidance then steers away from (as diffusers' ``negative_prompt``). Both passes run as ONE batched forward
-of ``[cond; uncond]`` (2B rows) and combine on log-probabilities: ``uncond + scale * (cond - uncond)``.
+a negative prompt, which guidance then steers away from (as diffusers' ``negative_prompt``). Both
+passes run as ONE batched forward of ``[cond; uncond]`` (2B rows) and combine on log-probabilities:
+``uncond + scale * (cond - uncond)``.
 Scale 1 is exactly the conditional pass and scale 0 exactly the unconditional pass; both then run
 only the one pass they need. Guidance in a limited interval (Kynkäänniemi et al. 2024) applies the
 scale only for steps whose progress lies in ``interval`` and runs only the conditional pass elsewhere.

@@ -75,7 +75,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             ``inpaint`` or any registered task).
         task_kwargs: task name -> constructor arguments, e.g. ``{caption: {text: descriptions}}``
             trains captioning on the exhaustive scene descriptions of the shapes world.
-        schedule, schedule_kwargs: masking schedule (``linear``, ``cosine``, ``polynomial``, ``arccos``; ``shift``).
+        schedule, schedule_kwargs: masking schedule (``linear``, ``cosine``, ``polynomial``,
+            ``arccos``; ``shift``).
         loss: ``ce`` (MaskGIT/Show-o) or ``elbo`` (MDLM 1/t weighting).
         loss_reduction: ``tokens`` (one mean over the batch: long targets such as images dominate)
             or ``tasks`` (each task's mean, then their weighted mean: Show-o's per-task losses);
