@@ -122,3 +122,20 @@ def test_an_autoregressive_model_is_refused(dirs, tmp_path, capsys):
     argv[2] = str(dirs / "ar")
     line = fails_with(argv, capsys)
     assert "holds an autoregressive pipeline" in line and "`unigen inpaint` needs a masked" in line
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mask", "{d}/top.png"] * 3, "--mask: give one, or one per --image (2); got 3"),
+    (["--mask", "{d}/missing.png"], "--mask {d}/missing.png: no such file"),
+])
+def test_mask_counts_and_files_are_checked_before_the_weights_load(extra, message, dirs, tmp_path,
+                                                                   capsys, monkeypatch):
+    import unigen.inpaint_command as command
+
+    def no_loading(args):
+        raise AssertionError("the pipeline was loaded before the check")
+
+    monkeypatch.setattr(command, "_pipeline", no_loading)
+    extra = [e.replace("{d}", str(dirs)) for e in extra]
+    assert message.replace("{d}", str(dirs)) in fails_with(_argv(dirs, tmp_path / "g.png", *extra),
+                                                           capsys)

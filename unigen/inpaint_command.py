@@ -63,8 +63,9 @@ def _per_image(values: list[Any], count: int, flag: str) -> list[Any]:
     return values
 
 
-def _masks(args: argparse.Namespace, size: int, count: int) -> Any:
-    """The region of each image: PIL masks from ``--mask``, or a bool tensor from ``--box``."""
+def _masks(args: argparse.Namespace, size: int, mask_paths: list[str] | None) -> Any:
+    """The region of each image: PIL masks from ``mask_paths`` (``--mask``, one per image), or a
+    bool tensor from ``--box``."""
     import torch
     from PIL import Image, UnidentifiedImageError
 
@@ -74,7 +75,7 @@ def _masks(args: argparse.Namespace, size: int, count: int) -> Any:
         region[y0:y1, x0:x1] = True
         return region
     masks = []
-    for path in _per_image(args.mask, count, "--mask"):
+    for path in mask_paths or []:
         try:
             with Image.open(path) as mask:
                 mask.load()
@@ -109,16 +110,17 @@ def run(args: argparse.Namespace) -> None:
     negatives = _negative_prompts(args)
     if negatives is not None:
         negatives = _per_image(negatives, len(args.image), "--negative-prompt")
-    if args.mask is not None:
-        for path in args.mask:
-            if not Path(path).is_file():
-                raise ValueError(f"--mask {path}: no such file")
+    # the masks' count and files are checked before any weight loads
+    mask_paths = None if args.mask is None else _per_image(args.mask, len(args.image), "--mask")
+    for path in mask_paths or []:
+        if not Path(path).is_file():
+            raise ValueError(f"--mask {path}: no such file")
     _refuse_autoregressive(args, "inpaint")
     pipe = _pipeline(args)
     sampler = args.sampler or "maskgit"
     kwargs = _sampler_kwargs(args, pipe, sampler)
     images = _load_images(args.image, pipe.image_size, args.resize, args.convert)
-    masks = _masks(args, pipe.image_size, len(images))
+    masks = _masks(args, pipe.image_size, mask_paths)
     try:
         regions = pipe.inpaint_regions(masks, len(images))
     except ValueError as err:
