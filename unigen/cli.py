@@ -13,6 +13,9 @@ points are loaded at start for every verb.
 from __future__ import annotations
 
 import argparse
+import ast
+import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -107,9 +110,44 @@ def _lightning_cli(args: Sequence[str], run: bool = True, argv_prefix: Sequence[
                 return UnigenCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
                              subclass_mode_data=True, args=list(args), run=run,
                              save_config_kwargs={"overwrite": True},
-                             parser_kwargs={"prog": "unigen", "allow_abbrev": False}, auto_configure_optimizers=False)
+                             parser_kwargs={"prog": "unigen", "allow_abbrev": False,
+                                            "logger": dropped_init_args_logger()},
+                             auto_configure_optimizers=False)
     finally:
         sys.argv = saved_argv
+
+
+#: jsonargparse's (debug) record of init_args it drops when a class_path changes
+_DROPPED = re.compile(r"Due to class_path change from '(?P<old>[^']+)' to '(?P<new>[^']+)', "
+                      r"discarding init_args: (?P<args>\{.*\})\.?$", re.S)
+
+
+class _DroppedInitArgsWarning(logging.Handler):
+    """Turn jsonargparse's debug note that a class_path change dropped init_args into one warning
+    line on stderr.  ``--data.class_path OtherModule`` over a recipe keeps only the recipe's
+    init_args the new class takes; the rest (``num_val: 128`` of a shapes recipe, say) would
+    otherwise vanish without a word."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _DROPPED.match(record.getMessage())
+        if match is None:
+            return  # every other debug note of the parser
+        try:
+            dropped = ", ".join(f"{k}={v!r}" for k, v in ast.literal_eval(match["args"]).items())
+        except (ValueError, SyntaxError):  # a value with no literal repr: show it as written
+            dropped = match["args"].strip("{}")
+        print(f"unigen: warning: the class_path changed from {match['old']} to {match['new']}; "
+              f"the recipe's init_args it does not accept are dropped: {dropped}", file=sys.stderr)
+
+
+def dropped_init_args_logger() -> logging.Logger:
+    """The logger LightningCLI's parser reports to: silent except for dropped init_args."""
+    logger = logging.getLogger("unigen.cli.recipe_parser")
+    if not any(isinstance(h, _DroppedInitArgsWarning) for h in logger.handlers):
+        logger.addHandler(_DroppedInitArgsWarning())
+    logger.setLevel(logging.DEBUG)  # the note is a debug record
+    logger.propagate = False  # the parser's other debug notes stay out of the root logger
+    return logger
 
 
 def loggers_follow_root_dir(trainer: Any) -> None:

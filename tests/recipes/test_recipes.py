@@ -38,9 +38,10 @@ def test_recipes_exist_and_are_all_known_kinds():
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if kind(p) == "lightning"],
                          ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
-def test_lightning_recipe_instantiates(path, tmp_path, monkeypatch):
+def test_lightning_recipe_instantiates(path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # nothing a recipe writes lands in the repository
     cli = instantiate_recipe(path)
+    assert "dropped" not in capsys.readouterr().err  # no init_args lost on the way
     assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
     size = cli.config.data.init_args.get("image_size")
     if size is not None and "image_size" in cli.model.hparams:  # linked by the CLI, typed once
@@ -49,7 +50,7 @@ def test_lightning_recipe_instantiates(path, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if kind(p) == "preset"],
                          ids=lambda p: p.name)
-def test_presets_layer_on_a_recipe(path, tmp_path, monkeypatch):
+def test_presets_layer_on_a_recipe(path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     text = yaml.safe_load(path.read_text())
     assert "trainer" in text or "model" in text
@@ -66,6 +67,7 @@ def test_presets_layer_on_a_recipe(path, tmp_path, monkeypatch):
             else:
                 assert config[key] == value, f"{where}.{key}"
 
+    assert "dropped" not in capsys.readouterr().err  # a preset keeps the base recipe's init_args
     for section in ("model", "data"):  # every value the preset sets is in the parsed config
         assert_applied(text.get(section, {}), cli.config[section], section)
 
@@ -226,3 +228,23 @@ def test_an_explicit_logger_save_dir_is_kept(tmp_path, monkeypatch):
     cli = instantiate_recipe(ROOT / "recipes" / "debug" / "tokenizer_fsq_debug.yaml",
                              ["--trainer.default_root_dir", "run"])
     assert cli.trainer.logger.save_dir == "run"
+
+
+def test_changing_class_path_names_the_init_args_it_drops(tmp_path, monkeypatch, capsys):
+    """jsonargparse keeps only the init_args the new class takes; the rest must not vanish
+    unannounced."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    cli = instantiate_recipe(ROOT / "recipes" / "debug" / "unified_debug.yaml", [
+        "--data.class_path", "unigen.data.imagefolder.ImageFolderDataModule",
+        "--data.init_args.root", str(tmp_path / "images")])
+    assert type(cli.datamodule).__name__ == "ImageFolderDataModule"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "dropped" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("unigen: warning: the class_path changed from "
+                               "unigen.data.shapes_datamodule.ShapesDataModule to "
+                               "unigen.data.imagefolder.ImageFolderDataModule;")
+    dropped = lines[0].rpartition("dropped: ")[2]
+    names = {item.split("=")[0] for item in dropped.split(", ")}
+    assert {"num_train", "num_val"} <= names
+    assert "batch_size" not in names and "image_size" not in names  # carried over, not dropped
