@@ -112,16 +112,16 @@ def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):
     assert main(["generate", "--model", str(model), "--prompt", "a red circle", "--prompt",
                  "two blue squares", "--steps", "2", "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
-    assert json.loads((tmp_path / "grid.json").read_text())["prompts"] == ["a red circle", "two blue squares"]
+    assert json.loads((tmp_path / "grid.settings.json").read_text())["prompts"] == ["a red circle", "two blue squares"]
     assert main(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2",
                  "--candidates", "2", "--out", str(tmp_path / "best.png")]) == 0
-    assert json.loads((tmp_path / "best.json").read_text())["candidates"] == 2
+    assert json.loads((tmp_path / "best.settings.json").read_text())["candidates"] == 2
     # sampler options from the command line (values as YAML), recorded next to the grid
     assert main(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "3",
                  "--sampler", "confident", "--sampler-arg", "schedule=cosine", "--sampler-arg",
                  "choice_temperature=4.5", "--sampler-arg", "temperature=1",
                  "--out", str(tmp_path / "conf.png")]) == 0
-    assert json.loads((tmp_path / "conf.json").read_text())["sampler_kwargs"] == {
+    assert json.loads((tmp_path / "conf.settings.json").read_text())["sampler_kwargs"] == {
         "schedule": "cosine", "choice_temperature": 4.5, "temperature": 1}
     for bad, message in ((["--sampler-arg", "nope=1"], "--sampler-arg nope=1: sampler 'confident' does not take this option"),
                          (["--sampler-arg", "schedule"], "--sampler-arg expects KEY=VALUE")):
@@ -303,7 +303,7 @@ def test_a_plugin_sampler_that_requires_a_special_id_runs_from_the_command_line(
                  "--steps", "2", "--sampler", "needs_eos", "--sampler-arg", "temperature=0",
                  "--out", str(out)]) == 0
     assert built and set(built) == {4}  # the vocabulary's <eos>, for the check and the decode
-    assert json.loads(out.with_suffix(".json").read_text())["sampler_kwargs"] == {"temperature": 0}
+    assert json.loads(out.with_suffix(".settings.json").read_text())["sampler_kwargs"] == {"temperature": 0}
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -332,7 +332,7 @@ def test_an_autoregressive_export_generates_and_refuses_what_it_cannot_do(model_
     assert main(["generate", "--model", ar, "--prompt", "a red circle", "--prompt", "a star",
                  "--guidance", "2", "--sampler-arg", "temperature=0.5", "--sampler-arg", "top_k=8",
                  "--out", str(out)]) == 0
-    settings = json.loads(out.with_suffix(".json").read_text())
+    settings = json.loads(out.with_suffix(".settings.json").read_text())
     assert settings["kind"] == "autoregressive" and settings["guidance"] == 2.0
     assert settings["sampler_kwargs"] == {"temperature": 0.5, "top_k": 8}
     for extra, message in ((["--steps", "4"], "--steps: --model"),
@@ -351,4 +351,4 @@ def test_an_autoregressive_export_generates_and_refuses_what_it_cannot_do(model_
                                "--out", str(tmp_path / "t.json")], capsys)
         assert "holds an autoregressive pipeline, which generates images from text only" in line
         assert f"`unigen {verb}` needs a masked (unified) pipeline" in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "g.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "g.settings.json"]

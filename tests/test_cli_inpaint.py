@@ -48,11 +48,11 @@ def test_a_box_and_the_same_region_as_a_mask_draw_the_same_grid(dirs, tmp_path):
     assert main(_argv(dirs, by_box, "--box", f"0,0,{SIZE},{SIZE // 2}")) == 0
     assert main(_argv(dirs, by_mask, "--mask", str(dirs / "top.png"))) == 0
     assert by_box.read_bytes() == by_mask.read_bytes()
-    settings = json.loads(by_box.with_suffix(".json").read_text())
+    settings = json.loads(by_box.with_suffix(".settings.json").read_text())
     # a 32x32 image is an 8x8 grid of tokens here (4x downsampling): the top half is 32 of them
     assert settings["regenerated_tokens"] == [32, 32]
     assert settings["prompts"] == ["a red circle"] * 2 and settings["box"] == f"0,0,{SIZE},{SIZE // 2}"
-    assert json.loads(by_mask.with_suffix(".json").read_text())["masks"] == [str(dirs / "top.png")]
+    assert json.loads(by_mask.with_suffix(".settings.json").read_text())["masks"] == [str(dirs / "top.png")]
 
 
 def test_the_results_are_the_pipelines_inpainting(dirs, tmp_path):

@@ -81,7 +81,8 @@ def _check_out_file(path: str | Path, flag: str = "--out", example: str = "out.j
 
 
 def _settings_path(out: Path) -> Path:
-    """Where caption / answer record their settings: ``NAME.settings.json`` next to ``--out``."""
+    """Where every verb records its settings: ``NAME.settings.json`` next to ``--out`` (an
+    image or a JSON of results), so one rule finds them whatever the verb."""
     return out.with_suffix(".settings.json")
 
 
@@ -164,7 +165,7 @@ def _image_args(parser: argparse.ArgumentParser) -> None:
 
 
 # -- generate ---------------------------------------------------------------------------------------
-# --out's extension picks the image format (PIL writes each); the settings go to NAME.json beside it
+# --out's extension picks the image format (PIL writes each); the settings go to NAME.settings.json
 GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
@@ -181,7 +182,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     _common_model_args(p)
     p.add_argument("--out", required=True,
                    help="captioned grid image: .png, .jpg/.jpeg or .webp (the extension picks the "
-                        "format); the settings are written to the same name with .json")
+                        "format); the settings go to NAME.settings.json beside it")
     p.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
     p.add_argument("--num-per-prompt", type=int, default=1,
                    help="images per prompt, at least 1 (default 1)")
@@ -198,7 +199,7 @@ def _grid_paths(out: str) -> tuple[Path, str, Path]:
     if fmt is None:
         raise ValueError(f"--out {path}: the extension picks the image format; use one of "
                          f"{', '.join(GRID_FORMATS)}")
-    settings = path.with_suffix(".json")  # never the image itself: .json is not an image format
+    settings = _settings_path(path)  # never the image itself: .json is not an image format
     _check_out_file(settings, "the settings file")
     return path, fmt, settings
 

@@ -3,7 +3,7 @@ MaskGIT's and Show-o's inpainting: the image outside the region is given, its to
 decoded, guided by the prompt).
 
 The region is a mask image (white = regenerate, as diffusers' masks) or a pixel box; the output is
-a grid with each input (the region tinted) next to its result, plus ``NAME.json`` with the
+a grid with each input (the region tinted) next to its result, plus ``NAME.settings.json`` with the
 settings.  Every check that needs no weights runs before the model loads.
 """
 
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _guidance_args(p)
     p.add_argument("--out", required=True,
                    help="grid image (.png, .jpg/.jpeg or .webp): each input with its region "
-                        "tinted, then its result; the settings go to the same name with .json")
+                        "tinted, then its result; the settings go to NAME.settings.json beside it")
 
 
 def parse_box(text: str, size: int) -> tuple[int, int, int, int]:

@@ -86,6 +86,6 @@ def test_generate_records_the_negative_prompts(pipe, tmp_path, capsys):
     main(["generate", "--model", str(model), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
           "--num-per-prompt", "2", "--negative-prompt", NEGATIVES[0], "--negative-prompt",
           NEGATIVES[1], "--guidance", "2", "--steps", "2", "--out", str(out)])
-    settings = json.loads(out.with_suffix(".json").read_text())
+    settings = json.loads(out.with_suffix(".settings.json").read_text())
     assert settings["negative_prompts"] == [NEGATIVES[0]] * 2 + [NEGATIVES[1]] * 2
     assert out.is_file()

@@ -260,7 +260,7 @@ def test_generate_writes_the_format_its_extension_names(tiny_model_dir, tmp_path
         assert main(_generate(tiny_model_dir, tmp_path / name)) == 0
         with Image.open(tmp_path / name) as img:
             assert img.format == fmt
-    settings = json.loads((tmp_path / "grid.json").read_text())
+    settings = json.loads((tmp_path / "grid.settings.json").read_text())
     assert settings["steps"] == 2 and settings["prompts"] == ["a red circle"]
     assert "(1 image;" in capsys.readouterr().out
 
