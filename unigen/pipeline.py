@@ -294,6 +294,17 @@ class UnifiedPipeline:
             raise ValueError("targets outside the text, image and extra segments cannot be decoded")
         return keep.nonzero().squeeze(-1)
 
+    def view_grid(self, positions: Tensor) -> tuple[int, int]:
+        """``(height, width)`` of the view at ``positions`` (:meth:`decode_positions`), for samplers
+        whose order is spatial (``Sampler.needs_grid``): the token grid when the view is exactly
+        the image segment, else ``(1, length)``, a line (text, or several segments), so a text
+        view whose length happens to be a square is never read as an image."""
+        seq = self.space.sequence
+        image = torch.arange(seq.image.start, seq.image.stop, device=positions.device)
+        if torch.equal(positions, image):
+            return seq.grid
+        return (1, len(positions))
+
     def vocab_limit(self, target: Tensor) -> int | None:
         """The text vocabulary's size when only text is decoded, else None (the whole vocabulary).
         Image codes are illegal at text positions, so the heads and samplers skip them: captioning
@@ -367,6 +378,9 @@ class UnifiedPipeline:
             return torch.empty(0, self.space.sequence.length, dtype=torch.long, device=self.device), []
         tb = TASKS.get(task)().build(inputs, self.space)
         tokens, target, cond, prefix = (x.to(self.device) for x in (tb.tokens, tb.target, tb.cond, tb.prefix))
+        positions = self.decode_positions(target)
+        if sampler.needs_grid and sampler.grid is None:  # a grid the caller gave stands
+            sampler.grid = self.view_grid(positions)
         uncond_tokens = None
         if negative is not None:
             nb = TASKS.get(task)().build(negative, self.space)
@@ -374,7 +388,6 @@ class UnifiedPipeline:
                 raise ValueError(f"the negative prompts of task {task!r} give other condition "
                                  "positions than its prompts")
             uncond_tokens = nb.tokens.to(self.device)
-        positions = self.decode_positions(target)
         model_fn = self.model_fn(prefix, positions, cfg.use_cache, self.vocab_limit(target),
                                  cfg.cuda_graphs)
         with torch.inference_mode():

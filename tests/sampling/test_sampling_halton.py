@@ -120,3 +120,32 @@ def test_the_pipeline_draws_with_it_by_name_and_by_seed(tokenizer_dirs):
     assert first.shape == maskgit.shape and first.shape[0] == 2
     assert torch.equal(first[1], again[0])  # batch invariant, seeded
     assert not torch.equal(first, maskgit)
+
+
+def test_the_pipeline_gives_it_the_grid_of_each_view_it_decodes(tokenizer_dirs, monkeypatch):
+    """The image segment is the token grid; a text view is a line even when its length is a
+    square (a 25-token caption is not a 5x5 image); a grid the caller gives stands."""
+    from unigen.sampling.base import SAMPLERS
+    from unigen.sampling.halton import HaltonSampler
+    from unigen.training.unified_module import UnifiedModule
+
+    seen: list[tuple[tuple[int, int] | None, int]] = []
+
+    class Spy(HaltonSampler):
+        def step(self, logits, tokens, is_masked, step_index, generator=None, editable=None):
+            seen.append((self.grid, tokens.shape[1]))
+            return super().step(logits, tokens, is_masked, step_index, generator, editable)
+
+    monkeypatch.setitem(SAMPLERS._items, "halton_spy", Spy)
+    torch.manual_seed(0)
+    pipe = UnifiedModule(**tokenizer_dirs, image_size=32, max_text_len=25, dim=32, depth=1, heads=4,
+                         tasks={"t2i": 1, "caption": 1}).to_pipeline()
+    images = pipe.text_to_image(["a red circle"], num_steps=2, sampler="halton_spy", output="pil")
+    assert set(seen) == {((8, 8), 64)}  # 32 px, 4x downsampling: the 8x8 grid
+    seen.clear()
+    pipe.caption(images, num_steps=2, sampler="halton_spy")
+    assert set(seen) == {((1, 25), 25)}  # the caption's 25 positions, in a line
+    seen.clear()
+    pipe.text_to_image(["a red circle"], num_steps=2, sampler="halton_spy",
+                       sampler_kwargs={"grid": [4, 16]}, output="codes")
+    assert set(seen) == {((4, 16), 64)}

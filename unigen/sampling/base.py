@@ -83,6 +83,11 @@ class Sampler(ABC):
     #: vocabulary unless the caller gives them: names among ``SPECIAL_IDS`` (``mask_id`` is always
     #: set).  ``semi_ar`` declares ``("eos_id", "pad_id")``.
     needs_special_ids: tuple[str, ...] = ()
+    #: True for samplers with a ``grid`` attribute (``(height, width)`` of the view they decode,
+    #: ``None`` unless given) whose order depends on it; the pipeline fills an unset one in per
+    #: decode: the token grid when the view is the image segment, ``(1, length)`` for any other
+    #: (text, several segments).  ``halton`` declares it.
+    needs_grid: bool = False
 
     def __init__(self, *, mask_id: int | None = None) -> None:
         self.mask_id = mask_id

@@ -114,13 +114,15 @@ class HaltonSampler(Sampler):
             or instance (``arccos``, the paper's; ``cosine`` is MaskGIT's). As in ``maskgit``,
             each step reveals at least one token and the last step the rest.
         temperature: token sampling temperature (0 = greedy). The paper samples at 1.
-        grid: ``(height, width)`` of the token grid; ``None`` reads a square view as a square grid
-            (see :func:`reveal_ranks`). Positions outside the region being decoded keep their rank
+        grid: ``(height, width)`` of the token grid; the pipeline fills in the grid of each view
+            it decodes (the image's, or ``(1, length)`` for text).  ``None`` on its own reads a
+            square view as a square grid (see :func:`reveal_ranks`). Positions outside the region being decoded keep their rank
             but are never candidates, so inpainting reveals its holes in the grid's Halton order.
         mask_id: the mask token id (or assign ``sampler.mask_id`` later).
     """
 
     needs_editable = True
+    needs_grid = True  # the pipeline passes the grid of each view it decodes
 
     def __init__(self, schedule: str | NoiseSchedule = "arccos", temperature: float = 1.0,
                  grid: tuple[int, int] | list[int] | None = None, mask_id: int | None = None) -> None:
