@@ -26,6 +26,22 @@ def test_help_names_the_plugin_mechanisms(capsys):
     assert "UNIGEN_PLUGINS" in out and "`unigen.plugins` entry point" in out
 
 
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_the_package_and_its_pinned_versions(flag, capsys):
+    """One version everywhere: the package's __version__, its installed metadata and pyproject."""
+    import tomllib
+    from importlib.metadata import version
+
+    import torch
+
+    assert main([flag]) == 0
+    out = capsys.readouterr().out.strip()
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert declared == version("unigen")
+    assert out.startswith(f"unigen {declared} (torch {torch.__version__.split('+')[0]}")
+    assert f"lightning {version('lightning')}" in out and "\n" not in out
+
+
 def test_python_dash_m_matches_console_script():
     out = subprocess.run([sys.executable, "-m", "unigen", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "generate" in out.stdout

@@ -243,7 +243,7 @@ def _print_help() -> None:
     from unigen import plugins
 
     lines = ["usage: unigen [--plugin MODULE ...] <verb> [options]   (unigen <verb> --help for a "
-             "verb's options)", "", "verbs:"]
+             "verb's options; unigen --version)", "", "verbs:"]
     for name, doc in LIGHTNING_VERBS.items():
         lines.append(f"  {name:<15} {doc}")
     for name, (doc, _, _) in _verbs().items():
@@ -289,6 +289,22 @@ def _load_plugins(modules: Sequence[str]) -> None:
     plugins.load_plugins()
 
 
+def version_line() -> str:
+    """``unigen X (torch Y, lightning Z, python W)``: what a bug report needs to name."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import unigen
+
+    parts = []
+    for package in ("torch", "lightning"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    return f"unigen {unigen.__version__} ({', '.join(parts)}, python {platform.python_version()})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
@@ -305,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not argv or argv[0] in ("-h", "--help", "help"):
         _print_help()
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(version_line())
         return 0
     verb, rest = argv[0], argv[1:]
     if verb in LIGHTNING_VERBS:
