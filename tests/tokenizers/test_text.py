@@ -181,6 +181,28 @@ def test_from_pretrained_errors(word, tmp_path):
         TextTokenizer.from_pretrained(tmp_path / "swapped.json")
 
 
+def test_a_vocabulary_edited_after_the_save_is_refused(word, tmp_path):
+    """The config records the vocabulary's size and control tokens; a tokenizer.json replaced or
+    edited since would shift the ids a model's embeddings were trained on."""
+    word.save_pretrained(tmp_path / "tok")
+    tokenizer_file = tmp_path / "tok" / "tokenizer.json"
+    spec = json.loads(tokenizer_file.read_text())
+    spec["model"]["vocab"]["zebra"] = max(spec["model"]["vocab"].values()) + 1
+    tokenizer_file.write_text(json.dumps(spec))
+    assert TextTokenizer.from_pretrained(tokenizer_file).vocab_size == word.vocab_size + 1  # alone: fine
+    with pytest.raises(ValueError, match=rf"records a vocabulary of {word.vocab_size} tokens, but "
+                                         rf".*tokenizer.json holds {word.vocab_size + 1}") as err:
+        TextTokenizer.from_pretrained(tmp_path / "tok")
+    assert "\n" not in str(err.value)
+    word.save_pretrained(tmp_path / "tok")
+    config_file = tmp_path / "tok" / "text_tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["special_tokens"] = config["special_tokens"][::-1]
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="records the special tokens"):
+        TextTokenizer.from_pretrained(tmp_path / "tok")
+
+
 def test_train_errors():
     with pytest.raises(ValueError, match="no text"):
         TextTokenizer.train(["", "  "])

@@ -74,6 +74,22 @@ CONFIG_FILE = "text_tokenizer_config.json"
 TEXT_TOKENIZER_KINDS: Registry[type["TextTokenizerKind"]] = Registry("text tokenizer kind")
 
 
+def _check_config_describes(config: dict, config_file: Path, loaded: "TextTokenizer",
+                            file: Path) -> None:
+    """The config's record of the vocabulary (size, special tokens) must match ``tokenizer.json``:
+    a model's embedding rows are laid out by those ids, so a vocabulary file replaced or edited
+    since the save would shift every id without a shape error."""
+    recorded = config.get("vocab_size")
+    if recorded is not None and recorded != loaded.vocab_size:
+        raise ValueError(f"{config_file} records a vocabulary of {recorded} tokens, but {file} "
+                         f"holds {loaded.vocab_size}: one of the two was edited or replaced since "
+                         "the tokenizer was saved")
+    specials = config.get("special_tokens")
+    if specials is not None and list(specials) != list(SPECIAL_TOKENS):
+        raise ValueError(f"{config_file} records the special tokens {specials}, but this unigen "
+                         f"lays them out as {list(SPECIAL_TOKENS)}")
+
+
 class TextTokenizerKind(ABC):
     """How one kind of tokenizer model is built, trained and turned back into text."""
 
@@ -285,9 +301,12 @@ class TextTokenizer:
             if not isinstance(extra, list) or not all(isinstance(n, str) for n in extra):
                 raise ValueError(f"{config_file}: task_tokens must be a list of task names, got {extra!r}")
         try:
-            return cls(tok, kind, extra)
+            loaded = cls(tok, kind, extra)
         except ValueError as err:
             raise ValueError(f"{file}: {err}") from None
+        if config_file is not None:
+            _check_config_describes(config, config_file, loaded, file)
+        return loaded
 
     # -- vocabulary ------------------------------------------------------------------------------
     @property
