@@ -15,7 +15,8 @@ def test_help_lists_every_verb(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for verb in ("fit", "validate", "test", "predict", "generate", "caption", "answer", "task",
-                 "eval", "demo", "text-tokenizer", "tokenize", "merge-lora", "export"):
+                 "eval", "demo", "text-tokenizer", "tokenize", "merge-lora", "export", "inpaint",
+                 "reconstruct"):
         assert f"  {verb} " in out
 
 

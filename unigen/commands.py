@@ -572,6 +572,16 @@ def _tokenize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", default=None, help="reconstruction grid PNG (default OUT/reconstructions.png)")
 
 
+def image_tokenizer_path(tokenizer: str | Path) -> Path:
+    """What a ``--tokenizer`` names: an image tokenizer directory, or a pipeline directory (its
+    ``pipeline.json`` says so), whose tokenizer is its ``image_tokenizer/`` (``tokenize``,
+    ``reconstruct``)."""
+    path = Path(tokenizer)
+    if (path / "pipeline.json").is_file():
+        return path / "image_tokenizer"
+    return path
+
+
 def tokenize_data(tokenizer: str, data: str, out: str, root: str | None = None,
                   split: str | None = None, image_size: int | None = None,
                   num_samples: int | None = None, seed: int = 0, shard_size: int = 4096,
@@ -583,9 +593,7 @@ def tokenize_data(tokenizer: str, data: str, out: str, root: str | None = None,
     from unigen.data.shards import SHARD_SOURCES, write_shards
     from unigen.tokenizers.base import ImageTokenizer
 
-    path = Path(tokenizer)
-    if (path / "pipeline.json").is_file():  # a pipeline directory names its tokenizer
-        path = path / "image_tokenizer"
+    path = image_tokenizer_path(tokenizer)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = ImageTokenizer.from_pretrained(path, map_location=device)
@@ -606,6 +614,19 @@ def _tokenize(args: argparse.Namespace) -> None:
     h, w = m["grid"]
     print(f"wrote {m['num_samples']} samples ({h}x{w} codes of {m['tokenizer']['codebook_size']}) "
           f"in {m['num_shards']} shards to {args.out}; look at {args.grid or Path(args.out) / 'reconstructions.png'}")
+
+
+# -- reconstruct (unigen/reconstruct_command.py) ----------------------------------------------------
+def _reconstruct_args(p: argparse.ArgumentParser) -> None:
+    from unigen.reconstruct_command import add_arguments
+
+    add_arguments(p)
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    from unigen.reconstruct_command import run
+
+    run(args)
 
 
 # -- merge-lora -------------------------------------------------------------------------------------
@@ -637,6 +658,8 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
                        _text_tokenizer_args, _text_tokenizer),
     "tokenize": ("encode a data set with an image tokenizer into resumable litdata shards",
                  _tokenize_args, _tokenize),
+    "reconstruct": ("images through an image tokenizer and back: an original | reconstruction "
+                    "grid (+ JSON: PSNR, SSIM)", _reconstruct_args, _reconstruct),
     "merge-lora": ("merge a LoRA adapter into its base pipeline (a plain pipeline directory)",
                    _merge_lora_args, _merge_lora),
     "export": ("turn a fit checkpoint into a save_pretrained directory", _export_args, _export),
