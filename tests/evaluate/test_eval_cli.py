@@ -314,7 +314,7 @@ def test_shapes_recipe_with_inception_fid(pipeline_dir, debug_recipe, tmp_path):
         pytest.skip(str(err))
     recipe = debug_recipe.parents[1] / "eval_shapes.yaml"
     results = run_eval(pipeline_dir, recipe, tmp_path / "run", "--override", "data.image_size=32",
-                       "--override", "data.num_samples=4", "--override", "num_steps=2")
+                       "--override", "data.num_samples=8", "--override", "num_steps=2")
     assert math.isfinite(results["metrics"]["fid"]) and results["metrics"]["fid"] > 0
     extractor = results["metadata"]["resources"]["extractor"]
     assert extractor["extractor"] == "inception_v3" and len(extractor["weights_sha1"]) == 40
