@@ -26,10 +26,11 @@ import json
 import operator
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
@@ -41,7 +42,8 @@ from unigen.modalities import Modality, build_modalities, modality_spec
 from unigen.modules.transformer import PrefixCache, UnifiedTransformer
 from unigen.modules.heads import HEADS
 from unigen.sampling import ClassifierFreeGuidance, Sampler, decode
-from unigen.sampling.base import check_num_steps, make_sampler
+from unigen.sampling.base import SamplerOutput, check_num_steps, make_sampler
+from unigen.sampling.decode import StepCallback
 from unigen.sampling.graphed import GraphedModelFn, autocast_state, check_cuda_graphs
 from unigen.saved_config import constructor_defaults
 from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
@@ -81,9 +83,16 @@ class SamplingConfig:
     use_cache: bool = True  # prefix KV cache: the condition is encoded once
     cache_unchanged: bool = False  # skip the network when its input did not change (MDLM cache)
     cuda_graphs: bool = False  # replay each step's network call as a CUDA graph (GPU only)
+    #: called after every step as ``callback(step_index, tokens, is_masked)`` with copies of the
+    #: whole sequences ``[B, S]`` (diffusers' ``callback_on_step_end``, to watch or record a
+    #: decode; :meth:`UnifiedPipeline.partial_images` draws an image task's state)
+    callback: Callable[[int, Tensor, Tensor], None] | None = None
 
     def __post_init__(self) -> None:
         self.num_steps = check_num_steps(self.num_steps)
+        if self.callback is not None and not callable(self.callback):
+            raise TypeError(f"callback must be callable (step_index, tokens, is_masked), got "
+                            f"{type(self.callback).__name__}")
 
     @classmethod
     def from_options(cls, sampler: str | Sampler, num_steps: int, **options: Any) -> "SamplingConfig":
@@ -394,8 +403,42 @@ class UnifiedPipeline:
             result = decode(model_fn, tokens, target, sampler, num_steps=cfg.num_steps,
                             guidance=guidance, cond_mask=cond & ~target if guidance else None,
                             generator=generator, progress=progress, positions=positions,
-                            cache_unchanged=cfg.cache_unchanged, uncond_tokens=uncond_tokens)
+                            cache_unchanged=cfg.cache_unchanged, uncond_tokens=uncond_tokens,
+                            callback=self._step_callback(cfg.callback, tokens, target, positions))
         return result.tokens, result.calls_per_row.tolist()
+
+    def _step_callback(self, callback: Callable[[int, Tensor, Tensor], None] | None, tokens: Tensor,
+                       target: Tensor, positions: Tensor) -> StepCallback | None:
+        """``decode``'s per-step callback (the sampler's compact view at ``positions``) as the
+        caller's, which sees whole sequences: positions outside the view never change, so the
+        view is written into one running copy."""
+        if callback is None:
+            return None
+        state = tokens.masked_fill(target, self.space.mask_id)
+        masked = target.clone()
+
+        def on_step(step_index: int, out: SamplerOutput) -> None:
+            state[:, positions] = out.tokens
+            masked[:, positions] = out.is_masked
+            callback(step_index, state.clone(), masked.clone())
+
+        return on_step
+
+    def partial_images(self, tokens: Tensor, is_masked: Tensor, fill: float = 0.5) -> Tensor:
+        """The image segment of a decode in progress (``callback``'s ``tokens`` and
+        ``is_masked``) as pixels ``[B, 3, H, W]`` in [0, 1]: the revealed codes decoded, every
+        still-masked token's patch painted ``fill`` (gray).  Masked codes are decoded as code 0
+        before painting, so near them the decoder's receptive field blurs the revealed patches
+        a little: a picture of the order and the content, not the final image."""
+        seq = self.space.sequence
+        image_masked = is_masked[:, seq.image]
+        filler = self.space.vocab.image_to_vocab(torch.zeros((), dtype=torch.long))
+        codes = self.space.image_codes(tokens.masked_fill(is_masked, int(filler)))
+        images = self.decode_images(codes.to(self.device)).cpu()
+        f = self.image_tokenizer.downsample_factor
+        cells = rearrange(image_masked.cpu(), "b (h w) -> b h w", h=seq.grid[0])
+        pixels = cells.repeat_interleave(f, dim=1).repeat_interleave(f, dim=2)
+        return images.masked_fill(pixels[:, None], float(fill))
 
     @staticmethod
     def _negative_prompts(negative: str | Sequence[str] | None, count: int) -> list[str] | None:

@@ -1,0 +1,86 @@
+"""The per-step callback (diffusers' ``callback_on_step_end``) and the partial images it draws."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unigen.sampling.selection import masked_counts
+
+PROMPTS = ["a red circle", "two blue squares above a green star"]
+
+
+def _record(steps: list):
+    def callback(step_index, tokens, is_masked):
+        steps.append((step_index, tokens, is_masked))
+    return callback
+
+
+def test_each_step_shows_the_whole_sequence_and_the_last_is_the_result(pipe):
+    steps: list = []
+    codes = pipe.text_to_image(PROMPTS, num_steps=4, seed=[1, 2], output="codes",
+                               callback=_record(steps))
+    assert [s[0] for s in steps] == [0, 1, 2, 3]
+    seq = pipe.space.sequence
+    first_tokens = steps[0][1]
+    for _, tokens, is_masked in steps:
+        assert tokens.shape == is_masked.shape == (2, seq.length)
+        assert torch.equal(tokens == pipe.space.mask_id, is_masked)  # masked means <mask>
+        assert not is_masked[:, seq.text].any()  # the prompt is given throughout
+        assert torch.equal(tokens[:, seq.text], first_tokens[:, seq.text])
+    # MaskGIT's schedule: after step i exactly masked_counts(...)[i + 1] image tokens stay masked
+    sampler = pipe.make_sampler("maskgit")
+    sampler.set_timesteps(4)
+    expected = masked_counts(sampler.schedule, sampler.time_grid,
+                             torch.full((2,), seq.num_image_tokens))[:, 1:]
+    counts = torch.stack([m[:, seq.image].sum(-1) for _, _, m in steps], dim=1)
+    assert torch.equal(counts, expected)
+    # a revealed token never changes again, and the last state is the returned image
+    for (_, before, masked_before), (_, after, _) in zip(steps, steps[1:]):
+        kept = ~masked_before
+        assert torch.equal(after[kept], before[kept])
+    assert torch.equal(pipe.space.image_codes(steps[-1][1]), codes)
+
+
+def test_watching_changes_nothing(pipe):
+    plain = pipe.text_to_image(PROMPTS, num_steps=3, guidance_scale=2.0, seed=[1, 2],
+                               output="codes")
+    watched = pipe.text_to_image(PROMPTS, num_steps=3, guidance_scale=2.0, seed=[1, 2],
+                                 output="codes", callback=lambda *_: None)
+    assert torch.equal(plain, watched)
+
+
+def test_text_tasks_call_it_too(pipe):
+    images = torch.rand(2, 3, pipe.image_size, pipe.image_size,
+                        generator=torch.Generator().manual_seed(0))
+    steps: list = []
+    captions = pipe.caption(images, num_steps=3, callback=_record(steps))
+    seq = pipe.space.sequence
+    assert len(steps) >= 1 and not steps[-1][2].any()
+    assert all(not m[:, seq.image].any() for _, _, m in steps)  # the image is given
+    assert pipe.space.decode_text(steps[-1][1]) == captions
+
+
+def test_partial_images_paint_the_masked_patches_and_end_as_the_image(pipe):
+    steps: list = []
+    final = pipe.text_to_image(PROMPTS[:1], num_steps=4, seed=[3], output="tensor",
+                               callback=_record(steps))
+    _, tokens, is_masked = steps[1]
+    partial = pipe.partial_images(tokens, is_masked, fill=0.25)
+    size, f = pipe.image_size, pipe.image_tokenizer.downsample_factor
+    assert partial.shape == (1, 3, size, size)
+    h, w = pipe.space.sequence.grid
+    cells = is_masked[0, pipe.space.sequence.image].reshape(h, w)
+    assert 0 < int(cells.sum()) < h * w
+    for r, c in cells.nonzero().tolist():  # each masked token's patch is the fill colour
+        assert torch.all(partial[0, :, r * f:(r + 1) * f, c * f:(c + 1) * f] == 0.25)
+    # a revealed patch is decoded content, not the fill
+    r, c = (~cells).nonzero()[0].tolist()
+    assert not torch.all(partial[0, :, r * f:(r + 1) * f, c * f:(c + 1) * f] == 0.25)
+    _, tokens, is_masked = steps[-1]
+    assert torch.allclose(pipe.partial_images(tokens, is_masked), final)
+
+
+def test_a_callback_that_is_not_callable_is_refused(pipe):
+    with pytest.raises(TypeError, match="callback must be callable"):
+        pipe.text_to_image(PROMPTS, num_steps=2, callback="print")
