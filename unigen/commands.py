@@ -190,6 +190,11 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=1,
                    help="draw this many images per prompt and keep the one the model itself reads "
                         "the prompt from best (its caption ELBO; unigen.verification; default 1)")
+    p.add_argument("--trajectory", default=None, metavar="FILE",
+                   help="also draw the decoding: one row per image, evenly spaced steps, revealed "
+                        "tokens drawn and masked ones gray (.png, .jpg/.jpeg or .webp)")
+    p.add_argument("--trajectory-frames", type=int, default=6, metavar="N",
+                   help="steps shown in --trajectory, the last always among them (default 6)")
 
 
 def _grid_paths(out: str) -> tuple[Path, str, Path]:
@@ -206,6 +211,7 @@ def _grid_paths(out: str) -> tuple[Path, str, Path]:
 
 def _generate(args: argparse.Namespace) -> None:
     from unigen.sampling.guidance import check_scale
+    from unigen.trajectory import TrajectoryRecorder
     from unigen.visual import captioned_grid
 
     _check_model_args(args)
@@ -213,8 +219,10 @@ def _generate(args: argparse.Namespace) -> None:
     _check_positive(args.candidates, "--candidates")
     check_scale(args.guidance, "--guidance", negative=False)
     out, fmt, settings = _grid_paths(args.out)
+    trajectory = _trajectory_path(args, out)
     _parse_sampler_args(args)
     prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
+    recorder = None
     if _model_kind(args) == "autoregressive":
         images, record = _generate_autoregressive(args, prompts)
     else:
@@ -225,19 +233,49 @@ def _generate(args: argparse.Namespace) -> None:
         sampler = args.sampler or "maskgit"
         kwargs = _sampler_kwargs(args, pipe, sampler)
         steps = 16 if args.steps is None else args.steps
+        recorder = None if trajectory is None else TrajectoryRecorder()
         images = pipe.text_to_image(prompts, num_steps=steps, guidance_scale=args.guidance,
                                     sampler=sampler, sampler_kwargs=kwargs, seed=args.seed,
                                     output="tensor", progress=True, candidates=args.candidates,
-                                    negative_prompt=negatives)
+                                    negative_prompt=negatives, callback=recorder)
         record = {"steps": steps, "candidates": args.candidates, "sampler": sampler,
                   "sampler_kwargs": kwargs, "negative_prompts": negatives}
     grid = captioned_grid(images.cpu(), prompts)
     with io.atomic_path(out) as tmp:
         grid.save(tmp, format=fmt)
+    if recorder is not None:
+        path, path_fmt = trajectory
+        with io.atomic_path(path) as tmp:
+            recorder.grid(pipe, args.trajectory_frames, prompts).save(tmp, format=path_fmt)
+        record["trajectory"] = {"path": str(path), "frames": args.trajectory_frames}
     io.write_json(settings, {"prompts": prompts, "seed": args.seed, "guidance": args.guidance,
                              **record, "model": str(args.model)})
+    drawn = "" if recorder is None else f"; decoding steps in {trajectory[0]}"
     print(f"wrote {out} ({len(prompts)} image{'s' if len(prompts) != 1 else ''}; settings in "
-          f"{settings})")
+          f"{settings}{drawn})")
+
+
+def _trajectory_path(args: argparse.Namespace, out: Path) -> tuple[Path, str] | None:
+    """``--trajectory`` as (path, PIL format), refused up front when it cannot be drawn."""
+    if args.trajectory is None:
+        return None
+    if args.trajectory_frames < 1:
+        raise ValueError(f"--trajectory-frames must be >= 1, got {args.trajectory_frames}")
+    if args.candidates > 1:
+        raise ValueError("--trajectory draws one decode per image; with --candidates "
+                         f"{args.candidates} there are several (drop one of the two)")
+    if _model_kind(args) == "autoregressive":
+        raise ValueError(f"--trajectory: --model {args.model} is autoregressive; it decodes one "
+                         "token at a time in raster order, with no masked steps to draw")
+    path = _check_out_file(args.trajectory, "--trajectory", "steps.png")
+    fmt = GRID_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--trajectory {path}: the extension picks the image format; use one of "
+                         f"{', '.join(GRID_FORMATS)}")
+    if path.resolve() in (out.resolve(), _settings_path(out).resolve()):
+        raise ValueError(f"--trajectory {path} is where --out's grid or settings go; give "
+                         "another file")
+    return path, fmt
 
 
 def _negative_prompts(args: argparse.Namespace) -> list[str] | None:
