@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, list[str]] = {
     # random weights here: the calls and cache timings hold, the accuracies mean nothing
     "sampler_curves": ["--num-samples", "32", "--thresholds", "0.5,0.9", "--batch-size", "32",
                        "--repeats", "2"],
+    "activation_memory": [],  # its defaults: tiny and small, about half a minute
 }
 QUICK: dict[str, list[str]] = {
     "train_throughput": ["--size", "tiny", "--steps", "2", "--warmup", "1", "--repeats", "1",
@@ -52,6 +53,7 @@ QUICK: dict[str, list[str]] = {
     "sampler_curves": ["--num-samples", "4", "--steps", "2,4", "--reference-steps", "4",
                        "--thresholds", "0.9", "--threshold-budget", "4", "--vqa-steps", "1,2",
                        "--batch-size", "4", "--repeats", "1", "--grid-size", "0"],
+    "activation_memory": ["--cases", "tiny:2", "--steps", "1", "--warmup", "0", "--repeats", "1"],
 }
 CPU_ONLY = {"tokenizer_throughput", "host_threads"}  # CPU work by design: no --device flag
 OWN_THREADS = {"host_threads"}  # compares thread counts itself: no --threads flag

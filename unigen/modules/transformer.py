@@ -16,6 +16,13 @@ prefix is a property of the task, not of the batch, so results never depend on b
 part of the saved config.  ``split`` runs prefix attention on sequences reordered so that each
 row's prefix comes first (:class:`~unigen.modules.attention.PrefixOrder`): no mask, so SDPA can
 pick a FlashAttention-class kernel.
+
+``activation_checkpointing`` (a plain attribute, off by default, likewise not saved): the full
+forward passes run each block under :func:`torch.utils.checkpoint.checkpoint` while grad is on,
+so backward recomputes a block's activations instead of keeping them (Chen et al. 2016, "Training
+Deep Nets with Sublinear Memory Cost"): about one extra forward pass of compute for the memory of
+one hidden state per block.  Same loss and gradients (the RNG state is restored, so dropout
+recomputes the same masks); inference paths are untouched.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from unigen.diffusion.vocab import IMAGE, SequenceLayout, VocabLayout
 from unigen.modules.attention import (
@@ -119,6 +127,9 @@ class UnifiedTransformer(nn.Module):
                        "position": position, "head": head, "dropout": dropout}
         self.position = position
         self._attention_backend = "sdpa"
+        # recompute each block in backward instead of storing its activations (module docstring);
+        # how the network trains, not what it computes: not in ``config``
+        self.activation_checkpointing: bool = False
         self.token_emb = nn.Embedding(vocab.total_size, dim)
         self.modality_emb = nn.Embedding(vocab.num_modalities, dim)
         nn.init.normal_(self.token_emb.weight, std=0.02)
@@ -200,19 +211,27 @@ class UnifiedTransformer(nn.Module):
         mask = attention_pattern(self.attention_backend, tokens.shape[0], tokens.shape[1], tokens.device,
                                  prefix, causal)
         x = self.embed(tokens)
-        rotary = self.rotary_angles()
-        for block in self.blocks:
-            x, _ = block(x, mask, rotary)
-        return self.norm(x)
+        return self.norm(self._run_blocks(x, mask, self.rotary_angles()))
 
     def _reordered_hidden_states(self, tokens: Tensor, prefix: Tensor) -> Tensor:
         """Prefix attention with every row's prefix moved first (the ``split`` backend)."""
         order = PrefixOrder.of(prefix).to(tokens.device)
         x = order.apply(self.embed(tokens))
-        rotary = self.rotary_angles(order.positions)
-        for block in self.blocks:
-            x, _ = block(x, order.split, rotary)
+        x = self._run_blocks(x, order.split, self.rotary_angles(order.positions))
         return order.restore(self.norm(x))
+
+    def _run_blocks(self, x: Tensor, mask: AttentionPattern, rotary: tuple[Tensor, Tensor] | None
+                    ) -> Tensor:
+        """Every block over the whole sequence (the full forward passes), each under activation
+        checkpointing when it is on and grad is enabled (non-reentrant: inputs that need no grad,
+        compiled blocks and a block mask all work, and dropout's RNG state is restored)."""
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
+        for block in self.blocks:
+            if recompute:
+                x, _ = checkpoint(block, x, mask, rotary, use_reentrant=False)
+            else:
+                x, _ = block(x, mask, rotary)
+        return x
 
     def forward(self, tokens: Tensor, prefix: Tensor | None = None, causal: bool = False,
                 positions: Tensor | None = None, vocab_limit: int | None = None) -> Tensor:

@@ -54,6 +54,10 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, EvaluationSta
         cond_dropout: probability of replacing a row's prompt by ``<mask>`` (classifier-free guidance).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
         compile: ``torch.compile`` each transformer block: ``true`` or a mode name.
+        activation_checkpointing: recompute each block's activations in backward instead of
+            keeping them (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"): less
+            memory for about a third more compute; same loss and gradients.  Not with FSDP's own
+            ``activation_checkpointing_policy`` (refused).
         attention: ``sdpa`` (SDPA's own causal kernel) or ``flex`` (FlexAttention); ``split``
             only changes prefix attention, so here it runs as ``sdpa``.
         seed: seeds the per-step generators (condition dropout): exact resume on CPU.
@@ -70,7 +74,7 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, EvaluationSta
                  lr: float = 3e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
                  warmup_steps: int = 100, min_lr_ratio: float = 0.1, compile: bool | str = False,
                  seed: int = 0, val_sampling: dict[str, Any] | None = None,
-                 attention: str = "sdpa") -> None:
+                 attention: str = "sdpa", activation_checkpointing: bool = False) -> None:
         super().__init__()
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")

@@ -89,6 +89,13 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
         compile: ``torch.compile`` each transformer block: ``true`` (default mode) or a mode name,
             e.g. ``reduce-overhead`` (CUDA graphs; :mod:`unigen.training.compilation`).
+        activation_checkpointing: recompute each transformer block's activations in backward
+            instead of keeping them from the forward pass (Chen et al. 2016, "Training Deep Nets
+            with Sublinear Memory Cost"): about a third more compute per step for the memory of
+            one hidden state per block, so a larger model or batch fits on one GPU or with DDP.
+            Same loss and gradients; not saved with the exported network.  Under FSDP use the
+            strategy's ``activation_checkpointing_policy`` instead (both at once is refused;
+            docs/performance.md, "Activation checkpointing").
         attention: the kernel of the training forward: ``sdpa`` (prefix attention as a dense mask),
             ``flex`` (FlexAttention block mask, compiled) or ``split`` (each row's prefix moved
             first, then SDPA without a mask; :mod:`unigen.modules.attention`).  The same function
@@ -129,7 +136,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  init_weights: str | None = None, question_slot: int = 0,
                  loss_reduction: str = "tokens", task_loss_weights: dict[str, float] | None = None,
                  answer_len: int = 0, attention: str = "sdpa",
-                 modalities: dict[str, dict[str, Any]] | None = None) -> None:
+                 modalities: dict[str, dict[str, Any]] | None = None,
+                 activation_checkpointing: bool = False) -> None:
         super().__init__()
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
@@ -154,6 +162,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
 
     # -- construction --------------------------------------------------------------------------------
     def configure_model(self) -> None:
+        checkpointing = activation_checkpointing_option(self)  # before the return: a strategy may be new
         if self.net is not None:
             return
         hp = self.hparams
@@ -181,6 +190,7 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
 
             load_transformer_weights(self.net, hp.init_weights)
         self.net.attention_backend = hp.get("attention", "sdpa")  # older checkpoints lack it
+        self.net.activation_checkpointing = checkpointing
         compile_blocks(self.net.blocks, hp.compile)
 
     def data_modalities(self) -> dict[str, Modality]:
@@ -491,6 +501,26 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
 
     def export(self, path: str | Path) -> None:
         self.to_pipeline().save_pretrained(path)
+
+
+def activation_checkpointing_option(module: L.LightningModule) -> bool:
+    """The module's ``activation_checkpointing`` (False where its hparams lack it: checkpoints saved
+    before the option, modules that do not offer it), refused next to FSDP's own policy: Lightning's
+    ``FSDPStrategy(activation_checkpointing_policy=...)`` already recomputes each wrapped block, and
+    checkpointing the blocks inside it again would recompute them twice."""
+    on = bool(module.hparams.get("activation_checkpointing", False))
+    trainer = module._trainer  # None outside a Trainer (tests, export, checkpoint loading)
+    strategy = getattr(trainer, "strategy", None) if trainer is not None else None
+    if on and strategy is not None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(strategy, FSDPStrategy) and getattr(strategy, "_activation_checkpointing_kwargs", None):
+            raise ValueError(
+                "model activation_checkpointing: true and the FSDP strategy's "
+                "activation_checkpointing_policy both recompute the transformer blocks (twice over "
+                "together): keep one, e.g. --model.init_args.activation_checkpointing false with "
+                "recipes/presets/fsdp.yaml, or drop the strategy's activation_checkpointing_policy")
+    return on
 
 
 def forget_unlogged(module: L.LightningModule, names: list[str]) -> None:
