@@ -139,3 +139,49 @@ def test_mask_counts_and_files_are_checked_before_the_weights_load(extra, messag
     extra = [e.replace("{d}", str(dirs)) for e in extra]
     assert message.replace("{d}", str(dirs)) in fails_with(_argv(dirs, tmp_path / "g.png", *extra),
                                                            capsys)
+
+
+def test_invert_redraws_everything_outside_the_box(dirs, tmp_path):
+    """Outpainting: the box is kept, the rest regenerated; the same as inpainting the complement."""
+    inverted, complement = tmp_path / "inv.png", tmp_path / "comp.png"
+    assert main(_argv(dirs, inverted, "--box", f"0,0,{SIZE},{SIZE // 2}", "--invert")) == 0
+    assert main(_argv(dirs, complement, "--box", f"0,{SIZE // 2},{SIZE},{SIZE}")) == 0
+    assert inverted.read_bytes() == complement.read_bytes()
+    settings = json.loads(inverted.with_suffix(".settings.json").read_text())
+    assert settings["invert"] is True and settings["regenerated_tokens"] == [32, 32]
+
+
+def test_invert_of_a_region_covering_the_image_is_one_line(dirs, tmp_path, capsys):
+    line = fails_with(_argv(dirs, tmp_path / "g.png", "--box", f"0,0,{SIZE},{SIZE}", "--invert"),
+                      capsys)
+    assert "--invert: the box covers all of" in line and "nothing outside it" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_trajectory_shows_only_the_region_being_drawn(dirs, tmp_path, capsys):
+    from unigen.commands import _load_images
+    from unigen.pipeline import UnifiedPipeline
+    from unigen.trajectory import TrajectoryRecorder
+
+    out, steps = tmp_path / "g.png", tmp_path / "steps.png"
+    assert main(_argv(dirs, out, "--box", f"0,0,{SIZE},{SIZE // 2}", "--seed", "4",
+                      "--trajectory", str(steps), "--trajectory-frames", "2")) == 0
+    assert capsys.readouterr().out.strip().endswith(f"; decoding steps in {steps})")
+    pipe = UnifiedPipeline.from_pretrained(dirs / "masked")
+    images = _load_images([str(dirs / "x0.png"), str(dirs / "x1.png")], SIZE, "none", False)
+    region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    region[: SIZE // 2] = True
+    recorder = TrajectoryRecorder()
+    pipe.inpaint(images, region, "a red circle", num_steps=2, seed=4, callback=recorder)
+    grid = pipe.space.sequence.grid
+    image = pipe.space.sequence.image
+    given = pipe.space.vocab.image_to_vocab(pipe.image_tokenizer.encode(images))[:, grid[0] // 2:]
+    for _, tokens, is_masked in recorder.states:  # the kept half never changes, never masked
+        assert not is_masked[:, image].reshape(2, *grid)[:, grid[0] // 2:].any()
+        assert torch.equal(tokens[:, image].reshape(2, *grid)[:, grid[0] // 2:], given)
+    _, frames, revealed = recorder.frames(pipe, 2)
+    assert bool((revealed[0] >= 0.5).all()) and bool((revealed[0] < 1).all())
+    expected = recorder.grid(pipe, 2, ["a red circle", "a red circle"])
+    assert list(Image.open(steps).convert("RGB").getdata()) == list(expected.getdata())
+    assert json.loads(out.with_suffix(".settings.json").read_text())["trajectory"] == {
+        "path": str(steps), "frames": 2}

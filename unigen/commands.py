@@ -190,6 +190,11 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=1,
                    help="draw this many images per prompt and keep the one the model itself reads "
                         "the prompt from best (its caption ELBO; unigen.verification; default 1)")
+    _trajectory_args(p)
+
+
+def _trajectory_args(p: argparse.ArgumentParser) -> None:
+    """``--trajectory`` and ``--trajectory-frames`` (``generate``, ``inpaint``)."""
     p.add_argument("--trajectory", default=None, metavar="FILE",
                    help="also draw the decoding: one row per image, evenly spaced steps, revealed "
                         "tokens drawn and masked ones gray (.png, .jpg/.jpeg or .webp)")
@@ -244,15 +249,22 @@ def _generate(args: argparse.Namespace) -> None:
     with io.atomic_path(out) as tmp:
         grid.save(tmp, format=fmt)
     if recorder is not None:
-        path, path_fmt = trajectory
-        with io.atomic_path(path) as tmp:
-            recorder.grid(pipe, args.trajectory_frames, prompts).save(tmp, format=path_fmt)
-        record["trajectory"] = {"path": str(path), "frames": args.trajectory_frames}
+        record["trajectory"] = _save_trajectory(recorder, pipe, trajectory,
+                                                args.trajectory_frames, prompts)
     io.write_json(settings, {"prompts": prompts, "seed": args.seed, "guidance": args.guidance,
                              **record, "model": str(args.model)})
     drawn = "" if recorder is None else f"; decoding steps in {trajectory[0]}"
     print(f"wrote {out} ({len(prompts)} image{'s' if len(prompts) != 1 else ''}; settings in "
           f"{settings}{drawn})")
+
+
+def _save_trajectory(recorder: Any, pipe: Any, trajectory: tuple[Path, str], frames: int,
+                     labels: list[str]) -> dict[str, Any]:
+    """Write ``recorder``'s grid to ``--trajectory``; return what the settings record of it."""
+    path, fmt = trajectory
+    with io.atomic_path(path) as tmp:
+        recorder.grid(pipe, frames, labels).save(tmp, format=fmt)
+    return {"path": str(path), "frames": frames}
 
 
 def _trajectory_path(args: argparse.Namespace, out: Path) -> tuple[Path, str] | None:
@@ -261,7 +273,7 @@ def _trajectory_path(args: argparse.Namespace, out: Path) -> tuple[Path, str] | 
         return None
     if args.trajectory_frames < 1:
         raise ValueError(f"--trajectory-frames must be >= 1, got {args.trajectory_frames}")
-    if args.candidates > 1:
+    if getattr(args, "candidates", 1) > 1:
         raise ValueError("--trajectory draws one decode per image; with --candidates "
                          f"{args.candidates} there are several (drop one of the two)")
     if _model_kind(args) == "autoregressive":

@@ -16,7 +16,8 @@ from typing import Any
 from unigen import io
 from unigen.commands import (_check_model_args, _common_model_args, _grid_paths, _guidance_args,
                              _image_args, _load_images, _negative_prompts, _parse_sampler_args,
-                             _pipeline, _refuse_autoregressive, _sampler_kwargs)
+                             _pipeline, _refuse_autoregressive, _sampler_kwargs, _save_trajectory,
+                             _trajectory_args, _trajectory_path)
 
 REGION_TINT = (1.0, 0.0, 1.0)  # magenta: no shapes-world or garment colour, so the region shows
 TINT_ALPHA = 0.45
@@ -33,12 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     region.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
                         help="regenerate this pixel box of every image (x1, y1 exclusive), e.g. "
                              "0,0,32,16 for the top half of a 32x32 image")
+    p.add_argument("--invert", action="store_true",
+                   help="regenerate everything outside the mask or box instead (outpainting: "
+                        "the region is kept and the rest is drawn around it)")
     p.add_argument("--prompt", action="append", required=True,
                    help="text guiding the region (one for every image, or one per image)")
     _guidance_args(p)
     p.add_argument("--out", required=True,
                    help="grid image (.png, .jpg/.jpeg or .webp): each input with its region "
                         "tinted, then its result; the settings go to NAME.settings.json beside it")
+    _trajectory_args(p)
 
 
 def parse_box(text: str, size: int) -> tuple[int, int, int, int]:
@@ -100,11 +105,14 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from unigen.sampling.guidance import check_scale
+    from unigen.trajectory import TrajectoryRecorder
     from unigen.visual import captioned_grid
 
     _check_model_args(args)
     check_scale(args.guidance, "--guidance", negative=False)
     out, fmt, settings = _grid_paths(args.out)
+    _refuse_autoregressive(args, "inpaint")
+    trajectory = _trajectory_path(args, out)
     _parse_sampler_args(args)
     prompts = _per_image(args.prompt, len(args.image), "--prompt")
     negatives = _negative_prompts(args)
@@ -115,7 +123,6 @@ def run(args: argparse.Namespace) -> None:
     for path in mask_paths or []:
         if not Path(path).is_file():
             raise ValueError(f"--mask {path}: no such file")
-    _refuse_autoregressive(args, "inpaint")
     pipe = _pipeline(args)
     sampler = args.sampler or "maskgit"
     kwargs = _sampler_kwargs(args, pipe, sampler)
@@ -125,22 +132,33 @@ def run(args: argparse.Namespace) -> None:
         regions = pipe.inpaint_regions(masks, len(images))
     except ValueError as err:
         raise ValueError(f"--{'box' if args.box is not None else 'mask'}: {err}") from None
+    if args.invert:
+        regions = ~regions
+        full = [path for path, region in zip(args.image, regions) if not region.any()]
+        if full:
+            raise ValueError(f"--invert: the {'box' if args.box is not None else 'mask'} covers "
+                             f"all of {full[0]}, so nothing outside it is left to regenerate")
     steps = 16 if args.steps is None else args.steps
+    recorder = None if trajectory is None else TrajectoryRecorder()
     results = pipe.inpaint(images, regions, prompts, num_steps=steps, guidance_scale=args.guidance,
                            sampler=sampler, sampler_kwargs=kwargs, seed=args.seed, output="tensor",
-                           progress=True, negative_prompt=negatives)
+                           progress=True, negative_prompt=negatives, callback=recorder)
     shown = tinted(images, regions, pipe.image_tokenizer.downsample_factor)
     tiles = torch.stack([t for pair in zip(shown, results.cpu()) for t in pair])
     labels = [text for path, prompt in zip(args.image, prompts) for text in (Path(path).name, prompt)]
     grid = captioned_grid(tiles, labels, ncol=2)
     with io.atomic_path(out) as tmp:
         grid.save(tmp, format=fmt)
+    drawn = None if recorder is None else _save_trajectory(recorder, pipe, trajectory,
+                                                             args.trajectory_frames, prompts)
     io.write_json(settings, {
-        "images": list(args.image), "masks": args.mask, "box": args.box, "prompts": prompts,
+        "images": list(args.image), "masks": args.mask, "box": args.box, "invert": args.invert,
+        "trajectory": drawn, "prompts": prompts,
         "negative_prompts": negatives, "guidance": args.guidance, "seed": args.seed, "steps": steps,
         "sampler": sampler, "sampler_kwargs": kwargs, "resize": args.resize,
         "convert": args.convert, "regenerated_tokens": [int(r.sum()) for r in regions],
         "model": str(args.model)})
+    also = "" if trajectory is None else f"; decoding steps in {trajectory[0]}"
     print(f"wrote {out} ({len(images)} image{'s' if len(images) != 1 else ''}; settings in "
-          f"{settings})")
+          f"{settings}{also})")
 
