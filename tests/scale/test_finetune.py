@@ -144,3 +144,35 @@ def test_lora_fit_trains_adapters_only_and_its_outputs_agree(pipeline_dir, shard
                  "--out", str(tmp_path / "remerged")]) == 0
     remerged = load_safetensors(tmp_path / "remerged" / "transformer" / "model.safetensors")
     assert all(torch.equal(remerged[k], merged[k]) for k in merged)
+
+
+def test_activation_checkpointing_recomputes_the_blocks_for_the_same_adapter_gradients(
+        pipeline_dir):
+    from unigen.data.shapes import ShapesDataset
+
+    data = ShapesDataset("train", 4, 32, seed=0)
+    items = [data[i] for i in range(4)]
+    batch = {"image": torch.stack([x["image"] for x in items]),
+             **{k: [x[k] for x in items] for k in ("caption", "question", "answer")}}
+
+    def adapter_grads(on: bool) -> tuple[dict[str, torch.Tensor], int]:
+        module = FinetuneModule(str(pipeline_dir), image_size=32, lora={"rank": 2, "seed": 0},
+                                activation_checkpointing=on)
+        module.configure_model()
+        assert module.net.activation_checkpointing is on
+        calls = []
+        hooks = [b.register_forward_pre_hook(lambda *_: calls.append(1)) for b in module.net.blocks]
+        gen = torch.Generator().manual_seed(0)
+        tb, assignment = module.mixture.build(module.task_inputs(batch), module.space, gen)
+        module.diffusion_loss(tb, gen, assignment)[0].backward()
+        for hook in hooks:
+            hook.remove()
+        return ({n: p.grad for n, p in module.net.named_parameters() if p.requires_grad},
+                len(calls))
+
+    off, calls_off = adapter_grads(False)
+    on, calls_on = adapter_grads(True)
+    assert off.keys() == on.keys() and all(k.endswith(("lora_a", "lora_b")) for k in on)
+    assert all(torch.allclose(on[k], off[k], atol=1e-6) for k in on)
+    assert any(bool(g.abs().sum() > 0) for g in on.values())
+    assert (calls_off, calls_on) == (2, 4)  # two blocks, each run again in backward

@@ -26,7 +26,7 @@ from torch import nn
 
 from unigen.modules.lora import LoRAConfig, apply_lora, load_lora, merge_lora, save_lora
 from unigen.registry import Registry
-from unigen.training.unified_module import UnifiedModule
+from unigen.training.unified_module import UnifiedModule, activation_checkpointing_option
 
 # preset name -> patterns over the parameter names of unigen.modules.transformer.UnifiedTransformer
 TRAIN_PRESETS: Registry[tuple[str, ...]] = Registry("train_only preset")
@@ -82,6 +82,8 @@ class FinetuneModule(UnifiedModule):
             ``[lora]`` with adapters, else ``[all]``.
         adapter_dir: where the adapters alone are written at the end of ``fit`` (LoRA only, and
             ``train_only`` must train nothing but the adapters).
+        activation_checkpointing: recompute each block in backward (see :class:`UnifiedModule`):
+            a large pipeline's fine-tune fits in less memory; the adapters see the same gradients.
         The other arguments are :class:`UnifiedModule`'s training settings.
     """
 
@@ -93,7 +95,8 @@ class FinetuneModule(UnifiedModule):
                  prefix_attention: bool = True, lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
                  min_lr_ratio: float = 0.1, seed: int = 0,
-                 val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False) -> None:
+                 val_sampling: dict[str, Any] | None = None, per_sample_noise: bool = False,
+                 activation_checkpointing: bool = False) -> None:
         root = Path(init_from)
         super().__init__(str(root / "image_tokenizer"), str(root / "text_tokenizer"), image_size,
                          tasks=tasks, task_kwargs=task_kwargs, schedule=schedule,
@@ -101,7 +104,8 @@ class FinetuneModule(UnifiedModule):
                          complementary_masking=complementary_masking, cond_dropout=cond_dropout,
                          prefix_attention=prefix_attention, lr=lr, weight_decay=weight_decay,
                          betas=betas, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
-                         seed=seed, val_sampling=val_sampling, per_sample_noise=per_sample_noise)
+                         seed=seed, val_sampling=val_sampling, per_sample_noise=per_sample_noise,
+                         activation_checkpointing=activation_checkpointing)
         self.lora_config = LoRAConfig(**lora) if lora is not None else None  # checked now
         if adapter_dir is not None and lora is None:
             raise ValueError("adapter_dir needs lora: (there are no adapters to save)")
@@ -143,6 +147,7 @@ class FinetuneModule(UnifiedModule):
             return {}
 
     def configure_model(self) -> None:
+        checkpointing = activation_checkpointing_option(self)  # before the return, as UnifiedModule
         if self.net is not None:
             return
         from unigen.pipeline import UnifiedPipeline
@@ -153,6 +158,7 @@ class FinetuneModule(UnifiedModule):
                              f"images, the data gives {self.hparams.image_size}px (set "
                              f"data.init_args.image_size: {pipe.image_size})")
         self.net = pipe.transformer.train()
+        self.net.activation_checkpointing = checkpointing
         self.image_tokenizer = pipe.image_tokenizer.requires_grad_(False).eval()
         self.space = pipe.space
         self.modalities = pipe.modalities
