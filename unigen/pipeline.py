@@ -441,6 +441,14 @@ class UnifiedPipeline:
         return images.masked_fill(pixels[:, None], float(fill))
 
     @staticmethod
+    def _per_image(prompts: list[str], num_images_per_prompt: int) -> list[str]:
+        """Each prompt ``num_images_per_prompt`` times in a row (diffusers' order)."""
+        n = num_images_per_prompt
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1 (an integer), got {n!r}")
+        return [p for p in prompts for _ in range(n)]
+
+    @staticmethod
     def _negative_prompts(negative: str | Sequence[str] | None, count: int) -> list[str] | None:
         """``negative_prompt`` as one string per sample (None: none given)."""
         if negative is None:
@@ -493,7 +501,7 @@ class UnifiedPipeline:
                       seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
                       progress: bool = False, return_calls: bool = False, candidates: int = 1,
                       verify_masks: int = 4, negative_prompt: str | Sequence[str] | None = None,
-                      **options: Any
+                      num_images_per_prompt: int = 1, **options: Any
                       ) -> list[Image.Image] | Tensor | tuple[list[Image.Image] | Tensor, list[int]]:
         """Generate one image per prompt.  ``options`` go to :class:`SamplingConfig`.  ``sampler``
         is a registered name (options in ``sampler_kwargs``) or a :class:`Sampler` object, as a
@@ -511,9 +519,16 @@ class UnifiedPipeline:
 
         ``negative_prompt`` (one for every prompt, or one per prompt): what guidance steers away
         from; the unconditional pass reads it instead of a masked prompt (diffusers'
-        ``negative_prompt``).  It needs ``guidance_scale`` other than 1."""
+        ``negative_prompt``).  It needs ``guidance_scale`` other than 1.
+
+        ``num_images_per_prompt=N`` (diffusers' name): N images of each prompt, prompt by prompt
+        (the images of prompt 0 first); the same as passing each prompt (and its negative prompt)
+        N times, so a ``seed`` list counts images, and image ``i`` is the one a plain call's
+        sample ``i`` would be."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         negatives = self._negative_prompts(negative_prompt, len(prompts))
+        prompts = self._per_image(prompts, num_images_per_prompt)
+        negatives = None if negatives is None else self._per_image(negatives, num_images_per_prompt)
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
             raise ValueError(f"candidates must be >= 1 (an integer), got {candidates!r}")
         cfg = SamplingConfig.from_options(sampler, num_steps, guidance_scale=guidance_scale,

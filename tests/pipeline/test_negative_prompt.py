@@ -89,3 +89,29 @@ def test_generate_records_the_negative_prompts(pipe, tmp_path, capsys):
     settings = json.loads(out.with_suffix(".settings.json").read_text())
     assert settings["negative_prompts"] == [NEGATIVES[0]] * 2 + [NEGATIVES[1]] * 2
     assert out.is_file()
+
+
+def test_num_images_per_prompt_is_each_prompt_and_its_negative_repeated(pipe):
+    repeated = pipe.text_to_image([PROMPTS[0]] * 2 + [PROMPTS[1]] * 2, num_steps=2,
+                                  guidance_scale=2.0, seed=[1, 2, 3, 4], output="codes",
+                                  negative_prompt=[NEGATIVES[0]] * 2 + [NEGATIVES[1]] * 2)
+    per_prompt = pipe.text_to_image(PROMPTS, num_steps=2, guidance_scale=2.0, seed=[1, 2, 3, 4],
+                                    output="codes", negative_prompt=NEGATIVES,
+                                    num_images_per_prompt=2)
+    assert torch.equal(per_prompt, repeated)
+    assert not torch.equal(per_prompt[0], per_prompt[1])  # two images of one prompt differ
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="num_images_per_prompt must be >= 1"):
+            pipe.text_to_image(PROMPTS, num_steps=2, num_images_per_prompt=bad)
+
+
+def test_the_autoregressive_pipeline_takes_num_images_per_prompt_too(tokenizer_dirs):
+    from unigen.training.ar_module import AutoregressiveModule
+
+    torch.manual_seed(0)
+    ar = AutoregressiveModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4)
+    ar.configure_model()
+    ar_pipe = ar.to_pipeline()
+    repeated = ar_pipe.text_to_image([PROMPTS[0]] * 3, seed=5, output="codes")
+    assert torch.equal(ar_pipe.text_to_image(PROMPTS[0], seed=5, output="codes",
+                                             num_images_per_prompt=3), repeated)

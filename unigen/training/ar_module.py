@@ -207,10 +207,13 @@ class AutoregressivePipeline(UnifiedPipeline):
                       temperature: float = 1.0, top_k: int | None = None,
                       seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
                       use_cache: bool = True, guidance_kwargs: dict[str, Any] | None = None,
-                      return_calls: bool = False) -> list[Image.Image] | Tensor | tuple:
-        """One image per prompt, decoded token by token (sample ``i`` uses ``seed + i``);
-        ``return_calls=True`` adds each sample's network calls (one per image token)."""
+                      return_calls: bool = False, num_images_per_prompt: int = 1
+                      ) -> list[Image.Image] | Tensor | tuple:
+        """One image per prompt (``num_images_per_prompt`` each, as the masked pipeline), decoded
+        token by token (sample ``i`` uses ``seed + i``); ``return_calls=True`` adds each
+        sample's network calls (one per image token)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = self._per_image(prompts, num_images_per_prompt)
         grid = self.space.sequence.grid
         codes = torch.zeros(len(prompts), *grid, dtype=torch.long, device=self.device)
         tb = TASKS.get("t2i")().build(TaskInputs(codes, captions=prompts), self.space)
