@@ -84,3 +84,20 @@ def test_partial_images_paint_the_masked_patches_and_end_as_the_image(pipe):
 def test_a_callback_that_is_not_callable_is_refused(pipe):
     with pytest.raises(TypeError, match="callback must be callable"):
         pipe.text_to_image(PROMPTS, num_steps=2, callback="print")
+
+
+def test_the_documented_trajectory_snippet_runs(pipe, tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    from PIL import Image
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "samplers.md"
+    section = doc.read_text().split("\n## Watching a decode", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    monkeypatch.chdir(tmp_path)
+    scope = {"pipe": pipe}
+    exec(compile(code, str(doc), "exec"), scope)
+    assert len(scope["recorder"].states) == 8
+    assert Image.open(tmp_path / "steps.png").size == scope["recorder"].grid(
+        pipe, frames=6, labels=["a red circle"]).size
