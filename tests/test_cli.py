@@ -16,7 +16,7 @@ def test_help_lists_every_verb(capsys):
     out = capsys.readouterr().out
     for verb in ("fit", "validate", "test", "predict", "generate", "caption", "answer", "task",
                  "eval", "demo", "text-tokenizer", "tokenize", "merge-lora", "export", "inpaint",
-                 "reconstruct"):
+                 "img2img", "reconstruct"):
         assert f"  {verb} " in out
 
 

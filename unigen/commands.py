@@ -427,6 +427,19 @@ def _inpaint(args: argparse.Namespace) -> None:
     run(args)
 
 
+# -- img2img (unigen/img2img_command.py) ------------------------------------------------------------
+def _img2img_args(p: argparse.ArgumentParser) -> None:
+    from unigen.img2img_command import add_arguments
+
+    add_arguments(p)
+
+
+def _img2img(args: argparse.Namespace) -> None:
+    from unigen.img2img_command import run
+
+    run(args)
+
+
 # -- task (a further modality's tasks: unigen/task_command.py) -------------------------------------
 def _task_args(p: argparse.ArgumentParser) -> None:
     from unigen.task_command import add_arguments
@@ -702,6 +715,8 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
     "answer": ("images + questions -> answers (JSON)", _answer_args, _answer),
     "inpaint": ("images + a region (mask or box) + text -> the region redrawn: a PNG grid (+ JSON)",
                 _inpaint_args, _inpaint),
+    "img2img": ("images + text -> variations: a share (--strength) of the tokens redrawn: a PNG "
+                "grid (+ JSON)", _img2img_args, _img2img),
     "task": ("run a segment task (a further modality's: t2layout, layout2i, i2layout, ...): "
              "JSON rows or a captioned grid", _task_args, _task),
     "text-tokenizer": ("train a text tokenizer on a data set's captions/questions/answers",

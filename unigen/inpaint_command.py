@@ -10,6 +10,7 @@ settings.  Every check that needs no weights runs before the model loads.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,23 +102,66 @@ def tinted(images: Any, regions: Any, factor: int) -> Any:
     return images * (1 - TINT_ALPHA * pixels) + tint * (TINT_ALPHA * pixels)
 
 
-def run(args: argparse.Namespace) -> None:
-    import torch
+@dataclass
+class RedrawJob:
+    """What ``inpaint`` and ``img2img`` share once their options are checked: where the outputs
+    go and the per-image prompts."""
 
+    out: Path
+    fmt: str
+    settings: Path
+    trajectory: tuple[Path, str] | None
+    prompts: list[str]
+    negatives: list[str] | None
+
+
+def prepare(args: argparse.Namespace, verb: str) -> RedrawJob:
+    """The checks of a verb that redraws part of its images, all before any weight loads."""
     from unigen.sampling.guidance import check_scale
-    from unigen.trajectory import TrajectoryRecorder
-    from unigen.visual import captioned_grid
 
     _check_model_args(args)
     check_scale(args.guidance, "--guidance", negative=False)
     out, fmt, settings = _grid_paths(args.out)
-    _refuse_autoregressive(args, "inpaint")
+    _refuse_autoregressive(args, verb)
     trajectory = _trajectory_path(args, out)
     _parse_sampler_args(args)
     prompts = _per_image(args.prompt, len(args.image), "--prompt")
     negatives = _negative_prompts(args)
     if negatives is not None:
         negatives = _per_image(negatives, len(args.image), "--negative-prompt")
+    return RedrawJob(out, fmt, settings, trajectory, prompts, negatives)
+
+
+def finish(args: argparse.Namespace, job: RedrawJob, pipe: Any, images: Any, regions: Any,
+           results: Any, recorder: Any, record: dict[str, Any]) -> None:
+    """Write the grid (each input with its redrawn tokens tinted, then its result), the
+    trajectory when asked, and the settings (``record`` plus what every such verb records)."""
+    import torch
+
+    from unigen.visual import captioned_grid
+
+    shown = tinted(images, regions, pipe.image_tokenizer.downsample_factor)
+    tiles = torch.stack([t for pair in zip(shown, results.cpu()) for t in pair])
+    labels = [text for path, prompt in zip(args.image, job.prompts)
+              for text in (Path(path).name, prompt)]
+    with io.atomic_path(job.out) as tmp:
+        captioned_grid(tiles, labels, ncol=2).save(tmp, format=job.fmt)
+    drawn = None if recorder is None else _save_trajectory(recorder, pipe, job.trajectory,
+                                                             args.trajectory_frames, job.prompts)
+    io.write_json(job.settings, {
+        "images": list(args.image), **record, "trajectory": drawn, "prompts": job.prompts,
+        "negative_prompts": job.negatives, "guidance": args.guidance, "seed": args.seed,
+        "sampler": args.sampler or "maskgit", "resize": args.resize, "convert": args.convert,
+        "regenerated_tokens": [int(r.sum()) for r in regions], "model": str(args.model)})
+    also = "" if job.trajectory is None else f"; decoding steps in {job.trajectory[0]}"
+    print(f"wrote {job.out} ({len(images)} image{'s' if len(images) != 1 else ''}; settings in "
+          f"{job.settings}{also})")
+
+
+def run(args: argparse.Namespace) -> None:
+    from unigen.trajectory import TrajectoryRecorder
+
+    job = prepare(args, "inpaint")
     # the masks' count and files are checked before any weight loads
     mask_paths = None if args.mask is None else _per_image(args.mask, len(args.image), "--mask")
     for path in mask_paths or []:
@@ -139,26 +183,11 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"--invert: the {'box' if args.box is not None else 'mask'} covers "
                              f"all of {full[0]}, so nothing outside it is left to regenerate")
     steps = 16 if args.steps is None else args.steps
-    recorder = None if trajectory is None else TrajectoryRecorder()
-    results = pipe.inpaint(images, regions, prompts, num_steps=steps, guidance_scale=args.guidance,
-                           sampler=sampler, sampler_kwargs=kwargs, seed=args.seed, output="tensor",
-                           progress=True, negative_prompt=negatives, callback=recorder)
-    shown = tinted(images, regions, pipe.image_tokenizer.downsample_factor)
-    tiles = torch.stack([t for pair in zip(shown, results.cpu()) for t in pair])
-    labels = [text for path, prompt in zip(args.image, prompts) for text in (Path(path).name, prompt)]
-    grid = captioned_grid(tiles, labels, ncol=2)
-    with io.atomic_path(out) as tmp:
-        grid.save(tmp, format=fmt)
-    drawn = None if recorder is None else _save_trajectory(recorder, pipe, trajectory,
-                                                             args.trajectory_frames, prompts)
-    io.write_json(settings, {
-        "images": list(args.image), "masks": args.mask, "box": args.box, "invert": args.invert,
-        "trajectory": drawn, "prompts": prompts,
-        "negative_prompts": negatives, "guidance": args.guidance, "seed": args.seed, "steps": steps,
-        "sampler": sampler, "sampler_kwargs": kwargs, "resize": args.resize,
-        "convert": args.convert, "regenerated_tokens": [int(r.sum()) for r in regions],
-        "model": str(args.model)})
-    also = "" if trajectory is None else f"; decoding steps in {trajectory[0]}"
-    print(f"wrote {out} ({len(images)} image{'s' if len(images) != 1 else ''}; settings in "
-          f"{settings}{also})")
-
+    recorder = None if job.trajectory is None else TrajectoryRecorder()
+    results = pipe.inpaint(images, regions, job.prompts, num_steps=steps,
+                           guidance_scale=args.guidance, sampler=sampler, sampler_kwargs=kwargs,
+                           seed=args.seed, output="tensor", progress=True,
+                           negative_prompt=job.negatives, callback=recorder)
+    finish(args, job, pipe, images, regions, results, recorder,
+           {"masks": args.mask, "box": args.box, "invert": args.invert, "steps": steps,
+            "sampler_kwargs": kwargs})

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import math
 import operator
 import os
 from dataclasses import dataclass, field
@@ -603,19 +604,69 @@ class UnifiedPipeline:
         cfg = SamplingConfig.from_options(sampler, num_steps, guidance_scale=guidance_scale,
                                           **options)
         x = self.images_to_tensor(image)
-        prompts = [prompt] * len(x) if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != len(x):
-            raise ValueError(f"got {len(prompts)} prompts for {len(x)} images (give one prompt, "
-                             "or one per image)")
+        prompts = self._prompt_per_image(prompt, len(x))
         regions = self.inpaint_regions(mask, len(x))
+        tokens, calls = self._redraw(x, regions, prompts, cfg, self.generators(len(x), seed, generator),
+                                     progress, negative_prompt)
+        return self._image_output(tokens, output, calls, return_calls)
+
+    def image_to_image(self, image, prompt: str | Sequence[str], strength: float = 0.6,
+                       num_steps: int = 16, guidance_scale: float = 1.0,
+                       sampler: str | Sampler = "maskgit", seed: int | Sequence[int] = 0,
+                       generator=None, output: str = "pil", progress: bool = False,
+                       return_calls: bool = False,
+                       negative_prompt: str | Sequence[str] | None = None, **options: Any):
+        """A variation of each image steered by ``prompt``: ``strength`` (0 < s <= 1) of its image
+        tokens, chosen at random, are masked again and redrawn; the rest is kept (diffusers'
+        ``strength`` of img2img, as aMUSEd's image-to-image re-masks a share of the tokens instead
+        of adding noise).  The decode runs ``ceil(strength * num_steps)`` steps, so a step
+        reveals about as many tokens as in a full decode; ``strength=1`` redraws every token.
+        The tokens redrawn come from each sample's generator before it decodes, so a sample's
+        result does not depend on its batch; with ``seed``, they are
+        ``random_regions(len(images), strength, generators(len(images), seed))``.  Other
+        arguments as :meth:`inpaint`."""
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) \
+                or not 0.0 < float(strength) <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        cfg = SamplingConfig.from_options(sampler, max(1, math.ceil(float(strength) * num_steps)),
+                                          guidance_scale=guidance_scale, **options)
+        x = self.images_to_tensor(image)
+        prompts = self._prompt_per_image(prompt, len(x))
+        generators = self.generators(len(x), seed, generator)
+        regions = self.random_regions(len(x), float(strength), generators)
+        tokens, calls = self._redraw(x, regions, prompts, cfg, generators, progress, negative_prompt)
+        return self._image_output(tokens, output, calls, return_calls)
+
+    def random_regions(self, batch_size: int, share: float, generators) -> Tensor:
+        """``[B, h, w]`` bool on the host: ``round(share * h * w)`` tokens (at least one) of each
+        image, drawn with its own generator (one per sample, or one for the batch)."""
+        h, w = self.space.sequence.grid
+        count = max(1, round(share * h * w))
+        rows = generators if isinstance(generators, (list, tuple)) else [generators] * batch_size
+        regions = torch.zeros(batch_size, h * w, dtype=torch.bool)
+        for region, gen in zip(regions, rows):
+            region[torch.randperm(h * w, generator=gen, device=gen.device)[:count].cpu()] = True
+        return regions.reshape(batch_size, h, w)
+
+    @staticmethod
+    def _prompt_per_image(prompt: str | Sequence[str], count: int) -> list[str]:
+        prompts = [prompt] * count if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != count:
+            raise ValueError(f"got {len(prompts)} prompts for {count} images (give one prompt, "
+                             "or one per image)")
+        return prompts
+
+    def _redraw(self, x: Tensor, regions: Tensor, prompts: list[str], cfg: SamplingConfig,
+                generators, progress: bool, negative_prompt: str | Sequence[str] | None
+                ) -> tuple[Tensor, list[int]]:
+        """Decode the tokens of images ``x`` under ``regions`` again (the inpaint task), guided
+        by ``prompts`` and away from ``negative_prompt``."""
         codes = self.image_tokenizer.encode(x)
         negatives = self._negative_prompts(negative_prompt, len(x))
         negative = (None if negatives is None
                     else TaskInputs(codes, captions=negatives, regions=regions))
-        tokens, calls = self._decode("inpaint", TaskInputs(codes, captions=prompts, regions=regions),
-                                     cfg, self.generators(len(x), seed, generator), progress,
-                                     negative)
-        return self._image_output(tokens, output, calls, return_calls)
+        return self._decode("inpaint", TaskInputs(codes, captions=prompts, regions=regions), cfg,
+                            generators, progress, negative)
 
     def run_task(self, task: str, inputs: dict[str, Any], num_steps: int = 16,
                  sampler: str | Sampler | None = None, guidance_scale: float = 1.0,
