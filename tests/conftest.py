@@ -71,6 +71,28 @@ def image_tokenizer_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cli_models(tokenizer_dirs, tmp_path_factory):
+    """What the command-line tests decode with: a masked (``masked``) and an autoregressive
+    (``ar``) pipeline, tiny and untrained, over the shared tokenizers at 32x32, and two held-out
+    scenes ``x0.png``, ``x1.png`` (``x.png`` is ``x0.png``).  Read-only: tests write elsewhere."""
+    import shutil
+
+    from unigen.data.shapes import Scene, ShapesDataset, render
+    from unigen.training.ar_module import AutoregressiveModule
+    from unigen.training.unified_module import UnifiedModule
+
+    root = tmp_path_factory.mktemp("cli_models")
+    torch.manual_seed(0)
+    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).export(root / "masked")
+    AutoregressiveModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).export(root / "ar")
+    data = ShapesDataset("val", 2, 32)
+    for i in range(2):
+        render(Scene.from_json(data[i]["scene"]), 32).save(root / f"x{i}.png")
+    shutil.copy(root / "x0.png", root / "x.png")
+    return root
+
+
+@pytest.fixture(scope="session")
 def layout_text_tokenizer_dir(text_tokenizer_dir, tmp_path_factory):
     """The tiny text tokenizer plus the layout modality's task tokens."""
     from unigen.tokenizers.text import TextTokenizer

@@ -280,20 +280,9 @@ def test_a_model_seed_that_differs_from_the_data_seed_is_one_line(tokenizer_dirs
 
 # -- the model verbs build their sampler the way the pipeline does; any pipeline kind loads -------
 @pytest.fixture(scope="module")
-def model_dirs(tokenizer_dirs, tmp_path_factory):
+def model_dirs(cli_models):
     """A masked and an autoregressive pipeline directory (tiny, untrained) and a 32x32 image."""
-    import torch
-
-    from unigen.data.shapes import Scene, ShapesDataset, render
-    from unigen.training.ar_module import AutoregressiveModule
-    from unigen.training.unified_module import UnifiedModule
-
-    root = tmp_path_factory.mktemp("cli_models")
-    torch.manual_seed(0)
-    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).export(root / "masked")
-    AutoregressiveModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).export(root / "ar")
-    render(Scene.from_json(ShapesDataset("val", 1, 32)[0]["scene"]), 32).save(root / "x.png")
-    return root
+    return cli_models
 
 
 one_error_line = fails_with

@@ -15,18 +15,8 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def dirs(tokenizer_dirs, tmp_path_factory):
-    from unigen.data.shapes import ShapesWorld, render
-    from unigen.training.ar_module import AutoregressiveModule
-    from unigen.training.unified_module import UnifiedModule
-
-    root = tmp_path_factory.mktemp("img2img")
-    torch.manual_seed(0)
-    UnifiedModule(**tokenizer_dirs, image_size=SIZE, dim=32, depth=1, heads=4).export(root / "masked")
-    AutoregressiveModule(**tokenizer_dirs, image_size=SIZE, dim=32, depth=1, heads=4).export(root / "ar")
-    for i in range(2):
-        render(ShapesWorld("val").scene(i), SIZE).save(root / f"x{i}.png")
-    return root
+def dirs(cli_models):
+    return cli_models
 
 
 def _argv(dirs, out, *extra: str, model: str = "masked") -> list[str]:

@@ -16,19 +16,11 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def dirs(tokenizer_dirs, tmp_path_factory):
-    """A tiny masked and autoregressive pipeline, two 32x32 images and a top-half mask."""
-    from unigen.data.shapes import Scene, ShapesDataset, render
-    from unigen.training.ar_module import AutoregressiveModule
-    from unigen.training.unified_module import UnifiedModule
-
+def dirs(cli_models, tmp_path_factory):
+    """The shared tiny pipelines and two 32x32 images, plus a top-half mask and bad masks."""
     root = tmp_path_factory.mktemp("inpaint")
-    torch.manual_seed(0)
-    UnifiedModule(**tokenizer_dirs, image_size=SIZE, dim=32, depth=1, heads=4).export(root / "masked")
-    AutoregressiveModule(**tokenizer_dirs, image_size=SIZE, dim=32, depth=1, heads=4).export(root / "ar")
-    data = ShapesDataset("val", 2, SIZE)
-    for i in range(2):
-        render(Scene.from_json(data[i]["scene"]), SIZE).save(root / f"x{i}.png")
+    for name in ("masked", "ar", "x0.png", "x1.png"):
+        (root / name).symlink_to(cli_models / name)
     mask = Image.new("L", (SIZE, SIZE), 0)
     mask.paste(255, (0, 0, SIZE, SIZE // 2))
     mask.save(root / "top.png")

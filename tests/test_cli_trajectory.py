@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from cli_testkit import fails_with
 from PIL import Image
 
@@ -14,15 +13,8 @@ from unigen.trajectory import TrajectoryRecorder, frame_steps
 
 
 @pytest.fixture(scope="module")
-def models(tokenizer_dirs, tmp_path_factory):
-    from unigen.training.ar_module import AutoregressiveModule
-    from unigen.training.unified_module import UnifiedModule
-
-    root = tmp_path_factory.mktemp("trajectory")
-    torch.manual_seed(0)
-    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).export(root / "masked")
-    AutoregressiveModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).export(root / "ar")
-    return root
+def models(cli_models):
+    return cli_models
 
 
 @pytest.mark.parametrize("recorded, frames, expected", [

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from unigen.commands import (_common_model_args, _guidance_args, _image_args, _load_images,
-                             _pipeline, _sampler_kwargs, _trajectory_args)
-from unigen.inpaint_command import finish, prepare
+from unigen.commands import _common_model_args, _image_args, _load_images, _pipeline, _sampler_kwargs
+from unigen.inpaint_command import add_redraw_args, finish, prepare
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,13 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of each image's tokens redrawn, in (0, 1]: low keeps the image "
                         "close, 1 redraws it all (default 0.6; the decode runs ceil(strength * "
                         "steps) steps)")
-    p.add_argument("--prompt", action="append", required=True,
-                   help="text steering the redrawn tokens (one for every image, or one per image)")
-    _guidance_args(p)
-    p.add_argument("--out", required=True,
-                   help="grid image (.png, .jpg/.jpeg or .webp): each input with its redrawn "
-                        "tokens tinted, then its result; the settings go to NAME.settings.json")
-    _trajectory_args(p)
+    add_redraw_args(p, "text steering the redrawn tokens", "redrawn tokens")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -4,7 +4,9 @@ decoded, guided by the prompt).
 
 The region is a mask image (white = regenerate, as diffusers' masks) or a pixel box; the output is
 a grid with each input (the region tinted) next to its result, plus ``NAME.settings.json`` with the
-settings.  Every check that needs no weights runs before the model loads.
+settings.  Every check that needs no weights runs before the model loads.  :func:`prepare`,
+:func:`finish` and :func:`add_redraw_args` serve ``unigen img2img`` too, which redraws a random
+share of the tokens instead of a region.
 """
 
 from __future__ import annotations
@@ -38,12 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--invert", action="store_true",
                    help="regenerate everything outside the mask or box instead (outpainting: "
                         "the region is kept and the rest is drawn around it)")
+    add_redraw_args(p, "text guiding the region", "region")
+
+
+def add_redraw_args(p: argparse.ArgumentParser, prompt_help: str, tinted_part: str) -> None:
+    """``--prompt``, the guidance options, ``--out`` and ``--trajectory`` of a verb that redraws
+    part of its images (``inpaint``, ``img2img``)."""
     p.add_argument("--prompt", action="append", required=True,
-                   help="text guiding the region (one for every image, or one per image)")
+                   help=f"{prompt_help} (one for every image, or one per image)")
     _guidance_args(p)
     p.add_argument("--out", required=True,
-                   help="grid image (.png, .jpg/.jpeg or .webp): each input with its region "
-                        "tinted, then its result; the settings go to NAME.settings.json beside it")
+                   help=f"grid image (.png, .jpg/.jpeg or .webp): each input with its "
+                        f"{tinted_part} tinted, then its result; the settings go to "
+                        "NAME.settings.json beside it")
     _trajectory_args(p)
 
 
