@@ -9,6 +9,7 @@ evenly spaced steps, one row per image.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -19,6 +20,8 @@ from unigen.visual import captioned_grid
 
 if TYPE_CHECKING:
     from unigen.pipeline import UnifiedPipeline
+
+MIN_TILE_PIXELS = 128  # a frame's width in the grid, at least
 
 
 def frame_steps(num_recorded: int, frames: int) -> list[int]:
@@ -63,7 +66,7 @@ class TrajectoryRecorder:
              labels: Sequence[str] | None = None) -> Image.Image:
         """One row per image, one column per chosen step, captioned with the step and the share
         of the image's tokens revealed by then; ``labels`` (one per image, e.g. the prompts)
-        caption each row's last frame."""
+        caption each row's last frame instead."""
         steps, images, revealed = self.frames(pipe, frames)
         if labels is not None and len(labels) != images.shape[1]:
             raise ValueError(f"got {len(labels)} labels for {images.shape[1]} images")
@@ -72,7 +75,9 @@ class TrajectoryRecorder:
         tiles = images.transpose(0, 1).reshape(num_frames * batch, *images.shape[2:])
         captions = [f"step {steps[f] + 1}/{total}: {100 * float(revealed[f, b]):.0f}% shown"
                     for b in range(batch) for f in range(num_frames)]
-        if labels is not None:
+        if labels is not None:  # on the last frame, all shown: the label says more there
             for b, label in enumerate(labels):
-                captions[b * num_frames + num_frames - 1] += f" {label}"
-        return captioned_grid(tiles, captions, ncol=num_frames)
+                captions[b * num_frames + num_frames - 1] = f"{label} (step {steps[-1] + 1}/{total})"
+        # small images are drawn larger, so each caption (about 20 characters) fits on its tile
+        scale = max(2, math.ceil(MIN_TILE_PIXELS / images.shape[-1]))
+        return captioned_grid(tiles, captions, ncol=num_frames, scale=scale)
