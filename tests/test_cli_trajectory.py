@@ -72,3 +72,26 @@ def test_an_autoregressive_model_has_no_steps_to_draw(models, tmp_path, capsys):
     line = fails_with(["generate", "--model", models / "ar", "--prompt", "a", "--out",
                        tmp_path / "g.png", "--trajectory", tmp_path / "s.png"], capsys)
     assert "is autoregressive" in line and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("verb, extra", [("caption", []),
+                                          ("answer", ["--question", "what color is the star?"])])
+def test_caption_and_answer_write_each_steps_partial_text(verb, extra, models, tmp_path):
+    out, steps = tmp_path / "rows.json", tmp_path / "steps.json"
+    argv = [verb, "--model", models / "masked", "--image", models / "x0.png", "--image",
+            models / "x1.png", "--steps", "3", "--out", out, "--trajectory", steps, *extra]
+    assert main([str(a) for a in argv]) == 0
+    rows, drawn = json.loads(out.read_text()), json.loads(steps.read_text())
+    assert [d["image"] for d in drawn] == [str(models / "x0.png"), str(models / "x1.png")]
+    for row, record in zip(rows, drawn):
+        assert record["steps"][0]["step"] == 1 and "_" in record["steps"][0]["text"]
+        assert record["steps"][-1]["text"].endswith(row["caption" if verb == "caption" else "answer"])
+    settings = json.loads(out.with_suffix(".settings.json").read_text())
+    assert settings["trajectory"] == str(steps)
+
+
+def test_a_text_trajectory_on_the_results_file_is_refused(models, tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    line = fails_with(["caption", "--model", models / "masked", "--image", models / "x0.png",
+                       "--out", out, "--trajectory", out], capsys)
+    assert "is where --out's results or settings go" in line and list(tmp_path.iterdir()) == []

@@ -352,12 +352,33 @@ def _caption_args(p: argparse.ArgumentParser) -> None:
     _common_model_args(p, TEXT_SAMPLER, steps="the model's text length")
     _text_out_arg(p)
     _image_args(p)
+    _text_trajectory_arg(p)
+
+
+def _text_trajectory_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trajectory", default=None, metavar="FILE",
+                   help="also write each step's partial text per image as JSON (masked tokens "
+                        "shown as _): the order the words were filled in")
 
 
 def _text_settings(args: argparse.Namespace, steps: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"images": list(args.image), "seed": args.seed, "steps": steps, "sampler": args.sampler,
             "sampler_kwargs": kwargs, "resize": args.resize, "convert": args.convert,
-            "model": str(args.model)}
+            "trajectory": args.trajectory, "model": str(args.model)}
+
+
+def _text_recorder(args: argparse.Namespace) -> Any:
+    """A :class:`~unigen.trajectory.TrajectoryRecorder` when ``--trajectory`` asks for one."""
+    from unigen.trajectory import TrajectoryRecorder
+
+    return None if args.trajectory is None else TrajectoryRecorder()
+
+
+def _write_text_trajectory(args: argparse.Namespace, pipe: Any, recorder: Any) -> None:
+    """``--trajectory``: each image's partial text after every step, as JSON rows."""
+    if recorder is not None:
+        io.write_json(args.trajectory, [{"image": path, "steps": steps} for path, steps
+                                        in zip(args.image, recorder.texts(pipe))])
 
 
 def _read_images_for(args: argparse.Namespace, verb: str) -> tuple[Path, Path, Any, dict, Any]:
@@ -368,6 +389,11 @@ def _read_images_for(args: argparse.Namespace, verb: str) -> tuple[Path, Path, A
     _check_model_args(args)
     out = _check_out_file(args.out)
     settings = _check_out_file(_settings_path(out), "the settings file")
+    if args.trajectory is not None:
+        trajectory = _check_out_file(args.trajectory, "--trajectory", "steps.json")
+        if trajectory.resolve() in (out.resolve(), settings.resolve()):
+            raise ValueError(f"--trajectory {trajectory} is where --out's results or settings go; "
+                             "give another file")
     _parse_sampler_args(args)
     _refuse_autoregressive(args, verb)
     pipe = _pipeline(args)
@@ -380,10 +406,12 @@ def _read_images_for(args: argparse.Namespace, verb: str) -> tuple[Path, Path, A
 def _caption(args: argparse.Namespace) -> None:
     out, settings, pipe, kwargs, images = _read_images_for(args, "caption")
     steps = pipe.space.sequence.max_text_len if args.steps is None else args.steps
+    recorder = _text_recorder(args)
     captions = pipe.caption(images, num_steps=steps, sampler=args.sampler, seed=args.seed,
-                            sampler_kwargs=kwargs, progress=True)
+                            sampler_kwargs=kwargs, progress=True, callback=recorder)
     rows = [{"image": p, "caption": c} for p, c in zip(args.image, captions)]
     io.write_json(out, rows)
+    _write_text_trajectory(args, pipe, recorder)
     io.write_json(settings, _text_settings(args, steps, kwargs))
     for row in rows:
         print(f"{row['image']}: {row['caption']}")
@@ -395,6 +423,7 @@ def _answer_args(p: argparse.ArgumentParser) -> None:
     _common_model_args(p, TEXT_SAMPLER, steps=str(ANSWER_STEPS))
     _text_out_arg(p)
     _image_args(p)
+    _text_trajectory_arg(p)
     p.add_argument("--question", action="append", required=True,
                    help="question (one for all images, or one per image)")
 
@@ -405,10 +434,12 @@ def _answer(args: argparse.Namespace) -> None:
     out, settings, pipe, kwargs, images = _read_images_for(args, "answer")
     questions = args.question * len(args.image) if len(args.question) == 1 else args.question
     steps = ANSWER_STEPS if args.steps is None else args.steps
+    recorder = _text_recorder(args)
     answers = pipe.answer(images, questions, num_steps=steps, sampler=args.sampler,
-                          seed=args.seed, sampler_kwargs=kwargs, progress=True)
+                          seed=args.seed, sampler_kwargs=kwargs, progress=True, callback=recorder)
     rows = [{"image": p, "question": q, "answer": a} for p, q, a in zip(args.image, questions, answers)]
     io.write_json(out, rows)
+    _write_text_trajectory(args, pipe, recorder)
     io.write_json(settings, {**_text_settings(args, steps, kwargs), "questions": questions})
     for row in rows:
         print(f"{row['image']}: {row['question']} -> {row['answer']}")

@@ -441,6 +441,28 @@ class UnifiedPipeline:
         pixels = cells.repeat_interleave(f, dim=1).repeat_interleave(f, dim=2)
         return images.masked_fill(pixels[:, None], float(fill))
 
+    def partial_text(self, tokens: Tensor, is_masked: Tensor, placeholder: str = "_") -> list[str]:
+        """The text segment of a decode in progress (``callback``'s ``tokens`` and ``is_masked``),
+        one string per row: revealed words decoded, each still-masked token shown as
+        ``placeholder``, up to a revealed ``<eos>``; control tokens are left out, as in
+        :meth:`caption`'s output."""
+        text, eos = self.space.sequence.text, self.space.eos_id
+        rows = []
+        for ids, masked in zip(tokens[:, text].tolist(), is_masked[:, text].tolist()):
+            words: list[str] = []
+            run: list[int] = []  # revealed ids since the last mask, decoded together
+            for token, hidden in zip(ids, masked):
+                if not hidden and token == eos:
+                    break
+                if hidden:
+                    words += [self.space.text_tokenizer.decode(run), placeholder]
+                    run = []
+                else:
+                    run.append(token)
+            words.append(self.space.text_tokenizer.decode(run))
+            rows.append(" ".join(w for w in words if w))
+        return rows
+
     @staticmethod
     def _per_image(prompts: list[str], num_images_per_prompt: int) -> list[str]:
         """Each prompt ``num_images_per_prompt`` times in a row (diffusers' order)."""

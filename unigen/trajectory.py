@@ -62,6 +62,16 @@ class TrajectoryRecorder:
             revealed.append(1.0 - is_masked[:, image].float().mean(-1))
         return [self.states[i][0] for i in chosen], torch.stack(images), torch.stack(revealed)
 
+    def texts(self, pipe: "UnifiedPipeline") -> list[list[dict[str, int | str]]]:
+        """Every step's partial text of each row (:meth:`UnifiedPipeline.partial_text`), as
+        ``[{"step": 1, "text": "a red _ _"}, ...]`` per row: how a caption or answer filled in."""
+        per_step = [pipe.partial_text(tokens, is_masked) for _, tokens, is_masked in self.states]
+        if not per_step:
+            raise ValueError("no step was recorded: pass the recorder as the pipeline's callback=")
+        return [[{"step": step + 1, "text": texts[row]}
+                 for (step, _, _), texts in zip(self.states, per_step)]
+                for row in range(len(per_step[0]))]
+
     def grid(self, pipe: "UnifiedPipeline", frames: int = 6,
              labels: Sequence[str] | None = None) -> Image.Image:
         """One row per image, one column per chosen step, captioned with the step and the share

@@ -101,3 +101,31 @@ def test_the_documented_trajectory_snippet_runs(pipe, tmp_path, monkeypatch):
     assert len(scope["recorder"].states) == 8
     assert Image.open(tmp_path / "steps.png").size == scope["recorder"].grid(
         pipe, frames=6, labels=["a red circle"]).size
+
+
+def test_partial_text_shows_each_masked_token_and_ends_as_the_caption(pipe):
+    images = torch.rand(2, 3, pipe.image_size, pipe.image_size,
+                        generator=torch.Generator().manual_seed(1))
+    steps: list = []
+    captions = pipe.caption(images, num_steps=6, callback=_record(steps))
+    text, eos = pipe.space.sequence.text, pipe.space.eos_id
+    for _, tokens, is_masked in steps:
+        for row, shown in enumerate(pipe.partial_text(tokens, is_masked, placeholder="?")):
+            ids, masked = tokens[row, text].tolist(), is_masked[row, text].tolist()
+            end = next((i for i, (t, m) in enumerate(zip(ids, masked)) if not m and t == eos),
+                       len(ids))
+            assert shown.split().count("?") == sum(masked[:end])  # one mark per masked token
+    assert pipe.partial_text(steps[-1][1], steps[-1][2]) == captions
+
+
+def test_the_recorder_lists_each_rows_text_step_by_step(pipe):
+    from unigen.trajectory import TrajectoryRecorder
+
+    images = torch.rand(1, 3, pipe.image_size, pipe.image_size,
+                        generator=torch.Generator().manual_seed(2))
+    recorder = TrajectoryRecorder()
+    answer = pipe.answer(images, "what color is the star?", num_steps=3, callback=recorder)
+    (rows,) = recorder.texts(pipe)
+    assert [r["step"] for r in rows] == list(range(1, len(recorder.states) + 1))
+    assert rows[-1]["text"].startswith("what color is the star?")
+    assert rows[-1]["text"].endswith(answer[0]) and "_" not in rows[-1]["text"]
