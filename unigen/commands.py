@@ -349,10 +349,15 @@ def _text_out_arg(p: argparse.ArgumentParser) -> None:
 def _caption_args(p: argparse.ArgumentParser) -> None:
     from unigen.pipeline import TEXT_SAMPLER
 
-    _common_model_args(p, TEXT_SAMPLER, steps="the model's text length")
+    _common_model_args(p, TEXT_SAMPLER, steps="the model's text length; with --fill, the most "
+                                               "blanks of a text")
     _text_out_arg(p)
     _image_args(p)
     _text_trajectory_arg(p)
+    p.add_argument("--fill", action="append", default=None, metavar="TEXT",
+                   help="fill in the blanks of this text instead of writing a whole caption: "
+                        "each standalone _ is one word to generate, e.g. 'a _ circle above a "
+                        "blue _' (one for every --image, or one per --image)")
 
 
 def _text_trajectory_arg(p: argparse.ArgumentParser) -> None:
@@ -404,15 +409,33 @@ def _read_images_for(args: argparse.Namespace, verb: str) -> tuple[Path, Path, A
 
 
 def _caption(args: argparse.Namespace) -> None:
+    fills = None
+    if args.fill is not None:  # checked before the model loads
+        fills = args.fill * len(args.image) if len(args.fill) == 1 else args.fill
+        if len(fills) != len(args.image):
+            raise ValueError(f"--fill: give one, or one per --image ({len(args.image)}); got "
+                             f"{len(args.fill)}")
+        empty = [f for f in fills if "_" not in f.split()]
+        if empty:
+            raise ValueError(f"--fill {empty[0]!r} has no blank: write each word to generate as a "
+                             "standalone _ (e.g. 'a _ circle')")
     out, settings, pipe, kwargs, images = _read_images_for(args, "caption")
-    steps = pipe.space.sequence.max_text_len if args.steps is None else args.steps
     recorder = _text_recorder(args)
-    captions = pipe.caption(images, num_steps=steps, sampler=args.sampler, seed=args.seed,
-                            sampler_kwargs=kwargs, progress=True, callback=recorder)
-    rows = [{"image": p, "caption": c} for p, c in zip(args.image, captions)]
+    if args.fill is None:
+        steps = pipe.space.sequence.max_text_len if args.steps is None else args.steps
+        captions = pipe.caption(images, num_steps=steps, sampler=args.sampler, seed=args.seed,
+                                sampler_kwargs=kwargs, progress=True, callback=recorder)
+        rows = [{"image": p, "caption": c} for p, c in zip(args.image, captions)]
+    else:
+        steps = args.steps
+        captions = pipe.infill(images, fills, num_steps=steps, sampler=args.sampler,
+                               seed=args.seed, sampler_kwargs=kwargs, progress=True,
+                               callback=recorder, output="codes").texts
+        rows = [{"image": p, "fill": f, "caption": c}
+                for p, f, c in zip(args.image, fills, captions)]
     io.write_json(out, rows)
     _write_text_trajectory(args, pipe, recorder)
-    io.write_json(settings, _text_settings(args, steps, kwargs))
+    io.write_json(settings, {**_text_settings(args, steps, kwargs), "fill": fills})
     for row in rows:
         print(f"{row['image']}: {row['caption']}")
 

@@ -70,6 +70,26 @@ TEXT_SAMPLER = "confident"
 ANSWER_STEPS = 4  # the step budget of an answer (a few words); confident decoding stops earlier
 
 
+def _banning(model_fn: Callable[[Tensor], Tensor], ids: Sequence[int]) -> Callable[[Tensor], Tensor]:
+    """``model_fn`` with ``ids`` made impossible (-inf) wherever its logits reach them (a
+    vocabulary cut to the text ids drops the higher ones)."""
+
+    def banned(x: Tensor) -> Tensor:
+        logits = model_fn(x)
+        index = torch.tensor([i for i in ids if i < logits.shape[-1]], device=logits.device)
+        return logits.index_fill(-1, index, float("-inf"))  # a copy: CUDA graphs' buffers stay
+
+    return banned
+
+
+@dataclass
+class InfillOutput:
+    """What :meth:`UnifiedPipeline.infill` returns: the filled texts and the images."""
+
+    texts: list[str]
+    images: Any  # as ``output`` says: PIL images, a [B, 3, H, W] tensor or codes [B, h, w]
+
+
 @dataclass
 class SamplingConfig:
     """How to decode one segment: sampler (a registered name, or a :class:`Sampler` object) +
@@ -373,8 +393,10 @@ class UnifiedPipeline:
                             special_ids=self.special_ids, option=option)
 
     def _decode(self, task: str, inputs: TaskInputs, cfg: SamplingConfig, generator,
-                progress: bool, negative: TaskInputs | None = None) -> tuple[Tensor, list[int]]:
+                progress: bool, negative: TaskInputs | None = None,
+                banned: Sequence[int] = ()) -> tuple[Tensor, list[int]]:
         """Decode the task's targets; returns the tokens and each sample's network calls.
+        ``banned``: ids no target may take (infill's blanks: no ``<eos>`` or ``<pad>``).
         ``negative``: the same task's inputs with the negative prompts, whose condition the
         guided unconditional pass holds instead of ``<mask>``."""
         sampler = self.make_sampler(cfg.sampler, cfg.sampler_kwargs)
@@ -400,6 +422,8 @@ class UnifiedPipeline:
             uncond_tokens = nb.tokens.to(self.device)
         model_fn = self.model_fn(prefix, positions, cfg.use_cache, self.vocab_limit(target),
                                  cfg.cuda_graphs)
+        if banned:
+            model_fn = _banning(model_fn, banned)
         with torch.inference_mode():
             result = decode(model_fn, tokens, target, sampler, num_steps=cfg.num_steps,
                             guidance=guidance, cond_mask=cond & ~target if guidance else None,
@@ -659,6 +683,43 @@ class UnifiedPipeline:
         tokens, calls = self._redraw(x, regions, prompts, cfg, generators, progress, negative_prompt)
         return self._image_output(tokens, output, calls, return_calls)
 
+    def infill(self, image, text: str | Sequence[str], mask: Any = None,
+               num_steps: int | None = None, sampler: str | Sampler | None = None,
+               seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
+               progress: bool = False, return_calls: bool = False, blank: str = "_",
+               **options: Any) -> InfillOutput | tuple[InfillOutput, list[int]]:
+        """Fill the blanks of ``text`` (one for every image, or one per image; each standalone
+        ``blank`` word is one token to generate: ``"a _ circle above a blue square"``) with the
+        image as context, and with ``mask`` (as :meth:`inpaint` takes it) also redraw that part
+        of the image, both in one decode: UniDisc's joint infilling (the ``infill`` task).
+        Returns :class:`InfillOutput`: the filled texts (blanks replaced, up to ``<eos>``) and
+        the images (``output`` as :meth:`text_to_image`; the inputs' reconstructions where
+        nothing was redrawn).  ``num_steps`` defaults to the most blanks of any text (one token
+        per step) or, with a mask, 16; ``sampler`` to ``confident`` for text alone (as
+        :meth:`caption`), else ``maskgit``."""
+        x = self.images_to_tensor(image)
+        texts = self._prompt_per_image(text, len(x), "text")
+        regions = None if mask is None else self.inpaint_regions(mask, len(x))
+        empty = [t for t in texts if blank not in t.split()]
+        if empty and regions is None:
+            raise ValueError(f"nothing to fill in {empty[0]!r}: write each token to generate as a "
+                             f"standalone {blank!r} (e.g. 'a {blank} circle'), or give a mask")
+        blanks = self.space.encode_blanks(texts, blank)[1].sum(-1) if texts else torch.zeros(1)
+        if num_steps is None:
+            num_steps = 16 if regions is not None else max(1, int(blanks.max()))
+        sampler = sampler or ("maskgit" if regions is not None else TEXT_SAMPLER)
+        cfg = SamplingConfig.from_options(sampler, num_steps, **options)
+        codes = self.image_tokenizer.encode(x)
+        # a blank is a word: not the end of the text, padding or a task token
+        specials = self.space.vocab.specials
+        banned = [i for name, i in specials.items() if name != "<unk>"]
+        tokens, calls = self._decode("infill", TaskInputs(codes, captions=texts, regions=regions),
+                                     cfg, self.generators(len(x), seed, generator), progress,
+                                     banned=banned)
+        filled = InfillOutput(self.space.decode_text(tokens),
+                              self._image_output(tokens, output, calls, False))
+        return self._with_calls(filled, calls, return_calls)
+
     def random_regions(self, batch_size: int, share: float, generators) -> Tensor:
         """``[B, h, w]`` bool on the host: ``round(share * h * w)`` tokens (at least one) of each
         image, drawn with its own generator (one per sample, or one for the batch)."""
@@ -671,10 +732,11 @@ class UnifiedPipeline:
         return regions.reshape(batch_size, h, w)
 
     @staticmethod
-    def _prompt_per_image(prompt: str | Sequence[str], count: int) -> list[str]:
+    def _prompt_per_image(prompt: str | Sequence[str], count: int, what: str = "prompt"
+                          ) -> list[str]:
         prompts = [prompt] * count if isinstance(prompt, str) else list(prompt)
         if len(prompts) != count:
-            raise ValueError(f"got {len(prompts)} prompts for {count} images (give one prompt, "
+            raise ValueError(f"got {len(prompts)} {what}s for {count} images (give one {what}, "
                              "or one per image)")
         return prompts
 

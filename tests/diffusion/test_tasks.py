@@ -267,3 +267,50 @@ def test_a_question_must_leave_room_for_a_word_and_eos(space):
         with pytest.raises(ValueError, match=f"question leaves no room for an answer: {n} tokens "
                                              f"\\+ <sep> leave {left} of the 24 text positions"):
             space.encode_questions([" ".join(["red"] * n)])
+
+
+def test_blanks_are_one_mask_token_each_between_the_given_words(space):
+    rows, blanks = space.encode_blanks(["a _ circle above _ _", "_ red square"])
+    tok = space.text_tokenizer
+    a, circle, above = (tok.encode(w)[0] for w in ("a", "circle", "above"))
+    m, eos, pad = space.mask_id, space.eos_id, space.pad_id
+    assert rows[0, :7].tolist() == [a, m, circle, above, m, m, eos] and rows[0, 7:].eq(pad).all()
+    assert blanks[0].nonzero().squeeze(-1).tolist() == [1, 4, 5]
+    assert rows[1, 0] == m and blanks[1].nonzero().squeeze(-1).tolist() == [0]
+    # a blank stuck to other characters is text, not a blank
+    assert not space.encode_blanks(["a_b circle"])[1].any()
+
+
+def test_infill_targets_the_blanks_and_with_a_region_the_region_too(space):
+    seq = space.sequence
+    codes = torch.randint(0, 125, (2, 4, 4))
+    tb = TASKS.get("infill")().build(TaskInputs(codes, ["a _ circle", "a red _"]), space)
+    assert tb.target[:, seq.text].sum(-1).tolist() == [1, 1] and not tb.target[:, seq.image].any()
+    assert tb.tokens[0, seq.task_pos] == space.task_token("caption")  # a task the model knows
+    assert tb.prefix[:, seq.image].all() and tb.cond[:, seq.image].all()
+    assert not (tb.cond & tb.target).any()
+    region = torch.zeros(2, 4, 4, dtype=torch.bool)
+    region[:, :2] = True
+    joint = TASKS.get("infill")().build(TaskInputs(codes, ["a _ circle"] * 2, regions=region), space)
+    assert joint.tokens[0, seq.task_pos] == space.task_token("joint")
+    assert torch.equal(joint.target[:, seq.image], region.flatten(1))
+    assert not joint.prefix[:, seq.image].any()  # the image is redrawn: no cacheable prefix
+
+
+def test_infill_training_masks_a_random_span_of_clean_tokens(space):
+    seq = space.sequence
+    captions = ["a big red circle above a small blue square"] * 8
+    g = torch.Generator().manual_seed(0)
+    tb = TASKS.get("infill")(min_frac=0.2, max_frac=0.5).build(
+        TaskInputs(torch.randint(0, 125, (8, 4, 4)), captions), space, g)
+    text = tb.target[:, seq.text]
+    assert not (tb.tokens[:, seq.text] == space.mask_id).any()  # the loss has true tokens
+    words = len(space.text_tokenizer.encode(captions[0]))
+    for row in text:
+        picked = row.nonzero().squeeze(-1)
+        assert 0.2 * words <= len(picked) <= 0.5 * words + 1 and int(picked.max()) < words
+        assert picked.tolist() == list(range(int(picked[0]), int(picked[-1]) + 1))  # one span
+    assert len({tuple(r.nonzero().squeeze(-1).tolist()) for r in text}) > 1  # drawn per row
+    with pytest.raises(ValueError, match="no true token to learn"):
+        TASKS.get("infill")().build(TaskInputs(torch.randint(0, 125, (1, 4, 4)), ["a _ circle"]),
+                                    space, g)

@@ -91,6 +91,12 @@ class Task(ABC):
 
     name: str = ""
 
+    @property
+    def task_tokens(self) -> tuple[str, ...]:
+        """The task tokens its sequences start with (checked in the text tokenizer before
+        training): its own ``<name>``, unless it speaks through tasks the model knows."""
+        return (self.name,)
+
     @abstractmethod
     def build(self, inputs: TaskInputs, space: TokenSpace, generator: torch.Generator | None = None
               ) -> TaskBatch: ...
@@ -257,6 +263,70 @@ class Inpainting(CaptionImageTask):
                                  f"{tuple(region.shape)}")
         tb.target[:, space.sequence.image] = region.flatten(1)
         return tb
+
+
+@TASKS.register("infill")
+class Infilling(Task):
+    """Blanks of a caption filled in with the image as context, and with ``regions`` also part of
+    the image: the joint infilling of UniDisc (Swerdlow et al. 2025) that a masked model does
+    without a new head.  The text is given with each standalone ``blank`` word standing for one
+    token to generate (``"a _ circle above a blue square"``, :meth:`TokenSpace.encode_blanks`);
+    the rest of the caption, and the image outside ``regions``, are given.
+
+    It speaks through a task token the model knows: ``<caption>`` for text blanks alone (a
+    caption partly masked is what captioning trains on), ``<joint>`` when an image region is
+    redrawn too (both segments partly masked: the joint task).  In training, where no blanks are
+    written, each caption gets a random span of ``min_frac..max_frac`` of its tokens masked."""
+
+    name = "infill"
+    task_tokens = ("caption", "joint")
+
+    def __init__(self, blank: str = "_", min_frac: float = 0.2, max_frac: float = 0.5) -> None:
+        if not blank or any(c.isspace() for c in blank):
+            raise ValueError(f"task 'infill': blank must be one word, got {blank!r}")
+        if not 0 < min_frac <= max_frac <= 1:
+            raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
+        self.blank, self.min_frac, self.max_frac = blank, min_frac, max_frac
+
+    def spans(self, rows: Tensor, eos_id: int, generator: torch.Generator | None) -> Tensor:
+        """[B, L] bool: a random contiguous span of each row's tokens before ``<eos>`` (training)."""
+        b, width = rows.shape
+        lengths = (rows == eos_id).long().argmax(-1)  # every caption row ends with <eos>
+        u = torch.rand(b, 2, generator=generator)
+        frac = self.min_frac + (self.max_frac - self.min_frac) * u[:, 0]
+        size = (frac * lengths).ceil().long().clamp(min=1)
+        start = (u[:, 1] * (lengths - size + 1)).long()
+        col = torch.arange(width)[None]
+        return (col >= start[:, None]) & (col < (start + size)[:, None])
+
+    def build(self, inputs, space, generator=None):
+        codes = _require(inputs.image_codes, "an image", self.name)
+        rows, blanks = space.encode_blanks(_require(inputs.captions, "a caption", self.name),
+                                           self.blank)
+        if bool(blanks.any()) and generator is not None:
+            raise ValueError(f"task 'infill': a training caption holds {self.blank!r} blanks, "
+                             "which have no true token to learn (blanks are for inference; "
+                             "training masks random spans itself)")
+        unset = ~blanks.any(-1)
+        if bool(unset.any()) and inputs.regions is None:
+            blanks[unset] = self.spans(rows[unset], space.eos_id, generator)
+        tokens = space.assemble("caption" if inputs.regions is None else "joint",
+                                to_device(rows, codes.device), codes)
+        b, seq = len(tokens), space.sequence
+        target = torch.zeros(b, seq.length, dtype=torch.bool)
+        target[:, seq.text] = blanks
+        if inputs.regions is not None:
+            region = torch.as_tensor(inputs.regions).cpu()
+            if region.dtype != torch.bool or tuple(region.shape) != (b, *seq.grid):
+                raise ValueError(f"task 'infill': regions must be a bool tensor [{b}, "
+                                 f"{seq.grid[0]}, {seq.grid[1]}], got {region.dtype} "
+                                 f"{tuple(region.shape)}")
+            target[:, seq.image] = region.flatten(1)
+        cond = space.segment_mask(b, "text", "image") & ~target
+        # the image is a cacheable prefix only while none of it is redrawn
+        prefix = space.segment_mask(b, "structure", *(() if inputs.regions is not None
+                                                      else ("image",)))
+        return TaskBatch(tokens, target, cond, prefix)
 
 
 class SegmentTask(Task):

@@ -44,6 +44,36 @@ class TokenSpace:
         rows = [self._pad(self._words(c, "caption") + [self.eos_id], c) for c in captions]
         return torch.tensor(rows, dtype=torch.long)
 
+    def encode_blanks(self, texts: Sequence[str], blank: str = "_") -> tuple[Tensor, Tensor]:
+        """``caption <eos> <pad>...`` rows [B, max_text_len] where each standalone ``blank`` word
+        is one ``<mask>`` token to fill in, and the bool [B, max_text_len] of those positions
+        (text infilling: ``"a _ circle above a blue _"`` asks for two tokens).  The words between
+        blanks are encoded as they stand, so the given text keeps its own tokens."""
+        rows, blanks = [], []
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("empty text: every sample needs a non-empty text")
+            ids: list[int] = []
+            hidden: list[bool] = []
+            piece: list[str] = []
+            for word in [*text.split(), None]:  # None flushes the last piece
+                if word == blank or word is None:
+                    if piece:
+                        given = self.text_tokenizer.encode(" ".join(piece))
+                        ids += given
+                        hidden += [False] * len(given)
+                        piece = []
+                    if word is not None:
+                        ids.append(self.mask_id)
+                        hidden.append(True)
+                else:
+                    piece.append(word)
+            ids.append(self.eos_id)
+            hidden.append(False)
+            rows.append(self._pad(ids, text))
+            blanks.append(hidden + [False] * (self.sequence.max_text_len - len(hidden)))
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(blanks, dtype=torch.bool)
+
     def encode_questions(self, questions: Sequence[str], answers: Sequence[str] | None = None
                          ) -> tuple[Tensor, Tensor]:
         """``question <sep> answer <eos> <pad>...`` rows and the index where the answer starts.

@@ -177,8 +177,9 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                                   {n: m.shape for n, m in extra.items()})
         self.space = TokenSpace(text_tok, vocab, sequence)
         # a task without its <name> token: stop before training (the AR subclass has no mixture)
-        for name in getattr(getattr(self, "mixture", None), "names", ()):
-            self.space.task_token(name)
+        for task in getattr(getattr(self, "mixture", None), "tasks", ()):
+            for token in task.task_tokens:
+                self.space.task_token(token)
         if getattr(self, "mixture", None) is not None:
             self.mixture.check_segments(("text", "image", *extra))
         self.image_tokenizer = image_tok
