@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from einops import rearrange
+from einops import repeat
 from PIL import Image
 from torch import Tensor
 
@@ -411,7 +411,7 @@ class UnifiedPipeline:
         tb = TASKS.get(task)().build(inputs, self.space)
         tokens, target, cond, prefix = (x.to(self.device) for x in (tb.tokens, tb.target, tb.cond, tb.prefix))
         positions = self.decode_positions(target)
-        if sampler.needs_grid and sampler.grid is None:  # a grid the caller gave stands
+        if sampler.needs_grid and getattr(sampler, "grid", None) is None:  # a given grid stands
             sampler.grid = self.view_grid(positions)
         uncond_tokens = None
         if negative is not None:
@@ -461,9 +461,8 @@ class UnifiedPipeline:
         codes = self.space.image_codes(tokens.masked_fill(is_masked, int(filler)))
         images = self.decode_images(codes.to(self.device)).cpu()
         f = self.image_tokenizer.downsample_factor
-        cells = rearrange(image_masked.cpu(), "b (h w) -> b h w", h=seq.grid[0])
-        pixels = cells.repeat_interleave(f, dim=1).repeat_interleave(f, dim=2)
-        return images.masked_fill(pixels[:, None], float(fill))
+        pixels = repeat(image_masked.cpu(), "b (h w) -> b 1 (h fh) (w fw)", h=seq.grid[0], fh=f, fw=f)
+        return images.masked_fill(pixels, float(fill))
 
     def partial_text(self, tokens: Tensor, is_masked: Tensor, placeholder: str = "_") -> list[str]:
         """The text segment of a decode in progress (``callback``'s ``tokens`` and ``is_masked``),
