@@ -194,7 +194,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _trajectory_args(p: argparse.ArgumentParser) -> None:
-    """``--trajectory`` and ``--trajectory-frames`` (``generate``, ``inpaint``)."""
+    """``--trajectory`` and ``--trajectory-frames`` (``generate``, ``inpaint``, ``img2img``)."""
     p.add_argument("--trajectory", default=None, metavar="FILE",
                    help="also draw the decoding: one row per image, evenly spaced steps, revealed "
                         "tokens drawn and masked ones gray (.png, .jpg/.jpeg or .webp)")
