@@ -468,43 +468,20 @@ def _answer(args: argparse.Namespace) -> None:
         print(f"{row['image']}: {row['question']} -> {row['answer']}")
 
 
-# -- inpaint (unigen/inpaint_command.py) ------------------------------------------------------------
-def _inpaint_args(p: argparse.ArgumentParser) -> None:
-    from unigen.inpaint_command import add_arguments
+# -- verbs in modules of their own: inpaint, img2img, task, reconstruct ----------------------------
+def _module_verb(module: str) -> tuple[Callable[[argparse.ArgumentParser], None],
+                                      Callable[[argparse.Namespace], None]]:
+    """``(add_arguments, run)`` of a verb whose module (``add_arguments(p)``, ``run(args)``) is
+    imported only when the verb is used, so ``unigen --help`` stays fast."""
+    import importlib
 
-    add_arguments(p)
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(module).add_arguments(p)
 
+    def run(args: argparse.Namespace) -> None:
+        importlib.import_module(module).run(args)
 
-def _inpaint(args: argparse.Namespace) -> None:
-    from unigen.inpaint_command import run
-
-    run(args)
-
-
-# -- img2img (unigen/img2img_command.py) ------------------------------------------------------------
-def _img2img_args(p: argparse.ArgumentParser) -> None:
-    from unigen.img2img_command import add_arguments
-
-    add_arguments(p)
-
-
-def _img2img(args: argparse.Namespace) -> None:
-    from unigen.img2img_command import run
-
-    run(args)
-
-
-# -- task (a further modality's tasks: unigen/task_command.py) -------------------------------------
-def _task_args(p: argparse.ArgumentParser) -> None:
-    from unigen.task_command import add_arguments
-
-    add_arguments(p)
-
-
-def _task(args: argparse.Namespace) -> None:
-    from unigen.task_command import run
-
-    run(args)
+    return add_arguments, run
 
 
 # -- text tokenizer ---------------------------------------------------------------------------------
@@ -733,19 +710,6 @@ def _tokenize(args: argparse.Namespace) -> None:
           f"in {m['num_shards']} shards to {args.out}; look at {args.grid or Path(args.out) / 'reconstructions.png'}")
 
 
-# -- reconstruct (unigen/reconstruct_command.py) ----------------------------------------------------
-def _reconstruct_args(p: argparse.ArgumentParser) -> None:
-    from unigen.reconstruct_command import add_arguments
-
-    add_arguments(p)
-
-
-def _reconstruct(args: argparse.Namespace) -> None:
-    from unigen.reconstruct_command import run
-
-    run(args)
-
-
 # -- merge-lora -------------------------------------------------------------------------------------
 def _merge_lora_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="base pipeline directory the adapter was trained on")
@@ -768,17 +732,17 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
     "caption": ("images -> captions (JSON)", _caption_args, _caption),
     "answer": ("images + questions -> answers (JSON)", _answer_args, _answer),
     "inpaint": ("images + a region (mask or box) + text -> the region redrawn: a PNG grid (+ JSON)",
-                _inpaint_args, _inpaint),
+                *_module_verb("unigen.inpaint_command")),
     "img2img": ("images + text -> variations: a share (--strength) of the tokens redrawn: a PNG "
-                "grid (+ JSON)", _img2img_args, _img2img),
+                "grid (+ JSON)", *_module_verb("unigen.img2img_command")),
     "task": ("run a segment task (a further modality's: t2layout, layout2i, i2layout, ...): "
-             "JSON rows or a captioned grid", _task_args, _task),
+             "JSON rows or a captioned grid", *_module_verb("unigen.task_command")),
     "text-tokenizer": ("train a text tokenizer on a data set's captions/questions/answers",
                        _text_tokenizer_args, _text_tokenizer),
     "tokenize": ("encode a data set with an image tokenizer into resumable litdata shards",
                  _tokenize_args, _tokenize),
     "reconstruct": ("images through an image tokenizer and back: an original | reconstruction "
-                    "grid (+ JSON: PSNR, SSIM)", _reconstruct_args, _reconstruct),
+                    "grid (+ JSON: PSNR, SSIM)", *_module_verb("unigen.reconstruct_command")),
     "merge-lora": ("merge a LoRA adapter into its base pipeline (a plain pipeline directory)",
                    _merge_lora_args, _merge_lora),
     "export": ("turn a fit checkpoint into a save_pretrained directory", _export_args, _export),
