@@ -177,3 +177,47 @@ def test_the_trajectory_shows_only_the_region_being_drawn(dirs, tmp_path, capsys
     assert list(Image.open(steps).convert("RGB").getdata()) == list(expected.getdata())
     assert json.loads(out.with_suffix(".settings.json").read_text())["trajectory"] == {
         "path": str(steps), "frames": 2}
+
+
+def test_fill_draws_the_region_and_the_captions_blanks_in_one_decode(dirs, tmp_path):
+    from unigen.commands import _load_images
+    from unigen.pipeline import UnifiedPipeline
+    from unigen.visual import captioned_grid
+
+    out = tmp_path / "joint.png"
+    argv = _argv(dirs, out, "--box", f"0,0,{SIZE},{SIZE // 2}", "--seed", "2")
+    at = argv.index("--prompt")
+    argv[at:at + 2] = ["--fill", "a _ circle"]
+    assert main(argv) == 0
+    pipe = UnifiedPipeline.from_pretrained(dirs / "masked")
+    images = _load_images([str(dirs / "x0.png"), str(dirs / "x1.png")], SIZE, "none", False)
+    region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    region[: SIZE // 2] = True
+    expected = pipe.infill(images, "a _ circle", mask=region, num_steps=2, seed=2,
+                           sampler="maskgit", output="tensor")
+    shown = tinted(images, pipe.inpaint_regions(region, 2), pipe.image_tokenizer.downsample_factor)
+    grid = captioned_grid(torch.stack([shown[0], expected.images[0], shown[1], expected.images[1]]),
+                          ["x0.png", expected.texts[0], "x1.png", expected.texts[1]], ncol=2)
+    assert list(Image.open(out).convert("RGB").getdata()) == list(grid.getdata())
+    settings = json.loads(out.with_suffix(".settings.json").read_text())
+    assert settings["fill"] == ["a _ circle"] * 2 and settings["filled"] == expected.texts
+    assert all(t.split()[0] == "a" and t.split()[2] == "circle" for t in expected.texts)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fill", "a red circle"], "--fill 'a red circle' has no blank"),
+    (["--fill", "a _", "--guidance", "2", "--negative-prompt", "x"],
+     "--negative-prompt steers a --prompt; --fill has none to steer"),
+])
+def test_bad_fills_are_one_line_and_write_nothing(extra, message, dirs, tmp_path, capsys):
+    argv = _argv(dirs, tmp_path / "g.png", "--box", "0,0,8,8", *extra)
+    at = argv.index("--prompt")
+    del argv[at:at + 2]
+    assert message in fails_with(argv, capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prompt_and_fill_are_one_or_the_other(dirs, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(_argv(dirs, tmp_path / "g.png", "--box", "0,0,8,8", "--fill", "a _"))
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -40,14 +40,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--invert", action="store_true",
                    help="regenerate everything outside the mask or box instead (outpainting: "
                         "the region is kept and the rest is drawn around it)")
-    add_redraw_args(p, "text guiding the region", "region")
+    add_redraw_args(p, "text guiding the region", "region", fill=True)
 
 
-def add_redraw_args(p: argparse.ArgumentParser, prompt_help: str, tinted_part: str) -> None:
+def add_redraw_args(p: argparse.ArgumentParser, prompt_help: str, tinted_part: str,
+                    fill: bool = False) -> None:
     """``--prompt``, the guidance options, ``--out`` and ``--trajectory`` of a verb that redraws
-    part of its images (``inpaint``, ``img2img``)."""
-    p.add_argument("--prompt", action="append", required=True,
-                   help=f"{prompt_help} (one for every image, or one per image)")
+    part of its images (``inpaint``, ``img2img``); ``fill``: ``--fill`` instead of ``--prompt``
+    (the region and the caption's blanks drawn together)."""
+    text = p.add_mutually_exclusive_group(required=True) if fill else p
+    text.add_argument("--prompt", action="append", required=not fill,
+                      help=f"{prompt_help} (one for every image, or one per image)")
+    if fill:
+        text.add_argument("--fill", action="append", default=None, metavar="TEXT",
+                          help="a caption with blanks (each standalone _ one word) filled in "
+                               "the same decode as the region: UniDisc's joint infilling, for a "
+                               "model trained with the joint task (one for every image, or one "
+                               "per image)")
     _guidance_args(p)
     p.add_argument("--out", required=True,
                    help=f"grid image (.png, .jpg/.jpeg or .webp): each input with its "
@@ -134,7 +143,16 @@ def prepare(args: argparse.Namespace, verb: str) -> RedrawJob:
     _refuse_autoregressive(args, verb)
     trajectory = _trajectory_path(args, out)
     _parse_sampler_args(args)
-    prompts = _per_image(args.prompt, len(args.image), "--prompt")
+    fills = getattr(args, "fill", None)
+    if fills is not None:
+        if args.negative_prompt is not None:
+            raise ValueError("--negative-prompt steers a --prompt; --fill has none to steer")
+        empty = [f for f in fills if "_" not in f.split()]
+        if empty:
+            raise ValueError(f"--fill {empty[0]!r} has no blank: write each word to generate as a "
+                             "standalone _ (e.g. 'a _ circle')")
+    prompts = _per_image(args.prompt if fills is None else fills, len(args.image),
+                         "--prompt" if fills is None else "--fill")
     negatives = _negative_prompts(args)
     if negatives is not None:
         negatives = _per_image(negatives, len(args.image), "--negative-prompt")
@@ -142,21 +160,23 @@ def prepare(args: argparse.Namespace, verb: str) -> RedrawJob:
 
 
 def finish(args: argparse.Namespace, job: RedrawJob, pipe: Any, images: Any, regions: Any,
-           results: Any, recorder: Any, record: dict[str, Any]) -> None:
-    """Write the grid (each input with its redrawn tokens tinted, then its result), the
-    trajectory when asked, and the settings (``record`` plus what every such verb records)."""
+           results: Any, recorder: Any, record: dict[str, Any],
+           labels: list[str] | None = None) -> None:
+    """Write the grid (each input with its redrawn tokens tinted, then its result captioned with
+    ``labels``, by default the prompts), the trajectory when asked, and the settings (``record``
+    plus what every such verb records)."""
     import torch
 
     from unigen.visual import captioned_grid
 
     shown = tinted(images, regions, pipe.image_tokenizer.downsample_factor)
     tiles = torch.stack([t for pair in zip(shown, results.cpu()) for t in pair])
-    labels = [text for path, prompt in zip(args.image, job.prompts)
-              for text in (Path(path).name, prompt)]
+    labels = labels or job.prompts
+    captions = [text for path, label in zip(args.image, labels) for text in (Path(path).name, label)]
     with io.atomic_path(job.out) as tmp:
-        captioned_grid(tiles, labels, ncol=2).save(tmp, format=job.fmt)
+        captioned_grid(tiles, captions, ncol=2).save(tmp, format=job.fmt)
     drawn = None if recorder is None else _save_trajectory(recorder, pipe, job.trajectory,
-                                                             args.trajectory_frames, job.prompts)
+                                                             args.trajectory_frames, labels)
     io.write_json(job.settings, {
         "images": list(args.image), **record, "trajectory": drawn, "prompts": job.prompts,
         "negative_prompts": job.negatives, "guidance": args.guidance, "seed": args.seed,
@@ -193,10 +213,16 @@ def run(args: argparse.Namespace) -> None:
                              f"all of {full[0]}, so nothing outside it is left to regenerate")
     steps = 16 if args.steps is None else args.steps
     recorder = None if job.trajectory is None else TrajectoryRecorder()
-    results = pipe.inpaint(images, regions, job.prompts, num_steps=steps,
-                           guidance_scale=args.guidance, sampler=sampler, sampler_kwargs=kwargs,
-                           seed=args.seed, output="tensor", progress=True,
-                           negative_prompt=job.negatives, callback=recorder)
-    finish(args, job, pipe, images, regions, results, recorder,
-           {"masks": args.mask, "box": args.box, "invert": args.invert, "steps": steps,
-            "sampler_kwargs": kwargs})
+    record = {"masks": args.mask, "box": args.box, "invert": args.invert, "steps": steps,
+              "sampler_kwargs": kwargs}
+    options = dict(num_steps=steps, guidance_scale=args.guidance, sampler=sampler,
+                   sampler_kwargs=kwargs, seed=args.seed, output="tensor", progress=True,
+                   callback=recorder)
+    if args.fill is None:
+        results = pipe.inpaint(images, regions, job.prompts, negative_prompt=job.negatives,
+                               **options)
+        finish(args, job, pipe, images, regions, results, recorder, record)
+    else:  # the region and the caption's blanks in one decode
+        filled = pipe.infill(images, job.prompts, mask=regions, **options)
+        finish(args, job, pipe, images, regions, filled.images, recorder,
+               {**record, "fill": job.prompts, "filled": filled.texts}, labels=filled.texts)
