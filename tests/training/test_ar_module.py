@@ -137,8 +137,10 @@ def test_pipeline_round_trip_batch_invariance_and_kind(tokenizer_dirs, tmp_path)
     alone_again, calls = loaded.text_to_image(PROMPTS[1:2], seed=[5], output="tensor",
                                               guidance_scale=2.0, return_calls=True)
     assert torch.equal(alone_again, alone) and calls == [pipe.space.sequence.num_image_tokens]
-    with pytest.raises(NotImplementedError, match="text only"):
-        pipe.caption(a)
+    for refused in (lambda: pipe.caption(a), lambda: pipe.image_to_image(a, "a star"),
+                    lambda: pipe.infill(a, "a _ star"), lambda: pipe.inpaint(a, None, "a star")):
+        with pytest.raises(NotImplementedError, match="text only"):
+            refused()
     # a masked-diffusion pipeline directory is refused by name, not silently sampled token by token
     torch.manual_seed(0)
     UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4).to_pipeline().save_pretrained(

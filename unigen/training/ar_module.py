@@ -230,6 +230,7 @@ class AutoregressivePipeline(UnifiedPipeline):
 
     def _text_to_image_only(self, *args: Any, **kwargs: Any):
         raise NotImplementedError("the autoregressive baseline generates images from text only "
-                                  "(captioning, VQA and inpainting need the masked model)")
+                                  "(captioning, VQA, inpainting, image to image and infilling "
+                                  "need the masked model)")
 
-    caption = answer = inpaint = _text_to_image_only
+    caption = answer = inpaint = image_to_image = infill = _text_to_image_only
