@@ -39,7 +39,7 @@ def test_defaults_and_types():
     ("vqa.candidates", 3, "tasks.vqa.candidates: only t2i draws several candidates"),
     ("t2i.candidates", 0, "tasks.t2i.candidates and verify_masks must be >= 1, got 0 and 4"),
     ("vqa.metrics", [], "tasks.vqa lists no metrics"),
-    ("tasks", {"i2t": {}}, "unknown task 'tasks.i2t'; known: caption, t2i, vqa"),
+    ("tasks", {"i2t": {}}, "unknown task 'tasks.i2t'; known: caption, fill, t2i, vqa"),
     ("data", {"split": "val"}, "recipe key 'data' needs 'source'"),
     ("data.source", "coco", "unknown data source 'coco'; known: fashion_mnist, folder, shapes"),
     ("resources.clip", 3, "recipe key 'resources.clip' must be a string or null, got 3"),

@@ -214,12 +214,12 @@ def test_record_metric_of_one_task_still_refuses_the_others():
 
     assert RECORD_METRICS.get("model_calls").task is None
     assert not RECORD_METRICS.get("model_calls").higher_is_better
-    for task in ("t2i", "caption", "vqa"):
+    for task in ("t2i", "caption", "vqa", "fill"):
         parse_config({"data": SHAPES, "tasks": {task: {"metrics": ["model_calls"]}}})
     with pytest.raises(ValueError, match="metric 'caption_fact_precision' scores task 'caption', "
                                          "not tasks.t2i"):
         parse_config({"data": SHAPES, "tasks": {"t2i": {"metrics": ["caption_fact_precision"]}}})
-    with pytest.raises(ValueError, match="unknown task 'tasks.i2t'; known: caption, t2i, vqa"):
+    with pytest.raises(ValueError, match="unknown task 'tasks.i2t'; known: caption, fill, t2i, vqa"):
         parse_config({"data": SHAPES, "tasks": {"i2t": {"metrics": ["model_calls"]}}})
 
 
@@ -796,3 +796,56 @@ def test_a_killed_sweep_resumes_and_reuses_again(tmp_path, kill_at):
     for run in full["points"]:
         clean_records = _records(tmp_path / "clean" / run["dir"])
         assert _records(tmp_path / "plain" / run["dir"]) == clean_records
+
+
+class FillingOracle(OraclePipeline):
+    """The oracle, plus infilling: the true words for even samples, a wrong one for odd ones (and
+    a text tokenizer of one token per word)."""
+
+    def __init__(self, data, image_size: int) -> None:
+        from types import SimpleNamespace
+
+        super().__init__(data, image_size)
+        self.space = SimpleNamespace(text_tokenizer=SimpleNamespace(encode=lambda word: [0]))
+
+    def infill(self, images, texts, seed, output, return_calls=False, **options):
+        from unigen.pipeline import InfillOutput
+
+        samples = self._samples("fill", seed, options)
+        assert torch.equal(images, torch.stack([s.image for s in samples]))
+        filled = []
+        for sample, text in zip(samples, texts):
+            truth = sample.prompt.split()
+            filled.append(" ".join(truth[j] if word != "_" else
+                                   (truth[j] if sample.index % 2 == 0 else "zzz")
+                                   for j, word in enumerate(text.split())))
+        return self._reply(InfillOutput(filled, None), samples, return_calls)
+
+
+def test_fill_accuracy_counts_the_blanked_words_filled_right(tmp_path):
+    from unigen.data.shapes import COLORS
+
+    data = build_data(SHAPES, 64)
+    pipe = FillingOracle(data, 64)
+    out = evaluate_pipeline(pipe, {"data": SHAPES, "batch_size": 5, "tasks": {
+        "fill": {"metrics": ["fill_accuracy"]}}}, tmp_path, progress=False)
+    samples = [data.sample(i) for i in range(12)]
+    blanks = [sum(w in COLORS for w in s.prompt.split()) for s in samples]
+    right = sum(b for s, b in zip(samples, blanks) if s.index % 2 == 0)
+    assert sum(blanks) > 0 and out["metrics"]["fill_accuracy"] == pytest.approx(right / sum(blanks))
+    # only captions with a colour were decoded, in batches of at most 5
+    asked = sum(n for method, n, _ in pipe.calls if method == "fill")
+    assert asked == sum(1 for b in blanks if b)
+    # the words the recipe names are the ones blanked
+    shapes = evaluate_pipeline(pipe, {"data": SHAPES, "tasks": {"fill": {
+        "fill_words": ["circle", "square"], "metrics": ["fill_accuracy"]}}}, tmp_path / "shapes",
+        progress=False)
+    blanks = [sum(w in ("circle", "square") for w in s.prompt.split()) for s in samples]
+    right = sum(b for s, b in zip(samples, blanks) if s.index % 2 == 0)
+    assert shapes["metrics"]["fill_accuracy"] == pytest.approx(right / sum(blanks))
+
+
+def test_fill_words_belong_to_the_fill_task(tmp_path):
+    with pytest.raises(ValueError, match="tasks.vqa.fill_words: only the fill task blanks words"):
+        evaluate_pipeline(None, {"data": SHAPES, "tasks": {"vqa": {
+            "fill_words": ["red"], "metrics": ["vqa_exact_match"]}}}, tmp_path, progress=False)

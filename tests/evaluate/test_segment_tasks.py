@@ -51,7 +51,7 @@ def debug_run(layout_pipe, tmp_path_factory):
 
 def test_every_segment_task_is_an_eval_task():
     names = eval_task_names()
-    assert names[:3] == ["caption", "t2i", "vqa"]
+    assert names[:4] == ["caption", "fill", "t2i", "vqa"]
     assert {"t2layout", "layout2i", "i2layout"} <= set(names)
     spec = eval_task("i2layout")
     assert spec is eval_task("i2layout") and spec.image_kinds == () and spec.method == "run_task"
@@ -125,7 +125,7 @@ def test_segment_task_metrics_and_models_are_checked(layout_pipe, pipeline_dir, 
     with pytest.raises(ValueError, match="'code_accuracy' reads the records' 'code_accuracy', "
                                          "which tasks.t2i does not write"):
         parse_config(recipe("t2i", ["code_accuracy"]))
-    with pytest.raises(ValueError, match="unknown task 'tasks.t2lay'; known: caption, t2i, vqa, "
+    with pytest.raises(ValueError, match="unknown task 'tasks.t2lay'; known: caption, fill, t2i, vqa, "
                                          "i2layout"):
         parse_config(recipe("t2lay", ["model_calls"]))
     plain = UnifiedPipeline.from_pretrained(pipeline_dir)

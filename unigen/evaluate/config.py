@@ -28,6 +28,8 @@ class TaskSettings:
     fid: bool = False  # t2i only: FID of generated vs real images on resources.extractor features
     candidates: int = 1  # t2i only: best of this many images a prompt, by the model's own reading
     verify_masks: int = 4  # t2i only: masks of that reading's ELBO (unigen.verification)
+    # fill only: the words blanked in each caption (empty: the shapes world's colours)
+    fill_words: list[str] = field(default_factory=list)
 
 
 @dataclass

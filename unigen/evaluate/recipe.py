@@ -58,6 +58,8 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
                 TaskSettings.candidates, TaskSettings.verify_masks):
             raise ValueError(f"tasks.{name}.candidates: only t2i draws several candidates to "
                              f"choose from")
+        if task.fill_words and name != "fill":
+            raise ValueError(f"tasks.{name}.fill_words: only the fill task blanks words")
         if task.candidates < 1 or task.verify_masks < 1:
             raise ValueError(f"tasks.{name}.candidates and verify_masks must be >= 1, got "
                              f"{task.candidates} and {task.verify_masks}")

@@ -68,6 +68,14 @@ class CaptionAttributeRecall(RecordMean):
     task, field, needs_scenes = "caption", "attribute_recall", True
 
 
+@RECORD_METRICS.register("fill_accuracy")
+class FillAccuracy(RecordMean):
+    """Fraction of the caption words blanked by the ``fill`` task that the model filled in
+    exactly, with the image as context (over all blanks: a micro average)."""
+
+    task, field, denominator = "fill", "fill_correct", "blanks"
+
+
 @RECORD_METRICS.register("empty_images")
 class EmptyImages(RecordMean):
     """Fraction of generated images in which the shapes checker detects no object at all: the

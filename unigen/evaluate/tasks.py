@@ -1,5 +1,5 @@
-"""Evaluation tasks (:data:`EVAL_TASKS`: ``t2i``, ``caption``, ``vqa``): generate a batch, turn it
-into records (and images for the image metrics).
+"""Evaluation tasks (:data:`EVAL_TASKS`: ``t2i``, ``caption``, ``vqa``, ``fill``): generate a
+batch, turn it into records (and images for the image metrics).
 
 Text-to-image prompts of the shapes world are scored GenEval-style (Ghosh et al., 2023) by the
 pixel checker (:mod:`unigen.data.checker`); FID (Heusel et al., 2017) compares generated images with
@@ -137,6 +137,51 @@ def _generate_vqa(pipe, settings: TaskSettings, samples: Sequence[EvalSample], s
                         for s, seed, a, n in zip(samples, seeds, answers, calls)])
 
 
+def blank_words(caption: str, words: set[str], tokenizer: Any) -> tuple[str, list[int]]:
+    """``caption`` with each word of ``words`` (case-insensitive) replaced by one ``_`` per token
+    it takes, and the indices of the blanked words."""
+    out, blanked = [], []
+    for i, word in enumerate(caption.split()):
+        if word.lower() in words:
+            out.append(" ".join(["_"] * max(1, len(tokenizer.encode(word)))))
+            blanked.append(i)
+        else:
+            out.append(word)
+    return " ".join(out), blanked
+
+
+def _generate_fill(pipe, settings: TaskSettings, samples: Sequence[EvalSample], seeds: list[int],
+                   checks: set[str]) -> BatchOutput:
+    """Each caption with its attribute words blanked (``fill_words``; the shapes world's colours
+    by default), filled in with the real image as context (:meth:`UnifiedPipeline.infill`); a
+    blank counts as right when its word comes back exactly.  Captions with no such word are
+    recorded with no blanks and no decode."""
+    from unigen.data.shapes import COLORS
+
+    words = {w.lower() for w in (settings.fill_words or COLORS)}
+    tokenizer = pipe.space.text_tokenizer
+    templates = [blank_words(s.prompt, words, tokenizer) for s in samples]
+    todo = [i for i, (_, blanked) in enumerate(templates) if blanked]
+    filled: dict[int, tuple[str, int]] = {}
+    if todo:
+        out, calls = pipe.infill(torch.stack([samples[i].image for i in todo]),
+                                 [templates[i][0] for i in todo], seed=[seeds[i] for i in todo],
+                                 output="codes", return_calls=True, **sampling_kwargs(settings))
+        filled = {i: (text, n) for i, text, n in zip(todo, out.texts, calls)}
+    records = []
+    for i, (sample, seed) in enumerate(zip(samples, seeds)):
+        template, blanked = templates[i]
+        text, calls = filled.get(i, (sample.prompt, 0))
+        truth, said = sample.prompt.split(), text.split()
+        # a word per word: a fill that changed the word count gets no blank right
+        right = (sum(said[j].lower() == truth[j].lower() for j in blanked)
+                 if len(said) == len(truth) else 0)
+        records.append({**_base_record("fill", sample, seed, calls), "prompt": sample.prompt,
+                         "template": template, "filled": text, "blanks": len(blanked),
+                         "fill_correct": right})
+    return BatchOutput(records)
+
+
 def _t2i_grid_text(record: Mapping[str, Any]) -> str:
     if "correct" in record:  # the shapes checker's verdict
         return f"{'OK' if record['correct'] else 'NO'} {record['prompt']}"
@@ -163,6 +208,10 @@ EVAL_TASKS.register("t2i")(TaskSpec(_generate_t2i, (COMPOSITIONAL, RECORD),
 EVAL_TASKS.register("caption")(TaskSpec(_generate_caption, (CAPTION, RECORD),
                                         grid_text=lambda r: r["caption"], method="caption",
                                         default_steps=_caption_steps))
+EVAL_TASKS.register("fill")(TaskSpec(
+    _generate_fill, (RECORD,), grid_text=lambda r: f"{r['filled']} ({r['fill_correct']}/"
+                                                     f"{r['blanks']}; {r['template']})",
+    method="infill", needs=("prompt",), default_sampler=lambda pipe: "confident"))
 EVAL_TASKS.register("vqa")(TaskSpec(
     _generate_vqa, (VQA, RECORD),
     # the verdict first: the grid cuts long texts after three lines
