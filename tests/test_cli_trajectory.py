@@ -95,3 +95,10 @@ def test_a_text_trajectory_on_the_results_file_is_refused(models, tmp_path, caps
     line = fails_with(["caption", "--model", models / "masked", "--image", models / "x0.png",
                        "--out", out, "--trajectory", out], capsys)
     assert "is where --out's results or settings go" in line and list(tmp_path.iterdir()) == []
+
+
+def test_a_recorder_with_no_steps_has_no_texts_either(models):
+    from unigen.pipeline import UnifiedPipeline
+
+    with pytest.raises(ValueError, match="callback="):
+        TrajectoryRecorder().texts(UnifiedPipeline.from_pretrained(models / "masked"))

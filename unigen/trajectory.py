@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from unigen.pipeline import UnifiedPipeline
 
 MIN_TILE_PIXELS = 128  # a frame's width in the grid, at least
+NOTHING_RECORDED = "no step was recorded: pass the recorder as the pipeline's callback="
 
 
 def frame_steps(num_recorded: int, frames: int) -> list[int]:
@@ -30,7 +31,7 @@ def frame_steps(num_recorded: int, frames: int) -> list[int]:
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if num_recorded < 1:
-        raise ValueError("no step was recorded: pass the recorder as the pipeline's callback=")
+        raise ValueError(NOTHING_RECORDED)
     if frames == 1:
         return [num_recorded - 1]
     picked = torch.linspace(0, num_recorded - 1, min(frames, num_recorded)).round().long()
@@ -39,9 +40,10 @@ def frame_steps(num_recorded: int, frames: int) -> list[int]:
 
 class TrajectoryRecorder:
     """``callback`` for :class:`~unigen.pipeline.UnifiedPipeline`'s decoding methods: records
-    ``(step_index, tokens, is_masked)`` after every step of one decode (one call of
-    ``text_to_image`` or ``inpaint``; with ``candidates > 1`` every candidate's decode would
-    append, so use one recorder per single-candidate call)."""
+    ``(step_index, tokens, is_masked)`` after every step of one decode (one call of a decoding
+    method: ``text_to_image``, ``inpaint``, ``image_to_image``, ``infill``, ``caption``,
+    ``answer``; with ``candidates > 1`` every candidate's decode would append, so use one
+    recorder per single-candidate call)."""
 
     def __init__(self) -> None:
         self.states: list[tuple[int, Tensor, Tensor]] = []
@@ -65,9 +67,9 @@ class TrajectoryRecorder:
     def texts(self, pipe: "UnifiedPipeline") -> list[list[dict[str, int | str]]]:
         """Every step's partial text of each row (:meth:`UnifiedPipeline.partial_text`), as
         ``[{"step": 1, "text": "a red _ _"}, ...]`` per row: how a caption or answer filled in."""
+        if not self.states:
+            raise ValueError(NOTHING_RECORDED)
         per_step = [pipe.partial_text(tokens, is_masked) for _, tokens, is_masked in self.states]
-        if not per_step:
-            raise ValueError("no step was recorded: pass the recorder as the pipeline's callback=")
         return [[{"step": step + 1, "text": texts[row]}
                  for (step, _, _), texts in zip(self.states, per_step)]
                 for row in range(len(per_step[0]))]
