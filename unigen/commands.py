@@ -360,6 +360,16 @@ def _caption_args(p: argparse.ArgumentParser) -> None:
                         "blue _' (one for every --image, or one per --image)")
 
 
+def _check_fills(fills: list[str]) -> None:
+    """Every ``--fill`` text has a blank to fill (``caption``, ``inpaint``)."""
+    from unigen.diffusion.tasks import BLANK
+
+    empty = [f for f in fills if BLANK not in f.split()]
+    if empty:
+        raise ValueError(f"--fill {empty[0]!r} has no blank: write each word to generate as a "
+                         f"standalone {BLANK} (e.g. 'a {BLANK} circle')")
+
+
 def _text_trajectory_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trajectory", default=None, metavar="FILE",
                    help="also write each step's partial text per image as JSON (masked tokens "
@@ -415,10 +425,7 @@ def _caption(args: argparse.Namespace) -> None:
         if len(fills) != len(args.image):
             raise ValueError(f"--fill: give one, or one per --image ({len(args.image)}); got "
                              f"{len(args.fill)}")
-        empty = [f for f in fills if "_" not in f.split()]
-        if empty:
-            raise ValueError(f"--fill {empty[0]!r} has no blank: write each word to generate as a "
-                             "standalone _ (e.g. 'a _ circle')")
+        _check_fills(fills)
     out, settings, pipe, kwargs, images = _read_images_for(args, "caption")
     recorder = _text_recorder(args)
     if args.fill is None:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from unigen import io
-from unigen.commands import (_check_model_args, _common_model_args, _grid_paths, _guidance_args,
-                             _image_args, _load_images, _negative_prompts, _parse_sampler_args,
-                             _pipeline, _refuse_autoregressive, _sampler_kwargs, _save_trajectory,
-                             _trajectory_args, _trajectory_path)
+from unigen.commands import (_check_fills, _check_model_args, _common_model_args, _grid_paths,
+                             _guidance_args, _image_args, _load_images, _negative_prompts,
+                             _parse_sampler_args, _pipeline, _refuse_autoregressive,
+                             _sampler_kwargs, _save_trajectory, _trajectory_args, _trajectory_path)
 
 REGION_TINT = (1.0, 0.0, 1.0)  # magenta: no shapes-world or garment colour, so the region shows
 TINT_ALPHA = 0.45
@@ -147,10 +147,7 @@ def prepare(args: argparse.Namespace, verb: str) -> RedrawJob:
     if fills is not None:
         if args.negative_prompt is not None:
             raise ValueError("--negative-prompt steers a --prompt; --fill has none to steer")
-        empty = [f for f in fills if "_" not in f.split()]
-        if empty:
-            raise ValueError(f"--fill {empty[0]!r} has no blank: write each word to generate as a "
-                             "standalone _ (e.g. 'a _ circle')")
+        _check_fills(fills)
     prompts = _per_image(args.prompt if fills is None else fills, len(args.image),
                          "--prompt" if fills is None else "--fill")
     negatives = _negative_prompts(args)

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from unigen import io
 from unigen.diffusion.token_space import TokenSpace
-from unigen.diffusion.tasks import TASKS, SegmentTask, TaskInputs
+from unigen.diffusion.tasks import BLANK, TASKS, SegmentTask, TaskInputs
 from unigen.diffusion.vocab import SequenceLayout, VocabLayout
 from unigen.modalities import Modality, build_modalities, modality_spec
 from unigen.modules.transformer import PrefixCache, UnifiedTransformer
@@ -685,10 +685,10 @@ class UnifiedPipeline:
     def infill(self, image, text: str | Sequence[str], mask: Any = None,
                num_steps: int | None = None, sampler: str | Sampler | None = None,
                seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
-               progress: bool = False, return_calls: bool = False, blank: str = "_",
+               progress: bool = False, return_calls: bool = False,
                **options: Any) -> InfillOutput | tuple[InfillOutput, list[int]]:
         """Fill the blanks of ``text`` (one for every image, or one per image; each standalone
-        ``blank`` word is one token to generate: ``"a _ circle above a blue square"``) with the
+        ``_`` word is one token to generate: ``"a _ circle above a blue square"``) with the
         image as context, and with ``mask`` (as :meth:`inpaint` takes it) also redraw that part
         of the image, both in one decode: UniDisc's joint infilling (the ``infill`` task).
         Returns :class:`InfillOutput`: the filled texts (blanks replaced, up to ``<eos>``) and
@@ -699,11 +699,11 @@ class UnifiedPipeline:
         x = self.images_to_tensor(image)
         texts = self._prompt_per_image(text, len(x), "text")
         regions = None if mask is None else self.inpaint_regions(mask, len(x))
-        empty = [t for t in texts if blank not in t.split()]
+        empty = [t for t in texts if BLANK not in t.split()]
         if empty and regions is None:
             raise ValueError(f"nothing to fill in {empty[0]!r}: write each token to generate as a "
-                             f"standalone {blank!r} (e.g. 'a {blank} circle'), or give a mask")
-        blanks = self.space.encode_blanks(texts, blank)[1].sum(-1) if texts else torch.zeros(1)
+                             f"standalone {BLANK!r} (e.g. 'a {BLANK} circle'), or give a mask")
+        blanks = self.space.encode_blanks(texts, BLANK)[1].sum(-1) if texts else torch.zeros(1)
         if num_steps is None:
             num_steps = 16 if regions is not None else max(1, int(blanks.max()))
         sampler = sampler or ("maskgit" if regions is not None else TEXT_SAMPLER)

@@ -128,3 +128,13 @@ def test_a_model_trains_on_infill_through_the_caption_token(tokenizer_dirs):
     assert (tb.tokens[:, module.space.sequence.task_pos] == module.space.task_token("caption")).all()
     loss = module.diffusion_loss(tb, gen, assignment)[0]
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_with_a_mask_a_text_without_blanks_stays_as_written(pipe, images):
+    """No random span is ever drawn at inference: a row with no blank keeps its whole text."""
+    mask = torch.zeros(pipe.image_size, pipe.image_size, dtype=torch.bool)
+    mask[:, : pipe.image_size // 2] = True
+    out = pipe.infill(images, ["a _ circle", "two blue squares"], mask=mask, num_steps=2)
+    assert out.texts[1] == "two blue squares" and out.texts[0].split()[::2] == ["a", "circle"]
+    with pytest.raises(TypeError, match="unknown option 'blank'"):
+        pipe.infill(images, "a [M] circle", blank="[M]")

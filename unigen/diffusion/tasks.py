@@ -265,12 +265,15 @@ class Inpainting(CaptionImageTask):
         return tb
 
 
+BLANK = "_"  # a word of an infill text that stands for one token to generate
+
+
 @TASKS.register("infill")
 class Infilling(Task):
     """Blanks of a caption filled in with the image as context, and with ``regions`` also part of
     the image: the joint infilling of UniDisc (Swerdlow et al. 2025) that a masked model does
-    without a new head.  The text is given with each standalone ``blank`` word standing for one
-    token to generate (``"a _ circle above a blue square"``, :meth:`TokenSpace.encode_blanks`);
+    without a new head.  The text is given with each standalone :data:`BLANK` word standing for
+    one token to generate (``"a _ circle above a blue square"``, :meth:`TokenSpace.encode_blanks`);
     the rest of the caption, and the image outside ``regions``, are given.
 
     It speaks through a task token the model knows: ``<caption>`` for text blanks alone (a
@@ -281,12 +284,10 @@ class Infilling(Task):
     name = "infill"
     task_tokens = ("caption", "joint")
 
-    def __init__(self, blank: str = "_", min_frac: float = 0.2, max_frac: float = 0.5) -> None:
-        if not blank or any(c.isspace() for c in blank):
-            raise ValueError(f"task 'infill': blank must be one word, got {blank!r}")
+    def __init__(self, min_frac: float = 0.2, max_frac: float = 0.5) -> None:
         if not 0 < min_frac <= max_frac <= 1:
             raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
-        self.blank, self.min_frac, self.max_frac = blank, min_frac, max_frac
+        self.min_frac, self.max_frac = min_frac, max_frac
 
     def spans(self, rows: Tensor, eos_id: int, generator: torch.Generator | None) -> Tensor:
         """[B, L] bool: a random contiguous span of each row's tokens before ``<eos>`` (training)."""
@@ -302,9 +303,9 @@ class Infilling(Task):
     def build(self, inputs, space, generator=None):
         codes = _require(inputs.image_codes, "an image", self.name)
         rows, blanks = space.encode_blanks(_require(inputs.captions, "a caption", self.name),
-                                           self.blank)
+                                           BLANK)
         if bool(blanks.any()) and generator is not None:
-            raise ValueError(f"task 'infill': a training caption holds {self.blank!r} blanks, "
+            raise ValueError(f"task 'infill': a training caption holds {BLANK!r} blanks, "
                              "which have no true token to learn (blanks are for inference; "
                              "training masks random spans itself)")
         unset = ~blanks.any(-1)
