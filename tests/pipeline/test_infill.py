@@ -137,4 +137,4 @@ def test_with_a_mask_a_text_without_blanks_stays_as_written(pipe, images):
     out = pipe.infill(images, ["a _ circle", "two blue squares"], mask=mask, num_steps=2)
     assert out.texts[1] == "two blue squares" and out.texts[0].split()[::2] == ["a", "circle"]
     with pytest.raises(TypeError, match="unknown option 'blank'"):
-        pipe.infill(images, "a [M] circle", blank="[M]")
+        pipe.infill(images, "a _ circle", blank="[M]")
