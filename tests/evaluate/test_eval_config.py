@@ -163,6 +163,11 @@ def test_shipped_recipes_parse():
     assert not any(t.fid for t in debug.tasks.values())
     fashion = parse_config(load_eval_config(RECIPES / "eval_fashion_mnist.yaml"))
     assert fashion.data["source"] == "fashion_mnist" and fashion.tasks["t2i"].fid
+    # fill blanks the shapes world's colours by default, and every word of a garment's name
+    from unigen.data.fashion_mnist import CLASS_NAMES
+
+    assert shapes.tasks["fill"].metrics == ["fill_accuracy"] and shapes.tasks["fill"].fill_words == []
+    assert set(fashion.tasks["fill"].fill_words) == {w for n in CLASS_NAMES for w in n.split()}
 
 
 def test_results_name_the_sampler_an_unset_setting_left_to_the_pipeline(tokenizer_dirs):
