@@ -15,21 +15,25 @@ a list, ``range``, array or tensor) or explicit ``generator``\\s; the global RNG
 with one generator per sample, a sample's output does not depend on the rest of its batch, up to
 floating-point differences between batched matrix kernels: on the CPU the sampled codes are
 identical and the decoded pixels agree to about 1e-6 (the decoder's batched convolutions).
+
+The class is built from modules of one job each; every name they took from here is still
+importable from here:
+
+- :mod:`unigen.pipeline_loading`: reading pipeline directories, :func:`load_pipeline`, the
+  transformer's saved weights, devices and dtypes;
+- :mod:`unigen.sampling_config`: :class:`SamplingConfig` and the text decoding defaults;
+- :mod:`unigen.model_fns`: what the decoding loop calls (:class:`PrefixCachedModel`);
+- :mod:`unigen.seeds`: the per-sample seeds of a call (:func:`seed_list`);
+- :mod:`unigen.pipeline_editing`: ``inpaint``, ``image_to_image`` and ``infill``
+  (:class:`~unigen.pipeline_editing.EditingMixin`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import importlib
-import json
-import math
-import operator
 import os
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from einops import repeat
 from PIL import Image
@@ -37,129 +41,32 @@ from torch import Tensor
 
 from unigen import io
 from unigen.diffusion.token_space import TokenSpace
-from unigen.diffusion.tasks import BLANK, TASKS, SegmentTask, TaskInputs
-from unigen.diffusion.vocab import SequenceLayout, VocabLayout
+from unigen.diffusion.tasks import TASKS, SegmentTask, TaskInputs
 from unigen.modalities import Modality, build_modalities, modality_spec
-from unigen.modules.transformer import PrefixCache, UnifiedTransformer
+from unigen.model_fns import PrefixCachedModel, _banning, network_fn
+from unigen.modules.transformer import UnifiedTransformer
 from unigen.modules.heads import HEADS
+from unigen.pipeline_editing import EditingMixin, InfillOutput, _mask_tensor
+from unigen.pipeline_loading import (DTYPES, FORMAT_VERSION, KIND, PIPELINE_CLASSES,
+                                     check_pipeline_device, load_pipeline, load_saved_transformer,
+                                     load_transformer_weights, pipeline_kind, read_pipeline_meta,
+                                     resolve_dtype)
 from unigen.sampling import ClassifierFreeGuidance, Sampler, decode
-from unigen.sampling.base import SamplerOutput, check_num_steps, make_sampler
+from unigen.sampling.base import SamplerOutput, make_sampler
 from unigen.sampling.decode import StepCallback
-from unigen.sampling.graphed import GraphedModelFn, autocast_state, check_cuda_graphs
-from unigen.saved_config import constructor_defaults
+from unigen.sampling.graphed import autocast_state, check_cuda_graphs
+from unigen.sampling_config import ANSWER_STEPS, TEXT_SAMPLER, SamplingConfig
+from unigen.seeds import SEED_RANGE, _integer, _integers, seed_list
 from unigen.tokenizers.base import ImageTokenizer, pil_to_tensor, tensor_to_pil
 from unigen.tokenizers.text import TextTokenizer
 from unigen.verification import best_of, caption_elbo
 
-FORMAT_VERSION = 1
-KIND = "masked"  # pipeline.json "kind": which pipeline class reads the directory
-# every kind unigen writes, and the class that reads it (imported when a directory needs it)
-PIPELINE_CLASSES = {"masked": ("unigen.pipeline", "UnifiedPipeline"),
-                    "autoregressive": ("unigen.training.ar_module", "AutoregressivePipeline")}
 IMAGE_OUTPUTS = ("pil", "tensor", "codes")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# what torch.Generator.manual_seed takes
-SEED_RANGE = (-(2**63), 2**64 - 1)
-
-# Reading an image is a prediction, not a draw: captions and answers decode greedily, revealing
-# every token the model is sure of at once (Dimple, Yu et al. 2025; Fast-dLLM, Wu et al. 2025;
-# LaViDa decodes understanding greedily too).  MaskGIT's sampled tokens and choice noise are an
-# image-generation default: on the Fashion-MNIST CPU model they cost 7 points of VQA and leave
-# 15 % of captions malformed (docs/samplers.md, "Decoding text").
-TEXT_SAMPLER = "confident"
-ANSWER_STEPS = 4  # the step budget of an answer (a few words); confident decoding stops earlier
 
 
-def _banning(model_fn: Callable[[Tensor], Tensor], ids: Sequence[int]) -> Callable[[Tensor], Tensor]:
-    """``model_fn`` with ``ids`` made impossible (-inf) wherever its logits reach them (a
-    vocabulary cut to the text ids drops the higher ones)."""
+class UnifiedPipeline(EditingMixin):
+    """One object for the unified model and its two tokenizers (see the module docstring)."""
 
-    def banned(x: Tensor) -> Tensor:
-        logits = model_fn(x)
-        index = torch.tensor([i for i in ids if i < logits.shape[-1]], device=logits.device)
-        return logits.index_fill(-1, index, float("-inf"))  # a copy: CUDA graphs' buffers stay
-
-    return banned
-
-
-@dataclass
-class InfillOutput:
-    """What :meth:`UnifiedPipeline.infill` returns: the filled texts and the images."""
-
-    texts: list[str]
-    images: Any  # as ``output`` says: PIL images, a [B, 3, H, W] tensor or codes [B, h, w]
-
-
-@dataclass
-class SamplingConfig:
-    """How to decode one segment: sampler (a registered name, or a :class:`Sampler` object) +
-    options, steps, guidance.  ``num_steps`` is checked here (a positive integer), once for every
-    task."""
-
-    sampler: str | Sampler = "maskgit"
-    num_steps: int = 16
-    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
-    guidance_scale: float = 1.0
-    guidance_kwargs: dict[str, Any] = field(default_factory=dict)
-    use_cache: bool = True  # prefix KV cache: the condition is encoded once
-    cache_unchanged: bool = False  # skip the network when its input did not change (MDLM cache)
-    cuda_graphs: bool = False  # replay each step's network call as a CUDA graph (GPU only)
-    #: called after every step as ``callback(step_index, tokens, is_masked)`` with copies of the
-    #: whole sequences ``[B, S]`` (diffusers' ``callback_on_step_end``, to watch or record a
-    #: decode; :meth:`UnifiedPipeline.partial_images` draws an image task's state)
-    callback: Callable[[int, Tensor, Tensor], None] | None = None
-
-    def __post_init__(self) -> None:
-        self.num_steps = check_num_steps(self.num_steps)
-        if self.callback is not None and not callable(self.callback):
-            raise TypeError(f"callback must be callable (step_index, tokens, is_masked), got "
-                            f"{type(self.callback).__name__}")
-
-    @classmethod
-    def from_options(cls, sampler: str | Sampler, num_steps: int, **options: Any) -> "SamplingConfig":
-        """The config of a pipeline call; an unknown keyword is one ``TypeError`` naming the ones
-        there are (the dataclass's own message names only the constructor)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise TypeError(f"unknown option {', '.join(map(repr, unknown))}; the options are "
-                            f"{', '.join(sorted(known - {'sampler', 'num_steps'}))}")
-        return cls(sampler, num_steps, **options)
-
-
-class PrefixCachedModel:
-    """``model_fn`` for :func:`unigen.sampling.decode` that encodes the prefix (the condition) once
-    and recomputes only the other positions at each step (LaViDa prefix cache).  A cache is kept per
-    batch shape (guidance may switch between B and 2B rows) and refreshed if the prefix changes.
-    With ``cuda_graphs`` the cached step is replayed as a CUDA graph, and a changed prefix is
-    written into the captured cache in place."""
-
-    def __init__(self, net: UnifiedTransformer, prefix: Tensor, positions: Tensor | None = None,
-                 vocab_limit: int | None = None, cuda_graphs: bool = False) -> None:
-        self.net = net
-        self.prefix = prefix  # [S] bool, shared by every row
-        self.positions = positions  # logits only for these positions (see decode(positions=))
-        self.vocab_limit = vocab_limit  # logits only for the first ids (text decoding)
-        self._caches: dict[int, tuple[Tensor, PrefixCache]] = {}
-        self.cuda_graphs = cuda_graphs
-        self._step = GraphedModelFn(self._cached_step) if cuda_graphs else self._cached_step
-
-    def _cached_step(self, tokens: Tensor) -> Tensor:
-        cache = self._caches[tokens.shape[0]][1]
-        return self.net.forward_cached(tokens, cache, self.positions, self.vocab_limit)
-
-    def __call__(self, tokens: Tensor) -> Tensor:
-        key = tokens[:, self.prefix]
-        hit = self._caches.get(tokens.shape[0])
-        if hit is None or not torch.equal(hit[0], key):
-            cache = self.net.prefill(tokens, self.prefix)
-            if hit is not None and self.cuda_graphs:
-                cache = hit[1].copy_(cache)  # the graph reads the captured tensors
-            self._caches[tokens.shape[0]] = (key.clone(), cache)
-        return self._step(tokens)
-
-
-class UnifiedPipeline:
     KIND = KIND
 
     def __init__(self, transformer: UnifiedTransformer, image_tokenizer: ImageTokenizer,
@@ -362,21 +269,9 @@ class UnifiedPipeline:
             key = (cached, tuple(prefix[0].tolist()), vocab_limit,
                    None if positions is None else tuple(positions.tolist()), *autocast_state())
             if key not in self._graphed:
-                self._graphed[key] = self._model_fn(net, prefix, positions, cached, vocab_limit, True)
+                self._graphed[key] = network_fn(net, prefix, positions, cached, vocab_limit, True)
             return self._graphed[key]
-        return self._model_fn(net, prefix, positions, cached, vocab_limit, False)
-
-    @staticmethod
-    def _model_fn(net: UnifiedTransformer, prefix: Tensor, positions: Tensor | None, cached: bool,
-                  vocab_limit: int | None, cuda_graphs: bool):
-        if cached:
-            return PrefixCachedModel(net, prefix[0], positions, vocab_limit, cuda_graphs)
-
-        def full(x: Tensor) -> Tensor:
-            return net(x, prefix[:1].expand(x.shape[0], -1), positions=positions,
-                       vocab_limit=vocab_limit)
-
-        return GraphedModelFn(full) if cuda_graphs else full
+        return network_fn(net, prefix, positions, cached, vocab_limit, False)
 
     @property
     def special_ids(self) -> dict[str, int]:
@@ -633,124 +528,6 @@ class UnifiedPipeline:
                                      self.generators(len(x), seed, generator), progress)
         return self._with_calls(self.space.decode_answers(tokens), calls, return_calls)
 
-    def inpaint(self, image, mask: Any, prompt: str | Sequence[str], num_steps: int = 16,
-                guidance_scale: float = 1.0, sampler: str | Sampler = "maskgit",
-                seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
-                progress: bool = False, return_calls: bool = False,
-                negative_prompt: str | Sequence[str] | None = None, **options: Any):
-        """Regenerate the image tokens under ``mask`` (True = regenerate), guided by ``prompt`` (one
-        for every image, or one per image) and away from ``negative_prompt`` (as in
-        :meth:`text_to_image`).  ``mask``: a bool (or 0/1) tensor or array, ``[H, W]``
-        for every image or ``[B, H, W]`` (also ``[B, 1, H, W]``) one per image, in pixels or in
-        tokens (``[h, w]``); or a PIL image (or a list, one per image) whose white pixels (>= 128
-        in grayscale) are regenerated, as in diffusers.  Pixel masks are reduced to the token
-        grid: a token is regenerated if any of its pixels is.  ``return_calls``: see
-        :meth:`text_to_image`."""
-        cfg = SamplingConfig.from_options(sampler, num_steps, guidance_scale=guidance_scale,
-                                          **options)
-        x = self.images_to_tensor(image)
-        prompts = self._prompt_per_image(prompt, len(x))
-        regions = self.inpaint_regions(mask, len(x))
-        tokens, calls = self._redraw(x, regions, prompts, cfg, self.generators(len(x), seed, generator),
-                                     progress, negative_prompt)
-        return self._image_output(tokens, output, calls, return_calls)
-
-    def image_to_image(self, image, prompt: str | Sequence[str], strength: float = 0.6,
-                       num_steps: int = 16, guidance_scale: float = 1.0,
-                       sampler: str | Sampler = "maskgit", seed: int | Sequence[int] = 0,
-                       generator=None, output: str = "pil", progress: bool = False,
-                       return_calls: bool = False,
-                       negative_prompt: str | Sequence[str] | None = None, **options: Any):
-        """A variation of each image steered by ``prompt``: ``strength`` (0 < s <= 1) of its image
-        tokens, chosen at random, are masked again and redrawn; the rest is kept (diffusers'
-        ``strength`` of img2img, as aMUSEd's image-to-image re-masks a share of the tokens instead
-        of adding noise).  The decode runs ``ceil(strength * num_steps)`` steps, so a step
-        reveals about as many tokens as in a full decode; ``strength=1`` redraws every token.
-        The tokens redrawn come from each sample's generator before it decodes, so a sample's
-        result does not depend on its batch; with ``seed``, they are
-        ``random_regions(len(images), strength, generators(len(images), seed))``.  Other
-        arguments as :meth:`inpaint`."""
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) \
-                or not 0.0 < float(strength) <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-        cfg = SamplingConfig.from_options(sampler, max(1, math.ceil(float(strength) * num_steps)),
-                                          guidance_scale=guidance_scale, **options)
-        x = self.images_to_tensor(image)
-        prompts = self._prompt_per_image(prompt, len(x))
-        generators = self.generators(len(x), seed, generator)
-        regions = self.random_regions(len(x), float(strength), generators)
-        tokens, calls = self._redraw(x, regions, prompts, cfg, generators, progress, negative_prompt)
-        return self._image_output(tokens, output, calls, return_calls)
-
-    def infill(self, image, text: str | Sequence[str], mask: Any = None,
-               num_steps: int | None = None, sampler: str | Sampler | None = None,
-               seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
-               progress: bool = False, return_calls: bool = False,
-               **options: Any) -> InfillOutput | tuple[InfillOutput, list[int]]:
-        """Fill the blanks of ``text`` (one for every image, or one per image; each standalone
-        ``_`` word is one token to generate: ``"a _ circle above a blue square"``) with the
-        image as context, and with ``mask`` (as :meth:`inpaint` takes it) also redraw that part
-        of the image, both in one decode: UniDisc's joint infilling (the ``infill`` task).
-        Returns :class:`InfillOutput`: the filled texts (blanks replaced, up to ``<eos>``) and
-        the images (``output`` as :meth:`text_to_image`; the inputs' reconstructions where
-        nothing was redrawn).  ``num_steps`` defaults to the most blanks of any text (one token
-        per step) or, with a mask, 16; ``sampler`` to ``confident`` for text alone (as
-        :meth:`caption`), else ``maskgit``."""
-        x = self.images_to_tensor(image)
-        texts = self._prompt_per_image(text, len(x), "text")
-        regions = None if mask is None else self.inpaint_regions(mask, len(x))
-        empty = [t for t in texts if BLANK not in t.split()]
-        if empty and regions is None:
-            raise ValueError(f"nothing to fill in {empty[0]!r}: write each token to generate as a "
-                             f"standalone {BLANK!r} (e.g. 'a {BLANK} circle'), or give a mask")
-        blanks = self.space.encode_blanks(texts, BLANK)[1].sum(-1) if texts else torch.zeros(1)
-        if num_steps is None:
-            num_steps = 16 if regions is not None else max(1, int(blanks.max()))
-        sampler = sampler or ("maskgit" if regions is not None else TEXT_SAMPLER)
-        cfg = SamplingConfig.from_options(sampler, num_steps, **options)
-        codes = self.image_tokenizer.encode(x)
-        # a blank is a word: not the end of the text, padding or a task token
-        specials = self.space.vocab.specials
-        banned = [i for name, i in specials.items() if name != "<unk>"]
-        tokens, calls = self._decode("infill", TaskInputs(codes, captions=texts, regions=regions),
-                                     cfg, self.generators(len(x), seed, generator), progress,
-                                     banned=banned)
-        filled = InfillOutput(self.space.decode_text(tokens),
-                              self._image_output(tokens, output, calls, False))
-        return self._with_calls(filled, calls, return_calls)
-
-    def random_regions(self, batch_size: int, share: float, generators) -> Tensor:
-        """``[B, h, w]`` bool on the host: ``round(share * h * w)`` tokens (at least one) of each
-        image, drawn with its own generator (one per sample, or one for the batch)."""
-        h, w = self.space.sequence.grid
-        count = max(1, round(share * h * w))
-        rows = generators if isinstance(generators, (list, tuple)) else [generators] * batch_size
-        regions = torch.zeros(batch_size, h * w, dtype=torch.bool)
-        for region, gen in zip(regions, rows):
-            region[torch.randperm(h * w, generator=gen, device=gen.device)[:count].cpu()] = True
-        return regions.reshape(batch_size, h, w)
-
-    @staticmethod
-    def _prompt_per_image(prompt: str | Sequence[str], count: int, what: str = "prompt"
-                          ) -> list[str]:
-        prompts = [prompt] * count if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != count:
-            raise ValueError(f"got {len(prompts)} {what}s for {count} images (give one {what}, "
-                             "or one per image)")
-        return prompts
-
-    def _redraw(self, x: Tensor, regions: Tensor, prompts: list[str], cfg: SamplingConfig,
-                generators, progress: bool, negative_prompt: str | Sequence[str] | None
-                ) -> tuple[Tensor, list[int]]:
-        """Decode the tokens of images ``x`` under ``regions`` again (the inpaint task), guided
-        by ``prompts`` and away from ``negative_prompt``."""
-        codes = self.image_tokenizer.encode(x)
-        negatives = self._negative_prompts(negative_prompt, len(x))
-        negative = (None if negatives is None
-                    else TaskInputs(codes, captions=negatives, regions=regions))
-        return self._decode("inpaint", TaskInputs(codes, captions=prompts, regions=regions), cfg,
-                            generators, progress, negative)
-
     def run_task(self, task: str, inputs: dict[str, Any], num_steps: int = 16,
                  sampler: str | Sampler | None = None, guidance_scale: float = 1.0,
                  seed: int | Sequence[int] = 0, generator=None, output: str = "pil",
@@ -822,26 +599,6 @@ class UnifiedPipeline:
                 result[name] = self.modalities[name].decode(seg_codes.cpu()) if n else []
         return self._with_calls(result, calls, return_calls)
 
-    def inpaint_regions(self, mask: Any, batch_size: int) -> Tensor:
-        """``mask`` (see :meth:`inpaint`) as the token regions ``[B, h, w]`` bool, on the host."""
-        grid = self.space.sequence.grid
-        f = self.image_tokenizer.downsample_factor
-        pixels = (grid[0] * f, grid[1] * f)
-        region = _mask_tensor(mask)
-        if region.ndim == 4 and region.shape[1] == 1:  # [B, 1, H, W], as diffusers' masks come
-            region = region[:, 0]
-        if region.ndim == 2:
-            region = region[None]
-        shape_ok = region.ndim == 3 and region.shape[0] in (1, batch_size)
-        if not shape_ok or tuple(region.shape[1:]) not in (grid, pixels):
-            raise ValueError(f"inpainting mask must be {pixels[0]}x{pixels[1]} pixels or "
-                             f"{grid[0]}x{grid[1]} tokens, as [H, W] for every image or [B, H, W] "
-                             f"with B = {batch_size} images; got {tuple(_mask_tensor(mask).shape)}")
-        region = region.expand(batch_size, -1, -1)
-        if tuple(region.shape[1:]) != grid:
-            region = region.reshape(batch_size, grid[0], f, grid[1], f).any(dim=4).any(dim=2)
-        return region.cpu().contiguous()
-
 
 def check_modalities(modalities: dict[str, Modality], transformer: UnifiedTransformer) -> None:
     """The modalities must be the transformer's extra segments, in order, with their sizes."""
@@ -856,150 +613,13 @@ def check_modalities(modalities: dict[str, Modality], transformer: UnifiedTransf
                              f"{vocab.extra[name]} codes in {seq.extra[name]}")
 
 
-def _mask_tensor(mask: Any) -> Tensor:
-    """An inpainting mask as a bool tensor of its own shape (True = regenerate)."""
-    if isinstance(mask, Image.Image):
-        # binarised at half intensity, as diffusers' mask processor does
-        return torch.from_numpy(np.asarray(mask.convert("L")) >= 128)
-    if isinstance(mask, (list, tuple)) and mask and all(isinstance(m, Image.Image) for m in mask):
-        return torch.stack([_mask_tensor(m) for m in mask])
-    try:
-        region = torch.as_tensor(mask)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"inpainting mask must be a bool tensor or array, or a PIL image; got "
-                        f"{type(mask).__name__}") from None
-    if region.dtype == torch.bool:
-        return region
-    if region.is_complex() or region.numel() and not bool(((region == 0) | (region == 1)).all()):
-        raise ValueError("inpainting mask must be bool or hold only 0 and 1 (1 = regenerate); got "
-                         f"other values ({region.dtype}); binarise a soft mask first")
-    return region != 0
-
-
-def seed_list(n: int, seed: Any) -> list[int]:
-    """The ``n`` seeds of a call: ``seed + i`` for an integer ``seed``, else ``seed`` itself (any
-    sequence of integers: list, tuple, ``range``, integer array or tensor).  A seed
-    ``torch.Generator`` cannot take is one error naming it."""
-    kind = type(seed).__name__
-    if isinstance(seed, (Tensor, np.ndarray)):
-        seed = seed.tolist()  # a 0-d one gives its number, the others a list
-    scalar = _integer(seed)
-    if scalar is not None:
-        seeds = [scalar + i for i in range(n)]
-    else:
-        items = None if isinstance(seed, (str, bytes, dict)) else _integers(seed)
-        if items is None:
-            raise TypeError(f"seed must be an integer or a sequence of integers (one per "
-                            f"sample), got {kind} {str(seed)[:60]}")
-        if len(items) != n:
-            raise ValueError(f"got {len(items)} seeds for {n} samples")
-        seeds = items
-    low, high = SEED_RANGE
-    for i, value in enumerate(seeds):
-        if not low <= value <= high:
-            raise ValueError(f"seed {value} (sample {i}) is out of range: a seed must lie in "
-                             "[-2**63, 2**64 - 1]")
-    return seeds
-
-
-def _integer(value: Any) -> int | None:
-    """``value`` as an int when it is an integer (numpy's too, never a bool), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
-def _integers(values: Any) -> list[int] | None:
-    """The integers of an iterable, or None when it is not one or holds something else."""
-    try:
-        items = list(values)
-    except TypeError:
-        return None
-    out = [_integer(v) for v in items]
-    return None if any(v is None for v in out) else out
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``dtype`` as a torch floating-point type the pipeline runs in, or None (leave as is)."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str):
-        name = dtype.removeprefix("torch.")
-        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
-                "float": "float32"}.get(name, name)
-        if name in DTYPES:
-            return DTYPES[name]
-    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-
-
-def check_pipeline_device(device: str | torch.device) -> str | torch.device:
-    """``device`` unchanged, or one error when this machine has no such device (before loading)."""
-    from unigen.commands import check_device
-
-    check_device(str(device), flag="device")
-    return device
-
-
-def read_pipeline_meta(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """The directory and its ``pipeline.json`` (checked: a pipeline directory of this format)."""
-    path, meta = io.read_model_dir(path, "pipeline", "train with `unigen fit ... --export_dir "
-                                   "DIR` or `unigen export`", "pipeline.json")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path / 'pipeline.json'} has format version "
-                         f"{meta.get('format_version')!r}; this unigen reads {FORMAT_VERSION}")
-    return path, meta
-
-
-def pipeline_kind(path: str | os.PathLike) -> str:
-    """``pipeline.json``'s ``kind`` of the pipeline at ``path`` (``masked``, ``autoregressive``)."""
-    _, meta = read_pipeline_meta(path)
-    kind = meta.get("kind", KIND)
-    if kind not in PIPELINE_CLASSES:
-        raise ValueError(f"{path} holds a {kind!r} pipeline; this unigen reads "
-                         f"{', '.join(PIPELINE_CLASSES)}")
-    return kind
-
-
-def load_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu",
-                  dtype: str | torch.dtype | None = None) -> UnifiedPipeline:
-    """Load the pipeline at ``path`` with the class its ``pipeline.json`` kind names."""
-    module, name = PIPELINE_CLASSES[pipeline_kind(path)]
-    return getattr(importlib.import_module(module), name).from_pretrained(path, device, dtype)
-
-
-def load_transformer_weights(net: UnifiedTransformer, path: str | os.PathLike) -> UnifiedTransformer:
-    """Copy the transformer weights of the pipeline saved at ``path`` into ``net`` (continuing a
-    run with a fresh optimizer, e.g. across lent GPU sessions).  The saved architecture must be
-    ``net``'s: any difference is one error naming the keys.  ``answer_len`` may differ: it decides
-    which positions VQA trains and decodes, not the weights."""
-    path, _ = io.read_model_dir(path, "pipeline", "train with `unigen fit ... --export_dir DIR`",
-                                "pipeline.json")
-    saved = io.read_json(path / "transformer" / "config.json", "transformer config")
-    ours = json.loads(json.dumps(net.config))  # tuples -> lists, as the saved JSON holds them
-    for cfg in (saved, ours):  # a training/decoding choice that no weight depends on
-        cfg.get("sequence", {}).pop("answer_len", None)
-    diff = io.config_diff(saved, ours)
-    if diff:
-        raise ValueError(f"the transformer at {path} has another architecture; (saved, recipe): {diff}")
-    return load_saved_transformer(net, path)
-
-
-def load_saved_transformer(net: UnifiedTransformer, path: Any,
-                           config: dict[str, Any] | None = None) -> UnifiedTransformer:
-    """Load the transformer weights of the pipeline directory ``path`` into ``net``; its
-    ``transformer/config.json`` (``config``: its content, read here when None) must be the config
-    the weights were saved with (:func:`unigen.saved_config.check_saved_config`).  A key missing on one side
-    counts as its default (configs omit ``question_slot``, ``answer_len``, ``extra`` when unset);
-    ``answer_len`` may differ, as in :func:`load_transformer_weights`."""
-    defaults = {**constructor_defaults(UnifiedTransformer),
-                "vocab": constructor_defaults(VocabLayout),
-                "sequence": constructor_defaults(SequenceLayout)}
-    return io.load_weights(net, path / "transformer" / "model.safetensors",
-                           path / "transformer" / "config.json", config, defaults,
-                           ignore=("sequence.answer_len",))
-
+__all__ = [
+    "IMAGE_OUTPUTS", "UnifiedPipeline", "check_modalities",
+    # moved to the modules named in the module docstring, still importable from here (private
+    # ones included)
+    "ANSWER_STEPS", "DTYPES", "EditingMixin", "FORMAT_VERSION", "InfillOutput", "KIND",
+    "PIPELINE_CLASSES", "PrefixCachedModel", "SEED_RANGE", "SamplingConfig", "TEXT_SAMPLER",
+    "_banning", "_integer", "_integers", "_mask_tensor", "check_pipeline_device", "load_pipeline",
+    "load_saved_transformer", "load_transformer_weights", "network_fn", "pipeline_kind",
+    "read_pipeline_meta", "resolve_dtype", "seed_list",
+]

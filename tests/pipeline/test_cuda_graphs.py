@@ -9,6 +9,7 @@ import contextlib
 import pytest
 import torch
 
+import unigen.model_fns as model_fns_module
 import unigen.pipeline as pipeline_module
 from unigen.data.shapes import ShapesDataset
 from unigen.modules.attention import KVBuffer
@@ -73,7 +74,7 @@ class RecordingGraph:
 
 
 def test_graphed_decoding_reuses_one_model_fn_per_task_and_refreshes_the_prefix(pipe, monkeypatch):
-    monkeypatch.setattr(pipeline_module, "GraphedModelFn", RecordingGraph)
+    monkeypatch.setattr(model_fns_module, "GraphedModelFn", RecordingGraph)
     monkeypatch.setattr(pipeline_module, "check_cuda_graphs", lambda device: None)
     monkeypatch.setattr(pipe, "_graphed", {})
     RecordingGraph.made.clear()

@@ -101,9 +101,9 @@ def test_bad_fills_are_one_line_before_the_model_loads(fills, message, cli_model
                                                       capsys, monkeypatch):
     from cli_testkit import fails_with
 
-    import unigen.commands as commands
+    import unigen.text_commands as command
 
-    monkeypatch.setattr(commands, "_pipeline", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(command, "_pipeline", lambda args: pytest.fail("the model was loaded"))
     argv = ["caption", "--model", cli_models / "masked", "--image", cli_models / "x0.png",
             "--image", cli_models / "x1.png", "--out", tmp_path / "f.json"]
     for fill in fills:
