@@ -9,6 +9,7 @@ class path into the checkpoint so ``unigen export`` knows what to rebuild; only 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pickle
 import zipfile
@@ -120,6 +121,11 @@ def load_module_from_checkpoint(path: str | os.PathLike):
         from unigen.tokenizers.base import IMAGE_TOKENIZERS
 
         hparams["tokenizer"] = IMAGE_TOKENIZERS.get(spec["type"])(**spec["config"])
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        # a subclass may record settings it fixes for its base (reward fine-tuning's tasks): as
+        # Lightning's load_from_checkpoint, each class gets the arguments it takes
+        hparams = {k: v for k, v in hparams.items() if k in params}
     module = cls(**hparams)
     if hasattr(module, "configure_model"):
         module.configure_model()

@@ -120,7 +120,8 @@ class FinetuneModule(UnifiedModule):
                              f"head), or drop adapter_dir and export the whole model with --export_dir")
         # UnifiedModule's save_hyperparameters also recorded its architecture arguments, which come
         # from init_from here; a checkpoint must rebuild this class from its own arguments only
-        self.remove_ignored_hparams([k for k in list(self.hparams) if k not in _OWN_ARGS])
+        own = own_init_args(type(self))
+        self.remove_ignored_hparams([k for k in list(self.hparams) if k not in own])
         self._hparams_initial = copy.deepcopy(self._hparams)
 
     def check_state_shapes(self, state_dict) -> None:
@@ -194,7 +195,15 @@ class FinetuneModule(UnifiedModule):
             self.save_adapter(self.hparams.adapter_dir)
 
 
-_OWN_ARGS = frozenset(inspect.signature(FinetuneModule.__init__).parameters) - {"self"}
+def own_init_args(cls: type) -> frozenset[str]:
+    """The constructor arguments of ``cls`` and of its bases down to :class:`FinetuneModule`: the
+    settings a fine-tune's checkpoint keeps (a subclass's own options, and the base's settings it
+    fixes, such as reward fine-tuning's ``tasks``; loading passes each class its own)."""
+    names: set[str] = set()
+    for c in cls.__mro__:
+        if isinstance(c, type) and issubclass(c, FinetuneModule):
+            names |= set(inspect.signature(c.__init__).parameters)
+    return frozenset(names - {"self"})
 
 
 def merge_adapter_into_pipeline(model: str | Path, adapter: str | Path, out: str | Path,
