@@ -37,15 +37,19 @@ from unigen.training.finetune import FinetuneModule
 from unigen.transfer import to_device
 
 
+def check_group_size(group_size: int) -> None:
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (advantages compare images of one prompt), "
+                         f"got {group_size}")
+
+
 def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
                      ) -> Tensor:
     """GRPO's advantages: each reward minus its group's mean (groups are ``group_size`` neighbours),
     divided by the group's standard deviation when ``scale`` (Shao et al. 2024; Dr. GRPO, Liu et
     al. 2025, argues for ``scale=False``).  A group whose images all scored the same teaches
     nothing: its advantages are 0."""
-    if group_size < 2:
-        raise ValueError(f"group_size must be >= 2 (advantages compare images of one prompt), "
-                         f"got {group_size}")
+    check_group_size(group_size)
     if rewards.dim() != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be [prompts * group_size] = a multiple of {group_size}, got "
                          f"{list(rewards.shape)}")
@@ -144,9 +148,7 @@ class RewardFinetuneModule(FinetuneModule):
         # LightningCLI the hparams are the arguments given to this class only)
         self.hparams.update(copy.deepcopy(FIXED_SETTINGS))
         self._hparams_initial = copy.deepcopy(self._hparams)
-        if group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (advantages compare images of one prompt), "
-                             f"got {group_size}")
+        check_group_size(group_size)  # now, not at the first step
         if kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
         self.reward = build_reward(reward, **(reward_kwargs or {}))  # a bad option fails now
