@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from unigen.metrics.base import check_same_length
 from unigen.registry import Registry
 
 REWARDS: Registry[type] = Registry("reward")
@@ -45,8 +46,7 @@ def check_batch(images: Tensor, prompts: Sequence[str], who: str) -> None:
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"{who}: images must be a [B, 3, H, W] tensor in [0, 1], got {shape}")
-    if len(images) != len(prompts):
-        raise ValueError(f"{who}: {len(images)} images but {len(prompts)} prompts")
+    check_same_length(images, prompts, "images", "prompts")
     empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
     if empty:
         raise ValueError(f"{who}: prompt {empty[0]} is empty; every image needs its prompt")

@@ -34,6 +34,7 @@ from torch import Tensor
 from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.rewards import build_reward
 from unigen.training.finetune import FinetuneModule
+from unigen.training.unified_module import UnifiedModule
 from unigen.transfer import to_device
 
 
@@ -171,11 +172,9 @@ class RewardFinetuneModule(FinetuneModule):
 
     # -- the step ------------------------------------------------------------------------------------
     def rollout_pipeline(self):
-        """A pipeline over the live network (adapters unmerged), to draw with."""
-        from unigen.pipeline import UnifiedPipeline
-
-        return UnifiedPipeline(self.net, self.image_tokenizer, self.space.text_tokenizer,
-                               self.modalities)
+        """A pipeline over the live network, to draw with: the plain module's, not
+        :meth:`FinetuneModule.to_pipeline`, which merges the adapters into a copy."""
+        return UnifiedModule.to_pipeline(self)
 
     @torch.no_grad()
     def rollout(self, prompts: list[str], generator: torch.Generator) -> Rollout:
