@@ -76,3 +76,37 @@ def test_mixin_clips_fused_gradients_under_bf16(algorithm):
 @pytest.mark.parametrize("module", [UnifiedModule, ClassifierModule, ClipModule])
 def test_modules_with_build_adamw_use_the_mixin(module):
     assert issubclass(module, FusedOptimizerClipping)
+
+
+class ShardedRoot(nn.Module):
+    """Stands in for the FSDP root Lightning wraps the module in: records ``clip_grad_norm_``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[float] = []
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        self.calls.append(max_norm)
+        return torch.tensor(0.0)
+
+
+def test_under_fsdp_norm_clipping_goes_through_the_sharded_root(monkeypatch):
+    """Lightning's FSDP precision plugin refuses norm clipping (each rank holds a shard: the norm
+    needs a reduction); the mixin calls the FSDP root's own ``clip_grad_norm_`` instead."""
+    from types import SimpleNamespace
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+
+    module, root = Clipped(), ShardedRoot()
+    plugin = FSDPPrecision("bf16-mixed")
+    trainer = SimpleNamespace(precision_plugin=plugin, strategy=SimpleNamespace(model=root),
+                              gradient_clip_val=None, gradient_clip_algorithm=None)
+    monkeypatch.setattr(Clipped, "trainer", property(lambda self: trainer))
+    opt = module.configure_optimizers()
+    module.configure_gradient_clipping(opt, 0.5, "norm")
+    assert root.calls == [0.5]
+    module.configure_gradient_clipping(opt, 0.0, "norm")  # 0 turns clipping off
+    assert root.calls == [0.5]
+    with pytest.raises(MisconfigurationException, match="not supported for `FSDPPrecision`"):
+        plugin.clip_grad_by_norm(opt, 0.5)  # what Lightning's own path would have done

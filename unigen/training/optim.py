@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.plugins.precision import FSDPPrecision, MixedPrecision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
@@ -36,12 +36,20 @@ class FusedOptimizerClipping:
     Lightning's mixed-precision plugin refuses to clip for any fused optimizer, because under fp16 a
     fused optimizer unscales the gradients inside ``step()``, after clipping would have run.  Under
     bf16 there is no grad scaler: the gradients are already their true values, so clipping them
-    here is exact.  With a scaler (fp16) Lightning's own path, and its error, are kept."""
+    here is exact.  With a scaler (fp16) Lightning's own path, and its error, are kept.
+
+    Under FSDP, Lightning's precision plugin refuses norm clipping: each rank holds a shard of the
+    gradients, so the norm must be reduced across ranks, which the FSDP root's own
+    ``clip_grad_norm_`` does (Lightning's docs give this override for FSDP)."""
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         plugin = self.trainer.precision_plugin
+        if (gradient_clip_val and isinstance(plugin, FSDPPrecision)
+                and gradient_clip_algorithm != GradClipAlgorithmType.VALUE):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
         fused_without_scaler = (optimizer.defaults.get("fused")
                                 and isinstance(plugin, MixedPrecision) and plugin.scaler is None)
         if not (gradient_clip_val and fused_without_scaler):
