@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
 # Issue #8's open GPU measurements, in priority order, for the minutes a lent GPU has left
-# (the whole script is about 9.5 minutes on an H200; BUDGET_S skips the stages that would not fit):
-#   1. the gpu-marked tests never run on a GPU yet: the host-thread fix in a CUDA fit, the FSDP
-#      preset (fit, resume, export) on one GPU, the attention backends' gradients on CUDA, a
-#      training step with attention: split that never waits for the GPU, the padded head;
-#   2. the output head's projection with its width padded to a multiple of 64 vs as it is (the
-#      219M profile ran it on sm75 kernels: a 15,439-id vocabulary is not 16-byte aligned);
-#   3. 219M at the issue's reference sequence length (64 px: 284 positions, batch 128 keeps the
-#      tokens per step), with prefix attention as SDPA's dense mask and as attention: split (each
-#      row's prefix moved first, no mask): the MFU the target is about;
-#   4. the same A/B at 1,052 positions, where attention is 29 % of the kernels, with a profile;
-#   5. 219M with 8 heads of 128 channels instead of 16 of 64 (the same FLOPs; wider heads run
-#      nearer peak in FlashAttention-class kernels).
+# (about 8 minutes on an H200; BUDGET_S skips the stages that would not fit).  What ran before,
+# with its commands and numbers: docs/performance.md, "Training at 219M on one H200".
+#   1. activation checkpointing on CUDA: torch.cuda.max_memory_allocated over a step, on and
+#      off, at 34M and 219M in bf16 (only the CPU's "kept for backward" is measured so far);
+#   2. where the last points of MFU go: 219M with full attention and 8 heads of 128 (MFU 0.519 in
+#      session 24, elementwise Triton kernels 26 of 119 ms a step), with and without qk-norm
+#      (the issue's reference network has none), profiled;
+#   3. the same without qk-norm at the reference's sequence length (284 positions, batch 128);
+#   4. Inductor's max-autotune (no CUDA graphs) on that network: autotuned Triton kernels for the
+#      elementwise work (slow to compile, hence last).
 # JSON lands in benchmarks/results/*_cuda.json (and is copied to $OUT when that is set).
 #
 #   BUDGET_S=400 bash benchmarks/gpu_mfu.sh   # from the repository root, on the GPU machine
@@ -19,25 +17,26 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_env.sh  # PY, PYTHONPATH, carried wheels from .whl/, the CUDA check, run
 gpu_env_setup gpu_mfu "pytest, jsonargparse, docstring_parser, typeshed_client" || exit 1
+started=$(mktemp)  # $OUT takes only this run's JSON: the device tool returns 8 files at most
 
-TESTS_S=110
-if [ -z "${BUDGET_S:-}" ] || [ $((SECONDS + TESTS_S)) -le "$BUDGET_S" ]; then
-  echo "=== gpu-marked tests"
-  timeout "$TESTS_S" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/training/test_host_threads.py \
-    tests/scale/test_fsdp_gpu.py tests/modules/test_attention_backends.py \
-    tests/training/test_unified_module.py tests/modules/test_heads.py || failed+=("gpu tests")
+run activation_memory 80 --device cuda --precision bf16-mixed --cases 34m:64,219m:32 --steps 5 \
+  --warmup 2 --repeats 1 --out benchmarks/results/activation_memory_cuda.json
+# the 219M network with full attention and 8 heads of 128, as it ran in session 24, then without qk-norm
+run train_throughput 100 --size 219m --device cuda --precision bf16-mixed --compile --no-eager --repeats 1 --heads 8 \
+  --attention full --steps 15 --warmup 6 --profile-steps 3 \
+  --out benchmarks/results/train_throughput_219m_full_heads8_qk_cuda.json
+run train_throughput 100 --size 219m --device cuda --precision bf16-mixed --compile --no-eager --repeats 1 --heads 8 \
+  --attention full --steps 15 --warmup 6 --no-qk-norm --profile-steps 3 \
+  --out benchmarks/results/train_throughput_219m_full_heads8_noqk_cuda.json
+run train_throughput 90 --size 219m --device cuda --precision bf16-mixed --compile --no-eager --repeats 1 --heads 8 \
+  --attention full --steps 15 --warmup 6 --no-qk-norm --image-size 64 --batch-size 128 \
+  --out benchmarks/results/train_throughput_219m_seq284_noqk_cuda.json
+run train_throughput 200 --size 219m --device cuda --precision bf16-mixed --compile --no-eager --repeats 1 --heads 8 \
+  --attention full --steps 15 --warmup 6 --no-qk-norm --compile-mode max-autotune-no-cudagraphs \
+  --out benchmarks/results/train_throughput_219m_autotune_cuda.json
+
+if [ -n "${OUT:-}" ]; then
+  find benchmarks/results -maxdepth 1 -name '*_cuda.json' -newer "$started" -exec cp {} "$OUT"/ \;
 fi
-run head_alignment 45 --device cuda --precision bf16-mixed --out benchmarks/results/head_alignment_cuda.json
-run train_throughput 160 --size 219m --device cuda --precision bf16-mixed --compile --no-eager \
-  --image-size 64 --batch-size 128 --attention sdpa,split --steps 15 --warmup 6 --repeats 1 \
-  --out benchmarks/results/train_throughput_219m_seq284_cuda.json
-run train_throughput 150 --size 219m --device cuda --precision bf16-mixed --compile --no-eager \
-  --attention sdpa,split --steps 12 --warmup 4 --repeats 1 --profile-steps 3 \
-  --out benchmarks/results/train_throughput_split_cuda.json
-run train_throughput 100 --size 219m --device cuda --precision bf16-mixed --compile --no-eager \
-  --heads 8 --steps 15 --warmup 6 --repeats 1 --profile-steps 3 \
-  --out benchmarks/results/train_throughput_219m_heads8_cuda.json
-
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/*_cuda.json "$OUT"/ 2>/dev/null || true; fi
 if [ ${#failed[@]} -gt 0 ]; then echo "gpu_mfu: FAILED: ${failed[*]}"; exit 1; fi
 echo "gpu_mfu: done"

@@ -81,11 +81,28 @@ def run_label(mode: str, attention: str) -> str:
     return mode if attention == "sdpa" else f"{mode}+{attention}"
 
 
+# ``full``: no prefix attention at all (``prefix_attention=False``), every query sees every key, as
+# in the issue's reference network (a plain bidirectional transformer); SDPA then runs its maskless
+# flash kernels.  The network's FLOPs are the same (flops.py counts every score either way).
+FULL_ATTENTION = "full"
+
+
+def check_attention_choice(choice: str) -> str:
+    """``choice`` if it is an attention backend or ``full``; one error naming the choices."""
+    if choice != FULL_ATTENTION:
+        check_attention_backend(choice)
+    return choice
+
+
 def run_options(label: str) -> dict[str, Any]:
-    """The modules' ``compile`` and ``attention`` options for a run's ``mode`` label."""
+    """The modules' ``compile`` and ``attention`` (and ``prefix_attention``) options for a run's
+    ``mode`` label."""
     mode, _, attention = label.partition("+")
-    return {"compile": False if mode == "eager" else mode.partition(":")[2] or True,
-            "attention": attention or "sdpa"}
+    options: dict[str, Any] = {"compile": False if mode == "eager" else mode.partition(":")[2] or True,
+                               "attention": attention or "sdpa"}
+    if attention == FULL_ATTENTION:
+        options.update(attention="sdpa", prefix_attention=False)
+    return options
 
 
 class HeadPositions:
@@ -282,7 +299,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--attention", default="sdpa",
                         help="attention backends to run, comma-separated: sdpa (dense prefix mask), "
                              "flex (FlexAttention, trains on CUDA only), split (prefix moved first, "
-                             "no mask)")
+                             "no mask), full (no prefix attention: every query sees every key, "
+                             "as the issue's reference network)")
+    parser.add_argument("--no-qk-norm", action="store_true",
+                        help="build the network without qk-norm (RMSNorm on queries and keys), as the "
+                             "issue's plain reference network: the elementwise work it costs")
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="task mixture, name=ratio,...")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--loader", action="store_true", help="add the data-loading check")
@@ -310,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         compile_mode(m)  # one error naming the choices
     attentions = comma_list(args.attention)
     for a in attentions:
-        check_attention_backend(a)  # one error naming the choices
+        check_attention_choice(a)  # one error naming the choices
     compiled = ([] if args.no_eager else ["eager"]) + ([mode_label(m) for m in compile_modes]
                                                        if args.compile else [])
     if not compiled:
@@ -319,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tasks = parse_tasks(args.tasks)
 
     dirs = TokenizerDirs(size.fsq_levels)
-    probe = build_module("masked", dirs, size, image_size, args.seed, tasks=tasks)
+    probe = build_module("masked", dirs, size, image_size, args.seed, tasks=tasks,
+                         qk_norm=not args.no_qk_norm)
     shape = TransformerShape.of(probe.net)
     grid, codebook = probe.space.sequence.grid, probe.space.vocab.image_size
     dataset = PretokenizedSamples(batch * (args.warmup + args.steps + args.profile_steps + 1), grid,
@@ -339,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for rep in range(args.repeats):
             for loop in (("plain", "lightning") if rep % 2 == 0 else ("lightning", "plain")):
                 module = build_module("masked", dirs, size, image_size, args.seed, tasks=tasks,
-                                      **run_options(mode))
+                                      qk_norm=not args.no_qk_norm, **run_options(mode))
                 loader = DataLoader(dataset, batch_size=batch, num_workers=args.num_workers,
                                     drop_last=True, pin_memory=device.type == "cuda")
                 last = mode == modes[-1] and rep == args.repeats - 1 and loop == "lightning"
@@ -356,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"size": args.size, "model": asdict(size), "image_size": image_size, "batch_size": batch,
                      "sequence_length": shape.seq_len, "precision": args.precision, "steps": args.steps,
                      "warmup": args.warmup, "repeats": args.repeats, "tasks": tasks,
-                     "attention": attentions,
+                     "attention": attentions, "qk_norm": not args.no_qk_norm,
                      "parameters_millions": round((shape.block_params + shape.head_params) / 1e6, 3),
                      "gradient_clip": GRADIENT_CLIP, "num_workers": args.num_workers},
         "measured_matmul_peak_tflops": peak / 1e12,

@@ -10,7 +10,7 @@ from benchmarks.common import SIZES, PretokenizedSamples
 from benchmarks.flops import TransformerShape, forward_flops
 from benchmarks.sampling import MASKED_SAMPLERS, Case, cases
 from benchmarks.train_throughput import (
-    LoopResult, mode_label, parse_tasks, run_label, run_options, summarize,
+    LoopResult, check_attention_choice, mode_label, parse_tasks, run_label, run_options, summarize,
 )
 
 
@@ -53,6 +53,12 @@ def test_compile_mode_labels_round_trip():
     assert run_label("compile", "sdpa") == "compile"  # earlier results keep their labels
     assert run_options("eager") == {"compile": False, "attention": "sdpa"}
     assert run_options("eager+flex") == {"compile": False, "attention": "flex"}
+    # the reference network's attention: SDPA without the prefix mask
+    assert run_options(run_label("compile", "full")) == {
+        "compile": True, "attention": "sdpa", "prefix_attention": False}
+    assert check_attention_choice("full") == "full"
+    with pytest.raises(ValueError, match="attention must be one of"):
+        check_attention_choice("fulll")
 
 
 def test_summarize_medians_and_ratio():
