@@ -50,12 +50,12 @@ for twin in t2i ar; do
     --trainer.max_steps "$STEPS" --model.init_args.warmup_steps $((STEPS / 10 + 1)) \
     --trainer.max_time "$max_time" --trainer.limit_val_batches 0 --trainer.num_sanity_val_steps 0 \
     --trainer.default_root_dir "$WORK/$twin" --export_dir "$WORK/${twin}_pipeline" 2>&1 \
-    | tee "$WORK/$twin.log" || { echo "gpu_twins: fit $twin failed"; rc=1; }
-  # equal training or no comparison: max_time must not have stopped a twin early
+    | tee "$WORK/$twin.log" || { echo "gpu_twins: fit $twin failed"; exit 1; }
+  # equal training or no comparison: max_time must not have stopped a twin early (and if it did,
+  # the second fit would spend device minutes on nothing)
   grep -q "max_steps=$STEPS\` reached" "$WORK/$twin.log" \
-    || { echo "gpu_twins: fit $twin stopped before $STEPS steps (max_time): lower STEPS"; rc=1; }
+    || { echo "gpu_twins: fit $twin stopped before $STEPS steps (max_time): lower STEPS"; exit 1; }
 done
-[ $rc -eq 0 ] || exit $rc
 
 for batch in "${SAMPLE_BATCHES[@]}"; do
   echo "=== sampling, batch $batch"

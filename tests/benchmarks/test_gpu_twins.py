@@ -40,3 +40,14 @@ def test_a_twin_stopped_early_fails_the_run(tmp_path):
         log.write_text(message + "\n")
         found = subprocess.run(["bash", "-c", f'STEPS=2500; grep -q "max_steps=$STEPS\\` reached" {log}'])
         assert (found.returncode == 0) is reached
+
+
+@pytest.mark.slow
+def test_a_fit_that_max_time_stops_ends_the_run_before_the_second_twin(tmp_path):
+    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "WORK": str(tmp_path / "work"),
+           "OUT": str(tmp_path / "out"), "MINUTES": "0"}  # max_time 0: stopped at once
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_twins.sh")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert "gpu_twins: fit t2i stopped before 4 steps (max_time): lower STEPS" in done.stdout
+    assert not (tmp_path / "work" / "ar.log").exists()  # no device minutes on the second twin
