@@ -12,12 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_smoke(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess:
+    """``SMOKE=1 bash benchmarks/gpu_twins.sh`` into ``tmp_path`` (work/ and out/), with
+    ``settings`` as further environment variables (STEPS, MINUTES)."""
+    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "WORK": str(tmp_path / "work"),
+           "OUT": str(tmp_path / "out"), **settings}
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_twins.sh")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
 def test_smoke_trains_both_twins_equally_and_scores_them(tmp_path):
-    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "WORK": str(tmp_path / "work"),
-           "OUT": str(tmp_path / "out"), "STEPS": "3"}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_twins.sh")], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = run_smoke(tmp_path, STEPS="3")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for twin in ("t2i", "ar"):
         assert "`max_steps=3` reached" in (tmp_path / "work" / f"{twin}.log").read_text()
@@ -44,10 +50,7 @@ def test_a_twin_stopped_early_fails_the_run(tmp_path):
 
 @pytest.mark.slow
 def test_a_fit_that_max_time_stops_ends_the_run_before_the_second_twin(tmp_path):
-    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "WORK": str(tmp_path / "work"),
-           "OUT": str(tmp_path / "out"), "MINUTES": "0"}  # max_time 0: stopped at once
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_twins.sh")], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = run_smoke(tmp_path, MINUTES="0")  # max_time 0: stopped at once
     assert done.returncode == 1
     assert "gpu_twins: fit t2i stopped before 4 steps (max_time): lower STEPS" in done.stdout
     assert not (tmp_path / "work" / "ar.log").exists()  # no device minutes on the second twin
