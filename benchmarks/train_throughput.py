@@ -2,8 +2,8 @@
 
 Both loops train the same network (built twice from one seed), on the same pretokenized batches
 (random image codes + shapes captions/QA, the task mixture of ``recipes/debug/unified_debug.yaml``),
-with the same AdamW (``build_adamw``: fused on CUDA), LR schedule, gradient clipping and precision,
-in one process.  The plain loop calls the module's own ``mixture.build`` + ``diffusion_loss``, so the
+with the same optimizer (``--optimizer``; AdamW, fused on CUDA, by default), LR schedule, gradient
+clipping and precision, in one process.  The plain loop calls the module's own ``mixture.build`` + ``diffusion_loss``, so the
 ratio Lightning/plain is the framework's cost alone.  Runs alternate the order (plain first, then
 Lightning first) and report medians.  Model FLOPs per step are counted exactly (``flops.py``; the
 head's positions are counted as they run) and MFU is against a matmul measured on the device.
@@ -54,7 +54,7 @@ from benchmarks.flops import (
 from benchmarks.profiling import StepProfiler
 from unigen.modules.attention import check_attention_backend
 from unigen.training.compilation import COMPILE_MODES, compile_mode, mark_step_begin
-from unigen.training.optim import build_adamw, warmup_cosine
+from unigen.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 
 DEFAULT_TASKS = "t2i=1,caption=0.5,vqa=1,joint=0.25,inpaint=0.25"
 GRADIENT_CLIP = 1.0
@@ -149,7 +149,8 @@ def run_plain(module, loader: DataLoader, device: torch.device, precision: str, 
     """The hand-written loop: same batches, loss, optimizer, schedule and clipping as Lightning's."""
     hp, net = module.hparams, module.net
     module.to(device).train()
-    opt = build_adamw(net, hp.lr, hp.weight_decay, tuple(hp.betas))
+    opt = build_optimizer(hp.optimizer, net, hp.lr, hp.weight_decay, tuple(hp.betas),
+                          hidden=net.blocks)
     sched = warmup_cosine(opt, hp.warmup_steps, warmup + steps, hp.min_lr_ratio)
     counter = HeadPositions(net)
     _peak_memory_reset(device)
@@ -304,6 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-qk-norm", action="store_true",
                         help="build the network without qk-norm (RMSNorm on queries and keys), as the "
                              "issue's plain reference network: the elementwise work it costs")
+    parser.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS.names()),
+                        help="both loops' optimizer: adamw (fused on CUDA) or muon (Newton-Schulz "
+                             "iterations on the blocks' matrices: the step cost they add)")
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help="task mixture, name=ratio,...")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--loader", action="store_true", help="add the data-loading check")
@@ -341,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     dirs = TokenizerDirs(size.fsq_levels)
     probe = build_module("masked", dirs, size, image_size, args.seed, tasks=tasks,
-                         qk_norm=not args.no_qk_norm)
+                         qk_norm=not args.no_qk_norm, optimizer=args.optimizer)
     shape = TransformerShape.of(probe.net)
     grid, codebook = probe.space.sequence.grid, probe.space.vocab.image_size
     dataset = PretokenizedSamples(batch * (args.warmup + args.steps + args.profile_steps + 1), grid,
@@ -361,7 +365,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for rep in range(args.repeats):
             for loop in (("plain", "lightning") if rep % 2 == 0 else ("lightning", "plain")):
                 module = build_module("masked", dirs, size, image_size, args.seed, tasks=tasks,
-                                      qk_norm=not args.no_qk_norm, **run_options(mode))
+                                      qk_norm=not args.no_qk_norm, optimizer=args.optimizer,
+                                      **run_options(mode))
                 loader = DataLoader(dataset, batch_size=batch, num_workers=args.num_workers,
                                     drop_last=True, pin_memory=device.type == "cuda")
                 last = mode == modes[-1] and rep == args.repeats - 1 and loop == "lightning"
@@ -379,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "sequence_length": shape.seq_len, "precision": args.precision, "steps": args.steps,
                      "warmup": args.warmup, "repeats": args.repeats, "tasks": tasks,
                      "attention": attentions, "qk_norm": not args.no_qk_norm,
+                     "optimizer": args.optimizer,
                      "parameters_millions": round((shape.block_params + shape.head_params) / 1e6, 3),
                      "gradient_clip": GRADIENT_CLIP, "num_workers": args.num_workers},
         "measured_matmul_peak_tflops": peak / 1e12,

@@ -155,3 +155,25 @@ def test_heads_override_changes_the_head_width_only(tmp_path, capsys):
     assert (f"error: --heads must divide the width {SIZES['tiny'].dim}, got 3"
             in capsys.readouterr().err)
     assert not (tmp_path / "u.json").exists()
+
+
+def test_optimizer_option_reaches_both_loops(tmp_path, monkeypatch):
+    from benchmarks import train_throughput
+    from unigen.training import unified_module
+
+    built = []
+
+    def spy(real):
+        def build(name, *args, **kwargs):
+            opt = real(name, *args, **kwargs)
+            built.append((name, type(opt).__name__))
+            return opt
+        return build
+
+    monkeypatch.setattr(train_throughput, "build_optimizer", spy(train_throughput.build_optimizer))
+    monkeypatch.setattr(unified_module, "build_optimizer", spy(unified_module.build_optimizer))
+    result = train_throughput.main(["--size", "tiny", "--optimizer", "muon", "--steps", "1",
+                                    "--warmup", "0", "--repeats", "1", "--batch-size", "2",
+                                    "--out", str(tmp_path / "t.json")])
+    assert result["settings"]["optimizer"] == "muon"
+    assert built == [("muon", "MuonAdamW")] * 2  # the plain loop's and Lightning's

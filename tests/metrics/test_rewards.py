@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from docs_testkit import exec_doc_block
 from metrics_testkit import batch
 from unigen.data.shapes import ShapesDataset, Scene, render_tensor
 from unigen.rewards import REWARDS, ClipScoreReward, ShapesCheckerReward, build_reward
@@ -93,13 +94,7 @@ def test_clip_score_reward_is_the_metric_scaled(tiny_clip_dir):
 
 
 def test_the_documented_reward_runs_as_written():
-    import re
-    from pathlib import Path
-
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "extending.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S)
-                 if b.startswith("# my_reward.py"))
-    exec(compile(block, "my_reward.py", "exec"), {"__name__": "my_reward"})
+    exec_doc_block("# my_reward.py", "my_reward")
     try:
         reward = build_reward("saturation", weight=2.0)
         gray, red = torch.full((1, 3, 8, 8), 0.5), torch.zeros(1, 3, 8, 8)

@@ -3,29 +3,19 @@ its text-to-audio task, defined outside unigen, train in the unified module with
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
+
+from docs_testkit import exec_doc_block
 
 from unigen.diffusion.tasks import TASKS
 from unigen.modalities import MODALITIES
 from unigen.tokenizers.text import TextTokenizer
 from tests.training.test_unified_module import batch_of, make
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
-
-
-def doc_block(first_line: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    return next(b for b in blocks if b.startswith(first_line))
-
-
 @pytest.fixture
 def audio_plugin():
-    namespace: dict = {"__name__": "my_audio"}
-    exec(compile(doc_block("# my_audio.py"), "my_audio.py", "exec"), namespace)
+    namespace = exec_doc_block("# my_audio.py", "my_audio")
     yield namespace
     MODALITIES._items.pop("audio_codes")
     TASKS._items.pop("t2a")

@@ -65,7 +65,8 @@ FAST = ("--data.init_args.image_size", "16", "--data.init_args.batch_size", "4",
 THOROUGH = ("--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1")
 
 
-def unified_case(tokenizer_dirs: dict[str, str], thorough: bool = False) -> ResumeCase:
+def unified_case(tokenizer_dirs: dict[str, str], thorough: bool = False,
+                 optimizer: str = "adamw") -> ResumeCase:
     # two batches an epoch: the run crosses an epoch boundary and the kill lands mid-epoch 1
     num_train = "16" if thorough else "8"
     return ResumeCase("unified_debug.yaml", steps=4, kill_step=3,
@@ -74,6 +75,7 @@ def unified_case(tokenizer_dirs: dict[str, str], thorough: bool = False) -> Resu
                           "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
                           "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"],
                           "--data.init_args.num_train", num_train,
+                          "--model.init_args.optimizer", optimizer,
                           "--model.init_args.val_sampling", "{num_samples: 2, num_steps: 2}"))
 
 

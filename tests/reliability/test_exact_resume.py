@@ -42,13 +42,14 @@ def interrupt(request):
     return request.param
 
 
-@pytest.fixture(scope="module", params=["unified", "tokenizer"])
+@pytest.fixture(scope="module", params=["unified", "unified_muon", "tokenizer"])
 def runs(request, interrupt, tokenizer_dirs, tmp_path_factory):
-    """(case, reference run root, interrupted-then-resumed run root)."""
+    """(case, reference run root, interrupted-then-resumed run root); ``unified_muon``: the
+    Muon optimizer, whose state is two optimizers' in one."""
     tmp = tmp_path_factory.mktemp(f"{request.param}_{interrupt}")
     thorough = interrupt == "sigkill"
-    case = (unified_case(tokenizer_dirs, thorough) if request.param == "unified"
-            else tokenizer_case(thorough))
+    case = (tokenizer_case(thorough) if request.param == "tokenizer"
+            else unified_case(tokenizer_dirs, thorough, request.param.partition("_")[2] or "adamw"))
     ref, cut = tmp / "ref", tmp / "cut"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)  # anything a recipe writes relative to the working directory stays here
@@ -101,3 +102,9 @@ def test_export_of_the_resumed_checkpoint_matches_the_end_of_fit_export(runs, tm
     a, b = (load_safetensors(root / case.exported_weights)
             for root in (ref / "export", tmp_path / "x"))
     assert a and a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_the_muon_case_trains_with_muon(runs):
+    case, _, cut = runs
+    groups = checkpoint(cut, "last.ckpt")["optimizer_states"][0]["param_groups"]
+    assert any(g.get("use_muon") for g in groups) == ("muon" in case.args)

@@ -25,10 +25,11 @@ def make(tokenizer_dirs, **kw):
     return m
 
 
-def overfit(module, batch, steps):
+def overfit(module, batch, steps, opt=None):
+    """Losses of ``steps`` steps on one batch (AdamW at the module's lr unless ``opt`` is given)."""
     # pretokenize once (the ``codes`` path of shard-trained models): the loop then times the model
     batch = {**batch, "codes": module.image_tokenizer.encode(batch["image"])}
-    opt = torch.optim.AdamW(module.net.parameters(), lr=module.hparams.lr)
+    opt = opt or torch.optim.AdamW(module.net.parameters(), lr=module.hparams.lr)
     losses = []
     for step in range(steps):
         gen = torch.Generator().manual_seed(step)

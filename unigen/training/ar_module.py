@@ -34,6 +34,7 @@ from unigen.tokenizers.base import ImageTokenizer
 from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.compilation import compile_mode
 from unigen.training.frozen import FrozenImageTokenizer
+from unigen.training.optim import OPTIMIZERS
 from unigen.training.stages import EvaluationStages
 from unigen.training.unified_module import UnifiedModule
 from unigen.training.validation_sampling import (
@@ -53,6 +54,7 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, EvaluationSta
         dim, depth, heads, mlp_ratio, qk_norm, position, head, dropout: the transformer.
         cond_dropout: probability of replacing a row's prompt by ``<mask>`` (classifier-free guidance).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
+        optimizer: ``adamw`` or ``muon``, as for :class:`UnifiedModule` (twins train alike).
         compile: ``torch.compile`` each transformer block: ``true`` or a mode name.
         activation_checkpointing: recompute each block's activations in backward instead of
             keeping them (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"): less
@@ -74,8 +76,10 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, EvaluationSta
                  lr: float = 3e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
                  warmup_steps: int = 100, min_lr_ratio: float = 0.1, compile: bool | str = False,
                  seed: int = 0, val_sampling: dict[str, Any] | None = None,
-                 attention: str = "sdpa", activation_checkpointing: bool = False) -> None:
+                 attention: str = "sdpa", activation_checkpointing: bool = False,
+                 optimizer: str = "adamw") -> None:
         super().__init__()
+        OPTIMIZERS.get(optimizer)
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         compile_mode(compile)

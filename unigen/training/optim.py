@@ -3,30 +3,76 @@
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable
 
 import torch
 from lightning.pytorch.plugins.precision import FSDPPrecision, MixedPrecision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
+from unigen.registry import Registry
+from unigen.training.muon import MuonAdamW
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on norms, biases and embeddings (GPT-2 / LLaMA practice)."""
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+
+
+def param_groups(module: nn.Module, weight_decay: float, exclude: Iterable[nn.Parameter] = ()
+                 ) -> list[dict]:
+    """AdamW groups: no decay on norms, biases and embeddings (GPT-2 / LLaMA practice).
+    ``exclude``: parameters another optimizer steps (left out of both groups)."""
+    skip = {id(p) for p in exclude}
     decay, no_decay = [], []
     for name, p in module.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in skip:
             continue
         (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_adamw(module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
-                ) -> torch.optim.AdamW:
-    """AdamW, fused on CUDA (one kernel for all parameters)."""
+@OPTIMIZERS.register("adamw")
+def build_adamw(module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                hidden: nn.Module | None = None) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA (one kernel for all parameters).  ``hidden`` is not used: AdamW treats
+    the hidden layers like every other parameter."""
     on_cuda = any(p.is_cuda for p in module.parameters())
     return torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=betas,
                              fused=True if on_cuda else None)
+
+
+@OPTIMIZERS.register("muon")
+def build_muon(module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+               hidden: nn.Module | None = None) -> MuonAdamW:
+    """Muon on the 2-D weights inside ``hidden`` (the transformer blocks), AdamW with ``betas`` on
+    the rest (:mod:`unigen.training.muon`); the same ``lr`` and decoupled ``weight_decay`` for both."""
+    if hidden is None:
+        raise ValueError("optimizer muon needs the module that holds the hidden layers (hidden=)")
+    matrices = [p for p in hidden.parameters() if p.requires_grad and p.ndim == 2]
+    if not matrices:
+        raise ValueError("optimizer muon found no trainable 2-D weight in the hidden layers")
+    on_cuda = any(p.is_cuda for p in module.parameters())
+    groups = [{"params": matrices, "weight_decay": weight_decay, "use_muon": True},
+              *param_groups(module, weight_decay, exclude=matrices)]
+    return MuonAdamW(groups, lr=lr, betas=betas, fused=True if on_cuda else None)
+
+
+def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float,
+                    betas: tuple[float, float], hidden: nn.Module | None = None,
+                    strategy: object = None) -> torch.optim.Optimizer:
+    """The optimizer registered as ``name`` (``adamw``, ``muon``) over ``module``'s parameters.
+    Muon is refused under a sharding strategy: it orthogonalizes whole weight matrices, and FSDP
+    gives each rank a shard of them."""
+    if name != "adamw" and _shards_parameters(strategy):
+        raise ValueError(f"optimizer {name} orthogonalizes whole weight matrices, which "
+                         f"{type(strategy).__name__} shards across ranks: use optimizer adamw "
+                         f"there, or DDP")
+    return OPTIMIZERS.get(name)(module, lr, weight_decay, betas, hidden=hidden)
+
+
+def _shards_parameters(strategy: object) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
 class FusedOptimizerClipping:

@@ -33,7 +33,7 @@ from unigen.tokenizers.text import TextTokenizer
 from unigen.training.checkpoint import RecordsClassPath
 from unigen.training.compilation import compile_blocks, compile_mode, mark_step_begin
 from unigen.training.frozen import FrozenImageTokenizer
-from unigen.training.optim import FusedOptimizerClipping, build_adamw, warmup_cosine
+from unigen.training.optim import OPTIMIZERS, FusedOptimizerClipping, build_optimizer, warmup_cosine
 from unigen.training.reliability import NonFiniteLossGuard, micro_batch_index, step_seed
 from unigen.training.stages import EvaluationStages
 from unigen.training.validation_sampling import (
@@ -87,6 +87,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         cond_dropout: probability of dropping a row's whole condition (classifier-free guidance).
         prefix_attention: condition positions attend only to the condition (enables the prefix cache).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine decay.
+        optimizer: ``adamw``, or ``muon`` (Jordan et al. 2024: orthogonalized momentum for the
+            blocks' weight matrices, AdamW with ``betas`` for embeddings, head and norms; its
+            update is scaled to AdamW's RMS, so ``lr`` and ``weight_decay`` carry over;
+            :mod:`unigen.training.muon`); a name registered in ``unigen.training.optim.OPTIMIZERS``.
         compile: ``torch.compile`` each transformer block: ``true`` (default mode) or a mode name,
             e.g. ``reduce-overhead`` (CUDA graphs; :mod:`unigen.training.compilation`).
         activation_checkpointing: recompute each transformer block's activations in backward
@@ -137,8 +141,9 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  loss_reduction: str = "tokens", task_loss_weights: dict[str, float] | None = None,
                  answer_len: int = 0, attention: str = "sdpa",
                  modalities: dict[str, dict[str, Any]] | None = None,
-                 activation_checkpointing: bool = False) -> None:
+                 activation_checkpointing: bool = False, optimizer: str = "adamw") -> None:
         super().__init__()
+        OPTIMIZERS.get(optimizer)  # an unknown name fails here, not when training starts
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
         if loss_reduction not in LOSS_REDUCTIONS:
@@ -486,7 +491,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = build_adamw(self.net, hp.lr, hp.weight_decay, tuple(hp.betas))
+        # checkpoints and modules without the option (fine-tuning) train with AdamW
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        opt = build_optimizer(hp.get("optimizer", "adamw"), self.net, hp.lr, hp.weight_decay,
+                              tuple(hp.betas), hidden=self.net.blocks, strategy=strategy)
         total = self.trainer.estimated_stepping_batches if self.trainer else 10_000
         sched = warmup_cosine(opt, hp.warmup_steps, int(total), hp.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
