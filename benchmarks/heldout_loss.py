@@ -14,7 +14,8 @@ with it.
         --model shift3=runs/exp/shift3/checkpoints/last.ckpt --task t2i --num-samples 512 --threads 2
 
 A model is a Lightning checkpoint of ``UnifiedModule`` (``.ckpt``) or an exported pipeline
-directory.  The first model is the reference: the JSON gives every other model's loss ratio to it.
+directory.  The first model is the reference: the JSON gives every other model's loss ratio to it,
+and a figure next to it (same name, ``.png``) plots the losses and ratios against the mask rate.
 """
 
 from __future__ import annotations
@@ -144,6 +145,23 @@ def compare(losses: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     return {name: {key: value / ref[key] for key, value in losses[name].items()} for name in names[1:]}
 
 
+def plot(losses: dict[str, dict[str, float]], path: Path) -> Path:
+    """Two panels: each model's loss against the mask rate, and its ratio to the reference (the
+    first model), the draw over the schedule left out (it has no one rate)."""
+    from unigen.metrics.report import Panel, plot_panels
+
+    names = list(losses)
+    rates = [key for key in losses[names[0]] if key != SCHEDULE]
+    xs = [float(r) for r in rates]
+    absolute = {name: (xs, [losses[name][r] for r in rates]) for name in names}
+    # the reference too (at 1), so each model keeps its colour in both panels
+    ratios = {names[0]: (xs, [1.0] * len(xs)),
+              **{name: (xs, [row[r] for r in rates]) for name, row in compare(losses).items()}}
+    panels = [Panel("held-out masked-token loss", "mask rate", "loss (nats)", absolute),
+              Panel(f"loss over {names[0]}'s", "mask rate", "ratio (below 1: better)", ratios)]
+    return plot_panels(panels if len(names) > 1 else panels[:1], path)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
@@ -189,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                             "rates": rates, "schedule_draw": "cosine, unshifted, stratified times",
                             "mask_seed": args.seed, "reference": next(iter(models))},
                "models": runs, "loss": losses, "ratio_to_reference": ratios}
-    save_result(args.name, device, payload, args.out)
+    path = save_result(args.name, device, payload, args.out)
+    payload["plot"] = str(plot(losses, path.with_suffix(".png")))
+    print(f"wrote {payload['plot']}")
     return payload
 
 

@@ -224,13 +224,14 @@ def test_a_plugin_modality_from_the_docs_runs_from_the_command_line(text_tokeniz
                                                                     image_tokenizer_dir, tmp_path,
                                                                     capsys):
     """docs/extending.md's audio-code modality (1-D, decoded as lists) and its t2a task."""
-    from tests.modalities.test_docs_example import doc_block
+    from docs_testkit import exec_doc_block
+
     from unigen.diffusion.tasks import TASKS
     from unigen.modalities import MODALITIES
     from unigen.tokenizers.text import TextTokenizer
     from unigen.training.unified_module import UnifiedModule
 
-    exec(compile(doc_block("# my_audio.py"), "my_audio.py", "exec"), {"__name__": "my_audio"})
+    exec_doc_block("# my_audio.py", "my_audio")
     try:
         tok = tmp_path / "tok"
         TextTokenizer.from_pretrained(text_tokenizer_dir).add_task_tokens(["t2a"]).save_pretrained(tok)

@@ -36,6 +36,8 @@ def test_a_zero_head_scores_the_log_of_the_codebook_and_ratios_follow(tmp_path, 
         assert value == pytest.approx(log_v / payload["loss"]["a"][key])
     saved = json.loads(out.read_text())
     assert saved["benchmark"] == "heldout_loss" and saved["settings"]["num_samples"] == 4
+    assert payload["plot"] == str(out.with_suffix(".png"))
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert saved["settings"]["reference"] == "a" and saved["loss"] == payload["loss"]
 
 
