@@ -21,7 +21,8 @@ recipes=(--unified-recipe recipes/unified_shapes.yaml --unified-recipe recipes/p
          --unified-recipe recipes/presets/unified_compact.yaml
          --unified-recipe recipes/presets/unified_task_balance.yaml
          --unified-recipe recipes/presets/unified_t2i_weight.yaml
-         --unified-recipe recipes/presets/unified_lr_high.yaml)
+         --unified-recipe recipes/presets/unified_lr_high.yaml
+         --unified-recipe recipes/presets/unified_muon.yaml)
 if [ -f "$MODEL/training_history.json" ]; then
   start=(--init-unified "$MODEL" --tokenizer-share 0.02 --unified-share 0.86 --eval-share 0.12)
   what="continues $MODEL"

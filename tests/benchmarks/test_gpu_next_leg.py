@@ -49,8 +49,9 @@ def test_the_leg_starts_from_what_the_checkout_kept(tmp_path, kept):
     assert args.compile_modes == ["default", "reduce-overhead"]  # extra arguments pass through
     assert args.host_threads == [1, 16]
     assert all((ROOT / recipe).is_file() for recipe in args.unified_recipe)
-    assert args.unified_recipe[-2:] == ["recipes/presets/unified_t2i_weight.yaml",
-                                        "recipes/presets/unified_lr_high.yaml"]
+    assert args.unified_recipe[-3:] == ["recipes/presets/unified_t2i_weight.yaml",
+                                        "recipes/presets/unified_lr_high.yaml",
+                                        "recipes/presets/unified_muon.yaml"]
 
 
 def test_without_a_tokenizer_it_stops_with_one_line(tmp_path):
