@@ -3,8 +3,8 @@
 Both loops train the same network (built twice from one seed), on the same pretokenized batches
 (random image codes + shapes captions/QA, the task mixture of ``recipes/debug/unified_debug.yaml``),
 with the same optimizer (``--optimizer``; AdamW, fused on CUDA, by default), LR schedule, gradient
-clipping and precision, in one process.  The plain loop calls the module's own ``mixture.build`` + ``diffusion_loss``, so the
-ratio Lightning/plain is the framework's cost alone.  Runs alternate the order (plain first, then
+clipping and precision, in one process.  The plain loop calls the module's own ``mixture.build`` +
+``diffusion_loss``, so the ratio Lightning/plain is the framework's cost alone.  Runs alternate the order (plain first, then
 Lightning first) and report medians.  Model FLOPs per step are counted exactly (``flops.py``; the
 head's positions are counted as they run) and MFU is against a matmul measured on the device.
 
