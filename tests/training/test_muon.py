@@ -11,7 +11,7 @@ from torch import nn
 from unigen.training.muon import MuonAdamW, orthogonalize
 from unigen.training.optim import OPTIMIZERS, build_optimizer
 from unigen.training.unified_module import UnifiedModule
-from tests.training.test_unified_module import batch_of, overfit
+from tests.training.test_unified_module import batch_of, make, overfit
 
 
 @pytest.mark.parametrize("shape", [(3, 16, 48), (48, 16), (32, 32)])
@@ -184,9 +184,7 @@ def test_unified_module_trains_with_muon(tokenizer_dirs):
     with pytest.raises(KeyError, match="unknown optimizer 'sgd'"):
         UnifiedModule(**tokenizer_dirs, optimizer="sgd")
     torch.manual_seed(0)
-    module = UnifiedModule(**tokenizer_dirs, image_size=32, max_text_len=24, dim=64, depth=2,
-                           heads=4, cond_dropout=0.0, tasks={"t2i": 1.0}, optimizer="muon")
-    module.configure_model()
+    module = make(tokenizer_dirs, tasks={"t2i": 1.0}, optimizer="muon")
     hp = module.hparams
     opt = build_optimizer(hp.optimizer, module.net, 3e-3, hp.weight_decay, tuple(hp.betas),
                           hidden=module.net.blocks)
