@@ -103,6 +103,31 @@ def test_muon_step_is_the_scaled_orthogonalized_gradient():
     assert 0.1 * 0.01 < rms < 0.3 * 0.01
 
 
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+def test_hidden_matrices_step_as_pytorchs_own_muon(monkeypatch):
+    """An independent implementation of the step around the iteration: ``torch.optim.Muon`` with
+    Moonlight's scaling, Nesterov momentum and decoupled decay.  Its iteration always runs in bf16
+    (ours in float32 on the CPU), so it is handed ours: the two must then agree to float32
+    rounding, and any difference in momentum, scaling or decay shows."""
+    from torch.optim import _muon
+
+    monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz",
+                        lambda grad, coefficients, steps, eps: orthogonalize(grad, steps))
+    net, reference = _net(), _net()
+    opt = _optimizer(net, weight_decay=0.1)
+    theirs = torch.optim.Muon([reference.blocks[0].weight], lr=0.01, weight_decay=0.1, momentum=0.95,
+                              nesterov=True, adjust_lr_fn="match_rms_adamw")
+    start = net.blocks[0].weight.detach().clone()
+    for step in range(4):
+        _fake_grads(net, step)
+        _fake_grads(reference, step)
+        opt.step()
+        theirs.step()
+    ours, expected = net.blocks[0].weight.detach(), reference.blocks[0].weight.detach()
+    assert (ours - start).abs().max() > 0.01  # four steps of about 0.2 * sqrt(12) * lr each
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
 def test_non_hidden_parameters_step_exactly_as_adamw():
     net, reference = _net(), _net()
     opt = _optimizer(net, weight_decay=0.1)

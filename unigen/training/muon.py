@@ -9,6 +9,12 @@ matrices and keep AdamW (as in the reference code and in Moonlight).
 The update is scaled as in Moonlight (Liu et al. 2025, "Muon is Scalable for LLM Training"): by
 ``0.2 * sqrt(max(rows, cols))``, which gives it the RMS of a typical AdamW update, so a recipe keeps
 its AdamW learning rate, schedule and decoupled weight decay when it switches optimizer.
+
+PyTorch ships the same step as ``torch.optim.Muon`` (``adjust_lr_fn="match_rms_adamw"``), and a
+test holds the two to float32 rounding.  This class exists beside it because a LightningModule
+steps one optimizer (one ``state_dict``, one schedule, exact resume) where that one needs a second
+for the non-matrix parameters; and because it orthogonalizes same-shaped matrices in one batched
+iteration, in float32 on the CPU, where ``torch.optim.Muon`` loops over them in bf16.
 """
 
 from __future__ import annotations
