@@ -4,9 +4,10 @@ Both loops train the same network (built twice from one seed), on the same preto
 (random image codes + shapes captions/QA, the task mixture of ``recipes/debug/unified_debug.yaml``),
 with the same optimizer (``--optimizer``; AdamW, fused on CUDA, by default), LR schedule, gradient
 clipping and precision, in one process.  The plain loop calls the module's own ``mixture.build`` +
-``diffusion_loss``, so the ratio Lightning/plain is the framework's cost alone.  Runs alternate the order (plain first, then
-Lightning first) and report medians.  Model FLOPs per step are counted exactly (``flops.py``; the
-head's positions are counted as they run) and MFU is against a matmul measured on the device.
+``diffusion_loss``, so the ratio Lightning/plain is the framework's cost alone.  Runs alternate
+the order (plain first, then Lightning first) and report medians.  Model FLOPs per step are
+counted exactly (``flops.py``; the head's positions are counted as they run) and MFU is against a
+matmul measured on the device.
 
 ``--loader`` adds the data-loading check: seconds per batch of the pretokenized loader and of the
 raw-image loader (+ tokenizer encode), next to the compute time per step.
