@@ -9,7 +9,7 @@ import torch
 
 from unigen.diffusion.schedules import build_schedule
 from unigen.sampling.categorical import inverse_cdf, legal_logits, sample_tokens
-from unigen.sampling.confidence import token_confidence
+from unigen.sampling.confidence import sample_with_confidence, token_confidence
 from unigen.sampling.rng import gumbel_rows, make_generators, rand_rows
 from unigen.sampling.selection import (masked_counts, replanned_counts, reveal_counts, schedule_time,
                                       select_top_k)
@@ -153,6 +153,18 @@ def test_confidence_measures_known_values():
     assert token_confidence("entropy", probs, top).item() == pytest.approx(expected.item())
     with pytest.raises(KeyError, match="unknown confidence measure 'nope'"):
         token_confidence("nope", probs, top)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 0.5])
+def test_sample_with_confidence_scores_the_tokens_it_draws(temperature):
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(3))
+    where = torch.tensor([[True, False, True, True, False], [False, True, True, False, True]])
+    probs, sampled, confidence = sample_with_confidence(
+        logits, where, temperature, torch.Generator().manual_seed(4), "margin")
+    expected = sample_tokens(logits, where, temperature, torch.Generator().manual_seed(4))
+    assert torch.equal(sampled, expected)  # the same draw as sampling alone, from the same generator
+    assert torch.allclose(probs, torch.softmax(logits, -1))  # probabilities at temperature 1, for ranking
+    assert torch.allclose(confidence, token_confidence("margin", probs, sampled))
 
 
 def test_select_top_k_picks_highest_candidates_per_row_with_stable_ties():

@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from unigen.registry import Registry
+from unigen.sampling.categorical import sample_tokens
+from unigen.sampling.rng import GeneratorArg
 
 ConfidenceFn = Callable[[Tensor, Tensor], Tensor]
 CONFIDENCE_MEASURES: Registry[ConfidenceFn] = Registry("confidence measure")
@@ -42,6 +45,18 @@ def entropy_confidence(probs: Tensor, tokens: Tensor) -> Tensor:
 
 def token_confidence(measure: str, probs: Tensor, tokens: Tensor) -> Tensor:
     return CONFIDENCE_MEASURES.get(measure)(probs, tokens)
+
+
+def sample_with_confidence(logits: Tensor, where: Tensor, temperature: float, generator: GeneratorArg,
+                           measure: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(probs, sampled, confidence)``: tokens drawn where ``where`` is True, each scored by ``measure``.
+
+    One float32 softmax of ``logits [B, S, V]`` serves the draw (at temperature 1) and the score, so a
+    sampler makes a single pass over the vocabulary for both.
+    """
+    probs = torch.softmax(logits, dim=-1)
+    sampled = sample_tokens(logits, where, temperature, generator, probs=probs)
+    return probs, sampled, token_confidence(measure, probs, sampled)
 
 
 def check_measure(measure: str) -> str:

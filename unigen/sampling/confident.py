@@ -22,13 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from unigen.diffusion.schedules import NoiseSchedule
 from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, resolve_schedule
-from unigen.sampling.categorical import sample_tokens
-from unigen.sampling.confidence import check_measure, token_confidence
+from unigen.sampling.confidence import check_measure, sample_with_confidence
 from unigen.sampling.reveal_rules import REVEAL_RULES, check_rule
 from unigen.sampling.rng import GeneratorArg
 from unigen.sampling.selection import choice_scores, replanned_counts, select_top_k
@@ -84,9 +82,7 @@ class ConfidentSampler(Sampler):
         editable: Tensor | None = None,
     ) -> SamplerOutput:
         logits = self.prepare_step(logits, tokens, is_masked, step_index, generator, editable)
-        probs = torch.softmax(logits, dim=-1)
-        sampled = sample_tokens(logits, is_masked, self.temperature, generator, probs=probs)
-        confidence = token_confidence(self.confidence, probs, sampled)
+        _, sampled, confidence = sample_with_confidence(logits, is_masked, self.temperature, generator, self.confidence)
         if self.is_last_step(step_index):
             revealed = is_masked
         else:

@@ -23,8 +23,7 @@ from torch import Tensor
 
 from unigen.diffusion.schedules import NoiseSchedule
 from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, resolve_schedule
-from unigen.sampling.categorical import sample_tokens
-from unigen.sampling.confidence import token_confidence
+from unigen.sampling.confidence import sample_with_confidence
 from unigen.sampling.rng import GeneratorArg
 from unigen.sampling.selection import masked_counts, reveal_counts, select_top_k
 
@@ -116,8 +115,9 @@ class HaltonSampler(Sampler):
         temperature: token sampling temperature (0 = greedy). The paper samples at 1.
         grid: ``(height, width)`` of the token grid; the pipeline fills in the grid of each view
             it decodes (the image's, or ``(1, length)`` for text).  ``None`` on its own reads a
-            square view as a square grid (see :func:`reveal_ranks`). Positions outside the region being decoded keep their rank
-            but are never candidates, so inpainting reveals its holes in the grid's Halton order.
+            square view as a square grid (see :func:`reveal_ranks`). Positions outside the region
+            being decoded keep their rank but are never candidates, so inpainting reveals its holes
+            in the grid's Halton order.
         mask_id: the mask token id (or assign ``sampler.mask_id`` later).
     """
 
@@ -142,14 +142,12 @@ class HaltonSampler(Sampler):
              generator: GeneratorArg = None, editable: Tensor | None = None) -> SamplerOutput:
         logits = self.prepare_step(logits, tokens, is_masked, step_index, generator, editable)
         assert editable is not None and self.time_grid is not None
-        probs = torch.softmax(logits, dim=-1)
-        sampled = sample_tokens(logits, is_masked, self.temperature, generator, probs=probs)
+        _, sampled, confidence = sample_with_confidence(logits, is_masked, self.temperature, generator, "prob")
         target_after = masked_counts(self.schedule, self.time_grid, editable.sum(-1))[:, step_index + 1]
         num_reveal = reveal_counts(is_masked.sum(-1), target_after)
         # earliest in the order first: the score is the negated rank (ranks are distinct)
         earliness = -reveal_ranks(tokens.shape[1], self.grid).to(tokens.device, torch.float32)
         revealed = select_top_k(earliness.expand_as(is_masked), is_masked, num_reveal)
-        confidence = token_confidence("prob", probs, sampled)
         return SamplerOutput(self.reveal(tokens, sampled, revealed), is_masked & ~revealed, confidence)
 
     def _repr_fields(self) -> dict[str, Any]:

@@ -16,8 +16,7 @@ from torch import Tensor
 
 from unigen.diffusion.schedules import NoiseSchedule
 from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, resolve_schedule
-from unigen.sampling.categorical import sample_tokens
-from unigen.sampling.confidence import check_measure, token_confidence
+from unigen.sampling.confidence import check_measure, sample_with_confidence
 from unigen.sampling.rng import GeneratorArg
 from unigen.sampling.selection import choice_scores, masked_counts, reveal_counts, select_top_k
 
@@ -68,9 +67,8 @@ class MaskGITSampler(Sampler):
     ) -> SamplerOutput:
         logits = self.prepare_step(logits, tokens, is_masked, step_index, generator, editable)
         assert editable is not None
-        probs = torch.softmax(logits, dim=-1)
-        sampled = sample_tokens(logits, is_masked, self.temperature, generator, probs=probs)
-        confidence = token_confidence(self.confidence, probs, sampled)
+        probs, sampled, confidence = sample_with_confidence(
+            logits, is_masked, self.temperature, generator, self.confidence)
         target_after = self.target_counts(editable)[:, step_index + 1]
 
         remasked = self.revise(probs, tokens, is_masked, editable, target_after, step_index)
