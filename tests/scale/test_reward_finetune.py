@@ -114,6 +114,31 @@ def test_the_policy_gradient_raises_the_better_images_likelihood_and_lowers_the_
     assert (change[advantages > 0] > 0).all() and (change[advantages < 0] < 0).all(), change
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0, 0.0])
+def test_the_surrogate_reads_the_samplers_guided_distribution(module, scale):
+    from unigen.sampling.guidance import ClassifierFreeGuidance
+
+    module.hparams.surrogate_guidance = scale
+    mb = module.masked_batch(_rollout(module), torch.Generator().manual_seed(3))
+    assert mb.cond.any() and not (mb.cond & (mb.inputs == module.space.mask_id)).any()
+    with torch.no_grad():
+        got = module.token_logprobs(module.net, mb)
+        # what the sampler's guidance combines: the same rows, the prompt masked in the second pass
+        cfg = ClassifierFreeGuidance(scale)
+        batch = cfg.prepare(mb.inputs, mb.cond, module.space.mask_id, 0.0)
+        prefix = None if mb.prefix is None else mb.prefix.repeat(len(batch.inputs) // len(mb.inputs), 1)
+        net = module.net
+        raw = net.logits(net.hidden_states(batch.inputs, prefix), net.modality)
+        want = cfg.combine(raw, batch).log_softmax(-1)[mb.rows, mb.cols].gather(
+            -1, mb.tokens[mb.rows, mb.cols, None]).squeeze(-1)
+    assert got.shape == (len(mb.rows),) and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if scale != 1.0:  # and it is not the conditional pass alone
+        module.hparams.surrogate_guidance = 1.0
+        with torch.no_grad():
+            assert (module.token_logprobs(module.net, mb) - got).abs().max() > 1e-3
+
+
 def test_the_kl_to_the_starting_weights_is_zero_until_they_move(module):
     rollout = _rollout(module)
     adv = torch.zeros(4)
@@ -193,6 +218,8 @@ def test_bad_options_are_one_clear_error(pipeline_dir):
     args = {"init_from": str(pipeline_dir), "image_size": 32}
     with pytest.raises(ValueError, match="group_size must be >= 2"):
         RewardFinetuneModule(**args, group_size=1)
+    with pytest.raises(ValueError, match="surrogate_guidance must be a finite number"):
+        RewardFinetuneModule(**args, surrogate_guidance=float("nan"))
     with pytest.raises(ValueError, match="kl_coef must be >= 0"):
         RewardFinetuneModule(**args, kl_coef=-1.0)
     with pytest.raises(ValueError, match="reward 'shapes_checker'.*unexpected keyword.*pass_wieght"):

@@ -59,6 +59,17 @@ def check_scale(value: float, name: str = "guidance scale", negative: bool = Tru
     return value
 
 
+def guided_logits(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """``uncond + scale * (cond - uncond)`` on the two passes' log-probabilities (unnormalised
+    unless ``scale`` is 0 or 1); a token illegal in either pass stays at -inf."""
+    cond, uncond = cond.float().log_softmax(-1), uncond.float().log_softmax(-1)
+    guided = torch.lerp(uncond, cond, scale)
+    # Log-probabilities are finite or -inf, so a token illegal in either pass comes out of the
+    # lerp as nan or +-inf, never as a finite value: it stays illegal (-inf), in place, rather
+    # than through a finiteness mask per pass (three fewer [B, S, V] passes per step).
+    return guided.nan_to_num_(nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
+
+
 class ClassifierFreeGuidance:
     """Args:
         scale: guidance scale (1 = conditional only, 0 = unconditional only).
@@ -114,12 +125,8 @@ class ClassifierFreeGuidance:
         """Guided logits ``[B, S, V]`` from the network output for ``batch.inputs``."""
         if batch.mode != "both":
             return logits
-        cond, uncond = rearrange(logits.float(), "(two b) s v -> two b s v", two=2).log_softmax(-1)
-        guided = torch.lerp(uncond, cond, batch.scale)
-        # Log-probabilities are finite or -inf, so a token illegal in either pass comes out of the
-        # lerp as nan or +-inf, never as a finite value: it stays illegal (-inf), in place, rather
-        # than through a finiteness mask per pass (three fewer [B, S, V] passes per step).
-        return guided.nan_to_num_(nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
+        cond, uncond = rearrange(logits, "(two b) s v -> two b s v", two=2)
+        return guided_logits(cond, uncond, batch.scale)
 
     def __repr__(self) -> str:
         return (

@@ -10,7 +10,11 @@ with the training schedule and read the log-probabilities of the drawn tokens th
 
     - mean_i  A_i * mean_{masked j} log p(x_ij | prompt, unmasked x_i)  +  kl_coef * KL(p || p_ref)
 
-raises the likelihood of the better images of each group and lowers the worse.  Every step
+raises the likelihood of the better images of each group and lowers the worse.  Under guidance the
+drawn tokens come from ``uncond + scale * (cond - uncond)`` log-probabilities, not from the network's
+conditional pass; ``surrogate_guidance`` reads the surrogate's log-probabilities at the same scale
+(both passes, the unconditional one with the prompt masked as the sampler does), so the update
+moves the distribution that drew the images.  Every step
 samples afresh (on-policy, one update per rollout), so the PPO ratio is 1 and needs no clipping;
 the KL term (k3 estimator, Schulman 2020) against the starting weights is optional.
 
@@ -33,6 +37,7 @@ from torch import Tensor
 
 from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.rewards import build_reward
+from unigen.sampling.guidance import check_scale, guided_logits
 from unigen.training.finetune import FinetuneModule
 from unigen.training.unified_module import UnifiedModule
 from unigen.transfer import to_device
@@ -89,13 +94,15 @@ FIXED_SETTINGS: dict[str, Any] = {"tasks": {"t2i": 1.0}, "task_kwargs": None, "l
 @dataclass
 class MaskedBatch:
     """Drawn images as masked text-to-image rows: the network's ``inputs`` [B, S], the attention
-    ``prefix`` (or None), the masked positions ``rows``/``cols`` [N] and the drawn ``tokens``."""
+    ``prefix`` (or None), the masked positions ``rows``/``cols`` [N], the drawn ``tokens`` and the
+    prompt positions ``cond`` [B, S] (masked in the unconditional pass of guidance)."""
 
     inputs: Tensor
     prefix: Tensor | None
     rows: Tensor
     cols: Tensor
     tokens: Tensor
+    cond: Tensor
 
 
 @dataclass
@@ -119,6 +126,10 @@ class RewardFinetuneModule(FinetuneModule):
         group_size: images drawn per prompt; advantages compare them (GRPO's G).
         num_steps, guidance_scale, sampler, sampler_kwargs: how the images are drawn: the
             decoding the fine-tuned model will be used with (the policy).
+        surrogate_guidance: the guidance scale the surrogate's log-probabilities are read at: 1
+            (default) the conditional pass alone, as the sessions 23-27 measurements; the
+            rollouts' ``guidance_scale`` scores the distribution the images were drawn from, at
+            the cost of a second (unconditional) pass through the network.
         scale_rewards: divide each group's centred rewards by its standard deviation.
         kl_coef: weight of the KL penalty to the starting weights (0: none, no reference copy).
         lora, train_only, adapter_dir, lr, ...: as :class:`FinetuneModule` (the learning rate is
@@ -130,7 +141,8 @@ class RewardFinetuneModule(FinetuneModule):
     def __init__(self, init_from: str, image_size: int = 64, reward: str = "shapes_checker",
                  reward_kwargs: dict[str, Any] | None = None, group_size: int = 8,
                  num_steps: int = 16, guidance_scale: float = 2.0, sampler: str = "maskgit",
-                 sampler_kwargs: dict[str, Any] | None = None, scale_rewards: bool = True,
+                 sampler_kwargs: dict[str, Any] | None = None, surrogate_guidance: float = 1.0,
+                 scale_rewards: bool = True,
                  kl_coef: float = 0.0, lora: dict[str, Any] | None = None,
                  train_only: list[str] | None = None, adapter_dir: str | None = None,
                  schedule: str = "cosine", schedule_kwargs: dict[str, float] | None = None,
@@ -150,6 +162,7 @@ class RewardFinetuneModule(FinetuneModule):
         self.hparams.update(copy.deepcopy(FIXED_SETTINGS))
         self._hparams_initial = copy.deepcopy(self._hparams)
         check_group_size(group_size)  # now, not at the first step
+        check_scale(surrogate_guidance, "surrogate_guidance")
         if kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
         self.reward = build_reward(reward, **(reward_kwargs or {}))  # a bad option fails now
@@ -207,14 +220,26 @@ class RewardFinetuneModule(FinetuneModule):
         tokens = to_device(tb.tokens, device)
         return MaskedBatch(tokens.masked_fill(to_device(masked, device), self.space.mask_id),
                            to_device(tb.prefix, device) if self.hparams.prefix_attention else None,
-                           to_device(rows, device), to_device(cols, device), tokens)
+                           to_device(rows, device), to_device(cols, device), tokens,
+                           to_device(tb.cond, device))
 
-    @staticmethod
-    def token_logprobs(net: torch.nn.Module, mb: MaskedBatch) -> Tensor:
-        """log p of each masked position's drawn token [N] (``mb.rows``, ``mb.cols`` order)."""
-        hidden = net.hidden_states(mb.inputs, mb.prefix)
-        logits = net.logits(hidden[mb.rows, mb.cols], net.modality[mb.cols]).float()
-        return logits.log_softmax(-1).gather(-1, mb.tokens[mb.rows, mb.cols, None]).squeeze(-1)
+    def token_logprobs(self, net: torch.nn.Module, mb: MaskedBatch) -> Tensor:
+        """log p of each masked position's drawn token [N] (``mb.rows``, ``mb.cols`` order), under
+        guidance at ``surrogate_guidance`` (the sampler's combination of the two passes)."""
+        scale = float(self.hparams.surrogate_guidance)
+        if scale == 1.0:
+            inputs, prefix = mb.inputs, mb.prefix
+        else:  # one batched forward of [cond; uncond], as the sampler's guidance runs it
+            inputs = torch.cat([mb.inputs, mb.inputs.masked_fill(mb.cond, self.space.mask_id)])
+            prefix = None if mb.prefix is None else torch.cat([mb.prefix, mb.prefix])
+        hidden = net.hidden_states(inputs, prefix)
+        if scale != 1.0:
+            hidden = rearrange(hidden, "(two b) s d -> two b s d", two=2)
+        logits = net.logits(hidden[..., mb.rows, mb.cols, :], net.modality[mb.cols])
+        if scale != 1.0:  # the distribution the sampler draws from: guided, then normalised
+            logits = guided_logits(logits[0], logits[1], scale)
+        logp = logits.float().log_softmax(-1)
+        return logp.gather(-1, mb.tokens[mb.rows, mb.cols, None]).squeeze(-1)
 
     def policy_loss(self, rollout: Rollout, advantages: Tensor, generator: torch.Generator
                     ) -> tuple[Tensor, dict[str, Tensor]]:
