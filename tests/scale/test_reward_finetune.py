@@ -133,10 +133,13 @@ def test_the_surrogate_reads_the_samplers_guided_distribution(module, scale):
             -1, mb.tokens[mb.rows, mb.cols, None]).squeeze(-1)
     assert got.shape == (len(mb.rows),) and torch.isfinite(got).all()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    if scale != 1.0:  # and it is not the conditional pass alone
-        module.hparams.surrogate_guidance = 1.0
-        with torch.no_grad():
+    with torch.no_grad():
+        if scale != 1.0:  # and it is not the conditional pass alone
+            module.hparams.surrogate_guidance = 1.0
             assert (module.token_logprobs(module.net, mb) - got).abs().max() > 1e-3
+        # unset, it is the rollouts' guidance
+        module.hparams.surrogate_guidance, module.hparams.guidance_scale = None, scale
+        torch.testing.assert_close(module.token_logprobs(module.net, mb), got)
 
 
 def test_the_kl_to_the_starting_weights_is_zero_until_they_move(module):

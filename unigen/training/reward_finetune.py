@@ -12,9 +12,9 @@ with the training schedule and read the log-probabilities of the drawn tokens th
 
 raises the likelihood of the better images of each group and lowers the worse.  Under guidance the
 drawn tokens come from ``uncond + scale * (cond - uncond)`` log-probabilities, not from the network's
-conditional pass; ``surrogate_guidance`` reads the surrogate's log-probabilities at the same scale
-(both passes, the unconditional one with the prompt masked as the sampler does), so the update
-moves the distribution that drew the images.  Every step
+conditional pass; the surrogate's log-probabilities are read at the same scale (both passes, the
+unconditional one with the prompt masked as the sampler does; ``surrogate_guidance``), so the
+update moves the distribution that drew the images.  Every step
 samples afresh (on-policy, one update per rollout), so the PPO ratio is 1 and needs no clipping;
 the KL term (k3 estimator, Schulman 2020) against the starting weights is optional.
 
@@ -126,10 +126,12 @@ class RewardFinetuneModule(FinetuneModule):
         group_size: images drawn per prompt; advantages compare them (GRPO's G).
         num_steps, guidance_scale, sampler, sampler_kwargs: how the images are drawn: the
             decoding the fine-tuned model will be used with (the policy).
-        surrogate_guidance: the guidance scale the surrogate's log-probabilities are read at: 1
-            (default) the conditional pass alone, as the sessions 23-27 measurements; the
-            rollouts' ``guidance_scale`` scores the distribution the images were drawn from, at
-            the cost of a second (unconditional) pass through the network.
+        surrogate_guidance: the guidance scale the surrogate's log-probabilities are read at;
+            None (default): the rollouts' ``guidance_scale``, the distribution the images were
+            drawn from (a second, unconditional pass when it is not 1).  1.0 reads the
+            conditional pass alone, as the sessions 23-27 measurements did: with guided rollouts
+            that update moves a distribution the images did not come from, and held-out accuracy
+            fell (docs/reward_finetuning.md, "Guidance and the surrogate").
         scale_rewards: divide each group's centred rewards by its standard deviation.
         kl_coef: weight of the KL penalty to the starting weights (0: none, no reference copy).
         lora, train_only, adapter_dir, lr, ...: as :class:`FinetuneModule` (the learning rate is
@@ -141,7 +143,8 @@ class RewardFinetuneModule(FinetuneModule):
     def __init__(self, init_from: str, image_size: int = 64, reward: str = "shapes_checker",
                  reward_kwargs: dict[str, Any] | None = None, group_size: int = 8,
                  num_steps: int = 16, guidance_scale: float = 2.0, sampler: str = "maskgit",
-                 sampler_kwargs: dict[str, Any] | None = None, surrogate_guidance: float = 1.0,
+                 sampler_kwargs: dict[str, Any] | None = None,
+                 surrogate_guidance: float | None = None,
                  scale_rewards: bool = True,
                  kl_coef: float = 0.0, lora: dict[str, Any] | None = None,
                  train_only: list[str] | None = None, adapter_dir: str | None = None,
@@ -162,7 +165,8 @@ class RewardFinetuneModule(FinetuneModule):
         self.hparams.update(copy.deepcopy(FIXED_SETTINGS))
         self._hparams_initial = copy.deepcopy(self._hparams)
         check_group_size(group_size)  # now, not at the first step
-        check_scale(surrogate_guidance, "surrogate_guidance")
+        if surrogate_guidance is not None:
+            check_scale(surrogate_guidance, "surrogate_guidance")
         if kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
         self.reward = build_reward(reward, **(reward_kwargs or {}))  # a bad option fails now
@@ -226,7 +230,8 @@ class RewardFinetuneModule(FinetuneModule):
     def token_logprobs(self, net: torch.nn.Module, mb: MaskedBatch) -> Tensor:
         """log p of each masked position's drawn token [N] (``mb.rows``, ``mb.cols`` order), under
         guidance at ``surrogate_guidance`` (the sampler's combination of the two passes)."""
-        scale = float(self.hparams.surrogate_guidance)
+        scale = self.hparams.surrogate_guidance
+        scale = float(self.hparams.guidance_scale if scale is None else scale)
         if scale == 1.0:
             inputs, prefix = mb.inputs, mb.prefix
         else:  # one batched forward of [cond; uncond], as the sampler's guidance runs it
