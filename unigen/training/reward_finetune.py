@@ -233,16 +233,15 @@ class RewardFinetuneModule(FinetuneModule):
         scale = self.hparams.surrogate_guidance
         scale = float(self.hparams.guidance_scale if scale is None else scale)
         if scale == 1.0:
-            inputs, prefix = mb.inputs, mb.prefix
+            hidden = net.hidden_states(mb.inputs, mb.prefix)
+            logits = net.logits(hidden[mb.rows, mb.cols], net.modality[mb.cols])
         else:  # one batched forward of [cond; uncond], as the sampler's guidance runs it
             inputs = torch.cat([mb.inputs, mb.inputs.masked_fill(mb.cond, self.space.mask_id)])
             prefix = None if mb.prefix is None else torch.cat([mb.prefix, mb.prefix])
-        hidden = net.hidden_states(inputs, prefix)
-        if scale != 1.0:
-            hidden = rearrange(hidden, "(two b) s d -> two b s d", two=2)
-        logits = net.logits(hidden[..., mb.rows, mb.cols, :], net.modality[mb.cols])
-        if scale != 1.0:  # the distribution the sampler draws from: guided, then normalised
-            logits = guided_logits(logits[0], logits[1], scale)
+            hidden = rearrange(net.hidden_states(inputs, prefix), "(two b) s d -> two b s d", two=2)
+            cond, uncond = net.logits(hidden[:, mb.rows, mb.cols], net.modality[mb.cols])
+            # the distribution the sampler draws from: guided, then normalised below
+            logits = guided_logits(cond, uncond, scale)
         logp = logits.float().log_softmax(-1)
         return logp.gather(-1, mb.tokens[mb.rows, mb.cols, None]).squeeze(-1)
 
