@@ -121,8 +121,14 @@ def test_the_surrogate_reads_the_samplers_guided_distribution(module, scale):
     module.hparams.surrogate_guidance = scale
     mb = module.masked_batch(_rollout(module), torch.Generator().manual_seed(3))
     assert mb.cond.any() and not (mb.cond & (mb.inputs == module.space.mask_id)).any()
+    rows_read = []
+    hook = module.net.token_emb.register_forward_pre_hook(lambda m, args: rows_read.append(len(args[0])))
     with torch.no_grad():
         got = module.token_logprobs(module.net, mb)
+    hook.remove()
+    # the passes the sampler runs: the unconditional one alone at 0, the conditional alone at 1
+    assert sum(rows_read) == len(mb.inputs) * (1 if scale in (0.0, 1.0) else 2)
+    with torch.no_grad():
         # what the sampler's guidance combines: the same rows, the prompt masked in the second pass
         cfg = ClassifierFreeGuidance(scale)
         batch = cfg.prepare(mb.inputs, mb.cond, module.space.mask_id, 0.0)

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.rewards import build_reward
-from unigen.sampling.guidance import check_scale, guided_logits
+from unigen.sampling.guidance import ClassifierFreeGuidance, check_scale, guided_logits
 from unigen.training.finetune import FinetuneModule
 from unigen.training.unified_module import UnifiedModule
 from unigen.transfer import to_device
@@ -231,17 +231,15 @@ class RewardFinetuneModule(FinetuneModule):
         """log p of each masked position's drawn token [N] (``mb.rows``, ``mb.cols`` order), under
         guidance at ``surrogate_guidance`` (the sampler's combination of the two passes)."""
         scale = self.hparams.surrogate_guidance
-        scale = float(self.hparams.guidance_scale if scale is None else scale)
-        if scale == 1.0:
-            hidden = net.hidden_states(mb.inputs, mb.prefix)
-            logits = net.logits(hidden[mb.rows, mb.cols], net.modality[mb.cols])
-        else:  # one batched forward of [cond; uncond], as the sampler's guidance runs it
-            inputs = torch.cat([mb.inputs, mb.inputs.masked_fill(mb.cond, self.space.mask_id)])
-            prefix = None if mb.prefix is None else torch.cat([mb.prefix, mb.prefix])
-            hidden = rearrange(net.hidden_states(inputs, prefix), "(two b) s d -> two b s d", two=2)
-            cond, uncond = net.logits(hidden[:, mb.rows, mb.cols], net.modality[mb.cols])
-            # the distribution the sampler draws from: guided, then normalised below
-            logits = guided_logits(cond, uncond, scale)
+        guidance = ClassifierFreeGuidance(self.hparams.guidance_scale if scale is None else scale)
+        # the sampler's own rows: conditional, unconditional (prompt masked) or both, one forward
+        batch = guidance.prepare(mb.inputs, mb.cond, self.space.mask_id, progress=0.0)
+        passes = 2 if batch.mode == "both" else 1
+        prefix = None if mb.prefix is None else torch.cat([mb.prefix] * passes)
+        hidden = rearrange(net.hidden_states(batch.inputs, prefix), "(n b) s d -> n b s d", n=passes)
+        logits = net.logits(hidden[:, mb.rows, mb.cols], net.modality[mb.cols])
+        # the distribution the sampler draws from: guided, then normalised below
+        logits = guided_logits(*logits, batch.scale) if batch.mode == "both" else logits[0]
         logp = logits.float().log_softmax(-1)
         return logp.gather(-1, mb.tokens[mb.rows, mb.cols, None]).squeeze(-1)
 
