@@ -96,9 +96,10 @@ def _lightning_cli(args: Sequence[str], run: bool = True, argv_prefix: Sequence[
 
     import warnings
 
-    from unigen.training.lightning_tips import quiet_lightning_tips
+    from unigen.training.lightning_tips import quiet_lightning_pytree_warning, quiet_lightning_tips
 
     quiet_lightning_tips()
+    quiet_lightning_pytree_warning()
     # we pass `args` on purpose and keep sys.argv equal to them (see below)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     saved_argv = sys.argv

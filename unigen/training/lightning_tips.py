@@ -1,8 +1,11 @@
-"""Lightning's litlogger / litmodels advertisements, kept out of every unigen run's output."""
+"""Lightning's output that a user cannot act on, kept out of every unigen run's output: its
+litlogger / litmodels advertisements, and one deprecation warning that torch raises inside
+Lightning's own code."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 
 # Lightning's advertisements, logged at INFO on every run: "💡 Tip: ... try installing
@@ -46,3 +49,17 @@ def quiet_lightning_tips() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, LightningTipFilter) for f in logger.filters):
             logger.addFilter(LightningTipFilter())
+
+
+# Lightning 2.6.6 (the newest release) builds ``LeafSpec()`` in ``lightning/pytorch/utilities/
+# _pytree.py``, which recent torch (2.14 here) answers with this FutureWarning once per process, on every fit
+# (Lightning-AI/pytorch-lightning#21326).  Only a warning raised from that module is ignored: the
+# same deprecation from anyone else's code still shows.
+PYTREE_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+PYTREE_MODULE = r"lightning\.pytorch\.utilities\._pytree"
+
+
+def quiet_lightning_pytree_warning() -> None:
+    """Ignore :data:`PYTREE_DEPRECATION` when Lightning's ``_pytree`` module raises it."""
+    warnings.filterwarnings("ignore", message=PYTREE_DEPRECATION, category=FutureWarning,
+                            module=PYTREE_MODULE)
