@@ -148,6 +148,29 @@ def test_the_surrogate_reads_the_samplers_guided_distribution(module, scale):
         torch.testing.assert_close(module.token_logprobs(module.net, mb), got)
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_coupled_masks_score_every_drawn_token_exactly_once(module, scale):
+    rollout = _rollout(module)
+    single = module.masked_batch(rollout, torch.Generator().manual_seed(5))
+    module.hparams.coupled_masks, module.hparams.surrogate_guidance = True, scale
+    mb = module.masked_batch(rollout, torch.Generator().manual_seed(5))
+    images, grid = mb.images, rollout.codes[0].numel()
+    assert images == single.images == len(rollout.codes) and len(mb.inputs) == 2 * images
+    # the first copy is the single-mask batch; the second masks exactly what it left visible
+    assert torch.equal(mb.inputs[:images], single.inputs) and torch.equal(mb.tokens[images:], single.tokens)
+    hits = torch.zeros(images, mb.inputs.shape[1], dtype=torch.long)
+    hits.index_put_((mb.image_of, mb.cols), torch.ones_like(mb.cols), accumulate=True)
+    assert (hits.sum(1) == grid).all() and hits.max() == 1
+    with torch.no_grad():
+        logp = module.token_logprobs(module.net, mb)
+    assert torch.isfinite(logp).all()
+    # each image's surrogate is the mean over all its tokens, pooled from both copies
+    _, parts = module.policy_loss(rollout, torch.tensor([1.0, -1.0, -1.0, 1.0]),
+                                  torch.Generator().manual_seed(5))
+    expected = torch.stack([logp[mb.image_of == i].mean() for i in range(images)])
+    torch.testing.assert_close(parts["logp"], expected)
+
+
 def test_the_kl_to_the_starting_weights_is_zero_until_they_move(module):
     rollout = _rollout(module)
     adv = torch.zeros(4)
