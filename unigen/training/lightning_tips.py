@@ -52,9 +52,9 @@ def quiet_lightning_tips() -> None:
 
 
 # Lightning 2.6.6 (the newest release) builds ``LeafSpec()`` in ``lightning/pytorch/utilities/
-# _pytree.py``, which recent torch (2.14 here) answers with this FutureWarning once per process, on every fit
-# (Lightning-AI/pytorch-lightning#21326).  Only a warning raised from that module is ignored: the
-# same deprecation from anyone else's code still shows.
+# _pytree.py``, which recent torch (2.14 here) answers with this FutureWarning on every fit
+# (Lightning-AI/pytorch-lightning#21326).  Only a warning raised from that module is ignored:
+# the same deprecation from anyone else's code still shows.
 PYTREE_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 PYTREE_MODULE = r"lightning\.pytorch\.utilities\._pytree"
 
