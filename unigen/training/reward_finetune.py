@@ -231,11 +231,11 @@ class RewardFinetuneModule(FinetuneModule):
         tb = self._t2i.build(TaskInputs(rollout.codes.cpu(), captions=rollout.prompts), self.space,
                              generator)
         masked, _ = self._mask(tb.target, generator)
-        copies = 2 if self.hparams.coupled_masks else 1
-        if copies == 2:
+        parts = (tb.tokens, tb.prefix, tb.cond)
+        if self.hparams.coupled_masks:
             masked = torch.cat((masked, tb.target & ~masked))
-        tokens, prefix, cond = (None if x is None else to_device(torch.cat((x,) * copies), device)
-                                for x in (tb.tokens, tb.prefix, tb.cond))
+            parts = tuple(None if x is None else torch.cat((x, x)) for x in parts)
+        tokens, prefix, cond = (None if x is None else to_device(x, device) for x in parts)
         rows, cols = masked.nonzero(as_tuple=True)
         return MaskedBatch(tokens.masked_fill(to_device(masked, device), self.space.mask_id),
                            prefix if self.hparams.prefix_attention else None,
