@@ -250,7 +250,7 @@ class RewardFinetuneModule(FinetuneModule):
         # the sampler's own rows: conditional, unconditional (prompt masked) or both, one forward
         batch = guidance.prepare(mb.inputs, mb.cond, self.space.mask_id, progress=0.0)
         passes = 2 if batch.mode == "both" else 1
-        prefix = None if mb.prefix is None else torch.cat([mb.prefix] * passes)
+        prefix = mb.prefix if mb.prefix is None or passes == 1 else torch.cat((mb.prefix, mb.prefix))
         hidden = rearrange(net.hidden_states(batch.inputs, prefix), "(n b) s d -> n b s d", n=passes)
         logits = net.logits(hidden[:, mb.rows, mb.cols], net.modality[mb.cols])
         # the distribution the sampler draws from: guided, then normalised below
