@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from unigen.diffusion.tasks import BLANK, TaskInputs
-from unigen.sampling import Sampler
+from unigen.sampling import Sampler, check_num_steps
 from unigen.sampling_config import TEXT_SAMPLER, SamplingConfig
 
 
@@ -75,6 +75,7 @@ class EditingMixin:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) \
                 or not 0.0 < float(strength) <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        num_steps = check_num_steps(num_steps)
         cfg = SamplingConfig.from_options(sampler, max(1, math.ceil(float(strength) * num_steps)),
                                           guidance_scale=guidance_scale, **options)
         x = self.images_to_tensor(image)

@@ -68,14 +68,15 @@ def test_sampler_options_the_pipeline_sets_or_cannot_use_are_one_line(pipe):
 
 
 # -- step budgets ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("call", ["t2i", "caption", "answer", "inpaint"])
+@pytest.mark.parametrize("call", ["t2i", "caption", "answer", "inpaint", "img2img"])
 def test_num_steps_is_a_positive_integer_everywhere(pipe, call):
     x = images(1)
     run = {"t2i": lambda n: pipe.text_to_image(["a red circle"], num_steps=n, output="codes"),
            "caption": lambda n: pipe.caption(x, num_steps=n, sampler="maskgit"),
            "answer": lambda n: pipe.answer(x, "what color is the star?", num_steps=n,
                                            sampler="maskgit"),
-           "inpaint": lambda n: pipe.inpaint(x, square_mask(), "a", num_steps=n, output="codes")}[call]
+           "inpaint": lambda n: pipe.inpaint(x, square_mask(), "a", num_steps=n, output="codes"),
+           "img2img": lambda n: pipe.image_to_image(x, "a", num_steps=n, output="codes")}[call]
     for bad in (0, -1, 8.5):
         with pytest.raises(ValueError, match=f"num_steps must be a positive integer, got {bad}"):
             run(bad)
