@@ -186,6 +186,17 @@ def test_masked_counts_known_cosine_values():
     assert counts[2].tolist() == [0, 0, 0, 0, 0]
 
 
+def test_masked_counts_are_exact_where_the_product_is_an_integer():
+    # linear: floor(90 * t) on t = 1, .9, ..., 0 is 90, 81, ..., 0 (float64 makes 90 * 0.7 62.99...)
+    counts = masked_counts(build_schedule("linear"), torch.linspace(1, 0, 11, dtype=torch.float64),
+                           torch.tensor([90]))
+    assert counts[0].tolist() == list(range(90, -1, -9))
+    # cosine: sin(pi/6) = 1/2, so 4 positions keep 2 masked at t = 1/3
+    counts = masked_counts(build_schedule("cosine"), torch.linspace(1, 0, 4, dtype=torch.float64),
+                           torch.tensor([4]))
+    assert counts[0].tolist() == [4, 3, 2, 0]
+
+
 @pytest.mark.parametrize("name", ["linear", "cosine", "polynomial"])
 def test_masked_counts_reveal_at_least_one_per_step(name):
     timesteps = torch.linspace(1, 0, 13, dtype=torch.float64)

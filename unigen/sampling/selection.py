@@ -47,7 +47,8 @@ def masked_counts(schedule: NoiseSchedule, time_grid: Tensor, num_editable: Tens
     ``time_grid``).
     """
     n = num_editable.to(torch.float64).unsqueeze(-1)
-    raw = torch.floor(n * schedule.mask_rate(time_grid.to(torch.float64)).to(n.device)).long()
+    # the tolerance keeps exact products exact: 90 * 0.7 is 62.99999999999999 in float64
+    raw = torch.floor(n * schedule.mask_rate(time_grid.to(torch.float64)).to(n.device) + 1e-9).long()
     raw[:, 0] = num_editable
     raw[:, -1] = 0
     # c_j = min(raw_j, c_{j-1} - 1) is a running minimum of raw_j + j, shifted back by j.
