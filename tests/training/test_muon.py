@@ -185,6 +185,40 @@ def test_state_dict_round_trip_resumes_exactly_and_the_schedule_reaches_both_par
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+def test_a_step_flagged_found_inf_changes_nothing_and_the_next_trains_as_if_it_never_ran():
+    """NonFiniteLossGuard's on-device skip (``found_inf``, as GradScaler hands fused optimizers)."""
+    def optimizer(net):
+        groups = [{"params": [net.blocks[0].weight], "use_muon": True, "weight_decay": 0.1},
+                  {"params": [p for n, p in net.named_parameters() if n != "blocks.0.weight"]}]
+        return MuonAdamW(groups, lr=0.01, fused=True, weight_decay=0.1)
+
+    def snapshot(net, opt):
+        return copy.deepcopy((net.state_dict(), opt.state_dict()["state"]))
+
+    net, reference = _net(), _net()
+    opt, theirs = optimizer(net), optimizer(reference)
+    for step in range(2):
+        _fake_grads(net, step)
+        _fake_grads(reference, step)
+        opt.step()
+        theirs.step()
+    before = snapshot(net, opt)
+    for p in net.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    after = snapshot(net, opt)
+    for was, now in zip(before, after):
+        torch.testing.assert_close(now, was, rtol=0, atol=0)  # weights, momentum, Adam moments, step
+    opt.found_inf = torch.tensor(0.0)
+    _fake_grads(net, 2)
+    _fake_grads(reference, 2)
+    opt.step()
+    theirs.step()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[name], value, rtol=0, atol=0)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="2-D weight matrices only"):
         MuonAdamW([{"params": [nn.Parameter(torch.ones(3))], "use_muon": True}])

@@ -101,14 +101,21 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # GradScaler's on-device skip, which NonFiniteLossGuard hands to fused optimizers: a step
+        # whose flag is 1 leaves weights and state as they were, with no host read
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             if group["use_muon"]:
-                self._muon_group(group)
+                self._muon_group(group, found_inf)
         if self._adamw is not None:
+            if found_inf is not None:
+                self._adamw.found_inf = found_inf
+            elif hasattr(self._adamw, "found_inf"):
+                del self._adamw.found_inf
             self._adamw.step()
         return loss
 
-    def _muon_group(self, group: dict[str, Any]) -> None:
+    def _muon_group(self, group: dict[str, Any], found_inf: Tensor | None = None) -> None:
         lr, decay, beta = group["lr"], group["weight_decay"], group["momentum"]
         by_shape: dict[torch.Size, list[Tensor]] = defaultdict(list)
         for p in group["params"]:
@@ -116,17 +123,23 @@ class MuonAdamW(torch.optim.Optimizer):
                 by_shape[p.shape].append(p)
         for shape, params in by_shape.items():
             grads = [p.grad for p in params]
+            skip = None if found_inf is None else found_inf.to(params[0].device, torch.bool)
             buffers = []
             for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buffers.append(state["momentum_buffer"])
+            if skip is not None:  # a momentum lerped towards itself stays as it was
+                grads = [torch.where(skip, b, g) for b, g in zip(buffers, grads)]
             torch._foreach_lerp_(buffers, grads, 1.0 - beta)
             # Nesterov: the gradient pulled towards the new momentum
             directions = torch._foreach_lerp(grads, buffers, beta)
             update = orthogonalize(torch.stack(directions), group["ns_steps"])
+            if skip is not None:
+                update = torch.where(skip, 0.0, update)
             if decay:
-                torch._foreach_mul_(params, 1.0 - lr * decay)
+                torch._foreach_mul_(params, 1.0 - lr * decay if skip is None
+                                    else torch.where(skip, 1.0, 1.0 - lr * decay).to(params[0].dtype))
             scale = RMS_MATCH * math.sqrt(max(shape))
             torch._foreach_add_(params, list(update.unbind(0)), alpha=-lr * scale)
