@@ -61,6 +61,20 @@ def test_elbo_complementary_unified_mixture_trains(tokenizer_dirs):
     assert sum(losses[-5:]) < sum(losses[:5])
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_complementary_pair_covers_each_target_once_with_the_schedules_elbo_weights(tokenizer_dirs, schedule):
+    module = make(tokenizer_dirs, tasks={"t2i": 1, "caption": 1}, loss="elbo", complementary_masking=True,
+                  schedule=schedule)
+    batch = {**batch_of(), "codes": torch.zeros(8, 8, 8, dtype=torch.long)}
+    tb, _ = module.mixture.build(module.task_inputs(batch), module.space, torch.Generator().manual_seed(0))
+    plan = module.plan_masks(tb, torch.Generator().manual_seed(1))
+    _, t = module.noiser(tb.target, torch.Generator().manual_seed(1))  # the t the plan drew
+    first, second = plan.masked.chunk(2)
+    assert torch.equal(first ^ second, tb.target) and not (first & second).any()
+    schedule = module.noiser.schedule
+    torch.testing.assert_close(plan.weight, torch.cat((schedule.loss_weight(t), schedule.complement_weight(t))))
+
+
 def test_caption_task_trains_on_descriptions_when_the_recipe_says_so(tokenizer_dirs):
     module = make(tokenizer_dirs, max_text_len=40, tasks={"caption": 1.0, "t2i": 1.0},
                   task_kwargs={"caption": {"text": "descriptions"}})

@@ -43,13 +43,30 @@ class NoiseSchedule(ABC):
     def mask_rate(self, t: Tensor) -> Tensor:
         return self._rate(self.shift_time(t.clamp(0.0, 1.0))).clamp(0.0, 1.0)
 
-    def loss_weight(self, t: Tensor, eps: float = 1e-4) -> Tensor:
-        """MDLM ELBO weight ``d/dt mask_rate(t) / mask_rate(t)``, by autograd so any schedule works."""
+    def _rate_and_slope(self, t: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        """``mask_rate(t)`` and ``d/dt mask_rate(t)``, by autograd so any schedule works."""
         t = t.detach().clone().clamp(eps, 1.0).requires_grad_(True)
         with torch.enable_grad():
             rate = self._rate(self.shift_time(t))  # unclamped: clamp would zero the grad at t=1
-            (grad,) = torch.autograd.grad(rate.sum(), t)
-        return (grad / rate.clamp_min(eps)).detach()
+            (slope,) = torch.autograd.grad(rate.sum(), t)
+        return rate.detach(), slope.detach()
+
+    def loss_weight(self, t: Tensor, eps: float = 1e-4) -> Tensor:
+        """MDLM ELBO weight ``d/dt mask_rate(t) / mask_rate(t)``."""
+        rate, slope = self._rate_and_slope(t, eps)
+        return slope / rate.clamp_min(eps)
+
+    def complement_weight(self, t: Tensor, eps: float = 1e-3) -> Tensor:
+        """ELBO weight of the complementary copy (LaViDa) of a mask drawn at ``t``:
+        ``d/dt mask_rate(t) / (1 - mask_rate(t))``.  That copy masks a share ``u = 1 - mask_rate(t)``,
+        and with this weight ``E_t[weight * u * f(u)]`` is ``integral_0^1 f``, as the first copy's
+        ``E_t[loss_weight * r * f(r)]`` is, for any per-token loss ``f`` of the masked share: the
+        pair is two unbiased estimates of one ELBO.  (``1 / u`` alone is right for the linear
+        schedule only.)"""
+        # only the denominator needs a floor: near t = 0 this copy masks everything and the
+        # slope (unbounded for arccos) is integrable
+        rate, slope = self._rate_and_slope(t, 1e-6)
+        return slope / (1.0 - rate).clamp_min(eps)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shift={self.shift})"

@@ -331,8 +331,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             # the complement masks every target the first copy left visible, so each target token
             # is trained exactly once per pair
             comp = tb.target & ~masked
-            frac = comp.sum(1) / tb.target.sum(1).clamp_min(1)
-            comp_weight = 1.0 / frac.clamp_min(1e-3) if hp.loss == "elbo" else torch.ones_like(frac)
+            comp_weight = (self.noiser.schedule.complement_weight(t) if hp.loss == "elbo"
+                           else torch.ones_like(weight))
             masked = torch.cat((masked, comp))
             weight = torch.cat((weight, comp_weight.to(weight)))
             copies = 2
