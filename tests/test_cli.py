@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from cli_testkit import fails_with
 
 from unigen.cli import main
@@ -231,6 +232,22 @@ def test_union_wrapper_without_a_cause_still_names_the_real_error():
                      "'NoneType'>\nGiven value type: <class 'jsonargparse._namespace.Namespace'>\n"
                      "Given value: Namespace(class_path='my.Module', init_args=Namespace())")
     assert _first_line(err) == "unknown task 'bogus'; known: t2i (in my.Module)"
+
+
+class _BadImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise ValueError(f"cannot decode image /data/{i:03d}.png: image file is truncated")
+
+
+def test_an_error_in_a_loader_worker_is_its_own_line_not_torchs_wrapper():
+    from unigen.errors import _first_line
+
+    with pytest.raises(ValueError, match="in DataLoader worker process 0") as exc:
+        next(iter(torch.utils.data.DataLoader(_BadImages(), num_workers=1)))
+    assert _first_line(exc.value) == "cannot decode image /data/000.png: image file is truncated"
 
 
 def test_fit_then_test_and_predict_a_checkpoint(tokenizer_dirs, tmp_path, monkeypatch, capsys):

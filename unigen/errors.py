@@ -23,8 +23,17 @@ USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FloatingPointError, NotA
 _UNION_WRAPPER = "Does not validate against any of the Union subtypes"
 
 
+# torch re-raises an error from a DataLoader worker as the same type with the message "Caught X in
+# DataLoader worker process N.\nOriginal Traceback (most recent call last):\n  ...\nX: <message>"
+_WORKER_WRAPPER = re.compile(r"Caught \w+ in DataLoader worker process \d+\.")
+_RAISED_LINE = re.compile(r"^[A-Za-z_][\w.]*: (.+)$", re.M)
+
+
 def _plain_first_line(err: BaseException) -> str:
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if _WORKER_WRAPPER.match(text):  # the worker's own message, not torch's wrapper
+        raised = _RAISED_LINE.findall(text)
+        text = raised[-1] if raised else text
     return " ".join(text.strip().split("\n")[0].split()) or type(err).__name__
 
 
