@@ -75,6 +75,14 @@ def test_export_to_diffusers_reproduces_codes_and_decodes(name, tmp_path):
     torch.testing.assert_close(exported.decode(codes), tok.decode(codes), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_an_untrained_kmeans_codebook_does_not_export(mode, tmp_path):
+    tok = getattr(make_tokenizer("vq"), mode)()  # k-means runs on the first training batch
+    with pytest.raises(ValueError, match="kmeans_init and has not been initialised"):
+        export_to_diffusers(tok, tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
+
+
 def test_fsq_does_not_export():
     with pytest.raises(ValueError, match="cannot be exported as a diffusers VQModel"):
         export_to_diffusers(make_tokenizer("fsq"), "/nonexistent/never-written")

@@ -61,10 +61,10 @@ class VQQuantizer(Quantizer):
     def codebook_size(self) -> int:
         return self.vq.codebook_size
 
-    def _check_initialised(self) -> None:
+    def _check_initialised(self, always: bool = False) -> None:
         # vector-quantize-pytorch would otherwise silently run k-means on whatever batch it sees
         # first, validation data included; k-means belongs to the first *training* batch
-        if not self.training and not bool(self.vq._codebook.initted):
+        if (always or not self.training) and not bool(self.vq._codebook.initted):
             raise ValueError("the VQ codebook uses kmeans_init and has not been initialised yet: run a "
                              "training step first (in Lightning set trainer.num_sanity_val_steps: 0)")
 
@@ -79,6 +79,7 @@ class VQQuantizer(Quantizer):
         return self.vq.get_output_from_indices(codes)
 
     def nearest_neighbour_codebook(self) -> Tensor:
+        self._check_initialised(always=True)  # an uninitialised codebook is all zeros
         codebook = self.vq.codebook.detach()
         # with unit-norm codes, the euclidean nearest neighbour of an unnormalised input is its
         # cosine nearest neighbour, so the l2-normalised codebook reproduces the lookup exactly
