@@ -2,6 +2,7 @@ import json
 import re
 import unicodedata
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -128,6 +129,14 @@ def test_decode_checks_ids(word):
         word.decode([3, word.vocab_size])
     with pytest.raises(ValueError, match="use decode_batch"):
         word.decode(torch.zeros(2, 3, dtype=torch.long))
+    ids = word.encode("a red circle")
+    for dtype in (torch.float32, torch.bool):
+        with pytest.raises(ValueError, match=f"integer dtype \\(e.g. torch.long\\), got {dtype}"):
+            word.decode(torch.tensor(ids).to(dtype))
+    for bad in (ids[0] + 0.7, True):
+        with pytest.raises(ValueError, match=f"token ids must be integers, got {bad!r}"):
+            word.decode([bad] + ids)
+    assert word.decode(np.array(ids)) == word.decode(torch.tensor(ids, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("kind", ["word", "bpe"])

@@ -45,12 +45,14 @@ trained with it.  The extra task names are saved in ``text_tokenizer_config.json
 
 from __future__ import annotations
 
+import contextlib
 import json
+import operator
 import os
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
@@ -409,8 +411,11 @@ class TextTokenizer:
             if ids.ndim != 1:
                 raise ValueError(f"decode takes one row of ids, got shape {tuple(ids.shape)} "
                                  "(use decode_batch)")
+            if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+                # a float id would be truncated (3.7 -> 3) into some other word
+                raise ValueError(f"token ids must have an integer dtype (e.g. torch.long), got {ids.dtype}")
             ids = ids.tolist()
-        ids = [int(i) for i in ids]
+        ids = [_as_id(i) for i in ids]
         self._check_ids(ids)
         if skip_special:
             ids = [i for i in ids if i not in self._control_ids]
@@ -429,6 +434,14 @@ class TextTokenizer:
 
     def __repr__(self) -> str:
         return f"TextTokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def _as_id(value: Any) -> int:
+    """An integer id (Python or NumPy); floats and booleans are refused, not truncated."""
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError):
+            return operator.index(value)
+    raise ValueError(f"token ids must be integers, got {value!r}")
 
 
 __all__ = ["SPECIAL_TOKENS", "TASKS", "TEXT_TOKENIZER_KINDS", "TextTokenizer", "TextTokenizerKind",
