@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 
 import lightning as L
 import pytest
@@ -17,6 +18,7 @@ from unigen.tokenizers import FSQTokenizer, ImageTokenizer, VQTokenizer
 from unigen.tokenizers.discriminator import AdversarialLoss, PatchGANDiscriminator
 from unigen.tokenizers.perceptual import ConvFeatures, PerceptualLoss
 from unigen.training import EMACallback, ModelEMA, TokenizerModule
+from unigen.training.checkpoint import load_module_from_checkpoint
 from unigen.training.optim import warmup_cosine_factor as warmup_cosine
 from unigen.training.tokenizer_module import batch_images
 
@@ -264,6 +266,17 @@ def test_init_from_starts_from_an_exported_tokenizer(tmp_path):
     # the EMA starts from the loaded weights too
     for key, value in module.ema.shadow().items():
         assert torch.equal(value, exported.state_dict()[key]), key
+
+    # the checkpoint holds every weight: exporting it needs no starting directory
+    t = trainer(tmp_path, max_steps=1)
+    t.fit(module, loaders()[0])
+    t.save_checkpoint(tmp_path / "run.ckpt")
+    shutil.rmtree(tmp_path / "tok")
+    rebuilt = load_module_from_checkpoint(tmp_path / "run.ckpt")
+    for (name, a), b in zip(module.tokenizer.state_dict().items(), rebuilt.tokenizer.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert rebuilt.hparams.init_from is None
+    exported.save_pretrained(tmp_path / "tok")
 
     with pytest.raises(ValueError, match=r"another config.*levels"):
         TokenizerModule(FSQTokenizer(levels=(8, 5, 5), **TINY), init_from=str(tmp_path / "tok"))

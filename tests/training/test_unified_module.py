@@ -1,3 +1,5 @@
+import shutil
+
 import lightning as L
 import pytest
 import torch
@@ -5,6 +7,7 @@ import torch
 from unigen.data.shapes import ShapesDataset
 from unigen.diffusion.tasks import TaskInputs
 from unigen.training.ar_module import AutoregressiveModule
+from unigen.training.checkpoint import load_module_from_checkpoint
 from unigen.training.unified_module import UnifiedModule
 
 
@@ -143,6 +146,15 @@ def test_init_weights_starts_from_an_exported_pipeline(tokenizer_dirs, tmp_path)
         assert torch.equal(second.net.state_dict()[k], v.to(torch.bfloat16).float()), k
     fresh = make(tokenizer_dirs)
     assert not torch.equal(fresh.net.token_emb.weight, second.net.token_emb.weight)
+    # a checkpoint of the run holds every weight: rebuilding it needs no starting directory
+    ckpt = {"hyper_parameters": dict(second.hparams), "state_dict": second.state_dict()}
+    second.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "run.ckpt")
+    shutil.move(tmp_path / "p", tmp_path / "moved")
+    rebuilt = load_module_from_checkpoint(tmp_path / "run.ckpt")
+    assert rebuilt.hparams.init_weights is None
+    assert torch.equal(rebuilt.net.token_emb.weight, second.net.token_emb.weight)
+    shutil.move(tmp_path / "moved", tmp_path / "p")
     with pytest.raises(ValueError, match=r"another architecture; \(saved, recipe\): \{'dim': \(64, 48\)\}"):
         make(tokenizer_dirs, dim=48, init_weights=str(tmp_path / "p"))
     with pytest.raises(FileNotFoundError, match="pipeline directory not found"):

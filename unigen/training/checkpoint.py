@@ -121,6 +121,10 @@ def load_module_from_checkpoint(path: str | os.PathLike):
         from unigen.tokenizers.base import IMAGE_TOKENIZERS
 
         hparams["tokenizer"] = IMAGE_TOKENIZERS.get(spec["type"])(**spec["config"])
+    # a starting point that only loads weights (the checkpoint's own replace them) may be gone by now
+    for name in getattr(cls, "weights_only_init_args", ()):
+        if name in hparams:
+            hparams[name] = None
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         # a subclass may record settings it fixes for its base (reward fine-tuning's tasks): as

@@ -93,6 +93,8 @@ class TokenizerModule(RecordsClassPath, L.LightningModule):
     #: state of parts a checkpoint cannot rebuild from its hyper-parameters (``unigen export`` only
     #: needs the tokenizer and its EMA)
     optional_state_prefixes = ("perceptual.", "adversarial.")
+    #: arguments that only load starting weights: a checkpoint is rebuilt without them
+    weights_only_init_args = ("init_from",)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -126,6 +126,9 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
             or LoRA instead, use :class:`~unigen.training.finetune.FinetuneModule`.
     """
 
+    #: arguments that only load starting weights: a checkpoint is rebuilt without them
+    weights_only_init_args = ("init_weights",)
+
     def __init__(self, image_tokenizer: str, text_tokenizer: str, image_size: int = 64,
                  max_text_len: int = 24, dim: int = 256, depth: int = 6, heads: int = 4,
                  mlp_ratio: float = 4.0, qk_norm: bool = True, position: str = "learned",
