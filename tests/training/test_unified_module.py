@@ -78,6 +78,26 @@ def test_complementary_pair_covers_each_target_once_with_the_schedules_elbo_weig
     torch.testing.assert_close(plan.weight, torch.cat((schedule.loss_weight(t), schedule.complement_weight(t))))
 
 
+def test_validation_samples_score_only_the_shapes_rows_of_a_mixed_batch(tokenizer_dirs, tmp_path, monkeypatch):
+    """A mixture's validation batch puts other sources' rows (no scene, no question) beside the
+    shapes world's: the checker and VQA read only the rows that carry them."""
+    from unigen.data import checker
+    from unigen.training import validation_sampling
+
+    monkeypatch.setattr(validation_sampling, "_log_dir", lambda module: tmp_path)
+    checked, real_check = [], checker.check
+    monkeypatch.setattr(checker, "check", lambda image, spec: checked.append(spec) or real_check(image, spec))
+    module = make(tokenizer_dirs, tasks={"t2i": 1, "caption": 1, "vqa": 1})
+    batch = batch_of(4)
+    for key in ("scene", "question", "answer", "description"):
+        batch[key] = [v if i % 2 == 0 else "" for i, v in enumerate(batch[key])]
+    batch["caption"] = [c if i % 2 == 0 else "a photo of a sneaker" for i, c in enumerate(batch["caption"])]
+    metrics = validation_sampling.log_validation_samples(module, batch, num_samples=4, num_steps=2, text_steps=2)
+    assert {"val/t2i_checker_accuracy", "val/vqa_exact_match", "val/caption_attribute_recall"} <= set(metrics)
+    assert checked == [checker.parse_caption(batch["caption"][i]) for i in (0, 2)]
+    assert all(2 * metrics[k] == round(2 * metrics[k]) for k in ("val/t2i_checker_accuracy", "val/vqa_exact_match"))
+
+
 def test_caption_task_trains_on_descriptions_when_the_recipe_says_so(tokenizer_dirs):
     module = make(tokenizer_dirs, max_text_len=40, tasks={"caption": 1.0, "t2i": 1.0},
                   task_kwargs={"caption": {"text": "descriptions"}})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -104,6 +104,12 @@ def validation_metrics(module, metrics: list | dict | None,
     return built
 
 
+def rows_with(values: Sequence[Any] | None, n: int) -> list[int]:
+    """Which of the first ``n`` rows carry a (non-empty) ``values`` entry: a mixture's batch holds
+    shapes-world rows (scene, question) beside other sources' rows, whose fields are empty."""
+    return [] if values is None else [i for i in range(min(n, len(values))) if values[i]]
+
+
 def caption_references(batch: dict[str, Any], n: int) -> list[list[str]]:
     """The first ``n`` samples' reference captions: the caption and, where the batch carries one
     (shapes world), the scene's description (as ``unigen eval`` scores captions)."""
@@ -189,10 +195,11 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
             grid = captioned_grid(images.cpu(), captions)
             save_png(grid, _log_dir(module) / "samples" / f"{prefix}t2i_step{module.global_step:07d}.png")
             _log_image(module, f"{stage}/t2i_samples", grid)
-            if scenes is not None and scenes[0]:
+            scored = rows_with(scenes, n)  # a mixture's batch may hold other sources' samples
+            if scored:
                 from unigen.data.checker import check, parse_caption
 
-                results = [check(img, parse_caption(c)) for img, c in zip(images.cpu(), captions)]
+                results = [check(images[i].cpu(), parse_caption(captions[i])) for i in scored]
                 metrics[f"{stage}/t2i_checker_accuracy"] = sum(r.correct for r in results) / len(results)
                 for metric in by_kind.get(COMPOSITIONAL, []):
                     metric.update(results)
@@ -202,23 +209,24 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
                 metric.update(batch["image"][:n].cpu(), real=True)
                 metric.update(images.cpu(), real=False)
         images_in = batch["image"][:n]
-        if "vqa" in tasks and batch.get("question") and batch["question"][0]:
-            answers = pipe.answer(images_in, list(batch["question"][:n]), num_steps=text_steps,
-                                  seed=seed)
-            truth = list(batch["answer"][:n])
-            metrics[f"{stage}/vqa_exact_match"] = sum(a == b for a, b in zip(answers, truth)) / n
+        asked = rows_with(batch.get("question"), n) if "vqa" in tasks else []
+        if asked:
+            answers = pipe.answer(images_in[asked], [batch["question"][i] for i in asked],
+                                  num_steps=text_steps, seed=[seed + i for i in asked])
+            truth = [batch["answer"][i] for i in asked]
+            metrics[f"{stage}/vqa_exact_match"] = sum(a == b for a, b in zip(answers, truth)) / len(asked)
             for metric in by_kind.get(VQA, []):
                 metric.update(answers, truth)
         if "caption" in tasks:
             generated = pipe.caption(images_in, num_steps=text_steps, seed=seed)
             for metric in by_kind.get(CAPTION, []):
                 metric.update(generated, caption_references(batch, n))
-            if scenes is not None and scenes[0]:
+            scored = rows_with(scenes, n)
+            if scored:
                 from unigen.data.checker import caption_attribute_recall
                 from unigen.data.shapes import Scene
 
-                recall = [caption_attribute_recall(c, Scene.from_json(s))
-                          for c, s in zip(generated, scenes[:n])]
+                recall = [caption_attribute_recall(generated[i], Scene.from_json(scenes[i])) for i in scored]
                 metrics[f"{stage}/caption_attribute_recall"] = sum(recall) / len(recall)
             grid = captioned_grid(images_in.cpu(), generated)
             save_png(grid, _log_dir(module) / "samples" / f"{prefix}caption_step{module.global_step:07d}.png")
