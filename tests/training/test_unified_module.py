@@ -1,3 +1,4 @@
+import math
 import shutil
 
 import lightning as L
@@ -96,6 +97,25 @@ def test_validation_samples_score_only_the_shapes_rows_of_a_mixed_batch(tokenize
     assert {"val/t2i_checker_accuracy", "val/vqa_exact_match", "val/caption_attribute_recall"} <= set(metrics)
     assert checked == [checker.parse_caption(batch["caption"][i]) for i in (0, 2)]
     assert all(2 * metrics[k] == round(2 * metrics[k]) for k in ("val/t2i_checker_accuracy", "val/vqa_exact_match"))
+
+
+def test_logged_row_loss_is_the_mean_over_the_targets_of_both_copies(tokenizer_dirs, monkeypatch):
+    module = make(tokenizer_dirs, tasks={"t2i": 1, "caption": 1}, complementary_masking=True)
+    batch = {**batch_of(4), "codes": torch.zeros(4, 8, 8, dtype=torch.long)}
+    tb, assignment = module.mixture.build(module.task_inputs(batch), module.space, torch.Generator().manual_seed(0))
+    real_mask = module._mask
+
+    def first_copy_masks_all_of_row_0(target, generator):
+        masked, t = real_mask(target, generator)
+        masked[0] = target[0]  # so its complement masks nothing
+        return masked, t
+
+    monkeypatch.setattr(module, "_mask", first_copy_masks_all_of_row_0)
+    size = module.space.vocab.total_size
+    monkeypatch.setattr(module.net, "logits", lambda hidden, modality: torch.zeros(len(hidden), size))
+    _, per_row = module.diffusion_loss(tb, torch.Generator().manual_seed(1), assignment)
+    # uniform logits: every target costs log(size), whichever copy masked it
+    torch.testing.assert_close(per_row, torch.full((4,), math.log(size)))
 
 
 def test_caption_task_trains_on_descriptions_when_the_recipe_says_so(tokenizer_dirs):

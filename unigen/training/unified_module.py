@@ -365,9 +365,11 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                                           to_device(plan.weight, device),
                                           to_device(target.sum(1), device), hp.loss, row_task,
                                           task_weight)
-        if plan.copies > 1:
+        if plan.copies > 1:  # a row's mean over its targets, each scored once by the pair
+            counts = to_device(plan.masked.sum(1), device).to(per_row.dtype)
             half = per_row.shape[0] // 2
-            per_row = (per_row[:half] + per_row[half:]) / 2
+            per_row = ((per_row * counts).view(2, half).sum(0)
+                       / counts.view(2, half).sum(0).clamp_min(1))
         return loss, per_row
 
     def _log_task_losses(self, stage: str, per_row: Tensor, assignment: Tensor) -> None:
