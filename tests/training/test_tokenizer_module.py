@@ -9,6 +9,7 @@ import shutil
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -213,6 +214,7 @@ class _Regressor(L.LightningModule):
         super().__init__()
         self.net = nn.Linear(3, 1)
         self.val_weights: list[torch.Tensor] = []
+        self.epoch_end_weights: list[torch.Tensor] = []
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -220,6 +222,12 @@ class _Regressor(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         self.val_weights.append(self.net.weight.detach().clone())
+
+    def on_validation_epoch_end(self):  # where the unified module draws its samples
+        self.epoch_end_weights.append(self.net.weight.detach().clone())
+
+    def on_train_batch_end(self, *args):
+        self.live_weight = self.net.weight.detach().clone()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -231,11 +239,16 @@ def test_ema_callback_validates_with_and_finally_applies_the_average(tmp_path):
     data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
     module = _Regressor()
     callback = EMACallback(decay=0.5, attribute="net", warmup=False)
-    t = trainer(tmp_path, max_steps=4, callbacks=[callback], val_check_interval=4,
-                limit_val_batches=1)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    t = trainer(tmp_path, max_steps=4, callbacks=[callback, checkpoints], val_check_interval=4,
+                limit_val_batches=1, enable_checkpointing=True)
     t.fit(module, data, data)
     ema_weight = callback.ema.shadow()["weight"]
     assert torch.equal(module.val_weights[-1], ema_weight)  # validated on the EMA
+    assert torch.equal(module.epoch_end_weights[-1], ema_weight)  # samples drawn with it too
+    assert not torch.equal(module.live_weight, ema_weight)
+    saved = torch.load(checkpoints.last_model_path, weights_only=True)["state_dict"]["net.weight"]
+    assert torch.equal(saved, module.live_weight)  # the checkpoint holds the trained weights
     assert torch.equal(module.net.weight, ema_weight)  # applied on fit end
     assert set(callback.state_dict()) >= {"weight", "bias", "num_updates"}
 

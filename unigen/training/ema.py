@@ -157,13 +157,16 @@ class EMACallback(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._swap_in(pl_module)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    # Lightning calls callbacks' epoch-end hooks before the module's, where sample grids and
+    # generation metrics are made: the average stays in until the loop ends (and, checkpoint
+    # callbacks running last, before ModelCheckpoint saves on validation end)
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._swap_out()
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._swap_in(pl_module)
 
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._swap_out()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
