@@ -194,13 +194,18 @@ def test_model_ema_exact_average_and_swap():
     assert int(ema.num_updates) == 1
 
 
-def test_model_ema_warmup_copies_non_float_and_checks_keys():
+def test_model_ema_warmup_copies_buffers_and_checks_keys():
     model = nn.BatchNorm1d(2)
     ema = ModelEMA(model, decay=0.999)
     assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
-    model(torch.randn(4, 2))  # bumps num_batches_tracked (an integer buffer)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    model(torch.randn(4, 2))  # moves the running statistics, bumps num_batches_tracked
     ema.update(model)
-    assert int(ema.shadow()["num_batches_tracked"]) == 1
+    shadow = ema.shadow()
+    assert torch.equal(shadow["weight"], torch.full((2,), 1.0 + 0.9 * 2.0))  # parameters: averaged
+    for key in ("running_mean", "running_var", "num_batches_tracked"):  # buffers: the model's own
+        assert torch.equal(shadow[key], model.state_dict()[key]), key
     assert ema.current_decay() == pytest.approx(2 / 11)
     assert "num_updates" in ema.state_dict()
     with pytest.raises(ValueError, match="no longer matches its EMA"):
@@ -263,6 +268,17 @@ def test_ema_callback_moves_once_per_optimizer_step_under_accumulation(tmp_path)
     module = _Regressor()
     t.fit(module, data)
     assert t.global_step == 3 and int(callback.ema.num_updates) == 3  # 6 micro-batches, 3 steps
+
+
+def test_ema_of_a_cosine_vq_tokenizer_keeps_its_codebook_unit_norm(tmp_path):
+    module = TokenizerModule(VQTokenizer(codebook_size=16, **TINY), ema_decay=0.9, lr=1e-2)
+    trainer(tmp_path, max_steps=6).fit(module, loaders()[0])
+    codebook = "quantizer.vq._codebook.embed"
+    live, averaged = module.tokenizer.state_dict()[codebook], module.ema.shadow()[codebook]
+    assert torch.equal(averaged, live)
+    torch.testing.assert_close(averaged.norm(dim=-1), torch.ones_like(averaged.norm(dim=-1)))
+    weights = [k for k, _ in module.tokenizer.named_parameters()]
+    assert any(not torch.equal(module.ema.shadow()[k], module.tokenizer.state_dict()[k]) for k in weights)
 
 
 def test_init_from_starts_from_an_exported_tokenizer(tmp_path):

@@ -22,8 +22,12 @@ def _buffer_name(key: str) -> str:
 
 
 class ModelEMA(nn.Module):
-    """EMA of every floating-point entry of ``model.state_dict()`` (parameters and buffers, e.g. a VQ
-    codebook's statistics); integer/bool entries (counters, flags) are copied as they are.
+    """EMA of the model's floating-point parameters; its buffers are copied as they are.
+
+    Buffers are state a module keeps by itself: a VQ codebook that is already an EMA of the
+    encoder's outputs (kept unit-norm for cosine lookup, its dead codes re-seeded), BatchNorm's
+    running statistics, counters.  Averaging them again would give codes of less than unit norm
+    and blends of re-seeded and retired codes, which no longer match what the encoder produced.
 
     The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (TensorFlow's
     ``ExponentialMovingAverage`` with ``num_updates``) so early averages are not dominated by the
@@ -40,6 +44,8 @@ class ModelEMA(nn.Module):
         self.decay = decay
         self.warmup = warmup
         self.keys = list(model.state_dict().keys())
+        params = {name for name, p in model.named_parameters() if p.is_floating_point()}
+        self.averaged = frozenset(k for k in self.keys if k in params)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         for key, value in model.state_dict().items():
             self.register_buffer(_buffer_name(key), value.detach().clone())
@@ -65,7 +71,7 @@ class ModelEMA(nn.Module):
         decay = self.current_decay()
         for key, avg in self.shadow().items():
             live = state[key].detach()
-            if avg.is_floating_point():
+            if key in self.averaged:
                 avg.lerp_(live.to(avg.dtype), 1.0 - decay)
             else:
                 avg.copy_(live)
