@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from image_tokenizer_testkit import make_tokenizer, tiny_images, train_steps
 from unigen.tokenizers import IMAGE_TOKENIZERS, FSQTokenizer, LFQTokenizer, VQTokenizer
@@ -141,6 +143,41 @@ def test_bad_codes_give_clear_errors():
 def test_bad_configs_give_clear_errors(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_tokenizer(name, **kwargs)
+
+
+@pytest.mark.parametrize("beta", [0.25, 0.0])
+def test_plain_vq_trains_with_vq_vaes_loss(beta):
+    """``||sg(z) - e||^2 + beta ||z - sg(e)||^2`` (VQ-VAE eq. 3): the codebook at weight 1, the
+    encoder at ``beta``; with ``beta = 0`` the codebook still learns."""
+    from unigen.tokenizers.vq import VQQuantizer
+
+    torch.manual_seed(0)
+    q = VQQuantizer(16, 4, cosine=False, ema_update=False, decay=0.8, kmeans_init=False, kmeans_iters=1,
+                    dead_code_threshold=0.0, commitment_weight=beta, rotation_trick=False).train()
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = q(z)
+    sum(out.losses.values()).backward()
+    embed = q.vq._codebook.embed
+    got_codebook = embed.grad.clone()
+    got_z = torch.zeros_like(z) if z.grad is None else z.grad.clone()  # beta 0: nothing reaches z
+    embed.grad = None
+    e = embed[0][out.codes]  # [B, h, w, d]
+    zl = z.detach().permute(0, 2, 3, 1)
+    (F.mse_loss(e, zl) + beta * F.mse_loss(zl.requires_grad_(), e.detach())).backward()
+    torch.testing.assert_close(got_codebook, embed.grad)
+    torch.testing.assert_close(got_z, zl.grad.permute(0, 3, 1, 2))
+    assert got_codebook.abs().sum() > 0
+
+
+def test_vq_warns_when_its_dead_code_threshold_retires_codes_every_step():
+    tok = make_tokenizer("vq").train()  # 64 codes, dead_code_threshold 2: needs > 128 vectors
+    with pytest.warns(UserWarning, match="dead_code_threshold 2 with 64 codes needs more than 128 "
+                                         "vectors a step, this batch has 16"):
+        tok(tiny_images(n=1, size=8))  # 4x4 codes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok(tiny_images(n=1, size=8))  # said once
+        make_tokenizer("vq").train()(tiny_images(n=1, size=32))  # 256 vectors: enough
 
 
 def test_kmeans_vq_refuses_to_encode_before_training():

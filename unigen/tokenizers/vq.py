@@ -14,14 +14,19 @@ VQGAN, Esser et al. 2021) with the fixes that keep large codebooks alive, each s
 With all of them off (``cosine=False, ema_update=False, kmeans_init=False, dead_code_threshold=0,
 rotation_trick=False``) this is plain VQ-VAE: a codebook learned by gradient through the straight-
 through estimator, which on a large codebook collapses to a few codes (the benchmark shows it).
+Its loss is VQ-VAE's ``||sg(z) - e||^2 + beta ||z - sg(e)||^2`` (van den Oord et al. 2017, eq. 3):
+vector-quantize-pytorch's learnable codebook gives ``beta ||z - e||^2`` to both sides, so the
+quantizer adds ``(1 - beta) ||sg(z) - e||^2`` and the codebook learns at weight 1, not ``beta``.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import Any
 
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 from vector_quantize_pytorch import VectorQuantize
 
@@ -46,6 +51,9 @@ class VQQuantizer(Quantizer):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"VQ EMA decay must lie in (0, 1), got {decay}")
         self._dim = codebook_dim
+        self._dead_code_threshold = dead_code_threshold
+        self._codebook_weight = max(0.0, 1.0 - commitment_weight) if not ema_update else 0.0
+        self._usage_checked = False
         self.vq = VectorQuantize(
             dim=codebook_dim, codebook_size=codebook_size, use_cosine_sim=cosine,
             ema_update=ema_update, learnable_codebook=not ema_update, decay=decay,
@@ -68,10 +76,31 @@ class VQQuantizer(Quantizer):
             raise ValueError("the VQ codebook uses kmeans_init and has not been initialised yet: run a "
                              "training step first (in Lightning set trainer.num_sanity_val_steps: 0)")
 
+    def _check_dead_code_threshold(self, latent: Tensor) -> None:
+        # a code is re-seeded when its EMA use per step falls below the threshold: at or above the
+        # mean use (vectors per step / codes) some codes are always below it, most often half
+        vectors = latent.shape[0] * latent.shape[2] * latent.shape[3]
+        if self._dead_code_threshold * self.codebook_size >= vectors:
+            warnings.warn(f"VQ dead_code_threshold {self._dead_code_threshold:g} with "
+                          f"{self.codebook_size} codes needs more than "
+                          f"{self._dead_code_threshold * self.codebook_size:g} vectors a step, this batch "
+                          f"has {vectors}: codes are re-seeded every step (lower the threshold below "
+                          f"{vectors / self.codebook_size:g}, the mean use, or raise the batch size)",
+                          stacklevel=3)
+        self._usage_checked = True
+
     def forward(self, latent: Tensor) -> Quantized:
         self._check_initialised()
+        if self.training and not self._usage_checked:
+            self._check_dead_code_threshold(latent)
         quantized, codes, loss = self.vq(latent)
-        losses = {"commitment": loss} if self.training else {}
+        losses = {}
+        if self.training:
+            losses["commitment"] = loss
+            if self._codebook_weight:
+                chosen = self.vq._codebook.embed[0][codes.long()]  # [B, h, w, d], with gradient
+                target = rearrange(latent.detach(), "b d h w -> b h w d")
+                losses["codebook"] = self._codebook_weight * F.mse_loss(chosen, target)
         return Quantized(quantized, codes.long(), losses)
 
     def lookup(self, codes: Tensor) -> Tensor:
@@ -99,8 +128,8 @@ class VQTokenizer(QuantizedAutoencoder):
         kmeans_init: initialise the codebook by k-means on the first training batch.
         kmeans_iters: k-means iterations.
         dead_code_threshold: replace codes whose EMA cluster size drops below this (0 disables).
-        commitment_weight: weight of the commitment loss ``||z - sg(q)||^2`` (and, without EMA, of
-            the codebook loss on ``q``).
+        commitment_weight: weight ``beta`` of the commitment loss ``||z - sg(q)||^2`` (without EMA
+            the codebook loss ``||sg(z) - q||^2`` has weight 1, as in VQ-VAE).
         rotation_trick: rotation-trick gradients instead of the straight-through estimator.
         **autoencoder: the shared architecture of :class:`QuantizedAutoencoder`.
     """
