@@ -163,6 +163,11 @@ def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["caption", "--model", str(model), "--image", str(big), "--out", str(tmp_path / "e.json")])
     assert "not 32x32" in capsys.readouterr().err
+    before = img.read_bytes()
+    for verb, extra in (("caption", []), ("answer", ["--question", "what color is the star?"])):
+        line = fails_with([verb, "--model", model, "--image", img, *extra, "--out", img], capsys)
+        assert f"--out {img} is an input of this command" in line
+    assert img.read_bytes() == before
 
 
 @pytest.mark.slow

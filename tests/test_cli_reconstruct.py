@@ -161,6 +161,12 @@ BAD = [
     (["--image", "{d}/x0.png", "--out", "{t}/g.txt"],
      "--out {t}/g.txt: the extension picks the image format", True),
     (["--image", "{d}/x0.png", "--out", "{t}/sub"], "--out {t}/sub is a directory", True),
+    (["--image", "{d}/x0.png", "--out", "{d}/x0.png"],
+     "--out {d}/x0.png is an input of this command; give another file", True),
+    (["--image", "{d}/x0.png", "--out", "{d}/x0.png/g.png"],
+     "--out {d}/x0.png/g.png: {d}/x0.png is a file, not a directory", True),
+    (["--image", "{d}/x0.png", "--out", "{t}/" + "x" * 300 + ".png"],
+     "a name in it is longer than this file system's", True),
     (["--image", "{d}/x0.png", "--tokenizer", "{t}/nowhere"],
      "image tokenizer directory not found: {t}/nowhere", False),
 ]

@@ -8,8 +8,9 @@ Every check here runs before anything is loaded, so a bad command line is one er
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:  # torch is imported where it is used: `unigen --help` does not need it
     from torch import Tensor
@@ -77,10 +78,47 @@ def _check_positive(value: int | None, flag: str) -> None:
         raise ValueError(f"{flag} must be at least 1, got {value}")
 
 
-def _check_out_file(path: str | Path, flag: str = "--out", example: str = "out.json") -> Path:
+# arguments that name what a verb writes; every other argument naming an existing file is read
+OUTPUT_ARGS = frozenset({"out", "trajectory", "codes"})
+
+
+def _input_files(args: argparse.Namespace) -> list[Path]:
+    """The existing files a verb's arguments name (images, masks, layouts, ``--input
+    SEGMENT=FILE``): what it reads, so that no output overwrites one of them."""
+    found = []
+    for key, value in vars(args).items():
+        if key in OUTPUT_ARGS:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str):
+                item = item.split("=", 1)[-1] if key == "input" else item
+                if os.path.isfile(item):
+                    found.append(Path(item))
+    return found
+
+
+def _check_out_file(path: str | Path, flag: str = "--out", example: str = "out.json",
+                    reads: Iterable[Path] = ()) -> Path:
+    """``path`` as a file this verb may write, checked before any work: not a directory, not
+    inside a file, a name the file system takes, and none of the files it ``reads``."""
     path = Path(path)
+    try:
+        name_max = os.pathconf(".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    if any(len(part.encode()) > name_max for part in path.parts):
+        raise ValueError(f"{flag} {path}: a name in it is longer than this file system's "
+                         f"{name_max} bytes")
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a directory; give a file path, e.g. {path / example}")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a directory")
+    if path.exists():
+        for source in reads:
+            if os.path.samefile(path, source):
+                raise ValueError(f"{flag} {path} is an input of this command; give another file, "
+                                 f"or it would be overwritten")
     return path
 
 
@@ -172,13 +210,14 @@ def _image_args(parser: argparse.ArgumentParser) -> None:
 GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
-def _grid_paths(out: str) -> tuple[Path, str, Path]:
+def _grid_paths(out: str, reads: Iterable[Path] = ()) -> tuple[Path, str, Path]:
     """(grid path, its PIL format, settings path), refused up front when unusable."""
-    path = _check_out_file(out, example="grid.png")
+    reads = list(reads)
+    path = _check_out_file(out, example="grid.png", reads=reads)
     fmt = GRID_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"--out {path}: the extension picks the image format; use one of "
                          f"{', '.join(GRID_FORMATS)}")
     settings = _settings_path(path)  # never the image itself: .json is not an image format
-    _check_out_file(settings, "the settings file")
+    _check_out_file(settings, "the settings file", reads=reads)
     return path, fmt, settings

@@ -24,8 +24,8 @@ from typing import Any, Callable
 # import no more than this module did (the rest inside their functions), so `unigen --help` does
 # not slow down
 from unigen.command_args import (GRID_FORMATS, _check_model_args, _check_out_file, _check_positive,
-                                 _common_model_args, _grid_paths, _image_args, _load_images,
-                                 _model_kind, _parse_sampler_args, _pipeline,
+                                 _common_model_args, _grid_paths, _image_args, _input_files,
+                                 _load_images, _model_kind, _parse_sampler_args, _pipeline,
                                  _refuse_autoregressive, _sampler_kwargs, _settings_path,
                                  check_device)
 from unigen.generate_command import (AR_SAMPLING_OPTIONS, _generate, _generate_args,
@@ -177,7 +177,7 @@ __all__ = [
     "_answer", "_answer_args", "_caption", "_caption_args", "_check_fills", "_check_model_args",
     "_check_out_file", "_check_positive", "_common_model_args", "_fashion_mnist_texts",
     "_generate", "_generate_args", "_generate_autoregressive", "_grid_paths", "_guidance_args",
-    "_image_args", "_load_images", "_model_kind", "_negative_prompts", "_parse_sampler_args",
+    "_image_args", "_input_files", "_load_images", "_model_kind", "_negative_prompts", "_parse_sampler_args",
     "_pipeline", "_read_images_for", "_refuse_autoregressive", "_sampler_kwargs",
     "_save_trajectory", "_settings_path", "_shapes_texts", "_text_out_arg", "_text_recorder",
     "_text_settings", "_text_tokenizer", "_text_tokenizer_args", "_text_trajectory_arg",

@@ -14,7 +14,7 @@ from typing import Any
 
 from unigen import io
 from unigen.command_args import (GRID_FORMATS, _check_model_args, _check_out_file, _check_positive,
-                                 _common_model_args, _grid_paths, _model_kind, _parse_sampler_args,
+                                 _common_model_args, _grid_paths, _input_files, _model_kind, _parse_sampler_args,
                                  _pipeline, _sampler_kwargs, _settings_path)
 
 
@@ -61,7 +61,7 @@ def _generate(args: argparse.Namespace) -> None:
     _check_positive(args.num_per_prompt, "--num-per-prompt")
     _check_positive(args.candidates, "--candidates")
     check_scale(args.guidance, "--guidance", negative=False)
-    out, fmt, settings = _grid_paths(args.out)
+    out, fmt, settings = _grid_paths(args.out, _input_files(args))
     trajectory = _trajectory_path(args, out)
     _parse_sampler_args(args)
     prompts = [p for p in args.prompt for _ in range(args.num_per_prompt)]
@@ -117,7 +117,7 @@ def _trajectory_path(args: argparse.Namespace, out: Path) -> tuple[Path, str] | 
     if _model_kind(args) == "autoregressive":
         raise ValueError(f"--trajectory: --model {args.model} is autoregressive; it decodes one "
                          "token at a time in raster order, with no masked steps to draw")
-    path = _check_out_file(args.trajectory, "--trajectory", "steps.png")
+    path = _check_out_file(args.trajectory, "--trajectory", "steps.png", reads=_input_files(args))
     fmt = GRID_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"--trajectory {path}: the extension picks the image format; use one of "

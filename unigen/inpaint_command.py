@@ -18,7 +18,7 @@ from typing import Any
 
 from unigen import io
 from unigen.commands import (_check_fills, _check_model_args, _common_model_args, _grid_paths,
-                             _guidance_args, _image_args, _load_images, _negative_prompts,
+                             _guidance_args, _image_args, _input_files, _load_images, _negative_prompts,
                              _parse_sampler_args, _pipeline, _refuse_autoregressive,
                              _sampler_kwargs, _save_trajectory, _trajectory_args, _trajectory_path)
 
@@ -139,7 +139,7 @@ def prepare(args: argparse.Namespace, verb: str) -> RedrawJob:
 
     _check_model_args(args)
     check_scale(args.guidance, "--guidance", negative=False)
-    out, fmt, settings = _grid_paths(args.out)
+    out, fmt, settings = _grid_paths(args.out, _input_files(args))
     _refuse_autoregressive(args, verb)
     trajectory = _trajectory_path(args, out)
     _parse_sampler_args(args)

@@ -15,7 +15,7 @@ from typing import Any
 
 from unigen import io
 from unigen.metrics.report import json_safe
-from unigen.commands import (_check_out_file, _check_positive, _grid_paths, _load_images,
+from unigen.commands import (_check_out_file, _check_positive, _grid_paths, _input_files, _load_images,
                              check_device, image_tokenizer_path)
 
 CODES_SUFFIX = ".safetensors"
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
     _check_positive(args.image_size, "--image-size")
     if args.resize not in RESIZE_POLICIES:  # before the size probe, which suggests a policy
         raise ValueError(f"--resize {args.resize!r}: use one of none, resize, center_crop, pad")
-    out, fmt, settings = _grid_paths(args.out)
+    out, fmt, settings = _grid_paths(args.out, _input_files(args))
     codes_path = _codes_path(args.codes)
     size = args.image_size or _image_size(args.image, args.resize)
     # the images load before the weights, so a missing or unreadable one costs no loading

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from unigen import commands, io
 from unigen.commands import (GRID_FORMATS, _check_model_args, _check_out_file, _check_positive,
-                             _common_model_args, _load_images, _parse_sampler_args,
+                             _common_model_args, _input_files, _load_images, _parse_sampler_args,
                              _refuse_autoregressive, _sampler_kwargs, _settings_path)
 
 # the tasks that are not segment tasks, and the verb that runs each
@@ -125,10 +125,10 @@ def _task_check(name: str) -> Any:
                      "task needs its module: --plugin MODULE)")
 
 
-def _task_paths(out: str, task: str, predicted: tuple[str, ...]
+def _task_paths(out: str, task: str, predicted: tuple[str, ...], reads: Sequence[Path] = ()
                 ) -> tuple[Path, Path, Path | None, str | None]:
     """(rows JSON, settings JSON, grid image or None, its PIL format), refused up front."""
-    path = _check_out_file(out, example="out.png" if "image" in predicted else "out.json")
+    path = _check_out_file(out, example="out.png" if "image" in predicted else "out.json", reads=reads)
     fmt = GRID_FORMATS.get(path.suffix.lower())
     if "image" in predicted:
         if fmt is None:
@@ -142,7 +142,7 @@ def _task_paths(out: str, task: str, predicted: tuple[str, ...]
         rows, grid = path, None
     settings = _settings_path(path)
     for other, what in ((rows, "the rows file"), (settings, "the settings file")):
-        _check_out_file(other, what)
+        _check_out_file(other, what, reads=reads)
     return rows, settings, grid, fmt
 
 
@@ -393,7 +393,7 @@ def run(args: argparse.Namespace) -> None:
     task, given, predicted = args.task, tuple(cls.given), tuple(cls.predicted)
     if not given:  # run_task takes the batch size from the inputs
         raise ValueError(f"task {task!r} is given no segment; `unigen task` runs tasks with inputs")
-    rows_path, settings_path, grid_path, fmt = _task_paths(args.out, task, predicted)
+    rows_path, settings_path, grid_path, fmt = _task_paths(args.out, task, predicted, _input_files(args))
     _parse_sampler_args(args)
     inputs = _task_inputs(args, given, task)
     _refuse_autoregressive(args, "task")

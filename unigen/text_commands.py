@@ -14,7 +14,7 @@ from typing import Any
 
 from unigen import io
 from unigen.command_args import (_check_model_args, _check_out_file, _common_model_args,
-                                 _image_args, _load_images, _parse_sampler_args, _pipeline,
+                                 _image_args, _input_files, _load_images, _parse_sampler_args, _pipeline,
                                  _refuse_autoregressive, _sampler_kwargs, _settings_path)
 
 
@@ -80,10 +80,11 @@ def _read_images_for(args: argparse.Namespace, verb: str) -> tuple[Path, Path, A
     from unigen.pipeline import TEXT_SAMPLER
 
     _check_model_args(args)
-    out = _check_out_file(args.out)
-    settings = _check_out_file(_settings_path(out), "the settings file")
+    reads = _input_files(args)
+    out = _check_out_file(args.out, reads=reads)
+    settings = _check_out_file(_settings_path(out), "the settings file", reads=reads)
     if args.trajectory is not None:
-        trajectory = _check_out_file(args.trajectory, "--trajectory", "steps.json")
+        trajectory = _check_out_file(args.trajectory, "--trajectory", "steps.json", reads=reads)
         if trajectory.resolve() in (out.resolve(), settings.resolve()):
             raise ValueError(f"--trajectory {trajectory} is where --out's results or settings go; "
                              "give another file")
