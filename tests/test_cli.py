@@ -337,10 +337,10 @@ def test_a_plugin_sampler_that_requires_a_special_id_runs_from_the_command_line(
 @pytest.mark.parametrize("extra, message", [
     (["--sampler-arg", "mask_id=3"], "--sampler-arg: mask_id is set from the vocabulary"),
     (["--sampler", "confident", "--sampler-arg", "threshold=abc"],
-     "--sampler-arg threshold='abc': sampler 'confident' does not take this option (could not "
+     "--sampler-arg threshold='abc': sampler 'confident' cannot use this value (could not "
      "convert string to float: 'abc')"),
     (["--sampler", "semi_ar", "--sampler-arg", "block_length=0"],
-     "--sampler-arg block_length=0: sampler 'semi_ar' does not take this option"),
+     "--sampler-arg block_length=0: sampler 'semi_ar' cannot use this value"),
     (["--sampler-arg", "schedule=[1"], "--sampler-arg 'schedule=[1': the value is not YAML"),
 ])
 def test_sampler_options_are_one_line_naming_the_option(extra, message, model_dirs, tmp_path, capsys):

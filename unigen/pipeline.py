@@ -51,7 +51,7 @@ from unigen.pipeline_loading import (DTYPES, FORMAT_VERSION, KIND, PIPELINE_CLAS
                                      check_pipeline_device, load_pipeline, load_saved_transformer,
                                      load_transformer_weights, pipeline_kind, read_pipeline_meta,
                                      resolve_dtype)
-from unigen.sampling import ClassifierFreeGuidance, Sampler, decode
+from unigen.sampling import Sampler, build_guidance, decode
 from unigen.sampling.base import SamplerOutput, make_sampler
 from unigen.sampling.decode import StepCallback
 from unigen.sampling.graphed import autocast_state, check_cuda_graphs
@@ -295,9 +295,7 @@ class UnifiedPipeline(EditingMixin):
         ``negative``: the same task's inputs with the negative prompts, whose condition the
         guided unconditional pass holds instead of ``<mask>``."""
         sampler = self.make_sampler(cfg.sampler, cfg.sampler_kwargs)
-        guidance = None
-        if cfg.guidance_scale != 1.0 or cfg.guidance_kwargs:
-            guidance = ClassifierFreeGuidance(cfg.guidance_scale, **cfg.guidance_kwargs)
+        guidance = build_guidance(cfg.guidance_scale, cfg.guidance_kwargs)
         if negative is not None and guidance is None:
             raise ValueError("negative_prompt acts through classifier-free guidance; set "
                              "guidance_scale to a value other than 1")

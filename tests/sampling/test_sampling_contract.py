@@ -114,10 +114,13 @@ def test_make_sampler_fills_special_ids_refuses_mask_id_and_names_bad_options(mo
     assert (semi.eos_id, semi.pad_id) == (4, 9)
     with pytest.raises(ValueError, match="--sampler-arg: mask_id is set from the vocabulary"):
         make_sampler("maskgit", {"mask_id": 3}, mask_id=MASK, special_ids=ids, option="--sampler-arg")
-    with pytest.raises(ValueError, match="--sampler-arg threshold='abc': sampler 'confident' does "
-                                         "not take this option \\(could not convert"):
+    with pytest.raises(ValueError, match="--sampler-arg threshold='abc': sampler 'confident' cannot "
+                                         "use this value \\(could not convert"):
         make_sampler("confident", {"threshold": "abc", "temperature": 0}, mask_id=MASK,
                      special_ids=ids, option="--sampler-arg")
+    with pytest.raises(ValueError, match="--sampler-arg thresh=0.5: sampler 'confident' does not take "
+                                         "this option"):
+        make_sampler("confident", {"thresh": 0.5}, mask_id=MASK, special_ids=ids, option="--sampler-arg")
     with pytest.raises(KeyError, match="unknown sampler 'nope'"):
         make_sampler("nope", {}, mask_id=MASK, special_ids=ids)
 

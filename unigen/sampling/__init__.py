@@ -8,7 +8,7 @@ from unigen.sampling.base import (
 from unigen.sampling.confidence import CONFIDENCE_MEASURES, token_confidence
 from unigen.sampling.confident import ConfidentSampler
 from unigen.sampling.decode import DecodeResult, decode
-from unigen.sampling.guidance import GUIDANCE_SCHEDULES, ClassifierFreeGuidance
+from unigen.sampling.guidance import GUIDANCE_SCHEDULES, ClassifierFreeGuidance, build_guidance
 from unigen.sampling.halton import HaltonSampler
 from unigen.sampling.inpaint import inpaint_tokens
 from unigen.sampling.maskgit import MaskGITSampler
@@ -33,6 +33,7 @@ __all__ = [
     "Sampler",
     "SamplerOutput",
     "SemiARSampler",
+    "build_guidance",
     "build_sampler",
     "check_num_steps",
     "decode",

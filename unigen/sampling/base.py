@@ -263,6 +263,8 @@ def make_sampler(sampler: "str | Sampler", options: Mapping[str, Any] | None = N
         culprits = _culprits(options, message)
         shown = ", ".join(f"{k}={options[k]!r}" for k in culprits or options)
         where = f"{option} {shown}" if shown else option
-        raise ValueError(f"{where}: sampler {sampler!r} does not take "
-                         f"{'this option' if len(culprits) == 1 else 'these options'} ({message})"
-                         ) from None
+        one = len(culprits) == 1
+        # a TypeError is a keyword the constructor lacks; a ValueError, a value it refused
+        said = (f"does not take {'this option' if one else 'these options'}" if isinstance(err, TypeError)
+                else f"cannot use {'this value' if one else 'these values'}")
+        raise ValueError(f"{where}: sampler {sampler!r} {said} ({message})") from None

@@ -15,6 +15,7 @@ Progress is ``step_index / (num_steps - 1)``: 0 at the first step, 1 at the last
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -133,3 +134,26 @@ class ClassifierFreeGuidance:
             f"ClassifierFreeGuidance(scale={self.scale}, interval={self.interval}, "
             f"schedule={self.schedule!r}, min_scale={self.min_scale})"
         )
+
+
+def build_guidance(scale: float, options: dict | None = None, *,
+                   option: str = "guidance_kwargs") -> ClassifierFreeGuidance | None:
+    """The guidance a decode runs with: None at scale 1 without options (one pass a step), else
+    :class:`ClassifierFreeGuidance`.  A bad value or an unknown option is one ``ValueError`` that
+    names ``option`` (where it came from), before any sample is drawn."""
+    options = dict(options or {})
+    if scale == 1.0 and not options:
+        return None
+    known = [k for k in inspect.signature(ClassifierFreeGuidance).parameters if k != "scale"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{option}: unknown option {', '.join(map(repr, unknown))}; the options "
+                         f"are {', '.join(known)}")
+    try:
+        return ClassifierFreeGuidance(scale, **options)
+    except (TypeError, ValueError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ValueError(f"{option} {shown}: {message}" if shown else message) from None
+
+
