@@ -143,6 +143,34 @@ def test_resume_refuses_another_recipe(pipeline_dir, debug_recipe, debug_run, tm
     assert records(out) == records(debug_run[0])  # nothing was touched
 
 
+@pytest.mark.parametrize("override, message", [
+    ("vqa.sampler_kwargs={tempx: 3}", "tasks.vqa.sampler_kwargs tempx=3: sampler 'confident' does not take"),
+    ("caption.sampler_kwargs={threshold: abc}", "tasks.caption.sampler_kwargs threshold='abc': sampler 'confident' "
+                                               "cannot use this value"),
+])
+def test_a_bad_sampler_option_fails_before_an_earlier_run_is_touched(pipeline_dir, debug_recipe, debug_run,
+                                                                     tmp_path, capsys, override, message):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(debug_run[0], out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as err:
+        run_eval(pipeline_dir, debug_recipe, out, "--override", override)
+    assert err.value.code == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("unigen: error: ") and message in line and "\n" not in line
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_eval_out_that_is_a_file_is_one_line_before_loading(pipeline_dir, debug_recipe, tmp_path, capsys):
+    (tmp_path / "taken.png").write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        run_eval(tmp_path / "no_model", debug_recipe, tmp_path / "taken.png")
+    assert capsys.readouterr().err.strip() == (
+        f"unigen: error: --out {tmp_path / 'taken.png'} is a file; eval writes a directory of results there")
+
+
 def test_sweep_runs_the_grid_and_plots_curves(pipeline_dir, debug_recipe, tmp_path):
     out = tmp_path / "sweep"
     summary = run_eval(pipeline_dir, debug_recipe, out, "--override", "data.num_samples=2",

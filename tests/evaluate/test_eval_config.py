@@ -43,11 +43,26 @@ def test_defaults_and_types():
     ("data", {"split": "val"}, "recipe key 'data' needs 'source'"),
     ("data.source", "coco", "unknown data source 'coco'; known: fashion_mnist, folder, shapes"),
     ("resources.clip", 3, "recipe key 'resources.clip' must be a string or null, got 3"),
+    ("vqa.guidance_kwargs", {"intervl": [0.2, 1]},
+     "tasks.vqa.guidance_kwargs: unknown option 'intervl'; the options are interval, schedule, min_scale"),
+    ("vqa.guidance_kwargs", {"interval": 5}, "tasks.vqa.guidance_kwargs interval=5: "),
+    ("vqa.guidance_scale", float("nan"), "guidance scale must be a finite number"),
+    ("data", {"source": "folder"}, "data source 'folder' needs recipe key 'data.root'"),
+    ("data.num_samples", 0, "data.num_samples must be positive, got 0"),
 ])
 def test_bad_values_name_the_key(key, value, message):
     with pytest.raises(ValueError) as err:
         parse_config(with_setting(MINIMAL, key, value))
     assert message in str(err.value)
+
+
+def test_two_sweep_axes_for_one_setting_are_refused():
+    from unigen.evaluate import check_sweep
+
+    with pytest.raises(ValueError, match="sweep axes 'vqa.num_steps' and 'tasks.vqa.num_steps' set the "
+                                         "same recipe key 'tasks.vqa.num_steps'"):
+        check_sweep(MINIMAL, {"vqa.num_steps": [2, 3], "tasks.vqa.num_steps": [4, 5]})
+    check_sweep(MINIMAL, {"vqa.num_steps": [2, 3], "seed": [0, 1]})
 
 
 def test_missing_required_key():

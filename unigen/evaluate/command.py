@@ -5,6 +5,7 @@ the headline numbers.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -34,6 +35,8 @@ def evaluate_model(model_dir: str | os.PathLike, recipe: str | os.PathLike,
     out = out_dir if out_dir is not None else parsed.out_dir
     if out is None:
         raise ValueError(f"no output directory: pass --out or set out_dir in {recipe}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; eval writes a directory of results there")
     axes = {**parsed.sweep, **parse_sweep(sweeps)}
     if axes:
         check_sweep(config, axes)  # fail on a bad sweep value before loading the model

@@ -184,6 +184,12 @@ def data_options(spec: Mapping[str, Any]) -> tuple[type[EvalData], dict[str, Any
                              f"known: {', '.join(known)}")
         # an unannotated option is passed as the recipe gives it (no type to check it against)
         options[key] = _coerce(value, hints[key], f"data.{key}") if key in hints else value
+    signature = inspect.signature(cls.__init__).parameters
+    missing = [p for p in params if p != "image_size" and p not in options
+               and signature[p].default is inspect.Parameter.empty
+               and signature[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    if missing:
+        raise ValueError(f"data source {spec['source']!r} needs recipe key 'data.{missing[0]}'")
     if spec.get("image_size") is not None:
         _coerce(spec["image_size"], int, "data.image_size")
     return cls, options

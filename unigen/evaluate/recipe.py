@@ -21,7 +21,7 @@ from unigen.evaluate.segment_tasks import eval_task, eval_task_names, is_eval_ta
 from unigen.metrics import METRICS
 from unigen.metrics.base import metric_entries as parse_metric_entries
 from unigen.metrics.base import metric_options
-from unigen.sampling import SAMPLERS
+from unigen.sampling import SAMPLERS, build_guidance
 
 
 def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
@@ -41,6 +41,9 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
         raise ValueError(f"unknown data source {cfg.data['source']!r}; known: "
                          f"{', '.join(EVAL_DATA.names())}")
     data_options(cfg.data)
+    n = declared_num_samples(cfg.data)
+    if n is not None and n < 1:
+        raise ValueError(f"data.num_samples must be positive, got {n}")
     if not cfg.tasks:
         raise ValueError("recipe key 'tasks' lists no task; known: "
                          f"{', '.join(eval_task_names())}")
@@ -52,6 +55,7 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
                              f"{', '.join(SAMPLERS.names())}")
         if task.num_steps is not None and task.num_steps < 1:
             raise ValueError(f"tasks.{name}.num_steps must be positive, got {task.num_steps}")
+        build_guidance(task.guidance_scale, task.guidance_kwargs, option=f"tasks.{name}.guidance_kwargs")
         if task.fid and name != "t2i":
             raise ValueError(f"tasks.{name}.fid: FID compares generated images, only t2i makes any")
         if name != "t2i" and (task.candidates, task.verify_masks) != (

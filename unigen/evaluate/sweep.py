@@ -109,6 +109,13 @@ def check_sweep(config: Mapping[str, Any], axes: Mapping[str, Sequence[Any]]) ->
     if not axes:
         raise ValueError("a sweep needs at least one axis (--sweep KEY=V1,V2 or a sweep: block)")
     base = {k: v for k, v in config.items() if k != "sweep"}
+    seen: dict[tuple, str] = {}
+    for key in axes:  # t2i.num_steps and tasks.t2i.num_steps are one setting
+        for path in map(tuple, setting_paths(base, key)):
+            if path in seen:
+                raise ValueError(f"sweep axes {seen[path]!r} and {key!r} set the same recipe key "
+                                 f"{'.'.join(map(str, path))!r}; sweep it once")
+            seen[path] = key
     for key, values in axes.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"sweep axis {key!r} must list values, got {values!r}")
