@@ -96,28 +96,38 @@ class EditingMixin:
         of the image, both in one decode: UniDisc's joint infilling (the ``infill`` task).
         Returns :class:`InfillOutput`: the filled texts (blanks replaced, up to ``<eos>``) and
         the images (``output`` as :meth:`text_to_image`; the inputs' reconstructions where
-        nothing was redrawn).  ``num_steps`` defaults to the most blanks of any text (one token
-        per step) or, with a mask, 16; ``sampler`` to ``confident`` for text alone (as
-        :meth:`caption`), else ``maskgit``."""
+        nothing was redrawn).  A sample whose mask redraws part of its image decodes with
+        ``maskgit`` in 16 steps by default, one with blanks alone as :meth:`caption` does
+        (``confident``, a budget of the text length; it stops once the blanks are filled).
+        Samples of the two kinds decode apart, so a sample's result does not depend on its
+        batch."""
         x = self.images_to_tensor(image)
         texts = self._prompt_per_image(text, len(x), "text")
         regions = None if mask is None else self.inpaint_regions(mask, len(x))
-        empty = [t for t in texts if BLANK not in t.split()]
-        if empty and regions is None:
-            raise ValueError(f"nothing to fill in {empty[0]!r}: write each token to generate as a "
-                             f"standalone {BLANK!r} (e.g. 'a {BLANK} circle'), or give a mask")
-        blanks = self.space.encode_blanks(texts, BLANK)[1].sum(-1) if texts else torch.zeros(1)
-        if num_steps is None:
-            num_steps = 16 if regions is not None else max(1, int(blanks.max()))
-        sampler = sampler or ("maskgit" if regions is not None else TEXT_SAMPLER)
-        cfg = SamplingConfig.from_options(sampler, num_steps, **options)
+        redraws = [False] * len(x) if regions is None else regions.flatten(1).any(1).tolist()
+        for text_i, redraw in zip(texts, redraws):
+            if BLANK not in text_i.split() and not redraw:
+                raise ValueError(f"nothing to fill in {text_i!r}: write each token to generate as a "
+                                 f"standalone {BLANK!r} (e.g. 'a {BLANK} circle'), or give a mask")
         codes = self.image_tokenizer.encode(x)
+        inputs = TaskInputs(codes, captions=texts, regions=regions)
+        generators = self.generators(len(x), seed, generator)
         # a blank is a word: not the end of the text, padding or a task token
         specials = self.space.vocab.specials
         banned = [i for name, i in specials.items() if name != "<unk>"]
-        tokens, calls = self._decode("infill", TaskInputs(codes, captions=texts, regions=regions),
-                                     cfg, self.generators(len(x), seed, generator), progress,
-                                     banned=banned)
+        tokens = torch.empty(len(x), self.space.sequence.length, dtype=torch.long, device=self.device)
+        calls = [0] * len(x)
+        for redraw in (True, False):  # a decode covers one pattern of segments (decode_positions)
+            rows = [i for i, r in enumerate(redraws) if r == redraw]
+            if not rows:
+                continue
+            steps = num_steps if num_steps is not None else (16 if redraw else self.space.sequence.max_text_len)
+            cfg = SamplingConfig.from_options(sampler or ("maskgit" if redraw else TEXT_SAMPLER), steps, **options)
+            gens = [generators[i] for i in rows] if isinstance(generators, (list, tuple)) else generators
+            part, part_calls = self._decode("infill", inputs.select(rows), cfg, gens, progress, banned=banned)
+            tokens[rows] = part
+            for i, c in zip(rows, part_calls):
+                calls[i] = c
         filled = InfillOutput(self.space.decode_text(tokens),
                               self._image_output(tokens, output, calls, False))
         return self._with_calls(filled, calls, return_calls)

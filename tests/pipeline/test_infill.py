@@ -36,6 +36,20 @@ def test_seeded_and_each_sample_its_own(pipe, images):
     assert pipe.infill(images, ["a _ _", "two _ squares"], seed=[5, 6]).texts == both
 
 
+@pytest.mark.parametrize("sampler", ["ancestral", "maskgit"])
+def test_a_samples_fill_does_not_depend_on_the_others_blanks_or_masks(pipe, images, sampler):
+    texts = ["a _ circle above a _ _", "two _ squares"]
+    both, calls = pipe.infill(images, texts, sampler=sampler, seed=[3, 4], return_calls=True)
+    alone, calls_alone = pipe.infill(images[1:], texts[1], sampler=sampler, seed=[4], return_calls=True)
+    assert both.texts[1] == alone.texts[0] and calls[1] == calls_alone[0]
+    # the first sample redraws half its image, the second has an empty mask: only blanks to fill
+    mask = torch.zeros(2, pipe.image_size, pipe.image_size, dtype=torch.bool)
+    mask[0, : pipe.image_size // 2] = True
+    mixed = pipe.infill(images, texts, mask=mask, sampler=sampler, seed=[3, 4], output="codes")
+    assert mixed.texts[1] == alone.texts[0]
+    assert torch.equal(mixed.images[1], pipe.image_tokenizer.encode(images[1:])[0])
+
+
 def test_a_mask_redraws_its_region_and_keeps_the_rest(pipe, images):
     mask = torch.zeros(pipe.image_size, pipe.image_size, dtype=torch.bool)
     mask[: pipe.image_size // 2] = True

@@ -211,7 +211,8 @@ EVAL_TASKS.register("caption")(TaskSpec(_generate_caption, (CAPTION, RECORD),
 EVAL_TASKS.register("fill")(TaskSpec(
     _generate_fill, (RECORD,), grid_text=lambda r: f"{r['filled']} ({r['fill_correct']}/"
                                                      f"{r['blanks']}; {r['template']})",
-    method="infill", needs=("prompt",), default_sampler=lambda pipe: "confident"))
+    method="infill", needs=("prompt",), default_sampler=lambda pipe: "confident",
+    default_steps=_caption_steps))  # blanks alone decode as a caption does
 EVAL_TASKS.register("vqa")(TaskSpec(
     _generate_vqa, (VQA, RECORD),
     # the verdict first: the grid cuts long texts after three lines
