@@ -149,6 +149,10 @@ def test_confidence_measures_known_values():
     one_hot = torch.tensor([[[0.0, 1.0, 0.0, 0.0]]])
     assert token_confidence("entropy", uniform, torch.tensor([[0]])).item() == pytest.approx(0.0, abs=1e-6)
     assert token_confidence("entropy", one_hot, torch.tensor([[1]])).item() == pytest.approx(1.0)
+    # uniform over the ids a position may take (the rest illegal, probability 0) is still unsure
+    legal_only = torch.zeros(1, 1, 8)
+    legal_only[..., 3:] = 0.2
+    assert token_confidence("entropy", legal_only, torch.tensor([[3]])).item() == pytest.approx(0.0, abs=1e-6)
     expected = 1 - (-(probs * probs.log()).sum()) / math.log(3)
     assert token_confidence("entropy", probs, top).item() == pytest.approx(expected.item())
     with pytest.raises(KeyError, match="unknown confidence measure 'nope'"):

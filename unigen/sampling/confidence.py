@@ -8,7 +8,6 @@ runner-up probability) and ``entropy`` are the alternatives LaViDa (Li et al. 20
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -38,9 +37,13 @@ def margin_confidence(probs: Tensor, tokens: Tensor) -> Tensor:
 
 @CONFIDENCE_MEASURES.register("entropy")
 def entropy_confidence(probs: Tensor, tokens: Tensor) -> Tensor:
-    """``1 - H(p) / log V``: 1 for a one-hot prediction, 0 for uniform (independent of ``tokens``)."""
+    """``1 - H(p) / log V``: 1 for a one-hot prediction, 0 for uniform over the ``V`` ids the
+    position may take (independent of ``tokens``).  ``V`` counts the ids of nonzero probability:
+    an image position's text ids are illegal (-inf logits), and counting them would score a
+    uniform image prediction as sure (0.25 over 125 codes beside ~140 text ids)."""
     entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
-    return 1 - entropy / math.log(probs.shape[-1])
+    legal = (probs > 0).sum(-1).clamp_min(2)
+    return 1 - entropy / legal.to(entropy.dtype).log()
 
 
 def token_confidence(measure: str, probs: Tensor, tokens: Tensor) -> Tensor:
