@@ -53,6 +53,17 @@ def test_missing_directory(tmp_path):
         ImageTokenizer.from_pretrained(tmp_path / "nope")
 
 
+def test_a_pipeline_directory_names_its_image_tokenizer(saved_fsq, tmp_path):
+    import shutil
+
+    shutil.copytree(saved_fsq, tmp_path / "pipeline" / "image_tokenizer")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'pipeline'} is a pipeline directory, not an "
+                                                f"image tokenizer; its image tokenizer is "
+                                                f"{tmp_path / 'pipeline' / 'image_tokenizer'}"):
+        ImageTokenizer.from_pretrained(tmp_path / "pipeline")
+    assert isinstance(ImageTokenizer.from_pretrained(tmp_path / "pipeline" / "image_tokenizer"), FSQTokenizer)
+
+
 def test_missing_weights_file(saved_fsq):
     (saved_fsq / WEIGHTS_NAME).unlink()
     with pytest.raises(FileNotFoundError, match=f"weights file not found: .*{WEIGHTS_NAME}"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from pathlib import Path
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -194,6 +195,10 @@ class ImageTokenizer(nn.Module, ABC):
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
                         ) -> "ImageTokenizer":
         """Load from a local directory written by ``save_pretrained`` (never from a hub)."""
+        inner = Path(path) / "image_tokenizer"
+        if not (Path(path) / CONFIG_NAME).is_file() and (inner / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{path} is a pipeline directory, not an image tokenizer; its "
+                                    f"image tokenizer is {inner}")
         path, meta = io.read_model_dir(path, "image tokenizer", "train one with `unigen fit "
                                        "--config recipes/tokenizer_fsq_shapes.yaml`", CONFIG_NAME)
         config_file = path / CONFIG_NAME
