@@ -80,6 +80,8 @@ def test_test_sources_are_read_one_after_the_other():
         batches = list(loader)
         assert [int(s) for b in batches for s in b["source"]] == [0] * 6 + [1] * 3
         assert batches[0]["caption"][0] == ShapesDataset("heldout", 6, 16, 0)[0]["caption"]
+        # the exhaustive description too (the caption task's ``text: descriptions`` reads it)
+        assert batches[0]["description"][0] == ShapesDataset("heldout", 6, 16, 0)[0]["description"]
     without = MixtureDataModule({"a": _shapes("train", 12)}, {"a": 1.0}, image_size=16, batch_size=4)
     with pytest.raises(ValueError, match="data.init_args.test_sources"):
         without.test_dataloader()
