@@ -65,18 +65,27 @@ def test_elbo_complementary_unified_mixture_trains(tokenizer_dirs):
     assert sum(losses[-5:]) < sum(losses[:5])
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-def test_complementary_pair_covers_each_target_once_with_the_schedules_elbo_weights(tokenizer_dirs, schedule):
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+def test_complementary_pair_covers_each_target_once_with_the_schedules_elbo_weights(tokenizer_dirs,
+                                                                                    schedule_name):
     module = make(tokenizer_dirs, tasks={"t2i": 1, "caption": 1}, loss="elbo", complementary_masking=True,
-                  schedule=schedule)
+                  schedule=schedule_name)
     batch = {**batch_of(), "codes": torch.zeros(8, 8, 8, dtype=torch.long)}
     tb, _ = module.mixture.build(module.task_inputs(batch), module.space, torch.Generator().manual_seed(0))
     plan = module.plan_masks(tb, torch.Generator().manual_seed(1))
     _, t = module.noiser(tb.target, torch.Generator().manual_seed(1))  # the t the plan drew
     first, second = plan.masked.chunk(2)
     assert torch.equal(first ^ second, tb.target) and not (first & second).any()
-    schedule = module.noiser.schedule
-    torch.testing.assert_close(plan.weight, torch.cat((schedule.loss_weight(t), schedule.complement_weight(t))))
+    # MDLM's rate'(t) / rate(t), with the share each copy masks for rate(t): the pair's shares
+    # add up to 1, and a row's weight times its share is the schedule's slope for both copies
+    schedule, targets = module.noiser.schedule, tb.target.sum(1)
+    shares = torch.cat((first.sum(1) / targets, second.sum(1) / targets))
+    slope = schedule.loss_weight(t) * schedule.mask_rate(t)
+    some = shares > 0  # a copy that masks nothing has no loss to weigh
+    torch.testing.assert_close((plan.weight * shares)[some], torch.cat((slope, slope))[some], rtol=1e-4, atol=1e-5)
+    # where rounding masks more than rate(t) (one target of a row at small t), 1/rate(t) would overweigh it
+    over = first.sum(1) / targets > schedule.mask_rate(t) * 1.01
+    assert (plan.weight[: len(t)][over] < schedule.loss_weight(t)[over]).all()
 
 
 def test_validation_samples_score_only_the_shapes_rows_of_a_mixed_batch(tokenizer_dirs, tmp_path, monkeypatch):

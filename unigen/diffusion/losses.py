@@ -1,8 +1,10 @@
 """Losses of masked discrete diffusion.
 
 - ``ce``: mean cross-entropy over masked positions (MaskGIT, Show-o).
-- ``elbo``: MDLM's continuous-time ELBO: each masked token's cross-entropy weighted by the
-  schedule's ``loss_weight(t)`` (``1/t`` for the linear schedule), averaged over all target tokens.
+- ``elbo``: MDLM's continuous-time ELBO: each masked token's cross-entropy weighted by
+  ``d/dt mask_rate(t)`` over the share of the row's targets that are masked (the schedule's
+  ``share_weight``; about ``loss_weight(t)``, ``1/t`` for the linear schedule), averaged over all
+  target tokens.
 
 How a batch of mixed tasks is reduced (``LOSS_REDUCTIONS``):
 

@@ -68,6 +68,15 @@ class NoiseSchedule(ABC):
         rate, slope = self._rate_and_slope(t, 1e-6)
         return slope / (1.0 - rate).clamp_min(eps)
 
+    def share_weight(self, t: Tensor, share: Tensor, eps: float = 1e-3) -> Tensor:
+        """ELBO weight of a row masked at ``t`` that masks ``share`` of its targets:
+        ``d/dt mask_rate(t) / share``.  With ``share = mask_rate(t)`` this is :meth:`loss_weight`,
+        with ``1 - mask_rate(t)`` :meth:`complement_weight`; the share a row actually masks is
+        what its loss sums over, so it makes the estimate exact where masking rounds a count
+        (``max(1, round(rate * n))`` of ``n`` targets is more than ``mask_rate(t)`` at small ``t``)."""
+        _, slope = self._rate_and_slope(t, 1e-6)
+        return slope / share.to(slope).clamp_min(eps)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shift={self.shift})"
 

@@ -328,14 +328,18 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         would hold the host until the forward pass could start, every step (issue #8)."""
         hp = self.hparams
         masked, t = self._mask(tb.target, generator)
-        weight = self.noiser.schedule.loss_weight(t) if hp.loss == "elbo" else torch.ones_like(t)
+        schedule, targets = self.noiser.schedule, tb.target.sum(1).clamp_min(1)
+
+        def weights(rows: Tensor) -> Tensor:  # MDLM's 1/t, over the share each row masks
+            return schedule.share_weight(t, rows.sum(1) / targets) if hp.loss == "elbo" else torch.ones_like(t)
+
+        weight = weights(masked)
         copies = 1
         if hp.complementary_masking:
             # the complement masks every target the first copy left visible, so each target token
             # is trained exactly once per pair
             comp = tb.target & ~masked
-            comp_weight = (self.noiser.schedule.complement_weight(t) if hp.loss == "elbo"
-                           else torch.ones_like(weight))
+            comp_weight = weights(comp)
             masked = torch.cat((masked, comp))
             weight = torch.cat((weight, comp_weight.to(weight)))
             copies = 2
