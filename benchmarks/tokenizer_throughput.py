@@ -45,7 +45,7 @@ CONTENDERS: dict[str, tuple[type[ImageTokenizer], dict[str, Any]]] = {
     # codebooks of ~1000 entries for all, so usage percentages compare
     "fsq": (FSQTokenizer, dict(levels=[8, 5, 5, 5])),
     "vq_tricks": (VQTokenizer, dict(codebook_size=1024, codebook_dim=8, cosine=True,
-                                    ema_update=True, kmeans_init=True, dead_code_threshold=2.0)),
+                                    ema_update=True, kmeans_init=True, dead_code_threshold=0.5)),
     "vq_plain": (VQTokenizer, dict(codebook_size=1024, codebook_dim=8, **VQ_PLAIN)),
     "lfq": (LFQTokenizer, dict(codebook_size=1024, entropy_loss_weight=0.1)),
 }
