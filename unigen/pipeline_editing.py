@@ -99,8 +99,8 @@ class EditingMixin:
         nothing was redrawn).  A sample whose mask redraws part of its image decodes with
         ``maskgit`` in 16 steps by default, one with blanks alone as :meth:`caption` does
         (``confident``, a budget of the text length; it stops once the blanks are filled).
-        Samples of the two kinds decode apart, so a sample's result does not depend on its
-        batch."""
+        Samples of different kinds (blanks, a mask, both) decode apart, so a sample's result
+        does not depend on its batch."""
         x = self.images_to_tensor(image)
         texts = self._prompt_per_image(text, len(x), "text")
         regions = None if mask is None else self.inpaint_regions(mask, len(x))
@@ -117,10 +117,10 @@ class EditingMixin:
         banned = [i for name, i in specials.items() if name != "<unk>"]
         tokens = torch.empty(len(x), self.space.sequence.length, dtype=torch.long, device=self.device)
         calls = [0] * len(x)
-        for redraw in (True, False):  # a decode covers one pattern of segments (decode_positions)
-            rows = [i for i, r in enumerate(redraws) if r == redraw]
-            if not rows:
-                continue
+        kinds = [(BLANK in t.split(), redraw) for t, redraw in zip(texts, redraws)]
+        for kind in dict.fromkeys(kinds):  # a decode covers one pattern of segments (decode_positions)
+            rows = [i for i, k in enumerate(kinds) if k == kind]
+            redraw = kind[1]
             steps = num_steps if num_steps is not None else (16 if redraw else self.space.sequence.max_text_len)
             cfg = SamplingConfig.from_options(sampler or ("maskgit" if redraw else TEXT_SAMPLER), steps, **options)
             gens = [generators[i] for i in rows] if isinstance(generators, (list, tuple)) else generators

@@ -48,6 +48,12 @@ def test_a_samples_fill_does_not_depend_on_the_others_blanks_or_masks(pipe, imag
     mixed = pipe.infill(images, texts, mask=mask, sampler=sampler, seed=[3, 4], output="codes")
     assert mixed.texts[1] == alone.texts[0]
     assert torch.equal(mixed.images[1], pipe.image_tokenizer.encode(images[1:])[0])
+    # both redraw their image, only the first has blanks: the second draws as it would alone
+    mask[1] = mask[0]
+    joint = pipe.infill(images, [texts[0], "two red squares"], mask=mask, sampler=sampler, seed=[3, 4],
+                        output="codes")
+    by_itself = pipe.infill(images[1:], "two red squares", mask=mask[1:], sampler=sampler, seed=[4], output="codes")
+    assert torch.equal(joint.images[1], by_itself.images[0])
 
 
 def test_a_mask_redraws_its_region_and_keeps_the_rest(pipe, images):
