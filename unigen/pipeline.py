@@ -219,8 +219,9 @@ class UnifiedPipeline(EditingMixin):
 
     def decode_positions(self, target: Tensor) -> Tensor:
         """The segments (question slot, rest of the text, image) holding any target: the sampler's
-        compact view.  Whole segments, never per-batch unions, so a sample's random draws do not
-        depend on its batch."""
+        compact view.  Whole segments, never the positions of a batch's targets; a task's rows
+        share one pattern of segments (``infill``, whose rows may not, decodes each kind apart),
+        so a sample's random draws do not depend on its batch."""
         seq = self.space.sequence
         keep = torch.zeros(seq.length, dtype=torch.bool, device=target.device)
         extra = [seq.extra_segment(name) for name in seq.extra]
