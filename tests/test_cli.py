@@ -55,6 +55,23 @@ def test_unknown_verb_is_one_line(capsys):
     assert err.startswith("unigen: error: unknown verb 'paint'") and "\n" not in err
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["generate", "--prompt", "a"], "unigen generate: the following arguments are required: --model, --out"),
+    (["caption", "--model", "m", "--image", "a.png", "--out", "c.json", "--steps", "two"],
+     "unigen caption: argument --steps: invalid int value: 'two'"),
+    (["answer", "--model", "m", "--image", "a.png", "--question", "q", "--out", "a.json", "--sampl", "x"],
+     "unigen answer: ambiguous option: --sampl could match --sampler, --sampler-arg"),
+    (["answer", "--model", "m", "--image", "a.png", "--question", "q", "--out", "a.json", "--y"],
+     "unigen answer: unrecognized arguments: --y"),
+])
+def test_a_verbs_usage_error_is_one_line_without_the_usage_page(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"unigen: error: {expected} (unigen {argv[0]} --help lists the options)"
+
+
 @pytest.mark.parametrize("override, expected", [
     (["--model.init_args.dim", "abc"], 'bad value for "dim"'),
     (["--model.init_args.not_a_key", "1"], "unknown recipe key 'model.init_args.not_a_key'"),

@@ -234,6 +234,13 @@ def instantiate_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Any:
 Verb = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A verb's parser whose usage errors are one line (exit 2), not the usage page first."""
+
+    def error(self, message: str):
+        self.exit(2, f"unigen: error: {self.prog}: {message} ({self.prog} --help lists the options)\n")
+
+
 def _verbs() -> dict[str, Verb]:
     from unigen import commands
 
@@ -338,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     doc, add_args, run = verbs[verb]
-    parser = argparse.ArgumentParser(prog=f"unigen {verb}", description=doc)
+    parser = _OneLineParser(prog=f"unigen {verb}", description=doc)
     add_args(parser)
     args = parser.parse_args(rest)
     from unigen.errors import user_errors_as_one_line
