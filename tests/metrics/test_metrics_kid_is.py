@@ -119,3 +119,37 @@ def test_kid_keeps_extractor_features_in_float32_without_changing_the_result():
     precise = KID(extractor=None, feature_dim=6, subsets=5, subset_size=20)
     precise.update_features(_gauss(40, 6, 7), real=True)
     assert precise.real_features[0].dtype == torch.float64
+
+
+def test_list_states_compute_after_torchmetrics_gathers_them(tmp_path):
+    """Under torch.distributed, compute() first gathers each "cat" state into one tensor."""
+    import torch.distributed as dist
+
+    from unigen.metrics import FID, PrecisionRecall
+
+    x, y = _gauss(20, 4, 5).float(), _gauss(20, 4, 6, shift=0.5).float()
+
+    def metrics():
+        return {"fid": FID(extractor=None, feature_dim=4),
+                "kid": KID(extractor=None, feature_dim=4, subsets=2, subset_size=10),
+                "pr": PrecisionRecall(extractor=None, feature_dim=4),
+                "is": InceptionScore(extractor=None, num_classes=4, splits=2)}
+
+    def computed():
+        out = {}
+        for name, metric in metrics().items():
+            for i in (0, 10):
+                metric.update(None, True, features=x[i:i + 10])
+                metric.update(None, False, features=y[i:i + 10])
+            torch.manual_seed(0)  # KID draws its subsets
+            out[name] = metric.compute()
+        return out
+
+    alone = computed()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        gathered = computed()
+    finally:
+        dist.destroy_process_group()
+    for name, value in alone.items():
+        assert str(gathered[name]) == str(value), name

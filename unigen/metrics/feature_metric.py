@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from unigen.metrics.features import ExtractorOutput, ExtractorSpec, build_feature_extractor
 
@@ -100,9 +101,10 @@ class FeatureSetMetric(DistributionMetric):
 
     def feature_sets(self, name: str) -> tuple[Tensor, Tensor]:
         """(real, generated) features, each ``[N, D]``; ``name`` is the metric's, for the error."""
-        if not self.real_features or not self.fake_features:
+        # a list of batches, or one tensor once torchmetrics has gathered the processes' states
+        if len(self.real_features) == 0 or len(self.fake_features) == 0:
             raise RuntimeError(f"{name}: need both real and generated features before compute()")
-        return torch.cat(self.real_features), torch.cat(self.fake_features)
+        return dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
 
     def reset(self) -> None:
         kept = list(self.real_features) if not self.reset_real_features else None

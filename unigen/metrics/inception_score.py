@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import Tensor
+from torchmetrics.utilities import dim_zero_cat
 
 from unigen.metrics.base import DISTRIBUTION, check_option_values, option_value, register_metric
 from unigen.metrics.feature_metric import DistributionMetric
@@ -72,7 +73,7 @@ class InceptionScore(DistributionMetric):
         self.logits.append(self.check_features(self.features_of(images, features, "logits")))
 
     def compute(self) -> dict[str, Tensor]:
-        if not self.logits:
+        if len(self.logits) == 0:  # a list, or one tensor once the processes' states are gathered
             raise RuntimeError("inception_score: compute() called before any generated images")
-        mean, std = inception_score(torch.cat(self.logits), self.splits)
+        mean, std = inception_score(dim_zero_cat(self.logits), self.splits)
         return {"inception_score": mean, "inception_score_std": std}
