@@ -256,10 +256,13 @@ class UnifiedPipeline(EditingMixin):
 
     def model_fn(self, prefix: Tensor, positions: Tensor | None, use_cache: bool = True,
                  vocab_limit: int | None = None, cuda_graphs: bool = False):
-        """The ``model_fn`` that :func:`unigen.sampling.decode` calls: prefix attention, logits for
+        """The ``model_fn`` that :func:`unigen.sampling.decode` calls: prefix attention (full
+        attention for a transformer trained without it, and then no cache), logits for
         ``positions`` (and the first ``vocab_limit`` ids) only, the prefix KV cache when
         ``use_cache``, each call a CUDA-graph replay when ``cuda_graphs``."""
         net = self.transformer
+        if not getattr(net, "prefix_attention", True):  # trained with full attention: decode so
+            prefix = torch.zeros_like(prefix)
         if not bool((prefix == prefix[:1]).all()):
             raise ValueError("the task gives the rows of a batch different prefix positions; decoding "
                              "needs one prefix pattern per batch (see docs/extending.md, 'A task')")

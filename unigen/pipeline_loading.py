@@ -86,8 +86,9 @@ def load_transformer_weights(net: UnifiedTransformer, path: str | os.PathLike) -
                                 "pipeline.json")
     saved = io.read_json(path / "transformer" / "config.json", "transformer config")
     ours = json.loads(json.dumps(net.config))  # tuples -> lists, as the saved JSON holds them
-    for cfg in (saved, ours):  # a training/decoding choice that no weight depends on
+    for cfg in (saved, ours):  # training/decoding choices that no weight depends on
         cfg.get("sequence", {}).pop("answer_len", None)
+        cfg.pop("prefix_attention", None)
     diff = io.config_diff(saved, ours)
     if diff:
         raise ValueError(f"the transformer at {path} has another architecture; (saved, recipe): {diff}")
@@ -106,4 +107,4 @@ def load_saved_transformer(net: UnifiedTransformer, path: Any,
                 "sequence": constructor_defaults(SequenceLayout)}
     return io.load_weights(net, path / "transformer" / "model.safetensors",
                            path / "transformer" / "config.json", config, defaults,
-                           ignore=("sequence.answer_len",))
+                           ignore=("sequence.answer_len", "prefix_attention"))

@@ -127,6 +127,27 @@ def test_logged_row_loss_is_the_mean_over_the_targets_of_both_copies(tokenizer_d
     torch.testing.assert_close(per_row, torch.full((4,), math.log(size)))
 
 
+def test_a_model_trained_without_prefix_attention_decodes_without_it(tokenizer_dirs, tmp_path):
+    from unigen.diffusion.tasks import TASKS
+    from unigen.pipeline import UnifiedPipeline
+
+    torch.manual_seed(0)
+    module = make(tokenizer_dirs, tasks={"caption": 1}, prefix_attention=False)
+    module.to_pipeline().save_pretrained(tmp_path / "p")
+    for pipe in (module.to_pipeline(), UnifiedPipeline.from_pretrained(tmp_path / "p")):
+        net = pipe.transformer.eval()
+        assert net.prefix_attention is False and net.config["prefix_attention"] is False
+        codes = torch.randint(0, 125, (2, *pipe.space.sequence.grid), generator=torch.Generator().manual_seed(1))
+        tb = TASKS.get("caption")().build(TaskInputs(codes, captions=["a red circle", "a blue square"]), pipe.space)
+        x = tb.tokens.masked_fill(tb.target, pipe.space.mask_id)
+        positions = pipe.decode_positions(tb.target)
+        with torch.no_grad():
+            trained = net(x, None, positions=positions)  # full attention, as training ran it
+            for use_cache in (False, True):
+                torch.testing.assert_close(pipe.model_fn(tb.prefix, positions, use_cache=use_cache)(x), trained)
+    assert "prefix_attention" not in make(tokenizer_dirs).to_pipeline().transformer.config  # on: as before
+
+
 def test_caption_task_trains_on_descriptions_when_the_recipe_says_so(tokenizer_dirs):
     module = make(tokenizer_dirs, max_text_len=40, tasks={"caption": 1.0, "t2i": 1.0},
                   task_kwargs={"caption": {"text": "descriptions"}})

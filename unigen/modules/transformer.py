@@ -111,7 +111,8 @@ class PrefixCache:
 class UnifiedTransformer(nn.Module):
     def __init__(self, vocab: VocabLayout, sequence: SequenceLayout, dim: int = 256, depth: int = 6,
                  heads: int = 4, mlp_ratio: float = 4.0, qk_norm: bool = True,
-                 position: str = "learned", head: str = "shared", dropout: float = 0.0) -> None:
+                 position: str = "learned", head: str = "shared", dropout: float = 0.0,
+                 prefix_attention: bool = True) -> None:
         super().__init__()
         check_transformer_size(dim, depth, heads, mlp_ratio)
         if position not in ("learned", "rope"):
@@ -125,6 +126,12 @@ class UnifiedTransformer(nn.Module):
         self.config = {"vocab": vocab.to_dict(), "sequence": sequence.to_dict(), "dim": dim,
                        "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio, "qk_norm": qk_norm,
                        "position": position, "head": head, "dropout": dropout}
+        # how it was trained: condition positions attending only to the condition (LaViDa's prefix
+        # attention, which the prefix cache needs) or full attention; decoding must do the same.
+        # Recorded only when off, so configs of earlier pipelines read unchanged.
+        self.prefix_attention = bool(prefix_attention)
+        if not self.prefix_attention:
+            self.config["prefix_attention"] = False
         self.position = position
         self._attention_backend = "sdpa"
         # recompute each block in backward instead of storing its activations (module docstring);

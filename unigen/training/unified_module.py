@@ -193,7 +193,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         self.image_tokenizer = image_tok
         self.net = UnifiedTransformer(vocab, sequence, dim=hp.dim, depth=hp.depth, heads=hp.heads,
                                       mlp_ratio=hp.mlp_ratio, qk_norm=hp.qk_norm,
-                                      position=hp.position, head=hp.head, dropout=hp.dropout)
+                                      position=hp.position, head=hp.head, dropout=hp.dropout,
+                                      prefix_attention=hp.get("prefix_attention", True))
         if hp.get("init_weights"):
             from unigen.pipeline import load_transformer_weights
 
