@@ -156,6 +156,19 @@ def test_flex_computes_what_sdpa_computes(position, causal):
     assert torch.allclose(hidden["sdpa"], hidden["flex"], atol=1e-5)
 
 
+def test_qk_norm_keeps_queries_and_keys_in_the_autocast_dtype():
+    """qk-norm's float32 weight would promote bf16 queries and keys: FlexAttention and the KV
+    caches (which autocast does not cast) would then run and store them in float32."""
+    from unigen.modules.attention import SelfAttention
+
+    attention = SelfAttention(16, heads=2, qk_norm=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k, v = attention.project_kv(torch.randn(2, 5, 16), None)
+    assert q.dtype == k.dtype == v.dtype == torch.bfloat16
+    q, k, v = attention.project_kv(torch.randn(2, 5, 16), None)  # no autocast: as the weights
+    assert q.dtype == k.dtype == v.dtype == torch.float32
+
+
 def test_flex_training_on_the_cpu_is_one_clear_error():
     net = make().train()
     net.attention_backend = "flex"

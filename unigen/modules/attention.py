@@ -243,7 +243,9 @@ class SelfAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        return q, k, v
+        # qk-norm's float32 weight promotes bf16 q/k under autocast: back to the projection's
+        # dtype, so every backend (SDPA casts, FlexAttention and the KV caches do not) runs in it
+        return q.to(v.dtype), k.to(v.dtype), v
 
     def forward(self, x: Tensor, attn_mask: AttentionPattern = None,
                 rotary: tuple[Tensor, Tensor] | None = None,
