@@ -111,6 +111,22 @@ def test_merged_weights_give_the_adapter_outputs(net, tokens):
     torch.testing.assert_close(adapted(tokens), expected, atol=2e-5, rtol=1e-4)
 
 
+def test_adapters_take_the_mode_of_the_layer_they_wrap(net, tokens):
+    """A model in eval() draws no LoRA dropout: two passes agree, and equal the merged model."""
+    adapted = copy.deepcopy(net)  # in eval()
+    apply_lora(adapted, LoRAConfig(rank=4, dropout=0.5, targets=["all_linear"]))
+    assert not any(layer.training for layer in lora_layers(adapted).values())
+    _train_adapters(adapted)
+    first = adapted(tokens)
+    assert torch.equal(adapted(tokens), first)
+    merged = copy.deepcopy(adapted)
+    merge_lora(merged)
+    torch.testing.assert_close(merged(tokens), first, atol=2e-5, rtol=1e-4)
+    training = copy.deepcopy(net).train()
+    apply_lora(training, LoRAConfig(rank=4, dropout=0.5))
+    assert all(layer.training for layer in lora_layers(training).values())
+
+
 def test_loading_onto_other_base_weights_is_refused(net, tmp_path):
     adapted = copy.deepcopy(net)
     config = LoRAConfig(rank=2)

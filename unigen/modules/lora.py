@@ -149,8 +149,10 @@ def apply_lora(model: nn.Module, config: LoRAConfig, names: list[str] | None = N
         raise ValueError(f"LoRA layers {missing[:3]} are not linear layers of {type(model).__name__}")
     generator = torch.Generator().manual_seed(config.seed)
     for name in names:  # in model order, so the initial A matrices depend only on the seed
-        _set_module(model, name, LoRALinear(model.get_submodule(name), config.rank, config.alpha,
-                                            config.dropout, generator))
+        base = model.get_submodule(name)
+        # in the base layer's mode: an adapter added to a model in eval() draws no dropout
+        adapter = LoRALinear(base, config.rank, config.alpha, config.dropout, generator).train(base.training)
+        _set_module(model, name, adapter)
     return names
 
 
