@@ -281,6 +281,23 @@ def test_blanks_are_one_mask_token_each_between_the_given_words(space):
     assert not space.encode_blanks(["a_b circle"])[1].any()
 
 
+def test_the_given_words_keep_the_tokens_of_the_whole_caption_under_byte_level_bpe():
+    from unigen.diffusion.token_space import TokenSpace
+    from unigen.diffusion.vocab import SequenceLayout, VocabLayout
+    from unigen.tokenizers.text import TextTokenizer
+
+    texts = ["a red circle above a blue square", "two green triangles left of a star"] * 50
+    tok = TextTokenizer.train(texts, vocab_size=300, kind="bpe")
+    bpe = TokenSpace(tok, VocabLayout.from_tokenizers(tok, 16), SequenceLayout(16, (2, 2)))
+    whole = tok.encode("a red circle above a blue square")
+    rest = tok.encode("a red")
+    tail = whole[len(rest):]  # " circle above a blue square" as the whole caption spells it
+    assert tok.id_to_token(tail[0]).startswith("\u0120")  # byte-level BPE: the space is in the token
+    rows, blanks = bpe.encode_blanks(["a _ circle above a blue square"])
+    given = [i for i in rows[0][~blanks[0]].tolist() if i != bpe.pad_id]
+    assert given == tok.encode("a") + tail + [bpe.eos_id]
+
+
 def test_infill_targets_the_blanks_and_with_a_region_the_region_too(space):
     seq = space.sequence
     codes = torch.randint(0, 125, (2, 4, 4))

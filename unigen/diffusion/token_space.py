@@ -48,7 +48,7 @@ class TokenSpace:
         """``caption <eos> <pad>...`` rows [B, max_text_len] where each standalone ``blank`` word
         is one ``<mask>`` token to fill in, and the bool [B, max_text_len] of those positions
         (text infilling: ``"a _ circle above a blue _"`` asks for two tokens).  The words between
-        blanks are encoded as they stand, so the given text keeps its own tokens."""
+        blanks are encoded as they stand in the whole text, so they keep the tokens they have there."""
         rows, blanks = [], []
         for text in texts:
             if not isinstance(text, str) or not text.strip():
@@ -59,7 +59,9 @@ class TokenSpace:
             for word in [*text.split(), None]:  # None flushes the last piece
                 if word == blank or word is None:
                     if piece:
-                        given = self.text_tokenizer.encode(" ".join(piece))
+                        # after a blank the words follow a space, as in the whole caption (byte-
+                        # level BPE folds it into the next token: "Ġred", not "red")
+                        given = self.text_tokenizer.encode((" " if ids else "") + " ".join(piece))
                         ids += given
                         hidden += [False] * len(given)
                         piece = []
