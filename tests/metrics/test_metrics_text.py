@@ -70,6 +70,15 @@ def test_bleu4_known_value_and_normalisation():
     assert perfect.compute().item() == pytest.approx(1.0)
 
 
+def test_bleu4_brevity_takes_the_shorter_of_two_equally_close_references_in_any_order():
+    # a 4-word candidate between references of 3 and 5 words: Papineni et al. take the 3-word one
+    # (no brevity penalty; every n-gram of the candidate is in the 5-word reference): BLEU 1
+    for refs in (["a red circle", "a red circle and square"], ["a red circle and square", "a red circle"]):
+        bleu = BLEU4()
+        bleu.update(["a red circle and"], [refs])
+        assert bleu.compute().item() == pytest.approx(1.0), refs
+
+
 def test_caption_and_answer_normalisation():
     assert normalize_caption("A red circle, left of THE square.") == "a red circle left of the square"
     assert normalize_answer("The Two.") == "2"

@@ -126,8 +126,11 @@ class BLEU4(BLEUScore):
     def update(self, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> None:
         check_same_length(candidates, references, "candidates", "reference lists")
         _check_references(references)
+        # torchmetrics takes the first reference of the closest length for the brevity penalty;
+        # Papineni et al. (and NLTK, coco-caption) take the shortest of the closest: shortest first
         super().update([normalize_caption(c) for c in candidates],
-                       [[normalize_caption(r) for r in refs] for refs in references])
+                       [sorted((normalize_caption(r) for r in refs), key=lambda r: len(r.split()))
+                        for refs in references])
 
 
 @register_metric("caption_exact_match", CAPTION)
