@@ -71,7 +71,8 @@ def cider_d_scores(candidates: Sequence[str], references: Sequence[Sequence[str]
     """Per-candidate CIDEr-D; document frequencies come from these ``references`` (corpus mode).
 
     A candidate equal to each of its references scores 10 when its n-grams are not in every image's
-    references; a lone image always scores 0 (every idf is log(1) - log(1))."""
+    references and it has at least ``max_n`` words (a shorter one has no n-grams of the higher
+    orders: 10 k / max_n for k words); a lone image always scores 0 (every idf is log(1) - log(1))."""
     check_same_length(candidates, references, "candidates", "reference lists")
     _check_references(references)
     cand_tokens = [caption_tokens(c) for c in candidates]
