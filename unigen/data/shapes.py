@@ -19,8 +19,9 @@ Design choices that keep the checker reliable:
 
 Size limits: at 64x64 and above every object is recognised, also under noise and blur; at 32x32
 large objects (about 8 px across) are recognised, also under noise and blur, and small ones (about
-4.5 px) are recognised on clean renders but not reliably once blurred
-(``tests/data/test_checker.py`` asserts the clean and blurred cases).
+4.5 px) are recognised on clean renders (all but about 1 in 600 small stars, read as diamonds at
+the smallest extents) but not reliably once blurred (``tests/data/test_checker.py`` asserts the
+clean and blurred cases).
 
 Compositional generalisation: ``HELDOUT_COLOR_SHAPE`` and ``HELDOUT_SHAPE_CELL`` never occur in the
 ``train`` / ``val`` splits (neither in images nor in any caption or question); every ``heldout``
