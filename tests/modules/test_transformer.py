@@ -102,3 +102,15 @@ def test_config_round_trip_and_length_check():
     assert torch.equal(net(tokens), clone.eval()(tokens))
     with pytest.raises(ValueError, match="length"):
         net(tokens[:, :-1])
+
+
+def test_a_bf16_cast_keeps_the_rotary_frequencies_float32():
+    from unigen.modules.position import MultimodalRotary
+
+    net = make("rope", "shared")
+    rotaries = [m for m in net.modules() if isinstance(m, MultimodalRotary)]
+    before = [m.inv_freq.clone() for m in rotaries]
+    net.to(torch.bfloat16)
+    assert rotaries and all(torch.equal(m.inv_freq, b) and m.inv_freq.dtype == torch.float32
+                            for m, b in zip(rotaries, before))
+    assert next(net.parameters()).dtype == torch.bfloat16

@@ -41,9 +41,18 @@ class MultimodalRotary(nn.Module):
         super().__init__()
         if head_dim % 4:
             raise ValueError(f"rope needs head_dim divisible by 4, got {head_dim}")
-        half = head_dim // 2
-        inv_freq = 1.0 / (base ** (torch.arange(0, half, dtype=torch.float32) / half))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.half, self.base = head_dim // 2, base
+        self.register_buffer("inv_freq", self._frequencies(None), persistent=False)
+
+    def _frequencies(self, device: torch.device | None) -> Tensor:
+        return 1.0 / (self.base ** (torch.arange(0, self.half, dtype=torch.float32, device=device) / self.half))
+
+    def _apply(self, fn, recurse: bool = True):
+        # a cast of the model (pipe.to(torch.bfloat16)) moves the frequencies but keeps them
+        # float32: in bf16 the angle of position 59 is off by up to 0.03 rad, and more further on
+        super()._apply(fn, recurse)
+        self.inv_freq = self._frequencies(self.inv_freq.device)
+        return self
 
     def angles(self, axes: Tensor) -> tuple[Tensor, Tensor]:
         """axes [..., S, 2] -> (cos, sin) each [..., S, head_dim // 2]."""
