@@ -5,7 +5,8 @@ A pipeline directory (``save_pretrained``) holds::
 
     pipeline.json            format version and what the parts are (and, for an output head
                              from a plugin, its module: only named in errors, never imported;
-                             and the further modalities, :mod:`unigen.modalities`, if any)
+                             the further modalities, :mod:`unigen.modalities`, if any; and the
+                             ``trained_tasks`` the weights learned, when recorded)
     transformer/             config.json + model.safetensors
     image_tokenizer/         config.json + model.safetensors
     text_tokenizer/          tokenizer.json + text_tokenizer_config.json
@@ -70,8 +71,11 @@ class UnifiedPipeline(EditingMixin):
     KIND = KIND
 
     def __init__(self, transformer: UnifiedTransformer, image_tokenizer: ImageTokenizer,
-                 text_tokenizer: TextTokenizer, modalities: dict[str, Modality] | None = None) -> None:
+                 text_tokenizer: TextTokenizer, modalities: dict[str, Modality] | None = None,
+                 trained_tasks: Sequence[str] | None = None) -> None:
         self.transformer = transformer
+        # the training tasks the weights learned (pipeline.json); None: not recorded
+        self.trained_tasks = None if trained_tasks is None else sorted(set(trained_tasks))
         self.image_tokenizer = image_tokenizer
         self.text_tokenizer = text_tokenizer
         self.modalities: dict[str, Modality] = dict(modalities or {})
@@ -103,6 +107,8 @@ class UnifiedPipeline(EditingMixin):
             meta["modules"] = modules
         if self.modalities:
             meta["modalities"] = modality_spec(self.modalities)
+        if self.trained_tasks is not None:
+            meta["trained_tasks"] = self.trained_tasks
         # replaces only an earlier pipeline save (one holding pipeline.json), never other files
         with io.atomic_directory(path, marker="pipeline.json") as tmp:
             io.write_json(tmp / "pipeline.json", meta)
@@ -137,8 +143,12 @@ class UnifiedPipeline(EditingMixin):
         except (KeyError, ValueError, TypeError) as err:
             raise type(err)(f"{err.args[0] if err.args else err} (named in {path / 'pipeline.json'})"
                             ) from None
+        trained = meta.get("trained_tasks")
+        if trained is not None and not (isinstance(trained, list) and all(isinstance(t, str) for t in trained)):
+            raise ValueError(f"trained_tasks in {path / 'pipeline.json'} must be a list of task names, "
+                             f"got {trained!r}")
         pipe = cls(net.eval(), ImageTokenizer.from_pretrained(path / "image_tokenizer"),
-                   TextTokenizer.from_pretrained(path / "text_tokenizer"), modalities)
+                   TextTokenizer.from_pretrained(path / "text_tokenizer"), modalities, trained)
         return pipe.to(device, dtype)
 
     def plugin_modules(self) -> dict[str, str]:

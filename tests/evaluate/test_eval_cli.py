@@ -163,6 +163,24 @@ def test_a_bad_sampler_option_fails_before_an_earlier_run_is_touched(pipeline_di
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_task_the_model_was_not_trained_on_is_scored_with_a_note(tokenizer_dirs, debug_recipe, tmp_path, capsys):
+    import torch
+
+    from unigen.training.unified_module import UnifiedModule
+
+    torch.manual_seed(0)
+    module = UnifiedModule(**tokenizer_dirs, image_size=32, max_text_len=24, dim=32, depth=1, heads=4,
+                           tasks={"t2i": 1})
+    module.to_pipeline().save_pretrained(tmp_path / "t2i_only")
+    assert json.loads((tmp_path / "t2i_only" / "pipeline.json").read_text())["trained_tasks"] == ["t2i"]
+    results = run_eval(tmp_path / "t2i_only", debug_recipe, tmp_path / "out", "--override", "data.num_samples=2",
+                       "--override", "t2i.num_steps=2")
+    assert results["metadata"]["untrained_tasks"] == {"caption": ["t2i"], "vqa": ["t2i"]}
+    err = capsys.readouterr().err
+    assert "note: tasks.caption: the model was not trained on it (its pipeline.json lists t2i)" in err
+    assert "tasks.t2i:" not in err
+
+
 def test_eval_out_that_is_a_file_is_one_line_before_loading(pipeline_dir, debug_recipe, tmp_path, capsys):
     (tmp_path / "taken.png").write_bytes(b"x")
     with pytest.raises(SystemExit):

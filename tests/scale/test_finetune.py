@@ -81,6 +81,17 @@ def test_finetune_module_starts_from_the_pipeline(pipeline_dir):
         p.requires_grad for p in module.image_tokenizer.parameters())
 
 
+def test_a_finetuned_pipeline_records_the_tasks_of_both_runs(pipeline_dir, tmp_path):
+    from unigen.pipeline import UnifiedPipeline
+
+    base = UnifiedPipeline.from_pretrained(pipeline_dir).trained_tasks
+    assert base  # the unified module's export records its mixture
+    module = FinetuneModule(str(pipeline_dir), image_size=32, tasks={"inpaint": 1.0})
+    module.configure_model()
+    module.to_pipeline().save_pretrained(tmp_path / "tuned")
+    assert UnifiedPipeline.from_pretrained(tmp_path / "tuned").trained_tasks == sorted({*base, "inpaint"})
+
+
 def test_finetune_module_checks_image_size_and_options(pipeline_dir):
     with pytest.raises(ValueError, match="image_size: 32"):
         FinetuneModule(str(pipeline_dir), image_size=64).configure_model()

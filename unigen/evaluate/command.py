@@ -5,6 +5,7 @@ the headline numbers.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -61,4 +62,7 @@ def print_summary(result: Mapping[str, Any]) -> None:
     else:
         for name, value in result["metrics"].items():
             print(f"{name:<40} {value:.4f}")
+        for task, trained in result.get("metadata", {}).get("untrained_tasks", {}).items():
+            print(f"note: tasks.{task}: the model was not trained on it (its pipeline.json lists "
+                  f"{', '.join(trained)})", file=sys.stderr)
     print(f"wrote {result['paths']['report']} and {result['paths']['results']}")

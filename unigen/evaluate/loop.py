@@ -38,7 +38,7 @@ from unigen.evaluate.recipe import (check_metric_options, metric_entries, metric
 from unigen.evaluate.record_metrics import (RECORD, RECORD_METRICS, _feed_image_metrics,
                                             _feed_records, result_name)
 from unigen.evaluate.segment_tasks import eval_task
-from unigen.evaluate.tasks import TaskSpec, settings_used
+from unigen.evaluate.tasks import TaskSpec, settings_used, untrained_tasks
 from unigen.metrics import (COMPOSITIONAL, ClipEncoder, build_feature_extractor,
                             build_metric, flatten_results, write_report)
 from unigen.tokenizers.base import pil_to_tensor
@@ -436,6 +436,9 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
                              if p.seconds > 0 and p.generated_now else None}
                     for p in plans},
     }
+    untrained = untrained_tasks(pipe, [p.name for p in plans])
+    if untrained:  # scored all the same: the numbers say what an untrained task gives
+        meta["untrained_tasks"] = untrained
     reused = {p.name: p.reused_from for p in plans if p.reused_from is not None}
     if reused:  # these tasks' numbers come from the named run's records and metric state
         meta["reused"] = reused

@@ -220,6 +220,20 @@ EVAL_TASKS.register("vqa")(TaskSpec(
     method="answer", needs=("question", "answer"), default_steps=_answer_steps))
 
 
+# the training tasks that teach each eval task (a segment task is taught by its own name)
+TAUGHT_BY = {"t2i": ("t2i", "joint"), "caption": ("caption", "joint"), "vqa": ("vqa",),
+             "fill": ("caption", "infill", "joint")}
+
+
+def untrained_tasks(pipe: Any, names: Sequence[str]) -> dict[str, list[str]]:
+    """The eval tasks among ``names`` that no task the pipeline recorded training on teaches,
+    each with the tasks it did train (``{}`` when the pipeline recorded none: unknown)."""
+    trained = getattr(pipe, "trained_tasks", None)
+    if trained is None:
+        return {}
+    return {name: list(trained) for name in names if not set(TAUGHT_BY.get(name, (name,))) & set(trained)}
+
+
 def settings_used(pipe: Any, task: str, settings: TaskSettings) -> dict[str, Any]:
     """``settings`` as the run used them, for the results: an unset sampler or step count is named
     by the default of the pipeline method that decodes the task (None where that method takes no

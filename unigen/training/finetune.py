@@ -180,10 +180,13 @@ class FinetuneModule(UnifiedModule):
 
     def to_pipeline(self):
         """A plain pipeline (adapters merged into a copy of the weights)."""
-        from unigen.pipeline import UnifiedPipeline
+        from unigen.pipeline import UnifiedPipeline, read_pipeline_meta
 
+        # what the starting pipeline learned, and this run's tasks (unknown if it recorded none)
+        before = read_pipeline_meta(self.hparams.init_from)[1].get("trained_tasks")
+        trained = None if before is None else [*before, *self.mixture.names]
         return UnifiedPipeline(self.merged_network(), self.image_tokenizer, self.space.text_tokenizer,
-                               self.modalities)
+                               self.modalities, trained)
 
     def save_adapter(self, path: str | Path) -> None:
         if self.lora_config is None:

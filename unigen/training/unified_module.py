@@ -515,8 +515,10 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         from unigen.pipeline import UnifiedPipeline
 
         self.configure_model()
+        mixture = getattr(self, "mixture", None)
         return UnifiedPipeline(self.net, self.image_tokenizer, self.space.text_tokenizer,
-                               getattr(self, "modalities", None))
+                               getattr(self, "modalities", None),
+                               None if mixture is None else list(mixture.names))
 
     def export(self, path: str | Path) -> None:
         self.to_pipeline().save_pretrained(path)
