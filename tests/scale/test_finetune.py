@@ -4,6 +4,7 @@ agree with each other."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,17 @@ def test_a_finetuned_pipeline_records_the_tasks_of_both_runs(pipeline_dir, tmp_p
     assert UnifiedPipeline.from_pretrained(tmp_path / "tuned").trained_tasks == sorted({*base, "inpaint"})
 
 
+def test_a_finetune_refuses_another_attention_than_its_pipeline_trained_with(tokenizer_dirs, tmp_path):
+    from unigen.training.unified_module import UnifiedModule
+
+    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4,
+                  prefix_attention=False).export(tmp_path / "full")
+    with pytest.raises(ValueError, match="was trained without prefix attention; set "
+                                         "model.init_args.prefix_attention: false"):
+        FinetuneModule(str(tmp_path / "full"), image_size=32).configure_model()
+    FinetuneModule(str(tmp_path / "full"), image_size=32, prefix_attention=False).configure_model()
+
+
 def test_finetune_module_checks_image_size_and_options(pipeline_dir):
     with pytest.raises(ValueError, match="image_size: 32"):
         FinetuneModule(str(pipeline_dir), image_size=64).configure_model()
@@ -155,6 +167,8 @@ def test_lora_fit_trains_adapters_only_and_its_outputs_agree(pipeline_dir, shard
                  "--out", str(tmp_path / "remerged")]) == 0
     remerged = load_safetensors(tmp_path / "remerged" / "transformer" / "model.safetensors")
     assert all(torch.equal(remerged[k], merged[k]) for k in merged)
+    tasks = [json.loads((tmp_path / d / "pipeline.json").read_text())["trained_tasks"] for d in ("merged", "remerged")]
+    assert tasks[0] == tasks[1]  # the adapter carries what it learned
 
 
 def test_activation_checkpointing_recomputes_the_blocks_for_the_same_adapter_gradients(

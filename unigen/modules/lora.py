@@ -194,13 +194,17 @@ def base_fingerprint(model: nn.Module) -> str:
     return state_fingerprint(state)
 
 
-def save_lora(model: nn.Module, config: LoRAConfig, path: str | os.PathLike) -> None:
-    """Write the adapters alone; the directory is complete or absent."""
+def save_lora(model: nn.Module, config: LoRAConfig, path: str | os.PathLike,
+              trained_tasks: list[str] | None = None) -> None:
+    """Write the adapters alone (and the ``trained_tasks`` they learned, which a merged pipeline
+    adds to its base's); the directory is complete or absent."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no LoRA adapters to save")
     meta = {"format_version": FORMAT_VERSION, "type": "lora", **asdict(config),
             "target_modules": list(layers), "base_fingerprint": base_fingerprint(model)}
+    if trained_tasks is not None:
+        meta["trained_tasks"] = sorted(set(trained_tasks))
     with io.atomic_directory(path, marker=CONFIG_NAME) as tmp:
         io.write_json(tmp / CONFIG_NAME, meta)
         io.save_safetensors(lora_state_dict(model), tmp / WEIGHTS_NAME, config=meta)

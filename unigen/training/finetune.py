@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from unigen.modules.lora import LoRAConfig, apply_lora, load_lora, merge_lora, save_lora
+from unigen.modules.lora import LoRAConfig, apply_lora, load_lora, merge_lora, read_lora_config, save_lora
 from unigen.registry import Registry
 from unigen.training.unified_module import UnifiedModule, activation_checkpointing_option
 
@@ -158,6 +158,11 @@ class FinetuneModule(UnifiedModule):
             raise ValueError(f"the model at {self.hparams.init_from} works on {pipe.image_size}px "
                              f"images, the data gives {self.hparams.image_size}px (set "
                              f"data.init_args.image_size: {pipe.image_size})")
+        trained_with = getattr(pipe.transformer, "prefix_attention", True)
+        if trained_with != self.hparams.prefix_attention:  # the sampler decodes as the pipeline says
+            raise ValueError(f"the model at {self.hparams.init_from} was trained "
+                             f"{'with' if trained_with else 'without'} prefix attention; set "
+                             f"model.init_args.prefix_attention: {str(trained_with).lower()}")
         self.net = pipe.transformer.train()
         self.net.activation_checkpointing = checkpointing
         self.image_tokenizer = pipe.image_tokenizer.requires_grad_(False).eval()
@@ -191,7 +196,7 @@ class FinetuneModule(UnifiedModule):
     def save_adapter(self, path: str | Path) -> None:
         if self.lora_config is None:
             raise ValueError("this fine-tune has no LoRA adapters to save")
-        save_lora(self.net, self.lora_config, path)
+        save_lora(self.net, self.lora_config, path, list(self.mixture.names))
 
     def on_fit_end(self) -> None:
         if self.hparams.adapter_dir and self.trainer.is_global_zero:
@@ -218,6 +223,9 @@ def merge_adapter_into_pipeline(model: str | Path, adapter: str | Path, out: str
     pipe = UnifiedPipeline.from_pretrained(model)
     load_lora(pipe.transformer, adapter, check_base=check_base)
     merged = merge_lora(pipe.transformer)
+    learned = read_lora_config(adapter).get("trained_tasks")
+    if pipe.trained_tasks is not None and learned is not None:  # as --export_dir records them
+        pipe.trained_tasks = sorted({*pipe.trained_tasks, *learned})
     pipe.save_pretrained(out)
     return merged
 
