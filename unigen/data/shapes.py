@@ -31,6 +31,7 @@ scene contains at least one of them.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -131,8 +132,12 @@ class ShapeObject:
         _require(self.shape, SHAPES, "shape")
         _require(self.color, COLORS, "color")
         _require(self.size, SIZES, "size")
-        _require(self.row, range(GRID), "row")
-        _require(self.col, range(GRID), "col")
+        for what in ("row", "col"):
+            value = getattr(self, what)
+            # True == 1 and 1.0 == 1 would pass the range check and then index like no cell
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{what} must be an integer cell index in 0..{GRID - 1}, got {value!r}")
+            _require(value, range(GRID), what)
         lo, hi = SIZE_EXTENTS[self.size]
         if self.extent is not None and not lo <= self.extent <= hi:
             raise ValueError(f"extent {self.extent} is outside [{lo}, {hi}] for a {self.size} "
