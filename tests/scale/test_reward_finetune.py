@@ -182,6 +182,22 @@ def test_the_kl_to_the_starting_weights_is_zero_until_they_move(module):
     assert "_reference" not in "".join(module.state_dict())  # not checkpointed: made from init_from
 
 
+def test_with_dropout_the_surrogate_reads_the_distribution_the_rollout_drew_from(tokenizer_dirs, tmp_path):
+    """Dropout off for the policy's log-probs, as for the rollout and the reference: the KL to
+    the starting weights is exactly 0 before any update, and the module is back in train mode."""
+    from unigen.training.unified_module import UnifiedModule
+
+    torch.manual_seed(0)
+    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=2, heads=4, dropout=0.2,
+                  tasks={"t2i": 1}).export(tmp_path / "dropout")
+    module = RewardFinetuneModule(str(tmp_path / "dropout"), image_size=32, reward="test_brightness",
+                                  group_size=2, num_steps=2, guidance_scale=1.0, kl_coef=0.1)
+    module.configure_model()
+    module.net.train()
+    _, parts = module.policy_loss(_rollout(module), torch.zeros(4), torch.Generator().manual_seed(0))
+    assert parts["kl"] == 0 and module.net.training
+
+
 def test_reward_fine_tuning_raises_the_reward_of_a_tiny_model(pipeline_dir, tmp_path):
     from unigen.pipeline import UnifiedPipeline
 

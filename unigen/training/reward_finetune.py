@@ -38,6 +38,7 @@ from torch import Tensor
 from unigen.diffusion.tasks import TASKS, TaskInputs
 from unigen.rewards import build_reward
 from unigen.sampling.guidance import ClassifierFreeGuidance, check_scale, guided_logits
+from unigen.tokenizers.base import eval_mode
 from unigen.training.finetune import FinetuneModule
 from unigen.training.unified_module import UnifiedModule
 from unigen.transfer import to_device
@@ -211,14 +212,10 @@ class RewardFinetuneModule(FinetuneModule):
         rows = [p for p in prompts for _ in range(hp.group_size)]
         seeds = torch.randint(2**62, (len(rows),), generator=generator).tolist()
         pipe = self.rollout_pipeline()
-        training = self.net.training
-        self.net.eval()
-        try:
+        with eval_mode(self.net):
             codes = pipe.text_to_image(rows, num_steps=hp.num_steps, guidance_scale=hp.guidance_scale,
                                        sampler=hp.sampler, sampler_kwargs=dict(hp.sampler_kwargs or {}),
                                        seed=seeds, output="codes")
-        finally:
-            self.net.train(training)
         codes = codes.clone()  # out of inference mode: the loss's embedding lookup keeps it
         scored = self.reward(pipe.decode_images(codes), rows)
         return Rollout(rows, codes, scored.rewards.float().cpu(), scored.metrics)
@@ -264,7 +261,10 @@ class RewardFinetuneModule(FinetuneModule):
         parts (``policy``; ``kl``; ``logp``: each image's mean log-probability of its masked
         tokens [B])."""
         mb = self.masked_batch(rollout, generator)
-        logp = self.token_logprobs(self.net, mb)
+        # the likelihood of the distribution that drew the images: dropout off, as in the rollout
+        # and the reference (else the KL is not 0 before any update)
+        with eval_mode(self.net):
+            logp = self.token_logprobs(self.net, mb)
         per_row = row_means(logp, mb.image_of, mb.images)
         loss = -(to_device(advantages, per_row.device) * per_row).mean()
         parts = {"policy": loss.detach(), "logp": per_row.detach()}
