@@ -203,30 +203,36 @@ class _Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_fashion_mnist_resumes_exactly_with_a_real_trainer(tmp_path):
+@pytest.mark.parametrize("step, limit", [(11, None), (5, 5)])
+def test_fashion_mnist_resumes_exactly_with_a_real_trainer(tmp_path, step, limit):
     """30 training samples in batches of 4: 8 steps an epoch, the last one partial; the checkpoint
-    after step 11 lies mid-epoch 1."""
+    after step 11 lies mid-epoch 1.  With limit_train_batches 5 the checkpoint after step 5 ends
+    epoch 0 (Lightning rolls it over into epoch 1, which must start at its first batch)."""
     root = str(write_fashion(tmp_path / "fm"))
+    limited = {} if limit is None else {"limit_train_batches": limit}
 
     def fit(module: _Recorder, ckpt_path: Path | None = None, **trainer_args) -> None:
         trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, limit_val_batches=0,
                             enable_progress_bar=False, enable_model_summary=False,
-                            default_root_dir=tmp_path, **trainer_args)
+                            default_root_dir=tmp_path, **limited, **trainer_args)
         data = FashionMNISTDataModule(root, batch_size=BATCH, num_val=10, seed=2)
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
     full = _Recorder()
-    fit(full, callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=11, save_top_k=-1,
+    fit(full, callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=step, save_top_k=-1,
                                          filename="{step}")])
-    assert [len(b) for b in full.seen[:8]] == [4] * 7 + [2]
-    epochs = [sorted(i for b in full.seen[e * 8:(e + 1) * 8] for i in b) for e in range(3)]
-    assert epochs[0] == epochs[1] == epochs[2] and len(epochs[0]) == 30
-    assert full.seen[:8] != full.seen[8:16]
+    if limit is None:
+        assert [len(b) for b in full.seen[:8]] == [4] * 7 + [2]
+        epochs = [sorted(i for b in full.seen[e * 8:(e + 1) * 8] for i in b) for e in range(3)]
+        assert epochs[0] == epochs[1] == epochs[2] and len(epochs[0]) == 30
+        assert full.seen[:8] != full.seen[8:16]
+    else:
+        assert len(full.seen) == 3 * limit
     resumed = _Recorder()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*not resumable.*")
-        fit(resumed, ckpt_path=tmp_path / "step=11.ckpt", enable_checkpointing=False)
-    assert resumed.seen == full.seen[11:]
+        fit(resumed, ckpt_path=tmp_path / f"step={step}.ckpt", enable_checkpointing=False)
+    assert resumed.seen == full.seen[step:]
 
 
 def test_train_batches_are_pinned_only_when_training_on_cuda():

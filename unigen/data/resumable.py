@@ -157,12 +157,16 @@ def settle_epoch_end_restore(trainer: L.Trainer | None) -> bool:
 
 def batches_done_this_epoch(trainer: L.Trainer | None, batches_per_epoch: int) -> int:
     """Batches of the current epoch a restored checkpoint has already trained on (0 if not
-    resuming); after a restart Lightning's batch counter resumes from ``processed``.  A count of a
-    whole epoch (a step checkpoint written at the epoch's last batch, which Lightning then rolls
-    over into the next epoch) skips nothing."""
+    resuming); after a restart Lightning's batch counter resumes from ``processed``.  A step
+    checkpoint written at the epoch's last batch (a whole epoch, or ``limit_train_batches`` of it),
+    which Lightning then rolls over into the next epoch, skips nothing."""
     if trainer is None or not trainer.fit_loop.restarting:
         return 0
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    # the epoch's last batch also ends an epoch cut short by limit_train_batches (5 of 8 batches)
+    if getattr(progress, "is_last_batch", False):
+        return 0
+    done = progress.current.processed
     return done if done < batches_per_epoch else 0
 
 
