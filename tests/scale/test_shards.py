@@ -136,6 +136,13 @@ def test_tokenizer_check_accepts_the_shards_own_tokenizer(shard_dir, image_token
 
     check_tokenizer(read_manifest(shard_dir), ImageTokenizer.from_pretrained(image_tokenizer_dir),
                     str(shard_dir))
+    # precision: bf16-true casts the model's frozen tokenizer: still the shards' own
+    for dtype in (torch.bfloat16, torch.float16):
+        cast = ImageTokenizer.from_pretrained(image_tokenizer_dir).to(dtype)
+        check_tokenizer(read_manifest(shard_dir), cast, str(shard_dir))
+    other = _other_tokenizers()["another image tokenizer"].to(torch.bfloat16)
+    with pytest.raises(ValueError, match="another image tokenizer"):
+        check_tokenizer(read_manifest(shard_dir), other, str(shard_dir))
 
 
 def test_datamodule_checks_the_models_tokenizer_at_the_first_batch(shard_dir, image_tokenizer):

@@ -104,14 +104,28 @@ def _first(dataset: Dataset, num_samples: int | None) -> Dataset:
 
 
 # -- fingerprints and manifests --------------------------------------------------------------------
-def tokenizer_info(tokenizer: ImageTokenizer) -> dict[str, Any]:
-    """What the shards record about the tokenizer that made them."""
+# the precisions a model may cast its frozen tokenizer to (``precision: bf16-true``): the shards
+# record the fingerprint of its weights in each, so the check still knows it
+CAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def tokenizer_fingerprint(tokenizer: ImageTokenizer, dtype: torch.dtype | None = None) -> str:
+    """SHA-256 of the tokenizer's config and weights (floating ones cast to ``dtype`` if given)."""
     from unigen.modules.lora import state_fingerprint
 
-    meta = {"type": tokenizer.type_name, "config": tokenizer.config}
+    state = tokenizer.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    return state_fingerprint(state, {"type": tokenizer.type_name, "config": tokenizer.config})
+
+
+def tokenizer_info(tokenizer: ImageTokenizer) -> dict[str, Any]:
+    """What the shards record about the tokenizer that made them."""
     return {"type": tokenizer.type_name, "codebook_size": int(tokenizer.codebook_size),
             "downsample_factor": int(tokenizer.downsample_factor),
-            "fingerprint": state_fingerprint(tokenizer.state_dict(), meta)}
+            "fingerprint": tokenizer_fingerprint(tokenizer),
+            "cast_fingerprints": {str(d).removeprefix("torch."): tokenizer_fingerprint(tokenizer, d)
+                                  for d in CAST_DTYPES}}
 
 
 def code_dtype(codebook_size: int) -> str:
@@ -144,8 +158,9 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer: ImageTokenizer, where: 
         raise ValueError(f"code grid mismatch: the shards at {where} hold {manifest['grid'][0]}x"
                          f"{manifest['grid'][1]} codes per {size}px image, the model's image "
                          f"tokenizer makes {grid[0]}x{grid[1]} (re-tokenize with it)")
-    ours = tokenizer_info(tokenizer)["fingerprint"]
-    if ours != made["fingerprint"]:
+    ours = tokenizer_fingerprint(tokenizer)
+    dtype = str(tokenizer.dtype).removeprefix("torch.")
+    if ours not in (made["fingerprint"], made.get("cast_fingerprints", {}).get(dtype)):
         raise ValueError(f"the shards at {where} were made by another image tokenizer (same "
                          f"codebook size and grid, other weights: fingerprint {made['fingerprint'][:12]}"
                          f" vs the model's {ours[:12]}); re-tokenize with the model's tokenizer")
@@ -431,4 +446,4 @@ class ShardDataModule(BatchTransforms, L.LightningDataModule):
 
 __all__ = ["DistributedEpochSampler", "SHARD_SOURCES", "ShardDataModule", "ShardDataset",
            "check_tokenizer", "read_manifest", "save_reconstruction_grid", "seeded_permutation",
-           "tokenizer_info", "write_shards"]
+           "tokenizer_fingerprint", "tokenizer_info", "write_shards"]
