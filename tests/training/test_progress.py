@@ -200,3 +200,20 @@ def test_plain_lines_after_a_resume_give_this_process_steps_per_second(tmp_path)
     rates = [float(ln.split(" · ")[-1].removesuffix(" steps/s")) for ln in lines]
     assert all(0 < rate <= 1 / SLEEP for rate in rates), lines
     assert min(rates) >= 2 / took, lines
+
+
+def test_plain_lines_come_from_rank_zero_only():
+    import io
+    from types import SimpleNamespace
+
+    from unigen.training.progress import ProgressLines
+
+    out = io.StringIO()
+    lines = ProgressLines(every=1, stream=out)
+    for rank in (1, 0):
+        trainer = SimpleNamespace(global_step=0, is_global_zero=rank == 0, max_steps=4,
+                                  callback_metrics={})
+        lines.on_train_start(trainer, None)
+        trainer.global_step = 1
+        lines.on_train_batch_end(trainer, None)
+    assert out.getvalue().count("step 1/4") == 1

@@ -143,7 +143,7 @@ class ProgressLines(Callback):
     ``step 450/900 (50 %) · train/loss 3.2140 · 4.9 steps/s``.  Rich draws its bar only on a
     terminal; written to a file or a CI log (``make demo | tee``) a long fit was otherwise silent
     until its end.  The rate is the optimizer steps taken in this process since the previous line
-    (since the start of training for the first), per second of it."""
+    (since the start of training for the first), per second of it.  Only rank 0 prints."""
 
     def __init__(self, every: int | None = None, stream: TextIO | None = None) -> None:
         if every is not None and every < 1:
@@ -161,6 +161,8 @@ class ProgressLines(Callback):
         self._last = (trainer.global_step, time.perf_counter())
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if not trainer.is_global_zero:  # one line per report, not one per rank
+            return
         step = trainer.global_step
         if self._last is None:  # added after training started: time from this batch on
             self._last = (step, time.perf_counter())
