@@ -41,6 +41,16 @@ def test_workers_ask_to_die_with_their_parent():
     assert list(DataLoader(DeathSignal(), num_workers=1)) == [0, 0]  # torch's own do not
 
 
+@linux
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_workers_of_every_start_method_load(start):
+    """Under forkserver (Python 3.14's default) a worker's parent is the fork server: the guard
+    must not read that as its loader's process having died."""
+    # a list: a spawned worker cannot import this test module to unpickle a class of it
+    batches = list(data_loader(list(range(4)), num_workers=1, multiprocessing_context=start))
+    assert [int(b) for b in batches] == [0, 1, 2, 3]
+
+
 MARK = 0
 
 

@@ -32,7 +32,10 @@ class DieWithParent:
         self.then = then
 
     def __call__(self, worker_id: int) -> None:
-        if sys.platform.startswith("linux"):
+        # fork and spawn: the loader's process is the worker's parent.  Under forkserver (Python
+        # 3.14's default) the parent is the fork server, which outlives it: the worker is left to
+        # torch's own watchdog, which stops a worker whose loader process is gone
+        if sys.platform.startswith("linux") and os.getppid() == self.parent:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != self.parent:  # the parent died before the request took effect
