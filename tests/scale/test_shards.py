@@ -37,7 +37,7 @@ def test_round_trip_holds_the_tokenizer_codes_and_texts(shard_dir, shapes_32, im
         item, original = shards[i], shapes_32[i]
         assert item["codes"].dtype == torch.long and torch.equal(item["codes"], expected[i])
         assert item["index"] == i
-        for field in ("caption", "question", "answer", "scene"):
+        for field in ("caption", "description", "question", "answer", "scene"):
             assert item[field] == original[field]
     assert "image" not in shards[0]
     with Image.open(shard_dir / "reconstructions.png") as grid:
@@ -57,6 +57,19 @@ class CrashAt(Dataset):
         if index == self.at:
             raise RuntimeError("killed")
         return self.dataset[index]
+
+
+def test_shards_written_before_descriptions_read_them_as_empty(tmp_path, shapes_32, image_tokenizer,
+                                                             monkeypatch):
+    from unigen.data import shards as shards_module
+    from unigen.data.shards import write_shards
+
+    monkeypatch.setattr(shards_module, "TEXT_FIELDS", ("caption", "question", "answer", "scene"))
+    write_shards(shapes_32, image_tokenizer, tmp_path / "old", 32, shard_size=8, batch_size=8,
+                 source={"data": "shapes"}, progress=False)
+    monkeypatch.undo()
+    item = ShardDataset(str(tmp_path / "old"))[3]
+    assert item["description"] == "" and item["caption"] == shapes_32[3]["caption"]
 
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path, shard_dir, shapes_32, image_tokenizer,

@@ -33,9 +33,6 @@ from unigen.data.resumable import epoch_loader, seeded_permutation
 from unigen.data.shards import TEXT_FIELDS
 
 DatasetFactory = Callable[[], Dataset]
-# the shards' text fields, and the shapes world's exhaustive description (the caption task's
-# ``text: descriptions``), "" for sources without one
-MIXED_TEXT_FIELDS = (*TEXT_FIELDS, "description")
 _SLOTS, _PASS = 0, 1  # first key of the two kinds of permutation: they never share a seed
 
 
@@ -98,7 +95,7 @@ class MixedDataset(Dataset):
             raise IndexError(f"index {index} out of range for a mixture of {len(self)} samples")
         k = bisect.bisect_right(self.offsets, index) - 1
         item = self.sources[k][index - self.offsets[k]]
-        return {self.key: item[self.key], **{f: item.get(f, "") for f in MIXED_TEXT_FIELDS},
+        return {self.key: item[self.key], **{f: item.get(f, "") for f in TEXT_FIELDS},
                 "index": index, "source": k}
 
 

@@ -55,7 +55,9 @@ MANIFEST = "manifest.json"
 INDEX = "index.json"  # litdata's
 JOB = "tokenize_job.json"  # the unfinished run's settings: a resumed run must match them
 JOURNAL = "parts"  # one litdata index per finished shard
-TEXT_FIELDS = ("caption", "question", "answer", "scene")
+# the texts a shard keeps of each sample ("" where its source has none; shards written before
+# "description" read it as "")
+TEXT_FIELDS = ("caption", "description", "question", "answer", "scene")
 CODE_DTYPES = {"uint16": np.uint16, "int32": np.int32}
 
 
@@ -204,8 +206,8 @@ def _write_shard(out: Path, k: int, dataset: Dataset, indices: range, tokenizer:
     for batch in loader:
         codes = tokenizer.encode(batch["image"]).cpu().numpy().astype(dtype)
         for j in range(len(codes)):
-            writer.add_item(position, {"codes": codes[j], **{f: str(batch[f][j]) for f in TEXT_FIELDS},
-                                       "index": position})
+            texts = {f: str(batch[f][j]) if f in batch else "" for f in TEXT_FIELDS}
+            writer.add_item(position, {"codes": codes[j], **texts, "index": position})
             position += 1
         progress.update(len(codes))
     writer.done()
@@ -338,7 +340,7 @@ class ShardDataset(Dataset):
         if item["index"] != index:
             raise ValueError(f"{self.path} is inconsistent: item {index} is stored as {item['index']}")
         codes = torch.from_numpy(np.asarray(item["codes"]).astype(np.int64))
-        return {"codes": codes, **{f: item[f] for f in TEXT_FIELDS}, "index": index}
+        return {"codes": codes, **{f: item.get(f, "") for f in TEXT_FIELDS}, "index": index}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_stream": None, "_pid": -1}
