@@ -138,6 +138,14 @@ def write_result(payload: dict[str, Any], notes: str | None, out: str) -> dict[s
     """Merge the ``--notes`` JSON file (if any) into ``payload`` and write it to ``out``."""
     if notes:
         payload.update(json.loads(Path(notes).read_text()))
+    import datetime
+
+    import torch
+
+    import unigen
+    # when and with what the comparison ran (each eval's own device and versions are in its results.json)
+    payload = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "versions": {"unigen": unigen.__version__, "torch": torch.__version__}, **payload}
     io.write_json(Path(out), payload)
     print(f"wrote {out}")
     return payload

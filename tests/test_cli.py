@@ -397,3 +397,9 @@ def test_an_autoregressive_export_generates_and_refuses_what_it_cannot_do(model_
         assert "holds an autoregressive pipeline, which generates images from text only" in line
         assert f"`unigen {verb}` needs a masked (unified) pipeline" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "g.settings.json"]
+
+
+def test_text_tokenizer_refuses_a_sample_count_below_one(tmp_path, capsys):
+    line = fails_with(["text-tokenizer", "--data", "shapes", "--num-samples", "-5", "--out", tmp_path / "t"], capsys)
+    assert line == "unigen: error: --num-samples must be at least 1, got -5"
+    assert not (tmp_path / "t").exists()

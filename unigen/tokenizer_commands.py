@@ -107,6 +107,8 @@ def build_text_tokenizer(data: str, out: str, root: str | None = None, num_sampl
 
     from unigen.tokenizers.text import TextTokenizer
 
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {num_samples}")
     texts = text_corpus(data, root, num_samples, seed, progress)
     if progress:
         print(f"training a {kind} text tokenizer on {len(texts)} texts", file=sys.stderr)

@@ -38,6 +38,8 @@ def test_every_shared_score_is_compared_on_the_common_samples(tmp_path, capsys):
     assert rows[("caption", "caption_fact_precision")]["standard_error"] == 0.0
     assert rows[("t2i", "compositional_accuracy/sample_accuracy")]["a_minus_b"] == 0.5
     assert result["a"] == {"label": "slot", "eval": str(tmp_path / "a")}
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["date"].endswith("+00:00") and set(written["versions"]) == {"unigen", "torch"}
     assert "slot 0.5833  plain 0.5000  diff +8.3" in capsys.readouterr().out
 
 
