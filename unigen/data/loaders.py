@@ -32,16 +32,28 @@ class DieWithParent:
         self.then = then
 
     def __call__(self, worker_id: int) -> None:
-        # fork and spawn: the loader's process is the worker's parent.  Under forkserver (Python
-        # 3.14's default) the parent is the fork server, which outlives it: the worker is left to
-        # torch's own watchdog, which stops a worker whose loader process is gone
-        if sys.platform.startswith("linux") and os.getppid() == self.parent:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != self.parent:  # the parent died before the request took effect
+        if sys.platform.startswith("linux"):
+            if os.getppid() == self.parent:  # fork and spawn: the loader's process is the parent
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                if os.getppid() != self.parent:  # the parent died before the request took effect
+                    os._exit(1)
+            elif not _alive(self.parent):  # the loader's process died before this worker started
                 os._exit(1)
+            # else forkserver (Python 3.14's default): the parent is the fork server, which
+            # outlives the loader's process; torch's own watchdog stops such a worker
+
         if self.then is not None:
             self.then(worker_id)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (Linux: a killed process not yet reaped is a zombie, ``Z``)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def die_with_parent(then: Callable[[int], Any] | None = None) -> DieWithParent:
