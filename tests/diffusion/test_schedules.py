@@ -32,7 +32,7 @@ def test_both_copies_of_a_complementary_pair_estimate_the_same_elbo(name, shift,
     elbo = torch.trapezoid(f(torch.linspace(0, 1, 100_001, dtype=torch.float64)),
                            dx=1e-5).item()
     first = (s.loss_weight(t) * rate * f(rate)).mean().item()
-    second = (s.complement_weight(t) * (1 - rate) * f(1 - rate)).mean().item()
+    second = (s.share_weight(t, 1 - rate) * (1 - rate) * f(1 - rate)).mean().item()
     # (loss_weight floors t at 1e-4: arccos's first copy misses the 1 % of the ELBO below it)
     assert first == pytest.approx(elbo, rel=5e-3)
     assert second == pytest.approx(elbo, rel=5e-3)

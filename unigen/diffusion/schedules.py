@@ -56,24 +56,16 @@ class NoiseSchedule(ABC):
         rate, slope = self._rate_and_slope(t, eps)
         return slope / rate.clamp_min(eps)
 
-    def complement_weight(self, t: Tensor, eps: float = 1e-3) -> Tensor:
-        """ELBO weight of the complementary copy (LaViDa) of a mask drawn at ``t``:
-        ``d/dt mask_rate(t) / (1 - mask_rate(t))``.  That copy masks a share ``u = 1 - mask_rate(t)``,
-        and with this weight ``E_t[weight * u * f(u)]`` is ``integral_0^1 f``, as the first copy's
-        ``E_t[loss_weight * r * f(r)]`` is, for any per-token loss ``f`` of the masked share: the
-        pair is two unbiased estimates of one ELBO.  (``1 / u`` alone is right for the linear
-        schedule only.)"""
-        # only the denominator needs a floor: near t = 0 this copy masks everything and the
-        # slope (unbounded for arccos) is integrable
-        rate, slope = self._rate_and_slope(t, 1e-6)
-        return slope / (1.0 - rate).clamp_min(eps)
-
     def share_weight(self, t: Tensor, share: Tensor, eps: float = 1e-3) -> Tensor:
         """ELBO weight of a row masked at ``t`` that masks ``share`` of its targets:
-        ``d/dt mask_rate(t) / share``.  With ``share = mask_rate(t)`` this is :meth:`loss_weight`,
-        with ``1 - mask_rate(t)`` :meth:`complement_weight`; the share a row actually masks is
-        what its loss sums over, so it makes the estimate exact where masking rounds a count
+        ``d/dt mask_rate(t) / share``.  With ``share = mask_rate(t)`` this is :meth:`loss_weight`.
+        LaViDa's complementary copy masks ``u = 1 - mask_rate(t)``, and with ``share = u``
+        ``E_t[weight * u * f(u)]`` is ``integral_0^1 f``, as the first copy's is, for any per-token
+        loss ``f`` of the masked share: the pair is two unbiased estimates of one ELBO (``1 / u``
+        alone is right for the linear schedule only).  The share a row actually masks is what its
+        loss sums over, so it makes the estimate exact where masking rounds a count
         (``max(1, round(rate * n))`` of ``n`` targets is more than ``mask_rate(t)`` at small ``t``)."""
+        # only the share needs a floor: the slope (unbounded near t = 0 for arccos) is integrable
         _, slope = self._rate_and_slope(t, 1e-6)
         return slope / share.to(slope).clamp_min(eps)
 
