@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from unigen.evaluate.loop import evaluate_pipeline
+from unigen.evaluate.loop import check_out_dir, evaluate_pipeline
 from unigen.evaluate.recipe import load_eval_config, parse_config
 from unigen.evaluate.sweep import (_is_headline, _point_label, check_sweep, parse_sweep,
                                    sweep_pipeline)
@@ -36,8 +35,7 @@ def evaluate_model(model_dir: str | os.PathLike, recipe: str | os.PathLike,
     out = out_dir if out_dir is not None else parsed.out_dir
     if out is None:
         raise ValueError(f"no output directory: pass --out or set out_dir in {recipe}")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"--out {out} is a file; eval writes a directory of results there")
+    check_out_dir(out)  # before the model loads
     axes = {**parsed.sweep, **parse_sweep(sweeps)}
     if axes:
         check_sweep(config, axes)  # fail on a bad sweep value before loading the model

@@ -115,17 +115,21 @@ def _plan_tasks(cfg: EvalConfig, data: EvalData, device: torch.device
     return plans, shared
 
 
-def _check_decoding(pipe: Any, plans: Sequence[_TaskRun]) -> None:
-    """Build each task's sampler and guidance as its decode will, so that a bad option is one line
-    before an earlier run's outputs are removed or a sample is drawn (not after the tasks before)."""
-    from unigen.sampling import build_guidance
-
+def _check_samplers(pipe: Any, plans: Sequence[_TaskRun]) -> None:
+    """Build each task's sampler as its decode will (an unset one is the pipeline's default for
+    the task, so parse_config cannot), so that a bad option is one line before an earlier run's
+    outputs are removed or a sample is drawn (not after the tasks before it)."""
     for plan in plans:
         used = settings_used(pipe, plan.name, plan.settings)
-        where = f"tasks.{plan.name}"
         if isinstance(used.get("sampler"), str) and hasattr(pipe, "make_sampler"):
-            pipe.make_sampler(used["sampler"], used["sampler_kwargs"], option=f"{where}.sampler_kwargs")
-        build_guidance(used["guidance_scale"], used["guidance_kwargs"], option=f"{where}.guidance_kwargs")
+            pipe.make_sampler(used["sampler"], used["sampler_kwargs"],
+                              option=f"tasks.{plan.name}.sampler_kwargs")
+
+
+def check_out_dir(out: str | os.PathLike) -> None:
+    """Eval writes a directory of results: ``out`` must not be a file."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; eval writes a directory of results there")
 
 
 def _resume(plans: list[_TaskRun], log: RecordLog, state_path: Path,
@@ -379,9 +383,8 @@ def evaluate_pipeline(pipe, config: Mapping[str, Any] | EvalConfig, out_dir: str
     data = build_data(cfg.data, pipe.image_size)
     check_metric_options(cfg, len(data))  # a folder's size is known only now
     plans, shared = _plan_tasks(cfg, data, pipe.device)
-    _check_decoding(pipe, plans)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; eval writes a directory of results there")
+    _check_samplers(pipe, plans)
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)  # only once the run can start: a refusal leaves nothing
     log, state_path, run_path = RecordLog(out / RECORDS_NAME), out / STATE_NAME, out / RUN_NAME
     identity = _run_identity(cfg, pipe, {p.name: p.live_metrics() for p in plans})
