@@ -198,6 +198,24 @@ def test_with_dropout_the_surrogate_reads_the_distribution_the_rollout_drew_from
     assert parts["kl"] == 0 and module.net.training
 
 
+def test_the_surrogate_reads_the_likelihood_at_the_rollouts_temperature(pipeline_dir):
+    hot = RewardFinetuneModule(str(pipeline_dir), image_size=32, reward="test_brightness", group_size=2,
+                               num_steps=2, guidance_scale=1.0, sampler_kwargs={"temperature": 0.5})
+    hot.configure_model()
+    mb = hot.masked_batch(_rollout(hot), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden = hot.net.hidden_states(mb.inputs, mb.prefix)
+        logits = hot.net.logits(hidden[mb.rows, mb.cols], hot.net.modality[mb.cols]).float()
+        expected = (logits / 0.5).log_softmax(-1).gather(-1, mb.tokens[mb.rows, mb.cols, None]).squeeze(-1)
+        torch.testing.assert_close(hot.token_logprobs(hot.net, mb), expected)
+    for kwargs, message in (({"temperature": 0.0}, "needs rollouts drawn at a temperature > 0"),
+                            ({"temprature": 1.0}, "does not take this option")):
+        greedy = RewardFinetuneModule(str(pipeline_dir), image_size=32, reward="test_brightness",
+                                      group_size=2, num_steps=2, sampler_kwargs=kwargs)
+        with pytest.raises(ValueError, match=message):
+            greedy.configure_model()  # before any step
+
+
 def test_reward_fine_tuning_raises_the_reward_of_a_tiny_model(pipeline_dir, tmp_path):
     from unigen.pipeline import UnifiedPipeline
 

@@ -187,6 +187,15 @@ class RewardFinetuneModule(FinetuneModule):
     def configure_model(self) -> None:
         fresh = self.net is None
         super().configure_model()
+        if fresh:
+            # the rollouts' sampler, built now: a bad option fails before the first step, and the
+            # likelihood the surrogate raises is that of the temperature the images are drawn at
+            sampler = self.rollout_pipeline().make_sampler(self.hparams.sampler, self.hparams.sampler_kwargs)
+            self._temperature = float(getattr(sampler, "temperature", 1.0))
+            if self._temperature <= 0:
+                raise ValueError(f"reward fine-tuning needs rollouts drawn at a temperature > 0 (greedy "
+                                 f"ones have no likelihood to raise); sampler {self.hparams.sampler!r} "
+                                 f"draws at {self._temperature:g}: set sampler_kwargs.temperature")
         if fresh and self.hparams.kl_coef > 0:
             # the starting weights (LoRA's B starts at 0, so the adapted copy is the base); built
             # from init_from before a checkpoint's weights are loaded, so a resume keeps it
@@ -252,7 +261,8 @@ class RewardFinetuneModule(FinetuneModule):
         logits = net.logits(hidden[:, mb.rows, mb.cols], net.modality[mb.cols])
         # the distribution the sampler draws from: guided, then normalised below
         logits = guided_logits(*logits, batch.scale) if batch.mode == "both" else logits[0]
-        logp = logits.float().log_softmax(-1)
+        temperature = getattr(self, "_temperature", 1.0)  # the sampler's, as it draws
+        logp = (logits.float() / temperature if temperature != 1.0 else logits.float()).log_softmax(-1)
         return logp.gather(-1, mb.tokens[mb.rows, mb.cols, None]).squeeze(-1)
 
     def policy_loss(self, rollout: Rollout, advantages: Tensor, generator: torch.Generator
