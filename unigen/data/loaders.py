@@ -16,6 +16,7 @@ import ctypes
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import DataLoader
@@ -50,7 +51,7 @@ class DieWithParent:
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` runs (Linux: a killed process not yet reaped is a zombie, ``Z``)."""
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        stat = Path(f"/proc/{pid}/stat").read_text()  # closed at once, not left to the collector
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
