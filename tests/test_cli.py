@@ -139,6 +139,7 @@ def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):
     import torch
 
     from unigen.data.shapes import ShapesDataset, render
+    from unigen.pipeline import UnifiedPipeline
     from unigen.training.unified_module import UnifiedModule
 
     torch.manual_seed(0)
@@ -148,6 +149,13 @@ def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):
                  "two blue squares", "--steps", "2", "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert json.loads((tmp_path / "grid.settings.json").read_text())["prompts"] == ["a red circle", "two blue squares"]
+    assert json.loads((tmp_path / "grid.settings.json").read_text())["network_calls"] == [2, 2]
+    # a budget beyond the image's tokens is recorded as asked, next to the calls actually run
+    tokens = UnifiedPipeline.from_pretrained(model).space.sequence.num_image_tokens
+    assert main(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "100000",
+                 "--out", str(tmp_path / "long.png")]) == 0
+    long = json.loads((tmp_path / "long.settings.json").read_text())
+    assert long["steps"] == 100000 and 1 <= long["network_calls"][0] <= tokens
     assert main(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2",
                  "--candidates", "2", "--out", str(tmp_path / "best.png")]) == 0
     assert json.loads((tmp_path / "best.settings.json").read_text())["candidates"] == 2

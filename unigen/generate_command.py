@@ -77,12 +77,14 @@ def _generate(args: argparse.Namespace) -> None:
         kwargs = _sampler_kwargs(args, pipe, sampler)
         steps = 16 if args.steps is None else args.steps
         recorder = None if trajectory is None else TrajectoryRecorder()
-        images = pipe.text_to_image(prompts, num_steps=steps, guidance_scale=args.guidance,
-                                    sampler=sampler, sampler_kwargs=kwargs, seed=args.seed,
-                                    output="tensor", progress=True, candidates=args.candidates,
-                                    negative_prompt=negatives, callback=recorder)
-        record = {"steps": steps, "candidates": args.candidates, "sampler": sampler,
-                  "sampler_kwargs": kwargs, "negative_prompts": negatives}
+        images, calls = pipe.text_to_image(prompts, num_steps=steps, guidance_scale=args.guidance,
+                                           sampler=sampler, sampler_kwargs=kwargs, seed=args.seed,
+                                           output="tensor", progress=True, candidates=args.candidates,
+                                           negative_prompt=negatives, callback=recorder, return_calls=True)
+        # "steps" is the budget asked for (it reproduces the grid); a decode ends once every token
+        # is placed, so each image's network calls say what was actually run
+        record = {"steps": steps, "network_calls": calls, "candidates": args.candidates,
+                  "sampler": sampler, "sampler_kwargs": kwargs, "negative_prompts": negatives}
     grid = captioned_grid(images.cpu(), prompts)
     with io.atomic_path(out) as tmp:
         grid.save(tmp, format=fmt)
