@@ -104,6 +104,26 @@ def test_resume_skips_finished_samples_and_gives_the_same_results(pipeline_dir, 
     assert records(out) == records(base)
 
 
+def test_resume_with_nothing_to_resume_says_it_starts_afresh(pipeline_dir, debug_recipe, tmp_path, capsys):
+    out = tmp_path / "typo"
+    fresh = run_eval(pipeline_dir, debug_recipe, out, "--resume", "--override", "data.num_samples=2")
+    assert fresh["metadata"]["resumed_samples"] == {}
+    note = f"note: --resume: no earlier run in {out}; starting a fresh one"
+    assert note in capsys.readouterr().err
+    run_eval(pipeline_dir, debug_recipe, out, "--resume", "--override", "data.num_samples=2")
+    assert note not in capsys.readouterr().err  # now there is one to continue
+
+
+def test_a_sweep_has_an_earlier_run_once_a_point_started(tmp_path):
+    from unigen.evaluate.command import _has_earlier_run
+
+    assert not _has_earlier_run(tmp_path, sweep=True) and not _has_earlier_run(tmp_path, sweep=False)
+    (tmp_path / "points" / "000_t2i.num_steps-2").mkdir(parents=True)
+    assert not _has_earlier_run(tmp_path, sweep=True)
+    (tmp_path / "points" / "000_t2i.num_steps-2" / "run.json").write_text("{}")
+    assert _has_earlier_run(tmp_path, sweep=True) and not _has_earlier_run(tmp_path, sweep=False)
+
+
 def test_resume_restores_image_metric_state(pipeline_dir, debug_recipe, tmp_path, monkeypatch,
                                             domain_classifier_dir):
     # FID and KID on a small domain classifier: their running state is checkpointed every 4

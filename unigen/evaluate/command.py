@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from unigen.evaluate.loop import check_out_dir, evaluate_pipeline
+from unigen.evaluate.persistence import POINTS_DIR, RUN_NAME
 from unigen.evaluate.recipe import load_eval_config, parse_config
 from unigen.evaluate.sweep import (_is_headline, _point_label, check_sweep, parse_sweep,
                                    sweep_pipeline)
@@ -39,11 +41,22 @@ def evaluate_model(model_dir: str | os.PathLike, recipe: str | os.PathLike,
     axes = {**parsed.sweep, **parse_sweep(sweeps)}
     if axes:
         check_sweep(config, axes)  # fail on a bad sweep value before loading the model
+    if resume and not _has_earlier_run(Path(out), sweep=bool(axes)):
+        # a fresh start is what --resume must do then (a sweep killed before its first point), but
+        # a mistyped --out would otherwise redo hours of work without a word
+        print(f"note: --resume: no earlier run in {out}; starting a fresh one", file=sys.stderr)
     pipe = UnifiedPipeline.from_pretrained(model_dir, device=_resolve_device(device))
     metadata = {"model": str(model_dir), "recipe": str(recipe), "overrides": list(overrides)}
     if axes:
         return sweep_pipeline(pipe, config, out, axes, progress, resume, metadata, reuse=reuse)
     return evaluate_pipeline(pipe, config, out, progress, resume, metadata)
+
+
+def _has_earlier_run(out: Path, sweep: bool) -> bool:
+    """Whether ``out`` holds a run (or a sweep point) that ``--resume`` would continue."""
+    if sweep:
+        return any((out / POINTS_DIR).glob(f"*/{RUN_NAME}"))
+    return (out / RUN_NAME).is_file()
 
 
 def print_summary(result: Mapping[str, Any]) -> None:
