@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(sizes) - set(SIZES))
     if unknown:
         raise SystemExit(f"unknown --sizes {unknown}; choose from {sorted(SIZES)}")
-    resolutions = [int(r) for r in args.resolutions.split(",")]
+    try:  # ascending: the x columns are relative to each model's smallest resolution
+        resolutions = sorted({int(r) for r in args.resolutions.split(",")})
+    except ValueError:
+        raise SystemExit(f"--resolutions expects comma-separated integers, got {args.resolutions!r}") from None
+    if resolutions[0] < 1:
+        raise SystemExit(f"--resolutions must be positive, got {args.resolutions!r}")
     peak = measure_matmul_peak(device, PRECISIONS[args.precision] or torch.float32)
     mode = "compile" if args.compile else "eager"
 
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "peak_memory_mb": result.peak_memory_mb})
             print(f"  {name} @ {resolution}px: {rows[-1]['step_ms']:.4g} ms/step")
             del module, loader
-    for row in rows:  # cost relative to the same model at the smallest resolution
+    for row in rows:  # cost relative to the same model at the smallest resolution (listed first)
         base = next(r for r in rows if r["size"] == row["size"])
         row["time_x"] = row["step_ms"] / base["step_ms"]
         row["flops_x"] = row["model_tflops_per_step"] / base["model_tflops_per_step"]

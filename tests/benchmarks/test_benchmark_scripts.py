@@ -97,7 +97,8 @@ def test_sampler_curves_quick_with_random_weights(tmp_path):
 
 @pytest.mark.slow
 def test_scaling(tmp_path):
-    result = run_script("scaling", "--sizes", "tiny", "--resolutions", "32,64", "--batch-size", "2", "--steps", "1",
+    # given largest first: the table still runs small to large, relative to the smallest
+    result = run_script("scaling", "--sizes", "tiny", "--resolutions", "64,32,64", "--batch-size", "2", "--steps", "1",
                         out=tmp_path / "sc.json")
     small, large = result["table"]
     assert (small["sequence"], large["sequence"]) == (92, 284) and (small["grid"], large["grid"]) == ("8x8", "16x16")
