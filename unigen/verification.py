@@ -13,7 +13,8 @@ rate ``r`` uniform on (0, 1].  It is estimated by stratified quadrature (``num_m
 midpoints ``(m + 1/2) / M``), with the masked positions drawn from a per-prompt generator, so every
 candidate of a prompt is scored under the same masks and their differences come from the images.
 The image is the captioning task's prefix, so it is encoded once per candidate (prefix KV cache)
-and each mask costs one pass over the text positions only.
+and each mask costs one pass over the text positions only; a model trained without prefix attention
+is read as it was trained, with full attention and no cache.
 """
 
 from __future__ import annotations
@@ -58,7 +59,15 @@ def caption_elbos(net: UnifiedTransformer, space: TokenSpace, codes: Tensor,
         masked = draws[:, m].argsort(dim=1)[:, :count]
         hidden.append((count, torch.zeros(rows, n, dtype=torch.bool, device=device)
                        .scatter_(1, masked, True)))
-    cache = net.prefill(batches[0].tokens.to(device), prefix)
+    if getattr(net, "prefix_attention", True):
+        cache = net.prefill(batches[0].tokens.to(device), prefix)
+
+        def read(inputs: Tensor) -> Tensor:
+            return net.forward_cached(inputs, cache, positions, vocab_limit=space.vocab.text_size)
+    else:  # trained with full attention: the image reads the text, so no prefix cache either
+        def read(inputs: Tensor) -> Tensor:
+            return net(inputs, torch.zeros_like(inputs, dtype=torch.bool), positions=positions,
+                       vocab_limit=space.vocab.text_size)
     out = []
     for tb in batches:
         tokens = tb.tokens.to(device)
@@ -67,7 +76,7 @@ def caption_elbos(net: UnifiedTransformer, space: TokenSpace, codes: Tensor,
         for count, hide in hidden:
             inputs = tokens.clone()
             inputs[:, positions] = truth.masked_fill(hide, space.mask_id)
-            logits = net.forward_cached(inputs, cache, positions, vocab_limit=space.vocab.text_size)
+            logits = read(inputs)
             logp = logits.float().log_softmax(-1).gather(-1, truth.unsqueeze(-1)).squeeze(-1)
             total += (logp * hide).sum(1) * (n / count)  # (1/r) with r the exact masked fraction
         out.append(total / num_masks)

@@ -135,3 +135,27 @@ def test_a_single_candidate_is_the_plain_call_and_best_of_is_batch_invariant(pip
     batch = pipe.text_to_image(PROMPTS, num_steps=4, seed=[3, 8, 1], output="codes", candidates=2)
     alone = pipe.text_to_image(PROMPTS[1:2], num_steps=4, seed=[8], output="codes", candidates=2)
     assert torch.equal(alone[0], batch[1])
+
+
+def test_caption_elbo_reads_a_model_trained_without_prefix_attention_with_full_attention(
+        tokenizer_dirs, monkeypatch):
+    """The verifier scores with the network the model was trained as: without prefix attention
+    the image attends to the caption, so a prefix-cached reading would score another model."""
+    torch.manual_seed(0)
+    module = make(tokenizer_dirs, tasks={"caption": 1.0}, prefix_attention=False)
+    net, space = module.net.eval(), module.space
+    codes = torch.randint(0, 125, (2, *space.sequence.grid), generator=torch.Generator().manual_seed(1))
+    scores = caption_elbo(net, space, codes, PROMPTS[:2], gens([1, 2]), num_masks=3)
+    calls = []
+
+    def full(inputs, prefix, positions=None, vocab_limit=None):
+        calls.append(bool(prefix.any()))
+        return type(net).forward(net, inputs, None, positions=positions, vocab_limit=vocab_limit)
+
+    monkeypatch.setattr(net, "forward", full)
+    expected = caption_elbo(net, space, codes, PROMPTS[:2], gens([1, 2]), num_masks=3)
+    assert calls == [False] * 3  # every mask read through the full-attention forward
+    torch.testing.assert_close(scores, expected)
+    net.prefix_attention = True  # the same weights read with prefix attention score otherwise
+    assert not torch.allclose(caption_elbo(net, space, codes, PROMPTS[:2], gens([1, 2]), num_masks=3),
+                              scores, atol=1e-4)
