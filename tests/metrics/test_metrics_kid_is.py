@@ -153,3 +153,32 @@ def test_list_states_compute_after_torchmetrics_gathers_them(tmp_path):
         dist.destroy_process_group()
     for name, value in alone.items():
         assert str(gathered[name]) == str(value), name
+
+
+def test_host_states_gather_through_the_collective_device(tmp_path, monkeypatch):
+    """NCCL gathers CUDA tensors only: a host-side state goes through the current CUDA device;
+    gloo takes it where it is (and gives what torchmetrics' own gather gives)."""
+    import torch.distributed as dist
+    from torchmetrics.utilities.distributed import gather_all_tensors
+
+    from unigen.metrics.base import collective_device, gather_on_collective_device
+
+    def kid(**kwargs):
+        metric = KID(extractor=None, feature_dim=4, subsets=2, subset_size=4, **kwargs)
+        metric.update(None, True, features=_gauss(8, 4, 1).float())
+        metric.update(None, False, features=_gauss(8, 4, 2).float())
+        torch.manual_seed(0)  # KID draws its subsets
+        return metric.compute()
+
+    alone = kid()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert collective_device() is None
+        x = torch.arange(6.0).reshape(2, 3)
+        assert [t.tolist() for t in gather_on_collective_device(x)] == [t.tolist() for t in gather_all_tensors(x)]
+        assert str(kid(dist_sync_fn=gather_on_collective_device)) == str(alone)
+        monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+        assert collective_device() == torch.device("cuda", 3)
+    finally:
+        dist.destroy_process_group()

@@ -143,3 +143,29 @@ def test_ddp_on_two_cpu_processes_matches_one_process(shard_dir, tokenizer_dirs,
 
     assert gap("single", "ddp") < 1e-5  # float sums in another order, nothing more
     assert gap("single", "ddp_batch_noise") > 1e-3
+
+
+@pytest.mark.parametrize("accelerator", [
+    pytest.param("cpu", marks=pytest.mark.slow),  # gloo: host tensors gather as they are
+    pytest.param("gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                    reason="needs a CUDA device")]),
+])
+def test_validation_metrics_sync_under_ddp(accelerator, tokenizer_dirs, tmp_path):
+    """A one-process DDP run's validation computes and logs its recipe metrics: under NCCL (GPU)
+    neither the metrics' host-side states nor the logged values may stay on the CPU."""
+    import csv
+
+    _fit(["--config", str(ROOT / "recipes" / "debug" / "unified_debug.yaml"),
+          "--model.init_args.image_tokenizer", tokenizer_dirs["image_tokenizer"],
+          "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"],
+          "--trainer.accelerator", accelerator, "--trainer.devices", "1", "--trainer.strategy", "ddp",
+          "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+          "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+          "--trainer.default_root_dir", str(tmp_path / "run"),
+          "--model.init_args.val_sampling",
+          "{num_samples: 2, num_steps: 2, metrics: [vqa_exact_match, bleu4, compositional_accuracy]}"],
+         tmp_path)
+    with open(next((tmp_path / "run").rglob("metrics.csv"))) as fh:
+        logged = {k for row in csv.DictReader(fh) for k, v in row.items() if v}
+    assert {"val/vqa_exact_match", "val/bleu4", "val/t2i_checker_accuracy"} <= logged
+    assert any(k.startswith("val/compositional_accuracy") for k in logged)  # a host metric: not synced

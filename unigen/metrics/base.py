@@ -12,6 +12,7 @@ import inspect
 from abc import ABC, abstractmethod
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from unigen.registry import Registry
@@ -37,6 +38,28 @@ KINDS = (DISTRIBUTION, RECONSTRUCTION, TEXT_IMAGE, CAPTION, VQA, COMPOSITIONAL)
 # ``sample_fields() -> list[dict]``: one dict per sample of its last ``update`` call, which
 # ``unigen eval`` adds to those samples' records, so a run shows which samples failed and two runs
 # can be compared sample by sample (benchmarks/paired_eval.py).
+
+
+def collective_device(group: Any = None) -> torch.device | None:
+    """The device a collective on ``group`` needs its tensors on: the current CUDA device for an
+    NCCL-only group (NCCL gathers no host tensors), else None (gloo, or a group with a backend per
+    device, takes them where they are)."""
+    if torch.distributed.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
+
+
+def gather_on_collective_device(result: Tensor, group: Any = None) -> list[Tensor]:
+    """torchmetrics' ``gather_all_tensors`` for a metric whose state stays on the host under an
+    NCCL process group (a Lightning DDP run's validation metrics, kept off the model's device):
+    the state travels through the GPU and comes back, where the plain gather raises "No backend
+    type associated with device type cpu" (torchmetrics issue 2477).  Set as ``dist_sync_fn``."""
+    from torchmetrics.utilities.distributed import gather_all_tensors
+
+    device = collective_device(group)
+    if device is None or result.device == device:
+        return gather_all_tensors(result, group)
+    return [t.to(result.device) for t in gather_all_tensors(result.to(device), group)]
 
 
 def register_metric(name: str, kind: str):

@@ -141,7 +141,7 @@ class AutoregressiveModule(RecordsClassPath, FrozenImageTokenizer, EvaluationSta
         if batch is not None and self.hparams.val_sampling:
             metrics = log_ar_validation_samples(self, batch, **self.hparams.val_sampling, stage=stage)
             for key, value in metrics.items():
-                self.log(key, torch.tensor(value), sync_dist=True)
+                self.log(key, torch.tensor(value, device=self.device), sync_dist=True)  # NCCL: no host tensors
 
     # -- prediction ----------------------------------------------------------------------------------
     def predict_settings(self) -> dict[str, Any]:

@@ -97,7 +97,15 @@ def validation_metrics(module, metrics: list | dict | None,
     if cached is None or cached[0] != key:
         # object.__setattr__: an nn.Module attribute would register torchmetrics objects as
         # submodules, and their states would land in every checkpoint
-        object.__setattr__(module, _METRIC_CACHE, (key, build_recipe_metrics(metrics, resources)))
+        from torchmetrics import Metric
+
+        from unigen.metrics.base import gather_on_collective_device
+
+        built = build_recipe_metrics(metrics, resources)
+        for metric in built.values():
+            if isinstance(metric, Metric):  # its state stays on the host, also under NCCL
+                metric.dist_sync_fn = gather_on_collective_device
+        object.__setattr__(module, _METRIC_CACHE, (key, built))
     built = module.__dict__[_METRIC_CACHE][1]
     for metric in built.values():
         metric.reset()
@@ -244,5 +252,6 @@ def log_validation_samples(module, batch: dict[str, Any], num_samples: int = 8, 
             except RuntimeError as err:  # e.g. compositional accuracy without shapes scenes
                 raise ValueError(f"validation metric {name!r} could not be computed: {err}") from None
     for key, value in metrics.items():
-        module.log(key, torch.tensor(value), sync_dist=True)
+        # on the module's device: Lightning syncs a value where it lies, and NCCL takes no host tensors
+        module.log(key, torch.tensor(value, device=module.device), sync_dist=True)
     return metrics
