@@ -91,9 +91,13 @@ def _trainer(tmp_path, **kwargs) -> L.Trainer:
                      **kwargs)
 
 
-def test_resuming_mid_epoch_replays_the_exact_order(tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resuming_mid_epoch_replays_the_exact_order(tmp_path, num_workers):
+    # with workers the loader reads the sampler as soon as Lightning first calls iter(), before the
+    # epoch loop sets the epoch: the resumed epoch's order must already be in place then
     def data() -> ShapesDataModule:
-        return ShapesDataModule(image_size=16, batch_size=4, num_train=24, seed=7, task_text="qa")
+        return ShapesDataModule(image_size=16, batch_size=4, num_train=24, seed=7, task_text="qa",
+                                num_workers=num_workers)
 
     full = _Recorder()
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=8, save_top_k=-1,

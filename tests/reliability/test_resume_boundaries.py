@@ -21,7 +21,7 @@ EPOCH_ARGS = (*FAST, "--data.init_args.num_train", "8", "--trainer.val_check_int
 
 
 def _epoch_end_argv(root: Path, tokenizer_dirs: dict[str, str], validate: bool,
-                    resume: Path | None = None) -> list[str]:
+                    resume: Path | None = None, num_workers: int = 0) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     overlay = {"trainer": {
         "max_steps": 6, "default_root_dir": str(root), "enable_model_summary": False,
@@ -35,7 +35,8 @@ def _epoch_end_argv(root: Path, tokenizer_dirs: dict[str, str], validate: bool,
             "--model.init_args.text_tokenizer", tokenizer_dirs["text_tokenizer"],
             # validation once an epoch (where ModelCheckpoint then saves), or none at all
             "--trainer.check_val_every_n_epoch", "1",
-            "--trainer.limit_val_batches", "1" if validate else "0"]
+            "--trainer.limit_val_batches", "1" if validate else "0",
+            "--data.init_args.num_workers", str(num_workers)]
     return [*argv, "--ckpt_path", str(resume)] if resume else argv
 
 
@@ -56,16 +57,17 @@ def _batches_seen(monkeypatch) -> list[tuple[int, int, list[int]]]:
 RESUME_STATE = ("state_dict", "optimizer_states", "lr_schedulers", "global_step", "epoch", "loops")
 
 
-@pytest.mark.parametrize("validate", [True, False], ids=["validation_each_epoch", "no_validation"])
-def test_resuming_from_an_epoch_end_checkpoint_is_exact(validate, tokenizer_dirs, tmp_path,
+@pytest.mark.parametrize("validate, num_workers", [(True, 0), (False, 0), (False, 2)],
+                         ids=["validation_each_epoch", "no_validation", "loader_workers"])
+def test_resuming_from_an_epoch_end_checkpoint_is_exact(validate, num_workers, tokenizer_dirs, tmp_path,
                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)
     seen = _batches_seen(monkeypatch)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    main(_epoch_end_argv(ref, tokenizer_dirs, validate))
+    main(_epoch_end_argv(ref, tokenizer_dirs, validate, num_workers=num_workers))
     straight, seen[:] = list(seen), []
     (end_of_epoch_0,) = (ref / "checkpoints").glob("epoch=0-step=2.ckpt")
-    main(_epoch_end_argv(cut, tokenizer_dirs, validate, resume=end_of_epoch_0))
+    main(_epoch_end_argv(cut, tokenizer_dirs, validate, resume=end_of_epoch_0, num_workers=num_workers))
     # the resumed run trains exactly steps 2..5 of the straight run: same epoch, same batches
     assert seen == straight[2:]
     for step in (4, 6):  # the epoch-end checkpoints written after the resume, and the last one

@@ -170,6 +170,17 @@ def batches_done_this_epoch(trainer: L.Trainer | None, batches_per_epoch: int) -
     return done if done < batches_per_epoch else 0
 
 
+def epoch_to_train(trainer: L.Trainer | None) -> int:
+    """The epoch Lightning will pass to the sampler's ``set_epoch`` when training starts: 0 for a
+    new run, the restored one after a resume.  Set when the loader is built, because Lightning
+    first calls ``iter()`` on it before its epoch loop sets the epoch, and loader workers read the
+    sampler at that call (a resumed run is not iterated again): without it they would prefetch
+    epoch 0's order in whatever epoch the run resumes."""
+    fit = getattr(trainer, "fit_loop", None)
+    epochs = getattr(fit, "epoch_progress", None)  # stand-ins for a Trainer may have no epochs
+    return 0 if epochs is None else int(epochs.current.processed)
+
+
 class StatefulDataLoader(DataLoader):
     """A DataLoader whose checkpointed state is its data configuration: resuming with another
     configuration (seed, sample count, global batch) raises instead of silently changing the order."""
@@ -229,6 +240,7 @@ def epoch_loader(module: L.LightningDataModule, dataset: Dataset, order: Callabl
     settle_epoch_end_restore(trainer)
     world, rank = world_and_rank(trainer)
     sampler = DistributedEpochSampler(order, len(dataset), batch_size, world, rank, drop_last)
+    sampler.set_epoch(epoch_to_train(trainer))
     sampler.skip_batches(batches_done_this_epoch(trainer, sampler.batches_per_epoch))
     return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                               num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -247,5 +259,5 @@ def shuffled_loader(module: L.LightningDataModule, dataset: Dataset, seed: int, 
 
 
 __all__ = ["DistributedEpochSampler", "EpochShuffleSampler", "StatefulDataLoader",
-           "batches_done_this_epoch", "epoch_loader", "seeded_permutation",
+           "batches_done_this_epoch", "epoch_loader", "epoch_to_train", "seeded_permutation",
            "settle_epoch_end_restore", "shuffled_loader", "world_and_rank"]
