@@ -81,6 +81,7 @@ def test_the_grid_settings_and_codes_are_the_tokenizers_round_trip(dirs, tokeniz
             for i in range(2)]
     assert [r["ssim"] for r in results] == pytest.approx(ssim, abs=1e-5)
     assert settings["mean_psnr"] == pytest.approx(sum(psnr) / 2, abs=1e-4)
+    assert settings["mean_distinct_codes"] == sum(int(c.unique().numel()) for c in codes) / 2
     assert settings["tokenizer_type"] == "fsq" and settings["codebook_size"] == 125
     assert settings["image_size"] == SIZE and settings["code_grid"] == [8, 8]
     assert settings["resize"] == "none"

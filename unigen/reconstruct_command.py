@@ -163,7 +163,8 @@ def run(args: argparse.Namespace) -> None:
         "codebook_size": int(tok.codebook_size), "downsample_factor": int(tok.downsample_factor),
         "image_size": size, "code_grid": list(codes.shape[1:]), "resize": args.resize,
         "convert": args.convert, "device": device, "codes": None if codes_path is None else
-        str(codes_path), "results": rows, "mean_psnr": _mean(psnr), "mean_ssim": _mean(ssim)}))
+        str(codes_path), "results": rows, "mean_psnr": _mean(psnr), "mean_ssim": _mean(ssim),
+        "mean_distinct_codes": _mean([r["distinct_codes"] for r in rows])}))
     n = len(images)
     also = "" if codes_path is None else f"; codes in {codes_path}"
     print(f"wrote {out} ({n} image{'s' if n != 1 else ''}, mean {_mean(psnr):.1f} dB PSNR, SSIM "
