@@ -180,3 +180,45 @@ def test_unknown_type_names_the_module_that_saved_it(saved_fsq):
     with pytest.raises(KeyError) as err:
         ImageTokenizer.from_pretrained(saved_fsq)
     assert "my_pkg.toks" in err.value.args[0] and str(saved_fsq) in err.value.args[0]
+
+
+def test_a_tokenizer_without_weights_works_saves_and_loads(tmp_path, monkeypatch):
+    """A tokenizer need not learn anything (pixel binning): device and dtype come from its buffers,
+    or are the CPU and float32 when it holds no tensor at all."""
+    import torch.nn.functional as F
+
+    from unigen.tokenizers.base import IMAGE_TOKENIZERS, ImageTokenizer, register_tokenizer
+
+    monkeypatch.setattr(IMAGE_TOKENIZERS, "_items", dict(IMAGE_TOKENIZERS._items))  # registered for this test only
+
+    @register_tokenizer("test_pixel_bins")
+    class PixelBins(ImageTokenizer):
+        def __init__(self, bins: int = 4) -> None:
+            super().__init__()
+            self.bins = bins
+            self.config = {"bins": bins}
+
+        codebook_size = property(lambda self: self.bins ** 3)
+        downsample_factor = property(lambda self: 4)
+
+        def encode_codes(self, images):
+            q = (F.avg_pool2d(images, 4).clamp(0, 1) * self.bins).long().clamp_max(self.bins - 1)
+            return (q[:, 0] * self.bins + q[:, 1]) * self.bins + q[:, 2]
+
+        def decode_codes(self, codes):
+            b = self.bins
+            rgb = (torch.stack([codes // (b * b), codes // b % b, codes % b], 1).float() + 0.5) / b
+            return F.interpolate(rgb, scale_factor=4, mode="nearest")
+
+        def forward(self, images):
+            raise NotImplementedError
+
+    tok = PixelBins()
+    assert (tok.device, tok.dtype) == (torch.device("cpu"), torch.float32)
+    image = torch.rand(2, 3, 8, 8)
+    codes = tok.encode(image)
+    assert codes.shape == (2, 2, 2) and tok.decode(codes).shape == (2, 3, 8, 8)
+    tok.save_pretrained(tmp_path / "bins")
+    assert torch.equal(ImageTokenizer.from_pretrained(tmp_path / "bins").encode(image), codes)
+    tok.register_buffer("palette", torch.zeros(3, dtype=torch.float64))
+    assert tok.dtype == torch.float64

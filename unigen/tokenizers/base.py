@@ -9,6 +9,7 @@ registered type, format version and constructor arguments) and ``model.safetenso
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 from pathlib import Path
@@ -174,14 +175,23 @@ class ImageTokenizer(nn.Module, ABC):
         with eval_mode(self):
             return self.decode_codes(codes.to(self.device).long()).clamp(0.0, 1.0)
 
+    def _first_tensor(self) -> Tensor | None:
+        # a tokenizer need not learn anything (pixel binning): then its buffers say where it is
+        return next(itertools.chain(self.parameters(), self.buffers()), None)
+
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Device of the weights (or buffers); the CPU for a tokenizer that holds no tensors."""
+        tensor = self._first_tensor()
+        return torch.device("cpu") if tensor is None else tensor.device
 
     @property
     def dtype(self) -> torch.dtype:
-        """Dtype of the weights (images are cast to it before encoding)."""
-        return next(self.parameters()).dtype
+        """Dtype of the weights (images are cast to it before encoding); float32 for a tokenizer
+        with no floating-point tensors."""
+        floats = (t for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point())
+        tensor = next(floats, None)
+        return torch.float32 if tensor is None else tensor.dtype
 
     # -- persistence -----------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
