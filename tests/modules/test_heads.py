@@ -42,3 +42,53 @@ def test_shared_head_on_cuda_scores_what_the_plain_projection_scores():
         plain = F.linear(hidden, head.proj.weight)
     assert logits.shape == plain.shape == (300, 15439)
     assert torch.allclose(logits.float(), plain.float(), atol=2e-2, rtol=2e-2)
+
+
+class _LowRank(torch.nn.Module):
+    """The docs' plugin head (docs/extending.md, 'A head'): no extra_sizes, an option of its own."""
+
+    def __init__(self, dim: int, text_size: int, image_size: int, rank: int = 64) -> None:
+        super().__init__()
+        self.rank = rank
+        self.down = torch.nn.Linear(dim, rank, bias=False)
+        self.up = torch.nn.Linear(rank, text_size + image_size, bias=False)
+
+    def forward(self, hidden, vocab_limit=None):
+        weight = self.up.weight if vocab_limit is None else self.up.weight[:vocab_limit]
+        return F.linear(self.down(hidden), weight)
+
+
+@pytest.fixture
+def lowrank(monkeypatch):
+    monkeypatch.setattr(HEADS, "_items", dict(HEADS._items))  # registered for this test only
+    HEADS.register("test_lowrank")(_LowRank)
+    return "test_lowrank"
+
+
+def test_build_head_passes_options_and_refuses_what_a_head_cannot_take(lowrank):
+    from unigen.modules.heads import build_head
+
+    assert build_head(lowrank, 16, 10, 20, options={"rank": 4}).rank == 4
+    assert build_head("separate", 16, 10, 20, extra={"audio": 7})(torch.zeros(1, 16)).shape == (1, 37)
+    with pytest.raises(ValueError, match=r"^head 'test_lowrank' \(.*_LowRank\) does not take extra_sizes, "
+                                         r"which a model with the further modalities \['audio'\] needs"):
+        build_head(lowrank, 16, 10, 20, extra={"audio": 7})
+    with pytest.raises(ValueError, match=r"^head_kwargs: head 'test_lowrank' .* does not take rnak \(it takes rank\)"):
+        build_head(lowrank, 16, 10, 20, options={"rnak": 4})
+    with pytest.raises(ValueError, match=r"^head_kwargs: dim come from the model"):
+        build_head(lowrank, 16, 10, 20, options={"dim": 4})
+    with pytest.raises(ValueError, match="does not take rank .it takes no options"):
+        build_head("shared", 16, 10, 20, options={"rank": 4})
+
+
+def test_head_options_are_saved_with_the_pipeline(lowrank, tokenizer_dirs, tmp_path):
+    from tests.training.test_unified_module import make
+    from unigen.pipeline import UnifiedPipeline
+
+    module = make(tokenizer_dirs, head=lowrank, head_kwargs={"rank": 8})
+    assert module.net.head.rank == 8 and module.net.config["head_kwargs"] == {"rank": 8}
+    module.to_pipeline().save_pretrained(tmp_path / "p")
+    pipe = UnifiedPipeline.from_pretrained(tmp_path / "p")
+    assert pipe.transformer.head.rank == 8
+    assert torch.equal(pipe.transformer.head.down.weight, module.net.head.down.weight)
+    assert "head_kwargs" not in make(tokenizer_dirs).net.config  # none given: configs read as before

@@ -6,9 +6,10 @@ image codes.
 - ``shared``: one projection over the whole vocabulary (Show-o).
 - ``separate``: one projection per modality (UniDisc-style), concatenated into the unified id order.
 
-A head is built as ``Head(dim, text_size, image_size)``, plus ``extra_sizes=(n1, n2, ...)`` (the
-codebook sizes of further modalities, :mod:`unigen.modalities`, whose ids follow the image codes)
-only when the model has such segments.
+A head is built as ``Head(dim, text_size, image_size, **head_kwargs)`` (:func:`build_head`; the
+recipe's ``model.init_args.head_kwargs``, saved in the transformer's config), plus
+``extra_sizes=(n1, n2, ...)`` (the codebook sizes of further modalities, :mod:`unigen.modalities`,
+whose ids follow the image codes) only when the model has such segments.
 
 ``forward(hidden, vocab_limit=None)``: with ``vocab_limit`` only the first ``vocab_limit`` ids are
 scored.  Decoding text passes the text vocabulary's size: every image code is illegal at a text
@@ -25,6 +26,9 @@ reason.  Only the computation is padded: the weights and checkpoints keep the vo
 
 from __future__ import annotations
 
+import inspect
+from typing import Any, Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,6 +38,34 @@ from unigen.registry import Registry
 HEADS: Registry[type[nn.Module]] = Registry("output head")
 
 CUDA_OUTPUT_MULTIPLE = 64
+
+
+def build_head(name: str, dim: int, text_size: int, image_size: int,
+               extra: Mapping[str, int] | None = None, options: Mapping[str, Any] | None = None) -> nn.Module:
+    """The registered head ``name`` with the recipe's ``options`` (``head_kwargs``), and
+    ``extra_sizes`` when the model has further modalities (``extra``: name -> codebook size).  A head
+    that cannot take them is refused in one line naming what it lacks, before anything is built."""
+    cls = HEADS.get(name)
+    options = dict(options or {})
+    params = inspect.signature(cls).parameters
+    any_keyword = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    origin = f"head {name!r} ({cls.__module__}.{cls.__qualname__})"
+    if extra and "extra_sizes" not in params and not any_keyword:
+        raise ValueError(f"{origin} does not take extra_sizes, which a model with the further "
+                         f"modalities {list(extra)} needs (docs/extending.md, 'A head')")
+    reserved = sorted({"dim", "text_size", "image_size", "extra_sizes"} & set(options))
+    if reserved:
+        raise ValueError(f"head_kwargs: {', '.join(reserved)} come from the model, not the recipe")
+    unknown = [k for k in options if k not in params and not any_keyword]
+    if unknown:
+        takes = [k for k in params if k not in ("dim", "text_size", "image_size", "extra_sizes")]
+        raise ValueError(f"head_kwargs: {origin} does not take {', '.join(unknown)} "
+                         f"(it takes {', '.join(takes) or 'no options'})")
+    sizes: dict[str, Sequence[int]] = {"extra_sizes": tuple(extra.values())} if extra else {}
+    try:
+        return cls(dim, text_size, image_size, **sizes, **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"head_kwargs {options}: {origin} cannot use them ({err})") from None
 
 
 def aligned_linear(x: Tensor, weight: Tensor, multiple: int) -> Tensor:

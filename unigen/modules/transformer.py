@@ -28,6 +28,7 @@ recomputes the same masks); inference paths are untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,7 @@ from unigen.modules.attention import (
     AttentionPattern, KVBuffer, PrefixOrder, SelfAttention, attention_pattern,
     check_attention_backend,
 )
-from unigen.modules.heads import HEADS
+from unigen.modules.heads import build_head
 from unigen.modules.mlp import SwiGLU
 from unigen.modules.norm import RMSNorm
 from unigen.modules.position import LearnedPositions, MultimodalRotary
@@ -112,7 +113,7 @@ class UnifiedTransformer(nn.Module):
     def __init__(self, vocab: VocabLayout, sequence: SequenceLayout, dim: int = 256, depth: int = 6,
                  heads: int = 4, mlp_ratio: float = 4.0, qk_norm: bool = True,
                  position: str = "learned", head: str = "shared", dropout: float = 0.0,
-                 prefix_attention: bool = True) -> None:
+                 prefix_attention: bool = True, head_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_transformer_size(dim, depth, heads, mlp_ratio)
         if position not in ("learned", "rope"):
@@ -132,6 +133,8 @@ class UnifiedTransformer(nn.Module):
         self.prefix_attention = bool(prefix_attention)
         if not self.prefix_attention:
             self.config["prefix_attention"] = False
+        if head_kwargs:  # the head's own options (a plugin head's rank, say), when there are any
+            self.config["head_kwargs"] = dict(head_kwargs)
         self.position = position
         self._attention_backend = "sdpa"
         # recompute each block in backward instead of storing its activations (module docstring);
@@ -148,8 +151,7 @@ class UnifiedTransformer(nn.Module):
         self.norm = RMSNorm(dim)
         # extra segments' sizes only when there are any: a head written for text + image still
         # serves every model without a further modality
-        extra = {"extra_sizes": tuple(vocab.extra.values())} if vocab.extra else {}
-        self.head = HEADS.get(head)(dim, vocab.text_size, vocab.image_size, **extra)
+        self.head = build_head(head, dim, vocab.text_size, vocab.image_size, vocab.extra, head_kwargs)
         self.register_buffer("modality", sequence.modality(), persistent=False)
         self.register_buffer("grid_axes", sequence.grid_axes(), persistent=False)
         self.register_buffer("rope_axes", sequence.axes(), persistent=False)

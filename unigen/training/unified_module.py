@@ -71,6 +71,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         answer_len: 0, or the text positions a VQA answer is trained and decoded in (answer +
             ``<eos>`` + padding; later positions are given ``<pad>``); see ``SequenceLayout``.
         dim, depth, heads, mlp_ratio, qk_norm, position, head, dropout: the transformer.
+        head_kwargs: options of the output head (a registered plugin head's, e.g. ``{rank: 32}``),
+            saved in the exported transformer's config.
         tasks: task name -> sampling ratio (``t2i``, ``caption``, ``vqa``, ``joint``, ``text``,
             ``inpaint`` or any registered task).
         task_kwargs: task name -> constructor arguments, e.g. ``{caption: {text: descriptions}}``
@@ -144,7 +146,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
                  loss_reduction: str = "tokens", task_loss_weights: dict[str, float] | None = None,
                  answer_len: int = 0, attention: str = "sdpa",
                  modalities: dict[str, dict[str, Any]] | None = None,
-                 activation_checkpointing: bool = False, optimizer: str = "adamw") -> None:
+                 activation_checkpointing: bool = False, optimizer: str = "adamw",
+                 head_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         OPTIMIZERS.get(optimizer)  # an unknown name fails here, not when training starts
         if loss not in LOSS_KINDS:
@@ -194,7 +197,8 @@ class UnifiedModule(RecordsClassPath, FrozenImageTokenizer, FusedOptimizerClippi
         self.net = UnifiedTransformer(vocab, sequence, dim=hp.dim, depth=hp.depth, heads=hp.heads,
                                       mlp_ratio=hp.mlp_ratio, qk_norm=hp.qk_norm,
                                       position=hp.position, head=hp.head, dropout=hp.dropout,
-                                      prefix_attention=hp.get("prefix_attention", True))
+                                      prefix_attention=hp.get("prefix_attention", True),
+                                      head_kwargs=hp.get("head_kwargs"))
         if hp.get("init_weights"):
             from unigen.pipeline import load_transformer_weights
 
