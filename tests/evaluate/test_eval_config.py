@@ -33,6 +33,7 @@ def test_defaults_and_types():
     ("vqa.sampler", "greedy", "unknown sampler 'greedy' in tasks.vqa.sampler; known: ancestral"),
     ("vqa.metrics", ["vqa_exact_match", "vqa_exact_match"], "a metric is listed twice"),
     ("vqa.metrics", ["bleu"], "unknown metric 'bleu' in tasks.vqa.metrics; known: bleu4"),
+    ("vqa.metrics", ["bleu"], "(a custom one must be imported first: `--plugin MODULE`"),
     ("vqa.metrics", ["caption_fact_precision"],
      "metric 'caption_fact_precision' scores task 'caption', not tasks.vqa"),
     ("vqa.fid", True, "tasks.vqa.fid: FID compares generated images, only t2i makes any"),
@@ -41,7 +42,8 @@ def test_defaults_and_types():
     ("vqa.metrics", [], "tasks.vqa lists no metrics"),
     ("tasks", {"i2t": {}}, "unknown task 'tasks.i2t'; known: caption, fill, t2i, vqa"),
     ("data", {"split": "val"}, "recipe key 'data' needs 'source'"),
-    ("data.source", "coco", "unknown data source 'coco'; known: fashion_mnist, folder, shapes"),
+    ("data.source", "coco", "unknown data source 'coco'; known: fashion_mnist, folder, shapes (a custom "
+                            "one must be imported first: `--plugin MODULE`"),
     ("resources.clip", 3, "recipe key 'resources.clip' must be a string or null, got 3"),
     ("vqa.guidance_kwargs", {"intervl": [0.2, 1]},
      "tasks.vqa.guidance_kwargs: unknown option 'intervl'; the options are interval, schedule, min_scale"),

@@ -21,6 +21,7 @@ from unigen.evaluate.segment_tasks import eval_task, eval_task_names, is_eval_ta
 from unigen.metrics import METRICS
 from unigen.metrics.base import metric_entries as parse_metric_entries
 from unigen.metrics.base import metric_options
+from unigen.registry import PLUGIN_HINT
 from unigen.sampling import SAMPLERS, build_guidance
 
 
@@ -39,7 +40,7 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
                          f"{', '.join(EVAL_DATA.names())})")
     if cfg.data["source"] not in EVAL_DATA:
         raise ValueError(f"unknown data source {cfg.data['source']!r}; known: "
-                         f"{', '.join(EVAL_DATA.names())}")
+                         f"{', '.join(EVAL_DATA.names())} ({PLUGIN_HINT})")
     data_options(cfg.data)
     n = declared_num_samples(cfg.data)
     if n is not None and n < 1:
@@ -218,7 +219,7 @@ def metric_kind(name: str, task: str) -> str:
     if name not in METRICS:
         known = sorted({*METRICS.names(), *RECORD_METRICS.names()})
         raise ValueError(f"unknown metric {name!r} in tasks.{task}.metrics; known: "
-                         f"{', '.join(known)}")
+                         f"{', '.join(known)} ({PLUGIN_HINT})")
     kind = METRICS.get(name).kind
     if kind not in spec.record_kinds + spec.image_kinds:
         raise ValueError(f"metric {name!r} ({kind} metric) cannot score tasks.{task}; it takes "
