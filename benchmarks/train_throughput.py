@@ -184,6 +184,7 @@ class _StepTimer(L.Callback):
     def __init__(self, warmup: int, steps: int, device: torch.device, counter: HeadPositions) -> None:
         self.warmup, self.last, self.device, self.counter = warmup, warmup + steps - 1, device, counter
         self.start = self.cpu_start = self.seconds = self.cpu_seconds = 0.0
+        self.head_positions = 0  # over the timed steps only: a profiler's steps after them do not count
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.warmup - 1:
@@ -193,6 +194,7 @@ class _StepTimer(L.Callback):
             synchronize(self.device)
             self.seconds = time.perf_counter() - self.start
             self.cpu_seconds = time.process_time() - self.cpu_start
+            self.head_positions = self.counter.count
 
 
 def run_lightning(module, loader: DataLoader, device: torch.device, precision: str, steps: int,
@@ -211,7 +213,7 @@ def run_lightning(module, loader: DataLoader, device: torch.device, precision: s
     _peak_memory_reset(device)
     trainer.fit(module, train_dataloaders=loader)
     counter.close()
-    return LoopResult("lightning", mode, steps, timer.seconds, timer.cpu_seconds, counter.count,
+    return LoopResult("lightning", mode, steps, timer.seconds, timer.cpu_seconds, timer.head_positions,
                       _peak_memory_mb(device))
 
 
