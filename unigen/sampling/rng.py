@@ -65,8 +65,14 @@ def rand_rows(
     if isinstance(generator, torch.Generator):
         return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
     check_generator(generator, shape[0])
-    rows = [torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype).to(device) for g in generator]
-    return torch.stack(rows) if rows else torch.empty(shape, device=device, dtype=dtype)
+    if not generator:
+        return torch.empty(shape, device=device, dtype=dtype)
+    homes = {g.device for g in generator}
+    if len(homes) == 1:  # stacked where drawn, then one copy: a decode step is one transfer, not B
+        return torch.stack([torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype)
+                            for g in generator]).to(device)
+    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype).to(device)
+                        for g in generator])
 
 
 def gumbel_rows(
