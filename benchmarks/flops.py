@@ -72,13 +72,15 @@ def training_flops(shape: TransformerShape, num_sequences: int, head_positions: 
 
 
 def masked_decode_flops(shape: TransformerShape, prefix_len: int, rows_per_call: int, calls: int,
-                        prefix_cache: bool) -> int:
+                        prefix_cache: bool, logit_positions: int | None = None) -> int:
     """Masked-diffusion decoding (``unigen.sampling.decode``): each call runs the whole sequence with
-    logits everywhere, or, with the prefix cache, one prefill of the ``prefix_len`` condition positions
+    logits at ``logit_positions`` of each row (default: everywhere; the pipeline asks for the decoded
+    segment only), or, with the prefix cache, one prefill of the ``prefix_len`` condition positions
     and then only the other positions (logits there) against all keys."""
     s = shape.seq_len
     if not prefix_cache:
-        return calls * forward_flops(shape, rows_per_call, rows_per_call * s)
+        per_row = s if logit_positions is None else logit_positions
+        return calls * forward_flops(shape, rows_per_call, rows_per_call * per_row)
     rest = s - prefix_len
     prefill = forward_flops(shape, rows_per_call, 0, query_len=prefix_len, key_len=prefix_len)
     return prefill + calls * forward_flops(shape, rows_per_call, rows_per_call * rest, query_len=rest, key_len=s)

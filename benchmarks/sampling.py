@@ -138,7 +138,8 @@ def case_flops(pipe: UnifiedPipeline, tb: TaskBatch, case: Case, calls: int, row
     if case.model == "autoregressive":
         total = ar_decode_flops(shape, seq.image.start, seq.num_image_tokens, rows // calls, case.cache)
     else:
-        total = masked_decode_flops(shape, int(tb.prefix[0].sum()), rows // calls, calls, case.cache)
+        decoded = int(pipe.decode_positions(tb.target).numel())  # the pipeline's logits: that segment only
+        total = masked_decode_flops(shape, int(tb.prefix[0].sum()), rows // calls, calls, case.cache, decoded)
     return total / len(tb.tokens)
 
 

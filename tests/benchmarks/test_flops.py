@@ -113,6 +113,27 @@ def test_masked_decode_flops_match_torchs_counter(cache, scale):
     assert flops == expected
 
 
+def test_uncached_masked_decode_flops_count_logits_at_the_decoded_positions_only():
+    """The pipeline's uncached decode asks for the image segment's logits only, as the benchmark
+    counts them (``logit_positions``); counting logits everywhere overstated its FLOPs."""
+    net = make_net()
+    b, mask_id = 2, SPECIALS["<mask>"]
+    tokens = torch.randint(VOCAB.text_size, VOCAB.total_size, (b, SEQ.length))
+    target = torch.zeros_like(tokens, dtype=torch.bool)
+    target[:, SEQ.image] = True
+    prefix = ~target[0]
+    positions = target[0].nonzero().squeeze(-1)
+
+    def model_fn(x):
+        return net(x, prefix.expand(x.shape[0], -1), positions=positions)
+
+    flops = counted(lambda: decode(model_fn, tokens, target, build_sampler("maskgit", mask_id=mask_id),
+                                   num_steps=3, generator=make_generators(range(b)), positions=positions))
+    shape = TransformerShape.of(net)
+    assert flops == masked_decode_flops(shape, int(prefix.sum()), b, 3, False, len(positions))
+    assert flops < masked_decode_flops(shape, int(prefix.sum()), b, 3, False)
+
+
 @pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("scale", [1.0, 2.0])
 def test_ar_decode_flops_match_torchs_counter(cache, scale):
