@@ -251,6 +251,27 @@ def test_check_caption_against_image():
     assert isinstance(good.correct, bool) and isinstance(missing.correct, bool)
 
 
+def test_exact_verdicts_refuse_objects_the_prompt_does_not_name():
+    """GenEval's verdict passes a prompt's objects among others; ``exact`` does not, so a fixed
+    image showing many kinds cannot pass single-object prompts wholesale."""
+    image = render(Scene([ShapeObject("circle", "red", "large", 0, 0),
+                          ShapeObject("square", "blue", "small", 2, 2)]))
+    one = check(image, "a red circle")
+    assert one.correct and one.named == 1 and one.unrequested and not one.exact
+    both = check(image, "a red circle to the left of a blue square")
+    assert both.correct and both.named == 2 and not both.unrequested and both.exact
+    wrong = check(image, "two red circles and a blue square")
+    assert not wrong.correct and not wrong.exact and not wrong.unrequested  # 3 named, 2 seen
+    scene = Scene([ShapeObject("star", "green", "small", 1, 1)])
+    assert check(render(scene), scene).exact and check(render(scene), "a green star").exact
+    catalogue = Scene([ShapeObject(shape, color, "small", i // 3, i % 3)
+                       for i, (shape, color) in enumerate(zip(SHAPES[:6], COLORS[:6]))])
+    many = render(catalogue)
+    for spec in catalogue.objects:  # each of its kinds, asked for alone
+        verdict = check(many, f"a {spec.color} {spec.shape}")
+        assert verdict.correct and verdict.unrequested and not verdict.exact
+
+
 @pytest.mark.parametrize("text, category", [
     ("a star", "single_object"),
     ("a red star", "colors"),

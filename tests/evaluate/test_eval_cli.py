@@ -46,6 +46,12 @@ def test_debug_eval_writes_results_report_and_plots(pipeline_dir, debug_run):
     assert [(r["index"], r["seed"]) for r in t2i] == [(i, i) for i in range(8)]
     assert metrics["compositional_accuracy/sample_accuracy"] == pytest.approx(
         sum(r["correct"] for r in t2i) / 8)
+    # exact: correct with nothing but the named objects; unrequested: more objects than named
+    assert all(r["exact"] == (r["correct"] and r["detected"] == r["named"]) for r in t2i)
+    assert all(r["unrequested"] == (r["detected"] > r["named"]) and r["named"] >= 1 for r in t2i)
+    assert metrics["exact_accuracy"] == pytest.approx(sum(r["exact"] for r in t2i) / 8)
+    assert metrics["unrequested_objects"] == pytest.approx(sum(r["unrequested"] for r in t2i) / 8)
+    assert metrics["exact_accuracy"] <= metrics["compositional_accuracy/sample_accuracy"]
     assert meta["model"] == str(pipeline_dir) and meta["seed"] == 0 and meta["batch_size"] == 4
     assert meta["data"] == {"source": "shapes", "split": "heldout", "num_samples": 8, "seed": 0,
                             "image_size": 32}

@@ -171,7 +171,8 @@ def test_shipped_recipes_parse():
                            "image_size": 64}
     t2i = shapes.tasks["t2i"]
     assert (t2i.sampler, t2i.num_steps, t2i.guidance_scale, t2i.fid) == ("maskgit", 16, 2.0, True)
-    assert t2i.metrics == ["compositional_accuracy", "empty_images", "precision_recall"]
+    assert t2i.metrics == ["compositional_accuracy", "exact_accuracy", "unrequested_objects", "empty_images",
+                           "precision_recall"]
     assert shapes.tasks["caption"].metrics == ["bleu4", "cider_d", "caption_fact_precision",
                                                "caption_attribute_recall"]
     assert shapes.tasks["vqa"].metrics == ["vqa_exact_match"]

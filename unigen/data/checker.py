@@ -75,13 +75,28 @@ class Fact:
 
 @dataclass
 class CheckResult:
-    """``attributes``: attribute name -> all of its facts hold; ``correct``: all attributes hold."""
+    """``attributes``: attribute name -> all of its facts hold; ``correct``: all attributes hold.
+    ``named``: the objects the prompt (or scene) names, so ``unrequested`` / ``exact`` can tell a
+    right image from one that also shows objects nobody asked for, which a GenEval-style verdict
+    does not mind (a fixed image showing every held-out kind once passes every single-object and
+    two-object prompt of them)."""
 
     correct: bool
     attributes: dict[str, bool]
     category: str
     facts: list[Fact] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
+    named: int | None = None
+
+    @property
+    def unrequested(self) -> bool:
+        """More objects detected than named (None when ``named`` is unknown)."""
+        return None if self.named is None else len(self.detections) > self.named
+
+    @property
+    def exact(self) -> bool:
+        """Correct, and nothing else in the image: as many objects detected as named."""
+        return self.correct and self.named is not None and len(self.detections) == self.named
 
 
 # -- image input ---------------------------------------------------------------------------------
@@ -475,11 +490,12 @@ def evaluate_query(query: SceneQuery, detections: Sequence[Detection]) -> list[F
     return facts
 
 
-def _summarise(facts: list[Fact], category: str, detections: list[Detection]) -> CheckResult:
+def _summarise(facts: list[Fact], category: str, detections: list[Detection], named: int
+               ) -> CheckResult:
     attributes: dict[str, bool] = {}
     for f in facts:
         attributes[f.attribute] = attributes.get(f.attribute, True) and f.holds
-    return CheckResult(all(attributes.values()), attributes, category, facts, detections)
+    return CheckResult(all(attributes.values()), attributes, category, facts, detections, named)
 
 
 _OBJECT_ATTRIBUTES = ("shape", "color", "size", "position")
@@ -527,7 +543,7 @@ def check_scene(image: Image.Image | np.ndarray | torch.Tensor | None, scene: Sc
         if j is not None:
             wrong = _mismatches(o, dets[j])
             facts += [Fact(a, name, a not in wrong) for a in _OBJECT_ATTRIBUTES]
-    return _summarise(facts, SCENE_CATEGORY, dets)
+    return _summarise(facts, SCENE_CATEGORY, dets, len(scene.objects))
 
 
 def check(image: Image.Image | np.ndarray | torch.Tensor, target: Scene | SceneQuery | str
@@ -540,7 +556,13 @@ def check(image: Image.Image | np.ndarray | torch.Tensor, target: Scene | SceneQ
         raise TypeError(f"check target must be a Scene, SceneQuery or str, got "
                         f"{type(target).__name__}")
     dets = detect(image)
-    return _summarise(evaluate_query(query, dets), query.category, dets)
+    return _summarise(evaluate_query(query, dets), query.category, dets, named_objects(query))
+
+
+def named_objects(query: SceneQuery | str) -> int:
+    """How many objects a prompt names (each phrase's count)."""
+    query = parse_caption(query) if isinstance(query, str) else query
+    return sum(g.count for g in query.groups)
 
 
 # -- caption metrics -----------------------------------------------------------------------------

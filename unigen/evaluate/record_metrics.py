@@ -87,6 +87,26 @@ class EmptyImages(RecordMean):
     higher_is_better = False
 
 
+@RECORD_METRICS.register("exact_accuracy")
+class ExactAccuracy(RecordMean):
+    """Fraction of generated images the shapes checker passes *and* that show nothing beyond
+    what the prompt names (as many objects detected as named, unknown blobs included).  GenEval's
+    verdict, like ``compositional_accuracy``'s, does not mind extra objects: an image showing every
+    kind once passes every single-object prompt.  The shapes world's prompts describe whole
+    scenes, so here an extra object is an error too."""
+
+    task, field, needs_checks = "t2i", "exact", ("compositional",)
+
+
+@RECORD_METRICS.register("unrequested_objects")
+class UnrequestedObjects(RecordMean):
+    """Fraction of generated images with more objects detected than the prompt names.  Lower is
+    better."""
+
+    task, field, needs_checks = "t2i", "unrequested", ("compositional",)
+    higher_is_better = False
+
+
 @RECORD_METRICS.register("model_calls")
 class ModelCalls(RecordMean):
     """Mean network calls per sample (``decode``'s per-row count: what the sample costs decoded

@@ -81,7 +81,8 @@ def verdict_fields(result: Any) -> dict[str, Any]:
     what ``compositional_accuracy`` and ``empty_images`` read."""
     return {"correct": result.correct, "category": result.category,
             "attributes": result.attributes, "detected": len(result.detections),
-            "empty": not result.detections}
+            "empty": not result.detections, "named": result.named,
+            "unrequested": result.unrequested, "exact": result.exact}
 
 
 def _generate_t2i(pipe, settings: TaskSettings, samples: Sequence[EvalSample], seeds: list[int],
