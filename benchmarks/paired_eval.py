@@ -29,6 +29,7 @@ import math  # noqa: E402
 from typing import Any  # noqa: E402
 
 from unigen import io  # noqa: E402
+from unigen.data.checker import named_objects  # noqa: E402
 from unigen.metrics import CAPTION, DISTRIBUTION, METRICS  # noqa: E402
 from unigen.metrics.text_normalize import normalize_caption  # noqa: E402
 from unigen.metrics.vqa import exact_matches  # noqa: E402
@@ -44,6 +45,11 @@ SCORES = {
     ("caption", "caption_exact_match"): (("caption", "references"), lambda r: float(
         exact_matches([r["caption"]], [r["references"]], normalize_caption)[0])),
     ("t2i", "compositional_accuracy/sample_accuracy"): (("correct",), lambda r: float(r["correct"])),
+    # from the verdict, the detections and the prompt: also for records written before "exact" was
+    ("t2i", "exact_accuracy"): (("correct", "detected", "prompt"), lambda r: float(
+        r["correct"] and r["detected"] == named_objects(r["prompt"]))),
+    ("t2i", "unrequested_objects"): (("detected", "prompt"), lambda r: float(
+        r["detected"] > named_objects(r["prompt"]))),
     ("t2i", "class_accuracy"): (("class_correct",), lambda r: float(r["class_correct"])),
 }
 

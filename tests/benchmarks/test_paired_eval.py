@@ -99,3 +99,21 @@ def test_captions_pair_on_exact_reference_matches(tmp_path):
     assert (row["score"], row["a"], row["b"]) == ("caption_exact_match", pytest.approx(2 / 3),
                                                   pytest.approx(2 / 3))
     assert row["a_minus_b"] == pytest.approx(0.0) and row["standard_error"] > 0  # +1, 0, -1
+
+
+def test_exact_accuracy_is_scored_from_the_verdict_detections_and_prompt(tmp_path):
+    """Records written before ``exact`` existed still give it: correct, and as many objects
+    detected as the prompt names."""
+    prompts = ["a red circle", "two blue squares", "a star and a circle"]
+    write_records(tmp_path / "a", [
+        {"task": "t2i", "index": i, "correct": True, "detected": d, "prompt": p}
+        for i, (p, d) in enumerate(zip(prompts, (1, 3, 2)))])
+    write_records(tmp_path / "b", [
+        {"task": "t2i", "index": i, "correct": c, "detected": d, "prompt": p}
+        for i, (p, c, d) in enumerate(zip(prompts, (True, False, True), (2, 2, 2)))])
+    result = main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out", str(tmp_path / "r.json")])
+    rows = {r["score"]: r for r in result["comparisons"]}
+    assert rows["exact_accuracy"]["a"] == pytest.approx(2 / 3)  # the squares' image shows a third
+    assert rows["exact_accuracy"]["b"] == pytest.approx(1 / 3)  # only the star and circle is exact
+    assert rows["unrequested_objects"]["a"] == pytest.approx(1 / 3)
+    assert rows["unrequested_objects"]["b"] == pytest.approx(1 / 3)
