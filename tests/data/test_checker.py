@@ -16,7 +16,7 @@ from unigen.data.checker import (
     prompt_category, scene_detections, segment_colors,
 )
 from unigen.data.shapes import (
-    ALL_CELLS, COLORS, SHAPES, SIZE_EXTENTS, ObjectSpec, Relation, Scene, SceneQuery, ShapeObject,
+    ALL_CELLS, COLORS, PALETTE, SHAPES, SIZE_EXTENTS, ObjectSpec, Relation, Scene, SceneQuery, ShapeObject,
     ShapesWorld, caption_queries, captions, polygon_coverage, render, render_array,
     render_tensor, sample_scene, shape_outline,
 )
@@ -358,3 +358,27 @@ def test_sizes_are_separable():
                                 ShapeObject("circle", "red", "large", 0, 1, extent=large_lo)]), 32))
     assert [d.size for d in dets] == ["small", "large"]
 
+
+
+def test_a_colour_flooding_the_frame_is_no_object_of_the_world():
+    """World objects span at most 0.8 of a cell; a full-frame colour once read as a large square
+    in the centre (score 1.0) and passed "a large red square in the center"."""
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[...] = PALETTE["red"]
+    (flood,) = detect(red)
+    assert flood.shape == "unknown" and flood.color == "red"
+    assert not check(red, "a large red square in the center").correct
+    largest = Scene([ShapeObject("square", "red", "large", 1, 1, extent=0.8)])
+    assert check(render(largest), largest).correct and detect(render(largest))[0].shape == "square"
+
+
+def test_a_phrase_repeated_or_related_to_its_own_kind_needs_two_objects():
+    one = render(Scene([ShapeObject("circle", "red", "large", 0, 1)]))
+    for prompt in ("a red circle and a red circle", "a red circle above a red circle",
+                   "a circle to the left of a circle"):
+        assert not check(one, prompt).correct, prompt  # once true of a single circle
+    two = render(Scene([ShapeObject("circle", "red", "small", 0, 1),
+                        ShapeObject("circle", "red", "small", 2, 1)]))
+    assert check(two, "a red circle and a red circle").correct
+    assert check(two, "a red circle above a red circle").correct
+    assert not check(two, "a red circle to the left of a red circle").correct

@@ -43,6 +43,9 @@ MIN_AREA_FRACTION = 0.02  # components smaller than this fraction of a cell are 
 FIT_BLURS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # Gaussian sigmas (px) tried on each model
 FIT_MARGIN = 3  # pixels around a component's box that may hold its faint (blurred) edges
 MIN_SHAPE_SCORE = 0.5  # soft IoU below which even the best shape model does not fit the object
+# the world draws objects up to 0.8 of a cell: a fitted extent a quarter beyond that (a colour
+# flooding the frame, a background) is no object of the world, whatever shape fits it best
+MAX_EXTENT = 1.0  # in cells
 SCENE_CATEGORY = "scene"  # category of an exhaustive scene check (not a GenEval prompt category)
 
 
@@ -306,7 +309,8 @@ def detect(image: Image.Image | np.ndarray | torch.Tensor, *, min_alpha: float =
         cx, cy = fit.cx + region[0], fit.cy + region[1]
         extent = fit.extent / cell
         out.append(Detection(
-            shape=fit.shape if fit.score >= min_shape_score else "unknown", color=COLORS[color],
+            shape=fit.shape if fit.score >= min_shape_score and extent <= MAX_EXTENT else "unknown",
+            color=COLORS[color],
             size="large" if extent > SIZE_THRESHOLD else "small",
             row=min(max(int(cy / cell), 0), GRID - 1), col=min(max(int(cx / cell), 0), GRID - 1),
             bbox=bbox, area=int(areas[k]), shape_score=fit.score))
@@ -431,12 +435,13 @@ def _matches(spec: ObjectSpec, detections: Sequence[Detection]) -> list[Detectio
 
 
 def _listed(query: SceneQuery, g: ObjectSpec) -> list[ObjectSpec]:
-    """The phrases read together with ``g``: when ``g`` names a cell, every phrase of the query
-    with g's shape, color and size that names a cell (g included), else g alone."""
-    if g.cell is None:
-        return [g]
+    """The phrases read together with ``g``: every phrase of the query with g's shape, color and
+    size that, like g, names a cell, or like g names none (g included).  "a red circle and a red
+    circle" asks for two red circles, as "a red circle in the top left and a red circle in the
+    top right" does."""
     kind = (g.shape, g.color, g.size)
-    return [h for h in query.groups if h.cell is not None and (h.shape, h.color, h.size) == kind]
+    return [h for h in query.groups
+            if (h.cell is None) == (g.cell is None) and (h.shape, h.color, h.size) == kind]
 
 
 def _phrase_facts(query: SceneQuery, g: ObjectSpec, detections: Sequence[Detection]
@@ -474,17 +479,22 @@ def evaluate_query(query: SceneQuery, detections: Sequence[Detection]) -> list[F
     circle in the top right": same shape, color and size, each naming a cell) are read together:
     ``count`` is their summed count, and ``position`` says that every match lies in one of their
     cells and g's cell holds ``g.count`` of them.  A kind named in one cell only keeps the reading
-    above.
+    above.  Phrases of one kind naming no cell ("a red circle and a red circle") are read together
+    for ``count`` the same way.
 
-    Per relation: both sides have matches and the relation holds for every pair (grid columns for
-    left/right, grid rows for above/below)."""
+    Per relation: both sides have matches and the relation holds for every pair of two distinct
+    objects (grid columns for left/right, grid rows for above/below); between two phrases of one
+    kind ("a red circle above a red circle") for some such pair."""
     facts = [f for g in query.groups for f in _phrase_facts(query, g, detections)]
     for r in query.relations:
         a, b = _matches(query.groups[r.subject], detections), _matches(query.groups[r.object],
                                                                        detections)
         holds = RELATIONS[r.relation]
-        ok = bool(a) and bool(b) and all(holds(*x.cell, *y.cell) for x in a for y in b
-                                         if x is not y)
+        # two objects at least: "a circle above a circle" is not true of one circle; between two
+        # phrases of one kind every object is on both sides, so some pair must hold, not all
+        pairs = [(x, y) for x in a for y in b if x is not y]
+        same_kind = a == b
+        ok = bool(pairs) and (any if same_kind else all)(holds(*x.cell, *y.cell) for x, y in pairs)
         facts.append(Fact("relation", f"{query.groups[r.subject].text()} {r.relation} "
                                       f"{query.groups[r.object].text()}", ok))
     return facts
