@@ -217,7 +217,15 @@ def test_every_error_is_one_line_before_the_weights_are_read(models, tmp_path, c
         line = error_line(["--model", layout, "--task", task, *given, "--out",
                            tmp_path / f"o.{ext}"], capsys)
         assert message in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bytes.json"]  # nothing written
+    # the rows written beside a grid are NAME.json: never the layout file read (--layout or --input)
+    mine = tmp_path / "plan.json"
+    mine.write_text(scene.read_text())
+    for given in (["--layout", mine], ["--input", f"layout={mine}"]):
+        line = error_line(["--model", layout, "--task", "layout2i", *given, "--out", tmp_path / "plan.png"],
+                          capsys)
+        assert f"the rows file {mine} is an input of this command" in line, line
+    assert mine.read_text() == scene.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bytes.json", "plan.json"]  # nothing written
 
 
 def test_a_plugin_modality_from_the_docs_runs_from_the_command_line(text_tokenizer_dir,

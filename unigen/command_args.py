@@ -90,6 +90,10 @@ def _input_files(args: argparse.Namespace) -> list[Path]:
         if key in OUTPUT_ARGS:
             continue
         for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, tuple):  # the task verb's inputs: (segment, flag, value)
+                segment, _, item = item
+                if isinstance(item, str) and segment is None:  # --input SEGMENT=VALUE
+                    item = item.split("=", 1)[-1]
             if isinstance(item, str):
                 item = item.split("=", 1)[-1] if key == "input" else item
                 if os.path.isfile(item):
