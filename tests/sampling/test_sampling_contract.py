@@ -133,3 +133,17 @@ def test_make_sampler_copies_a_sampler_object_and_fills_what_it_left_unset():
     assert (given.mask_id, given.eos_id, given.pad_id) == (None, None, None)
     kept = make_sampler(SemiARSampler(eos_id=5), mask_id=MASK, special_ids={"eos_id": 4, "pad_id": 0})
     assert (kept.eos_id, kept.pad_id) == (5, 0)
+
+
+@pytest.mark.parametrize("sampler, option", [
+    ("maskgit", "temperature"), ("maskgit", "choice_temperature"), ("ancestral", "temperature"),
+    ("confident", "choice_temperature"), ("remask", "temperature"), ("halton", "temperature")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.5])
+def test_temperatures_must_be_finite_when_the_sampler_is_built(sampler, option, value):
+    """A NaN temperature passed ``< 0`` and failed mid-decode, blaming the logits (and `unigen
+    eval` had already removed the earlier run's results by then)."""
+    with pytest.raises(ValueError, match=f"{option} must be a finite number >= 0, got {value!r}"):
+        make_sampler(sampler, {option: value}, mask_id=MASK)
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        sample_tokens(torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool), float("nan"),
+                      torch.Generator().manual_seed(0))

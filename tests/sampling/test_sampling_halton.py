@@ -97,7 +97,8 @@ def test_the_arccos_schedule_reveals_more_early_than_cosine():
 @pytest.mark.parametrize("options, message", [
     ({"grid": [4]}, "grid must be two positive integers"),
     ({"grid": [4, 0]}, "grid must be two positive integers"),
-    ({"temperature": -1}, "temperature must be >= 0"),
+    ({"temperature": -1}, "temperature must be a finite number >= 0"),
+    ({"temperature": float("nan")}, "temperature must be a finite number >= 0, got nan"),
 ])
 def test_bad_options_are_one_line_naming_them(options, message):
     with pytest.raises(ValueError, match=message) as err:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from unigen.diffusion.schedules import NoiseSchedule
 from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, resolve_schedule
-from unigen.sampling.categorical import sample_tokens
+from unigen.sampling.categorical import check_temperatures, sample_tokens
 from unigen.sampling.rng import GeneratorArg, rand_rows
 
 
@@ -28,8 +28,7 @@ class AncestralSampler(Sampler):
         self, schedule: str | NoiseSchedule = "linear", temperature: float = 1.0, mask_id: int | None = None
     ) -> None:
         super().__init__(mask_id=mask_id)
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        check_temperatures(temperature=temperature)
         self.schedule = resolve_schedule(schedule)
         self.temperature = float(temperature)
 

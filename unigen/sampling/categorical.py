@@ -13,6 +13,9 @@ vocabulary (``benchmarks/sampler_overhead.py``).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -24,6 +27,15 @@ CDF_BLOCK = 128
 
 NO_LEGAL_TOKEN = "logits give no legal token at some position (all -inf once mask_id is removed, or NaN)"
 
+
+
+def check_temperatures(**values: Any) -> None:
+    """Each ``name=value`` a finite number >= 0 (a NaN passes ``< 0`` and would only fail inside
+    the decode, with a message about the logits)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 def legal_logits(logits: Tensor, mask_id: int) -> Tensor:
     """Float32 logits with ``mask_id`` forbidden: a sampler must never emit the mask token.
@@ -51,8 +63,7 @@ def sample_tokens(logits: Tensor, where: Tensor, temperature: float, generator: 
     already (reused at temperature 1).  Only the ``where`` positions must have a legal token: a
     given position's logits are never read, so a model may leave them all ``-inf``.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    check_temperatures(temperature=temperature)
     if where.shape != logits.shape[:-1]:
         raise ValueError(f"where must be shaped like logits without the vocabulary axis, got {tuple(where.shape)}")
     if temperature == 0:

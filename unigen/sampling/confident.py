@@ -26,6 +26,7 @@ from torch import Tensor
 
 from unigen.diffusion.schedules import NoiseSchedule
 from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, resolve_schedule
+from unigen.sampling.categorical import check_temperatures
 from unigen.sampling.confidence import check_measure, sample_with_confidence
 from unigen.sampling.reveal_rules import REVEAL_RULES, check_rule
 from unigen.sampling.rng import GeneratorArg
@@ -61,9 +62,7 @@ class ConfidentSampler(Sampler):
         mask_id: int | None = None,
     ) -> None:
         super().__init__(mask_id=mask_id)
-        if temperature < 0 or choice_temperature < 0:
-            raise ValueError(f"temperature and choice_temperature must be >= 0, got {temperature}, "
-                             f"{choice_temperature}")
+        check_temperatures(temperature=temperature, choice_temperature=choice_temperature)
         self.threshold = float(threshold)
         self.confidence = check_measure(confidence)
         self.temperature = float(temperature)

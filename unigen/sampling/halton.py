@@ -23,6 +23,7 @@ from torch import Tensor
 
 from unigen.diffusion.schedules import NoiseSchedule
 from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, resolve_schedule
+from unigen.sampling.categorical import check_temperatures
 from unigen.sampling.confidence import sample_with_confidence
 from unigen.sampling.rng import GeneratorArg
 from unigen.sampling.selection import masked_counts, reveal_counts, select_top_k
@@ -127,8 +128,7 @@ class HaltonSampler(Sampler):
     def __init__(self, schedule: str | NoiseSchedule = "arccos", temperature: float = 1.0,
                  grid: tuple[int, int] | list[int] | None = None, mask_id: int | None = None) -> None:
         super().__init__(mask_id=mask_id)
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        check_temperatures(temperature=temperature)
         if grid is not None:
             if (len(grid) != 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
                                       for n in grid)):

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from unigen.diffusion.schedules import NoiseSchedule
 from unigen.sampling.base import SAMPLERS, Sampler, SamplerOutput, resolve_schedule
+from unigen.sampling.categorical import check_temperatures
 from unigen.sampling.confidence import check_measure, sample_with_confidence
 from unigen.sampling.rng import GeneratorArg
 from unigen.sampling.selection import choice_scores, masked_counts, reveal_counts, select_top_k
@@ -44,8 +45,7 @@ class MaskGITSampler(Sampler):
         mask_id: int | None = None,
     ) -> None:
         super().__init__(mask_id=mask_id)
-        if temperature < 0 or choice_temperature < 0:
-            raise ValueError("temperature and choice_temperature must be >= 0")
+        check_temperatures(temperature=temperature, choice_temperature=choice_temperature)
         self.schedule = resolve_schedule(schedule)
         self.temperature = float(temperature)
         self.choice_temperature = float(choice_temperature)
