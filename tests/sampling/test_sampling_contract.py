@@ -86,6 +86,9 @@ def test_num_steps_is_checked_in_one_place():
     for bad in (True, None):
         with pytest.raises(TypeError, match="num_steps must be a positive integer"):
             check_num_steps(bad)
+    assert check_num_steps(1_000_000) == 1_000_000
+    with pytest.raises(ValueError, match="num_steps must be at most 1,000,000 .* got 1000000000"):
+        check_num_steps(10**9)  # its schedule alone once took 22 GB before anything was refused
     tokens, is_masked = make_batch(1)
     result = decode(DummyNet(), tokens, is_masked, MaskGITSampler(mask_id=MASK), num_steps=4.0,
                     generator=generators([0]))

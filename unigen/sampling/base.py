@@ -44,6 +44,9 @@ class SamplerOutput:
     confidence: Tensor | None = None  # [B, S] float, the measure the sampler ranked by (if any)
 
 
+MAX_NUM_STEPS = 1_000_000
+
+
 def check_num_steps(num_steps: Any, name: str = "num_steps") -> int:
     """``num_steps`` as a positive ``int``: the one check every entry point (``set_timesteps``,
     ``decode``, the pipeline's tasks) shares.  Integral floats (``8.0``) pass as ints; ``8.5``,
@@ -58,6 +61,9 @@ def check_num_steps(num_steps: Any, name: str = "num_steps") -> int:
         value = int(num_steps)
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {num_steps!r}")
+    if value > MAX_NUM_STEPS:  # a schedule holds a value per step: 1e9 steps took 22 GB
+        raise ValueError(f"{name} must be at most {MAX_NUM_STEPS:,} (a decode ends once every token "
+                         f"is placed, so more steps never run), got {num_steps!r}")
     return int(value)
 
 
