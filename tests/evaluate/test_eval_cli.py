@@ -333,7 +333,7 @@ def test_bad_sweep_value_fails_before_generating(pipeline_dir, debug_recipe, tmp
     with pytest.raises(SystemExit):
         run_eval(pipeline_dir, debug_recipe, tmp_path / "out", "--sweep", "t2i.num_steps=2,0")
     assert capsys.readouterr().err.strip() == (
-        "unigen: error: tasks.t2i.num_steps must be positive, got 0")
+        "unigen: error: tasks.t2i.num_steps must be a positive integer, got 0")
     assert not (tmp_path / "out").exists()
 
 

@@ -28,6 +28,8 @@ def test_defaults_and_types():
     ("batch_size", True, "recipe key 'batch_size' must be an integer, got True"),
     ("batch_size", 0, "recipe key 'batch_size' must be >= 1, got 0"),
     ("vqa.num_steps", 2.5, "recipe key 'tasks.vqa.num_steps' must be an integer or null, got 2.5"),
+    ("vqa.num_steps", 0, "tasks.vqa.num_steps must be a positive integer, got 0"),
+    ("t2i.num_steps", 10**9, "tasks.t2i.num_steps must be at most 1,000,000"),
     ("vqa.use_cache", "yes", "recipe key 'tasks.vqa.use_cache' must be true/false"),
     ("vqa.metrics", "vqa_exact_match", "recipe key 'tasks.vqa.metrics' must be a list of"),
     ("vqa.sampler", "greedy", "unknown sampler 'greedy' in tasks.vqa.sampler; known: ancestral"),

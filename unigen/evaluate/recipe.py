@@ -23,6 +23,7 @@ from unigen.metrics.base import metric_entries as parse_metric_entries
 from unigen.metrics.base import metric_options
 from unigen.registry import PLUGIN_HINT
 from unigen.sampling import SAMPLERS, build_guidance
+from unigen.sampling.base import check_num_steps
 
 
 def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
@@ -54,8 +55,8 @@ def parse_config(config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
         if task.sampler is not None and task.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {task.sampler!r} in tasks.{name}.sampler; known: "
                              f"{', '.join(SAMPLERS.names())}")
-        if task.num_steps is not None and task.num_steps < 1:
-            raise ValueError(f"tasks.{name}.num_steps must be positive, got {task.num_steps}")
+        if task.num_steps is not None:
+            check_num_steps(task.num_steps, f"tasks.{name}.num_steps")
         build_guidance(task.guidance_scale, task.guidance_kwargs, option=f"tasks.{name}.guidance_kwargs")
         if task.fid and name != "t2i":
             raise ValueError(f"tasks.{name}.fid: FID compares generated images, only t2i makes any")
