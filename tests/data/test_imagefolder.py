@@ -254,3 +254,14 @@ data:
     with pytest.raises(ArgumentError, match="Got value: squash"):
         parser.parse_string(f"data: {{class_path: unigen.data.imagefolder.ImageFolderDataModule, "
                             f"init_args: {{root: {folder}, resize: squash}}}}")
+
+
+def test_the_command_lines_loader_refuses_high_bit_depth_even_when_converting(tmp_path):
+    """``--convert`` once clipped a 16-bit PNG to 0/255 and went on; the data sets always refused."""
+    from unigen.data.imagefolder import load_image
+
+    path = tmp_path / "g16.png"
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(path)
+    for convert in (True, False):
+        with pytest.raises(BadSampleError, match=r"g16\.png has mode 'I.*does not convert"):
+            load_image(path, convert)

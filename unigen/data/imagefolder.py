@@ -183,6 +183,9 @@ def load_image(path: Path, convert_mode: bool) -> Image.Image:
             img.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise BadSampleError(f"cannot decode image {path}: {err}") from None
+    if img.mode not in _CONVERTIBLE_MODES:  # as check_image_header: 16/32-bit or float pixels
+        raise BadSampleError(f"image {path} has mode {img.mode!r}, which unigen does not convert "
+                             "(save it as 8-bit RGB)")
     if img.mode != "RGB":
         if not convert_mode:
             raise BadSampleError(f"image {path} has mode {img.mode!r}, not RGB (pass "
