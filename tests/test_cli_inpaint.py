@@ -221,3 +221,14 @@ def test_prompt_and_fill_are_one_or_the_other(dirs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(_argv(dirs, tmp_path / "g.png", "--box", "0,0,8,8", "--fill", "a _"))
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_16_bit_mask_is_refused_not_clipped(dirs, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    mask = tmp_path / "m16.png"
+    Image.fromarray(np.full((SIZE, SIZE), 300, dtype=np.uint16)).save(mask)  # 300/65535: nearly black
+    line = fails_with(_argv(dirs, tmp_path / "g.png", "--mask", str(mask)), capsys)
+    assert f"--mask {mask}: mode 'I" in line and "save the mask as an 8-bit image" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m16.png"]

@@ -98,11 +98,16 @@ def _masks(args: argparse.Namespace, size: int, mask_paths: list[str] | None) ->
         region = torch.zeros(size, size, dtype=torch.bool)
         region[y0:y1, x0:x1] = True
         return region
+    from unigen.data.imagefolder import _CONVERTIBLE_MODES
+
     masks = []
     for path in mask_paths or []:
         try:
             with Image.open(path) as mask:
                 mask.load()
+                if mask.mode not in _CONVERTIBLE_MODES:  # 16-bit values would clip to 0/255
+                    raise ValueError(f"--mask {path}: mode {mask.mode!r} (16/32-bit or float); "
+                                     "save the mask as an 8-bit image")
                 masks.append(mask.convert("L"))
         except (OSError, UnidentifiedImageError) as err:
             raise ValueError(f"--mask {path}: cannot read it as an image "
