@@ -112,3 +112,14 @@ def test_caption_exact_match_keeps_articles_and_word_order():
     assert metric.compute().item() == pytest.approx(2 / 5)
     with pytest.raises(RuntimeError, match="caption_exact_match: compute"):
         CaptionExactMatch().compute()
+
+
+def test_a_single_string_where_a_list_belongs_is_refused():
+    """``update("yes", "yex")`` once scored 0.667: the strings paired up letter by letter."""
+    from unigen.metrics import METRICS
+
+    for name, args in (("vqa_exact_match", ("yes", "yex")),
+                       ("caption_exact_match", ("a red circle", [["a red circle"]])),
+                       ("bleu4", ("a red circle", [["a red circle"]]))):
+        with pytest.raises(ValueError, match="must be a list with one entry per sample, got the single string"):
+            METRICS.get(name)().update(*args)

@@ -100,6 +100,10 @@ class HostMetric(ABC):
 
 
 def check_same_length(a: Sequence, b: Sequence, what_a: str, what_b: str) -> None:
+    for value, what in ((a, what_a), (b, what_b)):
+        if isinstance(value, (str, bytes)):  # would pair up character by character
+            raise ValueError(f"{what} must be a list with one entry per sample, got the single "
+                             f"string {value!r}")
     if len(a) != len(b):
         raise ValueError(f"got {len(a)} {what_a} but {len(b)} {what_b}; "
                          "they must pair up one to one")
