@@ -65,6 +65,8 @@ def test_non_rgb_images_are_refused_unless_converted(mode, tiny_model_dir, png, 
     ("", "empty caption"),
     ("   ", "empty caption"),
     ("a red circle and " * 20, "text too long"),
+    # bytes that are not UTF-8 reach Python's argv as lone surrogates: once a tokenizers TypeError
+    (b"a \xff circle".decode("utf-8", "surrogateescape"), "caption 'a \\udcff circle' is not valid UTF-8 text"),
 ])
 def test_empty_or_overlong_prompts(prompt, message, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "grid.png"

@@ -29,8 +29,14 @@ class TokenSpace:
 
     # -- text ----------------------------------------------------------------------------------------
     def _words(self, text: str, what: str) -> list[int]:
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise TypeError(f"a {what} must be a str, got {type(text).__name__}: {text!r}")
+        if not text.strip():
             raise ValueError(f"empty {what}: every sample needs a non-empty {what}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8, kept by Python as lone surrogates
+            raise ValueError(f"{what} {text!r} is not valid UTF-8 text") from None
         return list(self.text_tokenizer.encode(text))
 
     def _pad(self, ids: list[int], text: str) -> list[int]:
