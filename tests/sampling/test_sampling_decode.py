@@ -133,6 +133,11 @@ def test_guidance_scale_schedules():
     with pytest.raises(ValueError, match="guidance scale must be a finite number \\(1: no"):
         ClassifierFreeGuidance(float("nan"))
     assert ClassifierFreeGuidance(-1.0).scale == -1.0  # anti-guidance stays open to research
+    with pytest.raises(ValueError, match="guidance scale must be a finite number .* got 1e"):
+        ClassifierFreeGuidance(1e308)  # beyond float32: once an overflow in the middle of a decode
+    for not_a_number in (True, "2"):
+        with pytest.raises(ValueError, match="guidance scale must be a number, got"):
+            ClassifierFreeGuidance(not_a_number)
     with pytest.raises(ValueError, match="guidance min_scale must be"):
         ClassifierFreeGuidance(2.0, schedule="linear", min_scale=float("inf"))
 

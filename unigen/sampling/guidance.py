@@ -48,12 +48,18 @@ class GuidedBatch:
     scale: float
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_scale(value: float, name: str = "guidance scale", negative: bool = True) -> float:
     """``value`` as a float, refused when not finite, and when negative unless ``negative``: a
     negative scale pushes samples away from their condition (anti-guidance), which the library
     allows for research but a command-line typo makes far more often than a person means it."""
+    if isinstance(value, (bool, str, bytes)):  # float() would take True and "2"
+        raise ValueError(f"{name} must be a number, got {value!r}")
     value = float(value)
-    if not math.isfinite(value) or (value < 0 and not negative):
+    # beyond float32's range the logits' arithmetic overflows (1e308 was a RuntimeError mid-decode)
+    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX or (value < 0 and not negative):
         bound = "" if negative else " >= 0"
         raise ValueError(f"{name} must be a finite number{bound} (1: no guidance, 0: "
                          f"unconditional), got {value:g}")
