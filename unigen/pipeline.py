@@ -135,9 +135,17 @@ class UnifiedPipeline(EditingMixin):
                    if reader else f"this unigen reads {', '.join(PIPELINE_CLASSES)}")
             raise ValueError(f"{path} holds a {kind!r} pipeline; {how} (this is "
                              f"{cls.__name__}, which reads {cls.KIND!r})")
-        config = io.read_json(path / "transformer" / "config.json", "transformer config")
+        config_file = path / "transformer" / "config.json"
+        config = io.read_json(config_file, "transformer config")
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_file}: a transformer config is a JSON object, got "
+                             f"{type(config).__name__}")
         cls.check_components(path, meta, config)
-        net = load_saved_transformer(UnifiedTransformer.from_config(config), path, config)
+        try:
+            built = UnifiedTransformer.from_config(config)
+        except (TypeError, KeyError, AttributeError) as err:  # a key too many or missing, a wrong type
+            raise ValueError(f"{config_file}: not a transformer config this unigen builds ({err})") from None
+        net = load_saved_transformer(built, path, config)
         try:
             modalities = build_modalities(meta.get("modalities"))
         except (KeyError, ValueError, TypeError) as err:

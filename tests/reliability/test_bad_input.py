@@ -372,3 +372,21 @@ def test_a_save_never_replaces_the_users_own_files(tmp_path, capsys):
                        str(afile)], capsys)
     assert f"cannot save to {afile}: it is a file" in line and afile.read_bytes() == b"png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "mine"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: {**c, "bogus": 1}, "not a transformer config this unigen builds"),
+    (lambda c: {**c, "sequence": {**c["sequence"], "bogus": 1}}, "not a transformer config this unigen builds"),
+    (lambda c: [c], "a transformer config is a JSON object, got list"),
+])
+def test_an_edited_transformer_config_is_one_line_naming_the_file(edit, message, tiny_model_dir, tmp_path,
+                                                                  capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config_file = model / "transformer" / "config.json"
+    config_file.write_text(json.dumps(edit(json.loads(config_file.read_text()))))
+    line = fails_with(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2",
+                       "--out", str(tmp_path / "g.png")], capsys)
+    assert f"{config_file}: {message}" in line, line
