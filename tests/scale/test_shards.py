@@ -324,3 +324,23 @@ def test_training_from_shards_resumes_exactly_mid_epoch(shard_dir, tokenizer_dir
     assert saved_steps("resumed") == [4, 5, 6]
     assert straight and resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_a_chunk_missing_or_cut_short_after_the_run_is_named(tmp_path, shard_dir, shapes_32, image_tokenizer):
+    import shutil
+
+    from unigen.data.shards import ShardDataset, write_shards
+
+    for damage, message in (("delete", "is missing"), ("truncate", "bytes, its index says")):
+        copy = tmp_path / damage
+        shutil.copytree(shard_dir, copy)
+        chunk = sorted(copy.glob("chunk-*.bin"))[1]
+        if damage == "delete":
+            chunk.unlink()
+        else:
+            chunk.write_bytes(chunk.read_bytes()[:-5])
+        with pytest.raises(ValueError, match=f"shard chunk {chunk} .*{message}"):
+            ShardDataset(str(copy))
+        with pytest.raises(ValueError, match=message):  # tokenize again: no longer "wrote 40 samples"
+            write_shards(shapes_32, image_tokenizer, copy, 32, shard_size=16, batch_size=8,
+                         source={"data": "shapes"}, progress=False)

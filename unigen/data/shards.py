@@ -145,7 +145,23 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path / MANIFEST} has format version {manifest.get('format_version')!r}; "
                          f"this unigen reads {FORMAT_VERSION}")
+    check_chunks(path)
     return manifest
+
+
+def check_chunks(path: Path) -> None:
+    """Every chunk litdata's index lists is there with its full size: a chunk deleted or cut short
+    after the run (a copy that stopped, a full disk) is named now, not as a litdata timeout
+    "waiting for" it in the middle of training."""
+    index = io.read_json(path / INDEX, "litdata shard index")
+    for chunk in index.get("chunks", []):
+        file = path / chunk["filename"]
+        if not file.is_file():
+            raise ValueError(f"shard chunk {file} is missing (the shards at {path} are incomplete: "
+                             "tokenize again into a new --out)")
+        if file.stat().st_size != chunk["chunk_bytes"]:
+            raise ValueError(f"shard chunk {file} holds {file.stat().st_size} bytes, its index says "
+                             f"{chunk['chunk_bytes']} (cut short or changed: tokenize again into a new --out)")
 
 
 def check_tokenizer(manifest: dict[str, Any], tokenizer: ImageTokenizer, where: str) -> None:
