@@ -86,15 +86,20 @@ def test_masked_training_step_flops_use_the_counted_head_positions(tokenizer_dir
     assert flops == training_flops(TransformerShape.of(module.net), 3, heads.count)
 
 
+def image_targets(b):
+    """``b`` random rows whose image segment is the target, and the prefix (everything else)."""
+    tokens = torch.randint(VOCAB.text_size, VOCAB.total_size, (b, SEQ.length))
+    target = torch.zeros_like(tokens, dtype=torch.bool)
+    target[:, SEQ.image] = True
+    return tokens, target, ~target[0]
+
+
 @pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("scale", [1.0, 2.0])
 def test_masked_decode_flops_match_torchs_counter(cache, scale):
     net = make_net()
     b, mask_id = 3, SPECIALS["<mask>"]
-    tokens = torch.randint(VOCAB.text_size, VOCAB.total_size, (b, SEQ.length))
-    target = torch.zeros_like(tokens, dtype=torch.bool)
-    target[:, SEQ.image] = True
-    prefix = ~target[0]
+    tokens, target, prefix = image_targets(b)
     cond = torch.zeros_like(target)
     cond[:, SEQ.text] = True
     model_fn = PrefixCachedModel(net, prefix) if cache else (lambda x: net(x, prefix.expand(x.shape[0], -1)))
@@ -118,10 +123,7 @@ def test_uncached_masked_decode_flops_count_logits_at_the_decoded_positions_only
     counts them (``logit_positions``); counting logits everywhere overstated its FLOPs."""
     net = make_net()
     b, mask_id = 2, SPECIALS["<mask>"]
-    tokens = torch.randint(VOCAB.text_size, VOCAB.total_size, (b, SEQ.length))
-    target = torch.zeros_like(tokens, dtype=torch.bool)
-    target[:, SEQ.image] = True
-    prefix = ~target[0]
+    tokens, target, prefix = image_targets(b)
     positions = target[0].nonzero().squeeze(-1)
 
     def model_fn(x):
