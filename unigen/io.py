@@ -244,9 +244,11 @@ def read_json(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{what} file {path} is not valid JSON: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def read_json_object(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:

@@ -136,10 +136,7 @@ class UnifiedPipeline(EditingMixin):
             raise ValueError(f"{path} holds a {kind!r} pipeline; {how} (this is "
                              f"{cls.__name__}, which reads {cls.KIND!r})")
         config_file = path / "transformer" / "config.json"
-        config = io.read_json(config_file, "transformer config")
-        if not isinstance(config, dict):
-            raise ValueError(f"{config_file}: a transformer config is a JSON object, got "
-                             f"{type(config).__name__}")
+        config = io.read_json_object(config_file, "transformer config")
         cls.check_components(path, meta, config)
         try:
             built = UnifiedTransformer.from_config(config)

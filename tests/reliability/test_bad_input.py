@@ -377,7 +377,7 @@ def test_a_save_never_replaces_the_users_own_files(tmp_path, capsys):
 @pytest.mark.parametrize("edit, message", [
     (lambda c: {**c, "bogus": 1}, "not a transformer config this unigen builds"),
     (lambda c: {**c, "sequence": {**c["sequence"], "bogus": 1}}, "not a transformer config this unigen builds"),
-    (lambda c: [c], "a transformer config is a JSON object, got list"),
+    (lambda c: [c], "must hold a JSON object, got a JSON array"),
 ])
 def test_an_edited_transformer_config_is_one_line_naming_the_file(edit, message, tiny_model_dir, tmp_path,
                                                                   capsys):
@@ -389,4 +389,16 @@ def test_an_edited_transformer_config_is_one_line_naming_the_file(edit, message,
     config_file.write_text(json.dumps(edit(json.loads(config_file.read_text()))))
     line = fails_with(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2",
                        "--out", str(tmp_path / "g.png")], capsys)
-    assert f"{config_file}: {message}" in line, line
+    assert str(config_file) in line and message in line, line
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config_file = model / "transformer" / "config.json"
+    config_file.write_bytes(b"\xff" + config_file.read_bytes())
+    line = fails_with(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2",
+                       "--out", str(tmp_path / "g.png")], capsys)
+    assert f"transformer config file {config_file} is not UTF-8 text" in line, line
