@@ -99,6 +99,9 @@ def test_load_recipe_applies_overrides(tmp_path):
     (tmp_path / "bad.yaml").write_text("tasks: [a\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_eval_config(tmp_path / "bad.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("seed: 0  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"eval recipe .*latin1\.yaml is not UTF-8 text"):
+        load_eval_config(tmp_path / "latin1.yaml")
 
 
 def test_unset_sampler_and_steps_are_left_to_the_pipeline():

@@ -150,10 +150,12 @@ def load_eval_config(path: str | os.PathLike, overrides: Sequence[str] = ()
     if not path.is_file():
         raise FileNotFoundError(f"eval recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ValueError(f"eval recipe {path} is not valid YAML: "
                          f"{' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"eval recipe {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict):
         raise ValueError(f"eval recipe {path} must be a mapping of keys, got {type(data).__name__}")
     for item in overrides:
