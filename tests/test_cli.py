@@ -95,6 +95,19 @@ def test_unknown_key_inside_a_yaml_file(tmp_path, capsys, monkeypatch):
     assert "unknown recipe key 'colour' (in one of the --config files)" in capsys.readouterr().err
 
 
+def test_a_recipe_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes(DEBUG.read_text().replace("# Tiny", "# Tiny caf\xe9").encode("latin-1"))
+    for argv in (["--config", str(latin)], [f"--config={latin}"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", *argv])
+        assert exit_.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"unigen: error: --config {latin} is not UTF-8 text (invalid continuation byte at "
+                       f"byte {latin.read_bytes().index(bytes([0xe9]))})"], err
+
+
 def test_missing_tokenizer_is_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def _lightning_cli(args: Sequence[str], run: bool = True, argv_prefix: Sequence[
                 check_checkpoint_against_recipe(self.config[sub], sub)
 
         def parse_arguments(self, parser, args) -> None:
+            _check_config_files(args)
             # a recipe's logger leaves save_dir out (loggers_follow_root_dir); it is filled in
             # before the parsed config is validated, where a missing required argument fails
             self.config = parser.parse_args(args, _skip_validation=True)
@@ -139,6 +141,21 @@ class _DroppedInitArgsWarning(logging.Handler):
             dropped = match["args"].strip("{}")
         print(f"unigen: warning: the class_path changed from {match['old']} to {match['new']}; "
               f"the recipe's init_args it does not accept are dropped: {dropped}", file=sys.stderr)
+
+
+def _check_config_files(args: Sequence[str] | None) -> None:
+    """A ``--config`` file that is not UTF-8 is one line naming it (jsonargparse names only the
+    codec's byte)."""
+    args = list(args or [])
+    for i, arg in enumerate(args):
+        path = args[i + 1] if arg == "--config" and i + 1 < len(args) else (
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+        if path is None or not os.path.isfile(path):
+            continue
+        try:
+            Path(path).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--config {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def dropped_init_args_logger() -> logging.Logger:
