@@ -248,3 +248,24 @@ def test_lightning_head_rows_count_the_timed_steps_only():
         counter.count += 10
         timer.on_train_batch_end(None, None, None, None, batch_idx)
     assert timer.head_positions == 30 and counter.count == 60
+
+
+@pytest.mark.slow
+def test_checker_floor_redraws_an_eval_runs_samples_and_agrees_at_the_default(tokenizer_dirs, tmp_path):
+    import torch
+
+    from benchmarks.checker_floor import main
+    from unigen.cli import main as unigen
+    from unigen.training.unified_module import UnifiedModule
+
+    torch.manual_seed(0)
+    model = tmp_path / "model"
+    UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4, tasks={"t2i": 1}).export(model)
+    assert unigen(["eval", "--model", str(model), "--config", str(ROOT / "recipes" / "debug" / "eval_debug.yaml"),
+                   "--out", str(tmp_path / "eval"), "--override", "tasks.caption=null", "--override",
+                   "tasks.vqa=null", "--no-progress"]) == 0
+    result = main(["--model", str(model), "--eval", str(tmp_path / "eval"), "--num-samples", "4",
+                   "--floors", "0.5,0.9", "--out", str(tmp_path / "floor.json")])
+    low, high = result["table"]
+    assert low["agrees_with_records"] == 4 and "agrees_with_records" not in high
+    assert high["accuracy"] <= low["accuracy"] and result["settings"]["num_samples"] == 4
