@@ -75,6 +75,15 @@ def test_a_missing_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
               "--ckpt_path", str(tmp_path / "nope.ckpt")])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("unigen:")]
     assert err == [f"unigen: error: checkpoint not found: {tmp_path / 'nope.ckpt'}"]
+    # a folder (a run's, a pipeline's) is not "not found": it is the wrong kind of path
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(DEBUG / "tokenizer_fsq_debug.yaml"), "--ckpt_path", str(tmp_path)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("unigen:")]
+    assert err == [f"unigen: error: {tmp_path} is a directory; a checkpoint is a .ckpt file (e.g. "
+                   f"{tmp_path / 'checkpoints' / 'last.ckpt'})"]
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", str(tmp_path), "--out", str(tmp_path / "model")])
+    assert f"{tmp_path} is a directory; a checkpoint is a .ckpt file" in capsys.readouterr().err
 
 
 def _draws() -> tuple[float, float, float]:

@@ -57,6 +57,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     truncated or corrupt, or holds objects that could run code."""
     path = Path(path)
     if not path.is_file():
+        if Path(path).is_dir():  # a pipeline or run folder: say so, not "not found"
+            raise ValueError(f"{path} is a directory; a checkpoint is a .ckpt file (e.g. "
+                             f"{Path(path) / 'checkpoints' / 'last.ckpt'})")
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as fh:
         head = fh.read(len(ZIP_MAGIC))

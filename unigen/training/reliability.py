@@ -341,5 +341,8 @@ def check_resume_target(trainer: L.Trainer, ckpt_path: str | os.PathLike | None)
             or _is_remote(ckpt_path):
         return
     if not Path(ckpt_path).is_file():
+        if Path(ckpt_path).is_dir():  # a pipeline or run folder: say so, not "not found"
+            raise ValueError(f"{ckpt_path} is a directory; a checkpoint is a .ckpt file (e.g. "
+                             f"{Path(ckpt_path) / 'checkpoints' / 'last.ckpt'})")
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
 
