@@ -205,6 +205,10 @@ def test_generate_caption_answer_verbs(tokenizer_dirs, tmp_path, capsys):
     for verb, extra in (("caption", []), ("answer", ["--question", "what color is the star?"])):
         line = fails_with([verb, "--model", model, "--image", img, *extra, "--out", img], capsys)
         assert f"--out {img} is an input of this command" in line
+        picture = tmp_path / f"{verb}.png"  # JSON under an image's name: refused, nothing written
+        line = fails_with([verb, "--model", model, "--image", img, *extra, "--out", picture], capsys)
+        assert f"--out {picture}: {verb} writes its results as JSON; give a .json path" in line
+        assert not picture.exists()
     assert img.read_bytes() == before
 
 

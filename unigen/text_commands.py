@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from unigen import io
-from unigen.command_args import (_check_model_args, _check_out_file, _common_model_args,
+from unigen.command_args import (GRID_FORMATS, _check_model_args, _check_out_file, _common_model_args,
                                  _image_args, _input_files, _load_images, _parse_sampler_args, _pipeline,
                                  _refuse_autoregressive, _sampler_kwargs, _settings_path)
 
@@ -82,6 +82,8 @@ def _read_images_for(args: argparse.Namespace, verb: str) -> tuple[Path, Path, A
     _check_model_args(args)
     reads = _input_files(args)
     out = _check_out_file(args.out, reads=reads)
+    if out.suffix.lower() in GRID_FORMATS:  # JSON under an image's name opens as a broken image
+        raise ValueError(f"--out {out}: {verb} writes its results as JSON; give a .json path")
     settings = _check_out_file(_settings_path(out), "the settings file", reads=reads)
     if args.trajectory is not None:
         trajectory = _check_out_file(args.trajectory, "--trajectory", "steps.json", reads=reads)
