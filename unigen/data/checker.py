@@ -92,7 +92,7 @@ class CheckResult:
     named: int | None = None
 
     @property
-    def unrequested(self) -> bool:
+    def unrequested(self) -> bool | None:
         """More objects detected than named (None when ``named`` is unknown)."""
         return None if self.named is None else len(self.detections) > self.named
 
