@@ -69,6 +69,10 @@ def export_checkpoint(ckpt: str, out: str) -> None:
 
     from unigen.training.checkpoint import load_module_from_checkpoint
     module = load_module_from_checkpoint(ckpt)
+    for name, tensor in module.state_dict().items():  # a diverged run's weights draw nothing
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{ckpt}: weight {name!r} holds NaN or infinite values (the run diverged "
+                             "before this checkpoint); export an earlier one")
     with torch.no_grad():
         module.export(out)
 

@@ -402,3 +402,20 @@ def test_a_config_that_is_not_utf8_names_the_file(tiny_model_dir, tmp_path, caps
     line = fails_with(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2",
                        "--out", str(tmp_path / "g.png")], capsys)
     assert f"transformer config file {config_file} is not UTF-8 text" in line, line
+
+
+def test_export_of_a_diverged_checkpoint_is_refused(tokenizer_dirs, tmp_path, capsys):
+    """Weights that went NaN draw nothing: exporting them once succeeded with rc 0."""
+    from unigen.training.unified_module import UnifiedModule
+
+    module = UnifiedModule(**tokenizer_dirs, image_size=32, dim=32, depth=1, heads=4)
+    module.configure_model()
+    with torch.no_grad():
+        module.net.blocks[0].mlp.down.weight[0, 0] = float("nan")
+    ckpt = tmp_path / "model.ckpt"
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, ckpt)
+    line = fails_with(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out")], capsys)
+    assert f"{ckpt}: weight 'net.blocks.0.mlp.down.weight' holds NaN or infinite values" in line, line
+    assert not (tmp_path / "out").exists()
