@@ -266,11 +266,19 @@ def _json_kind(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+def dir_path(path: Any, what: str) -> Path:
+    """``path`` as a ``Path``; anything but a str or path is one ``TypeError`` naming ``what``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"the {what} directory must be a path (str or os.PathLike), got "
+                        f"{type(path).__name__}: {path!r}")
+    return Path(path)
+
+
 def read_model_dir(path: str | os.PathLike, what: str, how_to_make: str,
                    config_name: str = CONFIG_FILE) -> tuple[Path, dict[str, Any]]:
     """The directory and parsed config (a JSON object) of a ``save_pretrained`` folder; a missing
     folder or config is one error naming ``what`` and how to make one (``how_to_make``)."""
-    path = Path(path)
+    path = dir_path(path, what)
     if not path.is_dir():
         raise FileNotFoundError(f"{what} directory not found: {path} ({how_to_make})")
     return path, read_json_object(path / config_name, f"{what} config")

@@ -51,6 +51,12 @@ def test_loading_through_the_subclass_checks_the_type(saved_fsq):
 def test_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="image tokenizer directory not found"):
         ImageTokenizer.from_pretrained(tmp_path / "nope")
+    with pytest.raises(TypeError, match="the image tokenizer directory must be a path .*, got int: 5"):
+        ImageTokenizer.from_pretrained(5)
+    from unigen.pipeline import UnifiedPipeline
+
+    with pytest.raises(TypeError, match="the pipeline directory must be a path .*, got NoneType: None"):
+        UnifiedPipeline.from_pretrained(None)
 
 
 def test_a_pipeline_directory_names_its_image_tokenizer(saved_fsq, tmp_path):

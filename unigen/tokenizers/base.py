@@ -205,7 +205,7 @@ class ImageTokenizer(nn.Module, ABC):
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
                         ) -> "ImageTokenizer":
         """Load from a local directory written by ``save_pretrained`` (never from a hub)."""
-        inner = Path(path) / "image_tokenizer"
+        inner = io.dir_path(path, "image tokenizer") / "image_tokenizer"
         if not (Path(path) / CONFIG_NAME).is_file() and (inner / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{path} is a pipeline directory, not an image tokenizer; its "
                                     f"image tokenizer is {inner}")
