@@ -123,3 +123,16 @@ def test_a_single_string_where_a_list_belongs_is_refused():
                        ("bleu4", ("a red circle", [["a red circle"]]))):
         with pytest.raises(ValueError, match="must be a list with one entry per sample, got the single string"):
             METRICS.get(name)().update(*args)
+
+
+def test_ssim_names_the_smallest_image_its_window_takes():
+    """Below 6x6 the 11x11 window's reflect padding failed inside torch with a padding message."""
+    import torch
+
+    from unigen.metrics.reconstruction import SSIM
+
+    metric = SSIM()
+    with pytest.raises(ValueError, match="SSIM's 11x11 window needs images of at least 6x6 pixels, got 5x8"):
+        metric.update(torch.rand(1, 3, 5, 8), torch.rand(1, 3, 5, 8))
+    metric.update(torch.rand(1, 3, 6, 6), torch.rand(1, 3, 6, 6))
+    assert torch.isfinite(metric.compute())

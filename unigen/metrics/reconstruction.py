@@ -25,6 +25,9 @@ class PSNR(PeakSignalNoiseRatio):
         super().update(reconstruction.float(), original.float())
 
 
+SSIM_WINDOW = 11  # torchmetrics' default Gaussian kernel
+
+
 @register_metric("ssim", RECONSTRUCTION)
 class SSIM(StructuralSimilarityIndexMeasure):
     """Mean SSIM (11x11 Gaussian window) for data range 1."""
@@ -34,6 +37,10 @@ class SSIM(StructuralSimilarityIndexMeasure):
 
     def update(self, reconstruction: Tensor, original: Tensor) -> None:
         check_image_pair(reconstruction, original)
+        height, width = original.shape[-2:]
+        if min(height, width) <= SSIM_WINDOW // 2:  # the window's reflect padding needs more
+            raise ValueError(f"SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window needs images of at least "
+                             f"{SSIM_WINDOW // 2 + 1}x{SSIM_WINDOW // 2 + 1} pixels, got {height}x{width}")
         super().update(reconstruction.float(), original.float())
 
 
