@@ -154,6 +154,9 @@ class UnifiedPipeline(EditingMixin):
                              f"got {trained!r}")
         pipe = cls(net.eval(), ImageTokenizer.from_pretrained(path / "image_tokenizer"),
                    TextTokenizer.from_pretrained(path / "text_tokenizer"), modalities, trained)
+        if "image_size" in meta and meta["image_size"] != pipe.image_size:
+            raise ValueError(f"{path / 'pipeline.json'} says image_size {meta['image_size']!r}, but its "
+                             f"transformer and image tokenizer make {pipe.image_size}x{pipe.image_size} images")
         return pipe.to(device, dtype)
 
     def plugin_modules(self) -> dict[str, str]:

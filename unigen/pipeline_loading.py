@@ -50,13 +50,23 @@ def check_pipeline_device(device: str | torch.device) -> str | torch.device:
     return device
 
 
+# every key a pipeline.json of this format may hold (UnifiedPipeline.save_pretrained writes them)
+PIPELINE_KEYS = frozenset({"format_version", "kind", "image_size", "parts", "modules", "modalities",
+                           "trained_tasks"})
+
+
 def read_pipeline_meta(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """The directory and its ``pipeline.json`` (checked: a pipeline directory of this format)."""
     path, meta = io.read_model_dir(path, "pipeline", "train with `unigen fit ... --export_dir "
                                    "DIR` or `unigen export`", "pipeline.json")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path / 'pipeline.json'} has format version "
-                         f"{meta.get('format_version')!r}; this unigen reads {FORMAT_VERSION}")
+    version = meta.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:  # true == 1 in Python, not here
+        raise ValueError(f"{path / 'pipeline.json'} has format version {version!r}; this unigen "
+                         f"reads {FORMAT_VERSION} (the integer)")
+    unknown = sorted(set(meta) - PIPELINE_KEYS)
+    if unknown:  # a hand edit's typo ("trained_task") would otherwise be ignored without a word
+        raise ValueError(f"{path / 'pipeline.json'} has unknown keys {unknown}; this unigen reads "
+                         f"{', '.join(sorted(PIPELINE_KEYS))}")
     return path, meta
 
 

@@ -419,3 +419,18 @@ def test_export_of_a_diverged_checkpoint_is_refused(tokenizer_dirs, tmp_path, ca
     line = fails_with(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out")], capsys)
     assert f"{ckpt}: weight 'net.blocks.0.mlp.down.weight' holds NaN or infinite values" in line, line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: {**m, "trained_task": ["t2i"]}, "has unknown keys ['trained_task']; this unigen reads"),
+    (lambda m: {**m, "format_version": True}, "has format version True; this unigen reads 1 (the integer)"),
+    (lambda m: {**m, "image_size": 64}, "says image_size 64, but its transformer and image tokenizer make 32x32"),
+])
+def test_an_edited_pipeline_json_is_refused_not_ignored(edit, message, tiny_model_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    meta_file = model / "pipeline.json"
+    meta_file.write_text(json.dumps(edit(json.loads(meta_file.read_text()))))
+    line = fails_with(["generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2",
+                       "--out", str(tmp_path / "g.png")], capsys)
+    assert str(meta_file) in line and message in line, line
