@@ -146,16 +146,15 @@ class _DroppedInitArgsWarning(logging.Handler):
 def _check_config_files(args: Sequence[str] | None) -> None:
     """A ``--config`` file that is not UTF-8 is one line naming it (jsonargparse names only the
     codec's byte)."""
+    from unigen import io
+
     args = list(args or [])
     for i, arg in enumerate(args):
         path = args[i + 1] if arg == "--config" and i + 1 < len(args) else (
             arg.split("=", 1)[1] if arg.startswith("--config=") else None)
         if path is None or not os.path.isfile(path):
             continue
-        try:
-            Path(path).read_bytes().decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"--config {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        io.read_utf8(path, "--config")
 
 
 def dropped_init_args_logger() -> logging.Logger:

@@ -244,11 +244,18 @@ def read_json(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_utf8(path, f"{what} file"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{what} file {path} is not valid JSON: {err}") from None
+
+
+def read_utf8(path: str | os.PathLike, what: str) -> str:
+    """A text file's content; bytes that are not UTF-8 are one ``ValueError`` naming ``what`` and
+    the file (Python's own error names only the byte)."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{what} file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise ValueError(f"{what} {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def read_json_object(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:

@@ -159,8 +159,9 @@ def check_chunks(path: Path) -> None:
         if not file.is_file():
             raise ValueError(f"shard chunk {file} is missing (the shards at {path} are incomplete: "
                              "tokenize again into a new --out)")
-        if file.stat().st_size != chunk["chunk_bytes"]:
-            raise ValueError(f"shard chunk {file} holds {file.stat().st_size} bytes, its index says "
+        size = file.stat().st_size
+        if size != chunk["chunk_bytes"]:
+            raise ValueError(f"shard chunk {file} holds {size} bytes, its index says "
                              f"{chunk['chunk_bytes']} (cut short or changed: tokenize again into a new --out)")
 
 

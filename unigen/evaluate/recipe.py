@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from unigen import io
 from unigen.evaluate.config import EvalConfig, TaskSettings, _from_mapping
 from unigen.evaluate.data import EVAL_DATA, data_options
 from unigen.evaluate.record_metrics import BASE_RECORD_FIELDS, RECORD, RECORD_METRICS, owner_task
@@ -150,12 +151,10 @@ def load_eval_config(path: str | os.PathLike, overrides: Sequence[str] = ()
     if not path.is_file():
         raise FileNotFoundError(f"eval recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(io.read_utf8(path, "eval recipe"))
     except yaml.YAMLError as err:
         raise ValueError(f"eval recipe {path} is not valid YAML: "
                          f"{' '.join(str(err).split())}") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(f"eval recipe {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict):
         raise ValueError(f"eval recipe {path} must be a mapping of keys, got {type(data).__name__}")
     for item in overrides:
